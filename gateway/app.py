@@ -1,0 +1,110 @@
+"""The gateway app: its own routes, the docs, and a catch-all proxy to the workers.
+
+``create_app(settings)`` builds everything; the lifespan opens the worker
+client and starts the health checks, and closes them on shutdown. No module
+globals, no JAX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway import __version__
+from gateway.backends import BackendPool
+from gateway.discovery import WorkerDiscovery
+from gateway.docs import OpenAPIBuilder, docs_routes, prediction_api
+from gateway.errors import error_response
+from gateway.forwarder import WorkerClient
+from gateway.health import HealthChecker
+from gateway.metrics import GatewayMetrics
+from gateway.proxy import Proxy
+from gateway.request_context import RequestContext
+from gateway.settings import GatewaySettings
+
+PROXIED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def create_app(settings: GatewaySettings | None = None) -> Starlette:
+    settings = settings or GatewaySettings()
+    metrics = GatewayMetrics()
+    pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker)
+    client = WorkerClient(
+        connect_timeout_s=settings.connect_timeout_s,
+        max_connections_per_worker=settings.max_connections_per_worker,
+    )
+    checker = HealthChecker(
+        pool,
+        WorkerDiscovery(settings.workers),
+        metrics,
+        interval_s=settings.health_interval_s,
+        timeout_s=settings.health_timeout_s,
+        resolve_interval_s=settings.workers_resolve_interval_s,
+    )
+    proxy = Proxy(pool, client, metrics, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await client.start()
+        await checker.refresh_backends()
+        health_task = asyncio.create_task(checker.run(), name="health-checks")
+        try:
+            yield
+        finally:
+            health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health_task
+            await checker.aclose()
+            await client.aclose()
+
+    async def gateway_health(request: Request) -> Response:
+        alive, total = pool.summary()
+        status = "unhealthy" if alive == 0 else "healthy" if alive == total else "degraded"
+        body = {"status": status, "alive_backends": alive, "total_backends": total}
+        return JSONResponse(body, 503 if alive == 0 else 200)
+
+    async def gateway_info(request: Request) -> Response:
+        backends = pool.backends
+        return JSONResponse({
+            "name": "jax-inference-gateway",
+            "version": __version__,
+            "total_backends": len(backends),
+            "backends": [backend.describe() for backend in backends],
+        })
+
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, "http_error", str(exc.detail), request.scope["state"].get("request_id"))
+
+    openapi = OpenAPIBuilder(
+        "JAX inference gateway", __version__,
+        "Predictions from JAX / NumPyro models on a pool of workers, and async jobs.",
+    )
+    prediction_api(openapi)
+    routes = [
+        Route("/gateway/health", gateway_health),
+        Route("/gateway/info", gateway_info),
+        Route("/metrics", metrics_endpoint),
+        *docs_routes(openapi.document),
+        Route("/{path:path}", proxy.handle, methods=PROXIED_METHODS),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(RequestContext, metrics=metrics, log_requests=settings.access_log)],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.pool = pool
+    return app

@@ -1,0 +1,109 @@
+"""The workers the gateway balances over, and the state of each.
+
+A backend's state machine::
+
+    unknown ──probe ok──> healthy ──probe fails / connection refused──> unhealthy
+       │                     ^                                              │
+       └──probe fails──> unhealthy ──────────── probe ok ──────────────────┘
+
+Only healthy backends receive requests (readiness, not mere liveness: a
+worker answers /health with 503 until its model is warm).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class BackendState(str, enum.Enum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(eq=False)
+class Backend:
+    url: str
+    #: The configured entry it came from, e.g. ``worker:8000`` for ``http://172.18.0.5:8000``.
+    source: str = ""
+    state: BackendState = BackendState.UNKNOWN
+    in_flight: int = 0
+    last_probe_at: float | None = None  # wall-clock, for display only
+    last_error: str | None = None
+    #: What the worker's /health said last (worker id, model name and version, device).
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is BackendState.HEALTHY
+
+    def record_probe(self, ok: bool, info: dict[str, Any] | None = None, error: str | None = None) -> None:
+        self.last_probe_at = time.time()
+        if info:
+            self.info = info
+        self.state = BackendState.HEALTHY if ok else BackendState.UNHEALTHY
+        self.last_error = None if ok else error
+
+    def eject(self, reason: str) -> None:
+        """Passive health check: take it out of rotation until a probe passes."""
+        self.state = BackendState.UNHEALTHY
+        self.last_error = reason
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "source": self.source,
+            "state": self.state.value,
+            "in_flight": self.in_flight,
+            "last_probe": self.last_probe_at,
+            "last_error": self.last_error,
+            "worker_id": self.info.get("worker_id"),
+            "model_name": self.info.get("model_name"),
+            "model_version": self.info.get("model_version"),
+            "device": self.info.get("device"),
+        }
+
+
+class NoHealthyBackend(Exception):
+    """No backend is healthy (and not already tried)."""
+
+
+class AllBackendsBusy(Exception):
+    """Every healthy backend is at its in-flight bound."""
+
+
+class BackendPool:
+    """Round-robin over healthy backends, bounded in flight per backend."""
+
+    def __init__(self, max_in_flight: int) -> None:
+        self._backends: list[Backend] = []
+        self._max_in_flight = max_in_flight
+        self._next = 0
+
+    @property
+    def backends(self) -> list[Backend]:
+        return list(self._backends)
+
+    def replace(self, wanted: list[tuple[str, str]]) -> None:
+        """Set the backend list to ``(url, source)`` pairs, keeping the state of known URLs."""
+        known = {backend.url: backend for backend in self._backends}
+        self._backends = [known.get(url) or Backend(url=url, source=source) for url, source in wanted]
+
+    def choose(self, exclude: frozenset[Backend] | set[Backend] = frozenset()) -> Backend:
+        """The next healthy backend with room, round-robin; raises if there is none."""
+        candidates = [b for b in self._backends if b.healthy and b not in exclude]
+        if not candidates:
+            raise NoHealthyBackend("no healthy worker")
+        for _ in range(len(candidates)):
+            backend = candidates[self._next % len(candidates)]
+            self._next += 1
+            if backend.in_flight < self._max_in_flight:
+                return backend
+        raise AllBackendsBusy(f"every healthy worker has {self._max_in_flight} requests in flight")
+
+    def summary(self) -> tuple[int, int]:
+        """(alive, total)."""
+        return sum(b.healthy for b in self._backends), len(self._backends)

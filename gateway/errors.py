@@ -1,0 +1,74 @@
+"""Errors the gateway answers with, and the one JSON envelope they travel in.
+
+    GatewayError
+    ├── MalformedRequest   400  unreadable body
+    ├── PayloadTooLarge    413  body over MAX_BODY_BYTES
+    ├── NoWorkerAvailable  503  no healthy worker (sent at once, with Retry-After)
+    ├── Overloaded         503  every healthy worker at its in-flight bound (Retry-After)
+    ├── UpstreamFailed     502  workers refused or dropped the request on every try
+    └── UpstreamTimeout    504  no answer within REQUEST_TIMEOUT_S
+
+Transport errors of the worker client are mapped to these in one place,
+``gateway.forwarder``. Tracebacks go to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
+
+
+class GatewayError(Exception):
+    status_code = 500
+    code = "internal_error"
+    retry_after = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class MalformedRequest(GatewayError):
+    status_code = 400
+    code = "malformed_request"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class NoWorkerAvailable(GatewayError):
+    status_code = 503
+    code = "no_worker_available"
+    retry_after = True
+
+
+class Overloaded(GatewayError):
+    status_code = 503
+    code = "overloaded"
+    retry_after = True
+
+
+class UpstreamFailed(GatewayError):
+    status_code = 502
+    code = "upstream_failed"
+
+
+class UpstreamTimeout(GatewayError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+def error_response(
+    status_code: int, code: str, message: str, request_id: str | None, retry_after_s: int | None = None
+) -> Response:
+    body = {"error": {"code": code, "message": message}, "request_id": request_id}
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return Response(orjson.dumps(body), status_code, headers, media_type="application/json")
+
+
+def gateway_error_response(error: GatewayError, request_id: str | None, retry_after_s: int) -> Response:
+    return error_response(
+        error.status_code, error.code, error.message, request_id, retry_after_s if error.retry_after else None
+    )

@@ -1,0 +1,73 @@
+"""Active health checks: probe every worker's /health on an interval.
+
+A worker is healthy when /health answers 200 (its model is loaded and warm).
+The same loop re-resolves worker names, so scaled replicas join and leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+
+from gateway.backends import Backend, BackendPool, BackendState
+from gateway.discovery import WorkerDiscovery
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+
+class HealthChecker:
+    def __init__(
+        self,
+        pool: BackendPool,
+        discovery: WorkerDiscovery,
+        metrics: GatewayMetrics,
+        *,
+        interval_s: float,
+        timeout_s: float,
+        resolve_interval_s: float,
+    ) -> None:
+        self._pool = pool
+        self._discovery = discovery
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._resolve_interval_s = resolve_interval_s
+        self._client = httpx.AsyncClient(timeout=timeout_s)
+        self._last_resolve = float("-inf")
+
+    async def refresh_backends(self) -> None:
+        self._pool.replace(await self._discovery.expand())
+        self._last_resolve = time.monotonic()
+
+    async def probe(self, backend: Backend) -> None:
+        before = backend.state
+        try:
+            response = await self._client.get(f"{backend.url}/health")
+            info = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+            ok = response.status_code == 200
+            backend.record_probe(ok, info, None if ok else f"/health answered {response.status_code}")
+        except (httpx.HTTPError, ValueError) as exc:
+            backend.record_probe(False, error=f"{type(exc).__name__}: {exc}")
+        if backend.state is not before:
+            level = logging.INFO if backend.state is BackendState.HEALTHY else logging.WARNING
+            log.log(level, "worker %s is %s (%s)", backend.url, backend.state.value, backend.last_error or "ok")
+        self._metrics.backend_up.labels(backend.url).set(1 if backend.healthy else 0)
+
+    async def probe_all(self) -> None:
+        if time.monotonic() - self._last_resolve >= self._resolve_interval_s:
+            await self.refresh_backends()
+        await asyncio.gather(*(self.probe(backend) for backend in self._pool.backends))
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.probe_all()
+            except Exception:  # a bug here must not stop the checks for good
+                log.exception("health check round failed")
+            await asyncio.sleep(self._interval_s)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

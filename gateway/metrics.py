@@ -1,0 +1,49 @@
+"""Prometheus metrics of the gateway.
+
+Metrics live in a registry of their own. Under gunicorn with several
+processes, ``PROMETHEUS_MULTIPROC_DIR`` is set and /metrics aggregates every
+process's files instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests", "Requests by route and status.", ["route", "status"], registry=self.registry
+        )
+        self.request_seconds = Histogram(
+            "gateway_request_duration_seconds", "Time to answer a request, retries included.", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.retries = Counter(
+            "gateway_retries", "Requests tried again on another worker, by reason.", ["reason"],
+            registry=self.registry,
+        )
+        self.backend_up = Gauge(
+            "gateway_backend_up", "1 when the worker passes its health check.", ["backend"],
+            registry=self.registry, multiprocess_mode="max",
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight", "Requests being proxied.", registry=self.registry, multiprocess_mode="livesum"
+        )
+        self.shed = Counter(
+            "gateway_shed", "Requests answered 503 without trying a worker, by reason.", ["reason"],
+            registry=self.registry,
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

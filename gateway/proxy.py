@@ -1,0 +1,130 @@
+"""Forward a request to a healthy worker, retrying on another within the deadline.
+
+Predictions are idempotent, so a request that could not connect, whose
+connection dropped before the answer, or that got 502/503 from its worker is
+tried again on another worker (up to MAX_ATTEMPTS). Timeouts are not retried:
+the deadline is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.backends import AllBackendsBusy, Backend, BackendPool, NoHealthyBackend
+from gateway.errors import (
+    GatewayError,
+    MalformedRequest,
+    NoWorkerAvailable,
+    Overloaded,
+    PayloadTooLarge,
+    UpstreamFailed,
+    UpstreamTimeout,
+    gateway_error_response,
+)
+from gateway.forwarder import (
+    REQUEST_HEADERS,
+    ConnectFailed,
+    DeadlineExceeded,
+    TransportError,
+    UpstreamResponse,
+    WorkerClient,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+RETRYABLE_STATUS = frozenset({502, 503})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise MalformedRequest("invalid Content-Length")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"body of {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Proxy:
+    def __init__(
+        self, pool: BackendPool, client: WorkerClient, metrics: GatewayMetrics, settings: GatewaySettings
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._metrics = metrics
+        self._settings = settings
+
+    async def handle(self, request: Request) -> Response:
+        state = request.scope["state"]
+        request_id = state.get("request_id")
+        try:
+            body = await read_body(request, self._settings.max_body_bytes)
+            headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
+            headers["x-request-id"] = request_id
+            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            upstream = await self._forward(request.method, path, headers, body, state)
+        except GatewayError as exc:
+            if exc.status_code == 503:
+                self._metrics.shed.labels(exc.code).inc()
+            return gateway_error_response(exc, request_id, self._settings.retry_after_s)
+        return Response(upstream.body, upstream.status, upstream.headers)
+
+    def _choose(self, tried: set[Backend]) -> Backend:
+        try:
+            return self._pool.choose(exclude=tried)
+        except NoHealthyBackend:
+            if not tried:
+                raise NoWorkerAvailable("no healthy worker; try again shortly") from None
+            # Every healthy worker was tried once: one may still take a second try.
+            try:
+                return self._pool.choose()
+            except NoHealthyBackend:
+                raise NoWorkerAvailable("no healthy worker; try again shortly") from None
+        except AllBackendsBusy as exc:
+            raise Overloaded(str(exc)) from None
+
+    async def _forward(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict
+    ) -> UpstreamResponse:
+        deadline = time.monotonic() + self._settings.request_timeout_s
+        tried: set[Backend] = set()
+        failure = "no attempt made"
+        for attempt in range(1, self._settings.max_attempts + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamTimeout(f"no answer within {self._settings.request_timeout_s:.1f}s")
+            backend = self._choose(tried)
+            tried.add(backend)
+            state["backend"], state["attempts"] = backend.url, attempt
+            backend.in_flight += 1
+            self._metrics.in_flight.inc()
+            try:
+                upstream = await self._client.send(backend.url, method, path, headers, body, remaining)
+            except ConnectFailed as exc:
+                backend.eject(str(exc))
+                failure, reason = str(exc), "connect_failed"
+            except TransportError as exc:
+                failure, reason = str(exc), "connection_dropped"
+            except DeadlineExceeded as exc:
+                raise UpstreamTimeout(str(exc)) from None
+            else:
+                if upstream.status not in RETRYABLE_STATUS or attempt == self._settings.max_attempts:
+                    return upstream
+                failure, reason = f"{backend.url} answered {upstream.status}", f"status_{upstream.status}"
+            finally:
+                backend.in_flight -= 1
+                self._metrics.in_flight.dec()
+            self._metrics.retries.labels(reason).inc()
+            log.info("retrying %s %s after attempt %d: %s", method, path, attempt, failure)
+        raise UpstreamFailed(f"no worker answered after {self._settings.max_attempts} attempts: {failure}")

@@ -1,0 +1,51 @@
+"""Gateway settings, read once from the environment in the entry point."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8080, description="Port to listen on.")
+    workers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:8000"],
+        description="Worker addresses, comma separated host:port; a name resolving to several "
+        "addresses becomes one backend per address.",
+    )
+    workers_resolve_interval_s: float = Field(10.0, gt=0, description="How often worker names are re-resolved.")
+    health_interval_s: float = Field(2.0, gt=0, description="Seconds between active health probes.")
+    health_timeout_s: float = Field(1.0, gt=0, description="Timeout of one health probe.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a proxied request, retries included.")
+    connect_timeout_s: float = Field(1.0, gt=0, description="Timeout to open a connection to a worker.")
+    max_attempts: int = Field(3, ge=1, description="Tries of one request over different workers.")
+    max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body, else 413.")
+    max_in_flight_per_worker: int = Field(
+        256, ge=1, description="Requests in flight to one worker before the gateway sheds with 503."
+    )
+    max_connections_per_worker: int = Field(
+        128, ge=1, description="Pooled keep-alive connections to one worker."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 answers.")
+    log_level: str = Field("info", description="Python log level.")
+    access_log: bool = Field(True, description="One JSON line per request.")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _split_workers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.removeprefix("http://").rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"worker address {address!r} must look like host:port")
+        return value

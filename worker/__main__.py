@@ -1,0 +1,49 @@
+"""``python -m worker``: serve the configured model on one device."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import uvicorn
+
+from worker.settings import WorkerSettings
+
+
+def main() -> None:
+    settings = WorkerSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s worker-{settings.worker_id} %(levelname)s %(name)s: %(message)s",
+    )
+    if settings.xla_cpu_threads is not None:
+        # Must be in the environment before XLA starts, so before JAX is imported.
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={settings.xla_cpu_threads}"
+        ).strip()
+
+    from worker.app import create_app
+    from worker.contract import load_model_class
+    from worker.metrics import WorkerMetrics
+    from worker.runtime import ModelRuntime, configure_jax
+
+    configure_jax(settings.jax_cache_dir)
+    metrics = WorkerMetrics(settings.max_batch_size)
+    model = load_model_class(settings.model)()
+    runtime = ModelRuntime(model, settings.model_artifacts, settings.bucket_sizes, metrics)
+    app = create_app(settings, runtime, metrics)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Errors the worker answers with, each a status and a stable code.
+
+    WorkerError
+    ├── MalformedRequest   400  the body is not JSON
+    ├── PayloadTooLarge    413  too many bytes or rows
+    ├── InvalidInput       422  JSON of the wrong shape, type or value
+    ├── QueueFull          503  the batcher is at its bound (sent with Retry-After)
+    ├── NotReady           503  the model is still loading or warming up
+    └── BatchFailed        500  the model call failed; every request of the batch gets it
+
+They travel to the client in the project's one envelope,
+``{"error": {"code", "message"}, "request_id"}``.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class MalformedRequest(WorkerError):
+    status_code = 400
+    code = "malformed_json"
+
+
+class PayloadTooLarge(WorkerError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class InvalidInput(WorkerError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class QueueFull(WorkerError):
+    status_code = 503
+    code = "queue_full"
+
+
+class NotReady(WorkerError):
+    status_code = 503
+    code = "not_ready"
+
+
+class BatchFailed(WorkerError):
+    status_code = 500
+    code = "batch_failed"

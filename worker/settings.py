@@ -1,0 +1,55 @@
+"""Worker settings, read once from the environment in the entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    worker_id: str = Field("0", description="Identity reported in every response and in /health.")
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, description="Port to listen on.")
+    model: str = Field(
+        "worker.model:IrisBayesianLogReg",
+        description="Import path of the Model subclass to serve ('module:Class').",
+    )
+    model_artifacts: Path = Field(ARTIFACTS_DIR, description="Folder the model's load() reads.")
+    max_batch_size: int = Field(64, ge=1, description="Rows per batch; 1 turns batching off.")
+    batch_timeout_ms: float = Field(
+        1.0, ge=0, description="Longest wait for more rows once a batch has started, under load."
+    )
+    max_queue_rows: int = Field(4096, ge=1, description="Rows waiting in the batcher before 503.")
+    max_rows_per_request: int = Field(
+        1024, ge=1, description="Rows one /batch_predict may carry before 413."
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="Largest request body, else 413.")
+    jax_cache_dir: Path | None = Field(
+        Path(".cache/jax"), description="Persistent XLA compilation cache; empty to disable."
+    )
+    xla_cpu_threads: int | None = Field(
+        None, ge=1, description="Cap XLA's intra-op CPU threads (None: XLA decides)."
+    )
+    log_level: str = Field("info", description="Python log level.")
+
+    @model_validator(mode="after")
+    def _rows_fit_queue(self) -> WorkerSettings:
+        if self.max_rows_per_request > self.max_queue_rows:
+            raise ValueError("MAX_ROWS_PER_REQUEST must not exceed MAX_QUEUE_ROWS")
+        return self
+
+    @property
+    def bucket_sizes(self) -> tuple[int, ...]:
+        """Padded batch shapes XLA compiles: powers of two up to, and including, the max."""
+        sizes, size = [], 1
+        while size < self.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        sizes.append(self.max_batch_size)
+        return tuple(sizes)
