@@ -32,5 +32,8 @@ train: install ## Fit the default model with NUTS and write worker/artifacts/pos
 smoke: ## Curl a running stack (GATEWAY_URL, default http://127.0.0.1:8080)
 	@GATEWAY_URL=$(GATEWAY_URL) bash scripts/smoke.sh
 
+bench: install ## Benchmark the stack (writes bench/results/, docs/benchmarks.md, a PNG plot)
+	$(PY) -m bench $(BENCH_ARGS)
+
 lint: install ## Ruff over the code
 	$(VENV)/bin/ruff check gateway worker jobs launcher bench tests

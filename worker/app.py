@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -206,6 +207,7 @@ def create_app(settings: WorkerSettings, runtime: Runtime, metrics: WorkerMetric
             "model_name": model.name,
             "model_version": model.version,
             "queued_rows": batcher.queued_rows,
+            "pid": os.getpid(),
         }
         return json_response(body, 200 if state["ready"] else 503)
 

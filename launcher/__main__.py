@@ -1,0 +1,100 @@
+"""``python -m launcher`` (``make run``): gateway + N workers (+ one job sidecar each) on this machine.
+
+Workers listen on PORT+1 .. PORT+N, each pinned to its own GPU where
+``nvidia-smi -L`` lists GPUs, else on the CPU. Ctrl-C or SIGTERM stops all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+
+import httpx
+
+from launcher.gpus import device_env, list_gpus
+from launcher.supervisor import Child, Supervisor
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__)
+    parser.add_argument("--workers", type=int, default=2, help="number of worker processes")
+    parser.add_argument("--port", type=int, default=8080, help="gateway port; workers take the next ports")
+    parser.add_argument("--host", default="127.0.0.1", help="gateway interface")
+    parser.add_argument("--no-sidecars", action="store_true", help="do not start job sidecars")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
+
+
+def build_children(args: argparse.Namespace, gpus: list[str]) -> list[Child]:
+    python = sys.executable
+    worker_ports = [args.port + 1 + i for i in range(args.workers)]
+    children = [
+        Child(
+            f"worker-{i}",
+            [python, "-m", "worker"],
+            {"WORKER_ID": str(i), "HOST": "127.0.0.1", "PORT": str(port), **device_env(i, gpus)},
+            stop_rank=2,
+        )
+        for i, port in enumerate(worker_ports)
+    ]
+    if not args.no_sidecars:
+        children += [
+            Child(f"sidecar-{i}", [python, "-m", "jobs.sidecar"], {"WORKER_URL": f"http://127.0.0.1:{port}"},
+                  stop_rank=1)
+            for i, port in enumerate(worker_ports)
+        ]
+    workers = ",".join(f"127.0.0.1:{port}" for port in worker_ports)
+    children.append(
+        Child("gateway", [python, "-m", "gateway"],
+              {"HOST": args.host, "PORT": str(args.port), "WORKERS": workers}, stop_rank=0)
+    )
+    return children
+
+
+async def announce_when_ready(supervisor: Supervisor, url: str, workers: int) -> None:
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        while True:
+            try:
+                health = (await client.get(f"{url}/gateway/health")).json()
+                if health.get("alive_backends") == workers:
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            await asyncio.sleep(0.5)
+    supervisor.say(
+        f"ready in {time.monotonic() - started:.1f}s: {workers} worker(s) behind {url}\n"
+        f"  docs:    {url}/docs\n"
+        f"  health:  {url}/gateway/health\n"
+        f"  try:     curl -s -X POST {url}/predict -H 'Content-Type: application/json' "
+        "-d '{\"input_data\": [5.1, 3.5, 1.4, 0.2], \"return_probabilities\": true}'\n"
+        "  stop:    Ctrl-C"
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    gpus = list_gpus()
+    supervisor = Supervisor(build_children(args, gpus))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, supervisor.stop)
+    supervisor.say(f"starting gateway on :{args.port} and {args.workers} worker(s) on "
+                   f"{'GPUs ' + ','.join(gpus) if gpus else 'the CPU'}")
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    announcer = asyncio.create_task(announce_when_ready(supervisor, f"http://{host}:{args.port}", args.workers))
+    await supervisor.run()
+    announcer.cancel()
+    supervisor.say("stopped")
+
+
+def main() -> None:
+    asyncio.run(main_async(parse_args()))
+
+
+if __name__ == "__main__":
+    main()
