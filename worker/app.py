@@ -95,22 +95,32 @@ class Predictor:
         except ValidationError as exc:
             raise InvalidInput(_validation_message(exc)) from None
 
-    def to_rows(self, items: Sequence[PredictRequest], prefix: str = "") -> np.ndarray:
-        rows = np.asarray([item.input_data for item in items], dtype=self.model.input_dtype)
-        expected = (len(items), *self.model.input_shape)
-        if rows.shape != expected:
-            got = rows.shape[1:] if rows.ndim > 1 else "ragged rows"
-            raise InvalidInput(
-                f"{prefix}input_data: expected shape {self.model.input_shape}, got {got}"
-            )
+    def to_rows(self, items: Sequence[PredictRequest]) -> np.ndarray:
+        """Stack the items' rows; an error names the first item of the wrong shape."""
+        shape = self.model.input_shape
+        try:
+            with np.errstate(over="ignore"):
+                rows = np.asarray([item.input_data for item in items], dtype=self.model.input_dtype)
+        except ValueError:  # ragged nesting
+            rows = None
+        if rows is None or rows.shape[1:] != shape:
+            for i, item in enumerate(items):
+                try:
+                    got: object = np.shape(item.input_data)
+                except ValueError:
+                    got = "ragged rows"
+                if got != shape:
+                    where = f"[{i}]." if len(items) > 1 else ""
+                    raise InvalidInput(f"{where}input_data: expected shape {shape}, got {got}")
+        assert rows is not None
         if not np.isfinite(rows).all():
-            raise InvalidInput(f"{prefix}input_data: values overflow {self.model.input_dtype}")
+            raise InvalidInput(f"input_data: values overflow {self.model.input_dtype}")
         return rows
 
     async def predict(self, items: Sequence[PredictRequest]) -> list[dict[str, Any]]:
         if not items:
             return []
-        rows = self.to_rows(items, prefix="" if len(items) == 1 else "each item's ")
+        rows = self.to_rows(items)
         started = time.perf_counter()
         outputs = await self.batcher.submit(rows)
         elapsed_ms = (time.perf_counter() - started) * 1000

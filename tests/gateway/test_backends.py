@@ -1,0 +1,76 @@
+"""Round-robin balancing and the health state machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.backends import AllBackendsBusy, Backend, BackendPool, BackendState, NoHealthyBackend
+
+
+def pool_of(*urls: str, max_in_flight: int = 10, healthy: bool = True) -> BackendPool:
+    pool = BackendPool(max_in_flight=max_in_flight)
+    pool.replace([(url, url) for url in urls])
+    if healthy:
+        for backend in pool.backends:
+            backend.record_probe(True, {"worker_id": backend.url})
+    return pool
+
+
+def test_round_robin_alternates_over_healthy_backends() -> None:
+    pool = pool_of("http://a", "http://b", "http://c")
+    assert [pool.choose().url for _ in range(6)] == ["http://a", "http://b", "http://c"] * 2
+
+
+def test_unhealthy_and_unknown_backends_get_no_requests() -> None:
+    pool = pool_of("http://a", "http://b", "http://c")
+    pool.backends[1].eject("connection refused")
+    pool.replace([*[(b.url, b.url) for b in pool.backends], ("http://new", "new")])  # unknown until probed
+    assert {pool.choose().url for _ in range(6)} == {"http://a", "http://c"}
+
+
+def test_no_healthy_backend_raises() -> None:
+    with pytest.raises(NoHealthyBackend):
+        pool_of("http://a", healthy=False).choose()
+    with pytest.raises(NoHealthyBackend):
+        BackendPool(max_in_flight=1).choose()
+
+
+def test_exclude_skips_backends_already_tried() -> None:
+    pool = pool_of("http://a", "http://b")
+    first = pool.choose()
+    assert pool.choose(exclude={first}) is not first
+    with pytest.raises(NoHealthyBackend):
+        pool.choose(exclude=set(pool.backends))
+
+
+def test_backends_at_their_in_flight_bound_are_skipped_then_shed() -> None:
+    pool = pool_of("http://a", "http://b", max_in_flight=2)
+    a, b = pool.backends
+    a.in_flight = 2
+    assert {pool.choose().url for _ in range(4)} == {"http://b"}
+    b.in_flight = 2
+    with pytest.raises(AllBackendsBusy):
+        pool.choose()
+
+
+def test_health_state_machine() -> None:
+    backend = Backend(url="http://a")
+    assert backend.state is BackendState.UNKNOWN and not backend.healthy
+    backend.record_probe(False, error="/health answered 503")
+    assert backend.state is BackendState.UNHEALTHY and backend.last_error == "/health answered 503"
+    backend.record_probe(True, {"worker_id": "7", "model_name": "m", "model_version": "1"})
+    assert backend.healthy and backend.last_error is None
+    backend.eject("connection refused")
+    assert backend.state is BackendState.UNHEALTHY
+    backend.record_probe(True)
+    assert backend.healthy
+    assert backend.describe()["worker_id"] == "7"  # what the worker said last is kept
+
+
+def test_replace_keeps_the_state_of_known_backends() -> None:
+    pool = pool_of("http://a", "http://b")
+    a = pool.backends[0]
+    pool.replace([("http://a", "w:8000"), ("http://c", "w:8000")])
+    assert pool.backends[0] is a and a.healthy
+    assert [b.url for b in pool.backends] == ["http://a", "http://c"]
+    assert pool.summary() == (1, 2)

@@ -1,0 +1,154 @@
+"""The worker's HTTP API with a fake runtime: validation, readiness, errors, no JAX needed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from worker.app import create_app
+from worker.contract import Model
+from worker.metrics import WorkerMetrics
+from worker.settings import WorkerSettings
+
+
+class SumModel(Model):
+    name = "sum"
+    version = "3"
+    input_shape = (4,)
+    output_names = ("total",)
+
+
+class FakeRuntime:
+    """Sums each row; warm-up waits for the test to open ``warm``."""
+
+    def __init__(self) -> None:
+        self.model = SumModel()
+        self.device = "fake:0"
+        self.warm = threading.Event()
+        self.fail = False
+
+    def load_and_warm_up(self) -> None:
+        self.warm.wait(10)
+
+    def infer(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        if self.fail:
+            raise RuntimeError("device lost")
+        return {"total": rows.sum(axis=1, keepdims=True)}
+
+
+def make_client(runtime: FakeRuntime, **settings: Any) -> TestClient:
+    config = WorkerSettings(worker_id="w7", max_rows_per_request=5, max_body_bytes=2000, **settings)
+    return TestClient(create_app(config, runtime, WorkerMetrics(config.max_batch_size)))
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    runtime = FakeRuntime()
+    runtime.warm.set()
+    with make_client(runtime) as client:
+        client.runtime = runtime  # type: ignore[attr-defined]
+        yield client
+
+
+def wait_ready(client: TestClient) -> None:
+    for _ in range(200):
+        if client.get("/health").status_code == 200:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("worker never became ready")
+
+
+def test_health_is_503_until_warm_then_200() -> None:
+    runtime = FakeRuntime()
+    with make_client(runtime) as client:
+        cold = client.get("/health")
+        assert cold.status_code == 503 and cold.json()["model_loaded"] is False
+        refused = client.post("/predict", json={"input_data": [1, 2, 3, 4]})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        assert refused.headers["retry-after"]
+        runtime.warm.set()
+        wait_ready(client)
+        health = client.get("/health").json()
+        assert health | {"pid": 0} == health | {
+            "status": "healthy", "worker_id": "w7", "model_name": "sum", "model_version": "3",
+            "device": "fake:0", "pid": 0,
+        }
+
+
+def test_predict_and_batch_predict(client: TestClient) -> None:
+    wait_ready(client)
+    one = client.post("/predict", json={"input_data": [1, 2, 3, 4]}, headers={"X-Request-ID": "abc"})
+    assert one.status_code == 200 and one.headers["x-request-id"] == "abc"
+    assert one.json()["prediction"] == [10.0] and one.json()["worker_id"] == "w7"
+    many = client.post("/batch_predict", json=[{"input_data": [i, 0, 0, 0]} for i in range(5)])
+    assert [answer["prediction"] for answer in many.json()] == [[float(i)] for i in range(5)]
+    assert client.post("/batch_predict", json=[]).json() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "message"),
+    [
+        (b'{"input_data": [1, 2', 400, "malformed_json", "not valid JSON"),
+        (b'{"input_data": [1, 2, 3]}', 422, "invalid_input", "input_data: expected shape (4,), got (3,)"),
+        (b'{"input_data": [1, 2, 3, "4"]}', 422, "invalid_input", "input_data[3]: Input should be a valid number"),
+        (b'{"input_data": [1, 2, 3, true]}', 422, "invalid_input", "input_data[3]"),
+        (b'{"input_data": [1, 2, 3, 1e39]}', 422, "invalid_input", "overflow float32"),
+        (b'{"input_data": [1, 2, 3, NaN]}', 400, "malformed_json", "not valid JSON"),
+        (b'{"input_data": [1, 2, 3, 4], "extra": 1}', 422, "invalid_input", "extra"),
+        (b'{"input_data": [1, 2, 3, 4], "return_probabilities": "yes"}', 422, "invalid_input",
+         "return_probabilities"),
+        (b'{"inputs": [1, 2, 3, 4]}', 422, "invalid_input", "input_data: Field required"),
+        (b"[1, 2, 3, 4]", 422, "invalid_input", "body"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client: TestClient, body: bytes, status: int, code: str,
+                                    message: str) -> None:
+    wait_ready(client)
+    response = client.post("/predict", content=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert message in response.json()["error"]["message"]
+
+
+def test_batch_errors_name_the_item(client: TestClient) -> None:
+    wait_ready(client)
+    response = client.post("/batch_predict", json=[{"input_data": [1, 2, 3, 4]}, {"input_data": [1, "x", 3, 4]}])
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("[1].input_data[1]")
+
+
+def test_limits_answer_413(client: TestClient) -> None:
+    wait_ready(client)
+    too_many = client.post("/batch_predict", json=[{"input_data": [1, 2, 3, 4]}] * 6)
+    assert too_many.status_code == 413 and "limit is 5" in too_many.json()["error"]["message"]
+    too_big = client.post("/predict", content=b" " * 3000)
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large"
+
+
+def test_a_failing_model_call_is_a_500_in_the_envelope(client: TestClient) -> None:
+    wait_ready(client)
+    client.runtime.fail = True  # type: ignore[attr-defined]
+    response = client.post("/predict", json={"input_data": [1, 2, 3, 4]})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "batch_failed"
+    assert "device lost" in response.json()["error"]["message"]
+
+
+def test_unknown_routes_get_the_json_envelope(client: TestClient) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert client.get("/predict").status_code == 405
+
+
+def test_index_and_metrics(client: TestClient) -> None:
+    wait_ready(client)
+    client.post("/predict", json={"input_data": [1, 2, 3, 4]})
+    assert client.get("/").json()["worker_id"] == "w7"
+    text = client.get("/metrics").text
+    assert 'worker_requests_total{route="/predict",status="200"} 1.0' in text
+    assert "worker_batch_size_bucket" in text
