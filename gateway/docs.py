@@ -151,7 +151,9 @@ def prediction_api(builder: OpenAPIBuilder) -> None:
     builder.add("/metrics", "get", {
         "summary": "Prometheus metrics of the gateway",
         "tags": ["gateway"],
-        "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        "responses": {
+            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
     })
 
 
