@@ -23,12 +23,13 @@ from worker.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 
-def configure_jax(cache_dir: Path | None) -> None:
+def configure_jax(cache_dir: str) -> None:
     """Turn on the persistent compilation cache so a restart skips compilation."""
-    if cache_dir is None or str(cache_dir) == "":
+    if not cache_dir:
         return
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir.resolve()))
+    folder = Path(cache_dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
     # On CPU compilations are fast, and the default minimum (1 s) would cache nothing.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

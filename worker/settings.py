@@ -30,9 +30,7 @@ class WorkerSettings(BaseSettings):
         1024, ge=1, description="Rows one /batch_predict may carry before 413."
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="Largest request body, else 413.")
-    jax_cache_dir: Path | None = Field(
-        Path(".cache/jax"), description="Persistent XLA compilation cache; empty to disable."
-    )
+    jax_cache_dir: str = Field(".cache/jax", description="Persistent XLA compilation cache folder; empty disables it.")
     xla_cpu_threads: int | None = Field(
         None, ge=1, description="Cap XLA's intra-op CPU threads (None: XLA decides)."
     )
