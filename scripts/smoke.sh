@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Curl a running stack, as the original template's `make test` did: exits non-zero on the first failure.
+set -euo pipefail
+URL="${GATEWAY_URL:-http://127.0.0.1:8080}"
+
+check() {  # check NAME EXPECTED_STATUS curl-args...
+    local name=$1 expected=$2; shift 2
+    local body status
+    body=$(curl -sS -w '\n%{http_code}' "$@")
+    status=${body##*$'\n'}
+    body=${body%$'\n'*}
+    if [[ "$status" != "$expected" ]]; then
+        echo "FAIL $name: HTTP $status (expected $expected): $body" >&2
+        exit 1
+    fi
+    echo "ok   $name: $body" | cut -c1-160
+}
+
+check "gateway health" 200 "$URL/gateway/health"
+check "gateway info" 200 "$URL/gateway/info"
+check "worker health" 200 "$URL/health"
+check "predict" 200 -X POST "$URL/predict" -H 'Content-Type: application/json' \
+    -d '{"input_data": [5.1, 3.5, 1.4, 0.2], "return_probabilities": true}'
+check "batch_predict" 200 -X POST "$URL/batch_predict" -H 'Content-Type: application/json' \
+    -d '[{"input_data": [5.1, 3.5, 1.4, 0.2]}, {"input_data": [6.7, 3.0, 5.2, 2.3]}]'
+check "invalid input is 422" 422 -X POST "$URL/predict" -H 'Content-Type: application/json' \
+    -d '{"input_data": [5.1, 3.5]}'
+echo "smoke test passed against $URL"
