@@ -21,7 +21,11 @@ def test_models_load_by_import_path() -> None:
 
 @pytest.mark.parametrize(
     ("path", "error"),
-    [("worker.model", ValueError), ("worker.settings:WorkerSettings", TypeError), ("worker.model:Nope", AttributeError)],
+    [
+        ("worker.model", ValueError),
+        ("worker.settings:WorkerSettings", TypeError),
+        ("worker.model:Nope", AttributeError),
+    ],
 )
 def test_bad_import_paths_fail_clearly(path: str, error: type[Exception]) -> None:
     with pytest.raises(error):
