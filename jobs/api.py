@@ -1,0 +1,126 @@
+"""The job routes of the gateway, and their part of the OpenAPI document.
+
+    POST   /jobs               202 + Location once the job is stored and queued
+    GET    /jobs/{id}          its status
+    GET    /jobs/{id}/result   the result; 409 until it succeeded; a redirect when large (S3)
+    DELETE /jobs/{id}          cancel: 200 if cancelled, 202 if it stops at its next chunk
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from gateway.docs import OpenAPIBuilder
+from gateway.errors import error_response
+from jobs.errors import JobError, JobTooLarge
+from jobs.schema import SUBMISSION_EXAMPLE, JobStatus, JobSubmission
+from jobs.service import JobService
+
+log = logging.getLogger(__name__)
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+class JobResult(BaseModel):
+    job_id: str
+    task: str
+    output: Any
+
+
+def _json(status: JobStatus, status_code: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(status.model_dump_json(), status_code, headers, media_type="application/json")
+
+
+def job_routes(service: JobService) -> list[Route]:
+    def handler(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except JobError as exc:
+                return error_response(exc.status_code, exc.code, exc.message, request.scope["state"].get("request_id"))
+            except Exception:
+                log.exception("job route %s failed", request.url.path)
+                return error_response(500, "internal_error", "unexpected error, see the gateway log",
+                                      request.scope["state"].get("request_id"))
+
+        return endpoint
+
+    async def read_body(request: Request) -> bytes:
+        limit = service.settings.job_max_inline_bytes
+        too_large = JobTooLarge(f"body over {limit} bytes: put the rows in the store and send input_uri")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+
+    async def submit(request: Request) -> Response:
+        submitted = await service.submit(await read_body(request), request.headers.get(IDEMPOTENCY_HEADER))
+        headers = {"Location": submitted.status.status_url}
+        if submitted.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return _json(submitted.status, 202, headers)
+
+    async def status(request: Request) -> Response:
+        return _json(await service.status(request.path_params["job_id"]), 200)
+
+    async def result(request: Request) -> Response:
+        answer = await service.result(request.path_params["job_id"])
+        if isinstance(answer, str):
+            return RedirectResponse(answer, 307)
+        return Response(answer, media_type="application/json")
+
+    async def cancel(request: Request) -> Response:
+        status = await service.cancel(request.path_params["job_id"])
+        return _json(status, 200 if status.status == "cancelled" else 202)
+
+    return [
+        Route("/jobs", handler(submit), methods=["POST"]),
+        Route("/jobs/{job_id}", handler(status), methods=["GET"]),
+        Route("/jobs/{job_id}", handler(cancel), methods=["DELETE"]),
+        Route("/jobs/{job_id}/result", handler(result), methods=["GET"]),
+    ]
+
+
+def jobs_openapi(builder: OpenAPIBuilder) -> None:
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    builder.add("/jobs", "post", {
+        "summary": "Submit a job; 202 once it is stored and queued",
+        "tags": ["jobs"],
+        "parameters": [{
+            "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "A retry with the same key and body returns the same job.",
+        }],
+        "requestBody": builder.json_body(JobSubmission, SUBMISSION_EXAMPLE),
+        "responses": builder.responses(JobStatus, 400, 413, 422, 503, ok_status=202),
+    })
+    builder.add("/jobs/{job_id}", "get", {
+        "summary": "A job's status: queued, running, succeeded, failed or cancelled, with progress",
+        "tags": ["jobs"],
+        "parameters": [job_id],
+        "responses": builder.responses(JobStatus, 404, 503),
+    })
+    builder.add("/jobs/{job_id}", "delete", {
+        "summary": "Cancel a job: 200 when cancelled, 202 when it stops at its next chunk",
+        "tags": ["jobs"],
+        "parameters": [job_id],
+        "responses": builder.responses(JobStatus, 404, 409, 503),
+    })
+    result = builder.responses(JobResult, 404, 409, 503)
+    result["307"] = {"description": "A large result: fetch it from the presigned URL in Location"}
+    builder.add("/jobs/{job_id}/result", "get", {
+        "summary": "A succeeded job's result (rows in input order); 409 before",
+        "tags": ["jobs"],
+        "parameters": [job_id],
+        "responses": result,
+    })

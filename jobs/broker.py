@@ -1,0 +1,67 @@
+"""The broker contract the gateway and the sidecars use, and the choice of adapter.
+
+Two adapters keep the same promises:
+
+- ``publish`` returns only once the broker holds the message durably
+  (RabbitMQ: a publisher confirm of a persistent message on a durable quorum
+  queue; embedded: a committed SQLite transaction);
+- a consumed message stays owned by its consumer until ``ack``; if the
+  consumer dies it is delivered again, and each delivery is counted;
+- past ``JOB_MAX_DELIVERIES`` deliveries a message moves to the dead-letter
+  queue, which ``consume(dead=True)`` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from jobs.settings import JobsSettings
+
+
+class Delivery(Protocol):
+    body: bytes
+    #: 1 on the first delivery, counting every redelivery (crashes included).
+    attempt: int
+
+    async def ack(self) -> None:
+        """Done: the message is removed for good."""
+
+    async def retry(self) -> None:
+        """This attempt failed: deliver again, or dead-letter past the delivery limit."""
+
+    async def release(self) -> None:
+        """Hand the message back untouched (shutdown); the attempt need not count."""
+
+
+class Broker(Protocol):
+    async def start(self) -> None:
+        """Connect and declare the queues (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    async def publish(self, body: bytes) -> None:
+        """Return once the broker holds the message durably."""
+
+    async def count(self, *, dead: bool = False) -> int:
+        """Messages waiting in the queue (tests, the benchmark, operators)."""
+
+    def consume(self, prefetch: int, *, dead: bool = False) -> AsyncIterator[Delivery]:
+        """Yield deliveries, at most ``prefetch`` unacknowledged at a time."""
+        ...
+
+
+def create_broker(settings: JobsSettings) -> Broker:
+    if settings.amqp_url:
+        from jobs.broker_amqp import AmqpBroker
+
+        return AmqpBroker(settings.amqp_url, settings.job_queue, settings.job_max_deliveries)
+    from jobs.broker_embedded import EmbeddedBroker
+
+    return EmbeddedBroker(
+        settings.jobs_dir / "broker.sqlite3",
+        settings.job_queue,
+        max_deliveries=settings.job_max_deliveries,
+        visibility_timeout_s=settings.embedded_visibility_timeout_s,
+        poll_interval_s=settings.embedded_poll_interval_s,
+    )

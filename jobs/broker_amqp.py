@@ -1,0 +1,119 @@
+"""The RabbitMQ adapter, through aio-pika.
+
+Topology, declared by every process (declarations are idempotent):
+
+    jobs        durable quorum queue, x-delivery-limit, dead-letters to jobs.dlx
+    jobs.dlx    direct exchange
+    jobs.dead   durable quorum queue bound to jobs.dlx
+
+Messages are persistent and published on a channel with publisher confirms
+and ``mandatory``, so ``publish`` returns only once a queue holds the message.
+A quorum queue counts every return of a message (a nack with requeue, or its
+consumer's connection dropping) and dead-letters it past the delivery limit.
+RabbitMQ refuses a declaration whose arguments differ from an existing
+queue's: change JOB_MAX_DELIVERIES together with a new JOB_QUEUE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+
+class AmqpDelivery:
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+        self.body = message.body
+        # The quorum queue's count of earlier returns; absent on the first delivery.
+        self.attempt = int((message.headers or {}).get("x-delivery-count", 0) or 0) + 1
+
+    async def ack(self) -> None:
+        await self._message.ack()
+
+    async def retry(self) -> None:
+        await self._message.nack(requeue=True)
+
+    async def release(self) -> None:
+        # RabbitMQ 3.x has no uncounted return: a release costs one delivery.
+        await self._message.nack(requeue=True)
+
+
+class AmqpBroker:
+    def __init__(self, url: str, queue: str, max_deliveries: int) -> None:
+        self.url = url
+        self.queue = queue
+        self.dead_queue = f"{queue}.dead"
+        self.exchange = f"{queue}.dlx"
+        self.max_deliveries = max_deliveries
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractChannel | None = None
+
+    async def start(self) -> None:
+        if self._connection is not None:
+            return
+        connection = await aio_pika.connect_robust(self.url)
+        try:
+            self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await self._declare(self._publisher)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection = connection
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = self._publisher = None
+
+    async def _declare(self, channel: AbstractChannel) -> None:
+        exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        dead = await channel.declare_queue(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        await dead.bind(exchange, routing_key=self.queue)
+        await channel.declare_queue(
+            self.queue,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                # Returns allowed before dead-lettering: N deliveries are N - 1 returns.
+                "x-delivery-limit": self.max_deliveries - 1,
+                "x-dead-letter-exchange": self.exchange,
+                "x-dead-letter-routing-key": self.queue,
+            },
+        )
+
+    async def publish(self, body: bytes) -> None:
+        if self._publisher is None:
+            raise RuntimeError("the AMQP broker is not started")
+        message = aio_pika.Message(
+            body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json"
+        )
+        await self._publisher.default_exchange.publish(message, routing_key=self.queue, mandatory=True)
+
+    async def consume(self, prefetch: int, *, dead: bool = False) -> AsyncIterator[AmqpDelivery]:
+        if self._connection is None:
+            raise RuntimeError("the AMQP broker is not started")
+        # The channel outlives the iterator: deliveries still running when the consumer
+        # stops must be acked on it. Closing the connection closes it.
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(self.dead_queue if dead else self.queue)
+        async with queue.iterator() as messages:  # leaving it cancels the consumer
+            async for message in messages:
+                yield AmqpDelivery(message)
+
+    async def count(self, *, dead: bool = False) -> int:
+        if self._publisher is None:
+            raise RuntimeError("the AMQP broker is not started")
+        queue = await self._publisher.get_queue(self.dead_queue if dead else self.queue)
+        result = await queue.declare()  # passive: answers the message count
+        return result.message_count or 0
+
+    async def delete_queues(self) -> None:
+        """Remove the queues and the exchange (tests use a unique queue name per run)."""
+        if self._publisher is None:
+            raise RuntimeError("the AMQP broker is not started")
+        await self._publisher.queue_delete(self.queue)
+        await self._publisher.queue_delete(self.dead_queue)
+        await self._publisher.exchange_delete(self.exchange)

@@ -1,0 +1,224 @@
+"""The embedded broker: one SQLite file in WAL mode, shared by the local processes.
+
+Why hand-written: the libraries that keep a queue in SQLite did not fit. Some
+delete a message when it is read (at-most-once: a crash loses the job), and
+the ones with acknowledgements assume a single consumer process (re-opening
+the queue hands every unacknowledged message out again, even those a live
+sidecar holds) or need Python 3.12. None has leases with a visibility
+timeout, delivery counts and a dead-letter queue across processes, which is
+what RabbitMQ gives the other adapter. Those are a few SQL statements:
+
+- a message is *leased* to one consumer: its ``visible_at`` moves into the
+  future and it gets a fresh lease token; the holder's heartbeat keeps moving
+  it, so a job that runs for minutes stays with its sidecar;
+- if the holder dies the heartbeat stops, the lease expires, and the next
+  claim delivers the message again, counting the delivery;
+- a message claimed past ``max_deliveries`` moves to ``<queue>.dead``.
+
+``synchronous=FULL`` makes a commit durable before ``publish`` returns.
+Times are wall-clock seconds because leases are shared between processes
+and must survive a restart of any of them. All SQLite work runs on one
+thread per broker object, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    visible_at REAL NOT NULL,
+    lease TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at);
+"""
+
+
+class EmbeddedDelivery:
+    def __init__(self, broker: EmbeddedBroker, message_id: int, lease: str, body: bytes, attempt: int,
+                 settled: Callable[[], None]) -> None:
+        self._broker = broker
+        self._id = message_id
+        self._lease = lease
+        self._settled = settled
+        self.body = body
+        self.attempt = attempt
+
+    async def _settle(self, action: Callable[[sqlite3.Connection, int, str], None]) -> None:
+        self._broker.held.pop(self._lease, None)
+        try:
+            await self._broker.run(action, self._id, self._lease)
+        finally:
+            self._settled()
+
+    async def ack(self) -> None:
+        await self._settle(_ack)
+
+    async def retry(self) -> None:
+        await self._settle(self._broker.requeue_or_kill)
+
+    async def release(self) -> None:
+        await self._settle(_release)
+
+
+class EmbeddedBroker:
+    def __init__(self, path: Path, queue: str, *, max_deliveries: int, visibility_timeout_s: float,
+                 poll_interval_s: float) -> None:
+        self.path = path
+        self.queue = queue
+        self.dead_queue = f"{queue}.dead"
+        self.max_deliveries = max_deliveries
+        self.visibility_timeout_s = visibility_timeout_s
+        self.poll_interval_s = poll_interval_s
+        self.held: dict[str, int] = {}  # lease token -> message id, renewed by the heartbeat
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="embedded-broker")
+        await self.run(lambda db: None)  # opens the database on the broker's thread
+        self._heartbeat = asyncio.create_task(self._renew_leases(), name="embedded-broker-heartbeat")
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        if self._executor is not None:
+            await self.run(lambda db: db.close())
+            self._executor.shutdown()
+            self._executor, self._db = None, None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(db, *args)`` on the broker's thread."""
+        if self._executor is None:
+            raise RuntimeError("the embedded broker is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, args)
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return fn(self._db, *args)
+
+    async def publish(self, body: bytes) -> None:
+        await self.run(_insert, self.queue, body)
+
+    async def consume(self, prefetch: int, *, dead: bool = False) -> AsyncIterator[EmbeddedDelivery]:
+        queue = self.dead_queue if dead else self.queue
+        limit = None if dead else self.max_deliveries
+        slots = asyncio.Semaphore(prefetch)
+        while True:
+            await slots.acquire()
+            claimed = await self.run(self._claim, queue, limit)
+            if claimed is None:
+                slots.release()
+                await asyncio.sleep(self.poll_interval_s)
+                continue
+            message_id, lease, body, attempt = claimed
+            self.held[lease] = message_id
+            yield EmbeddedDelivery(self, message_id, lease, body, attempt, slots.release)
+
+    def _claim(self, db: sqlite3.Connection, queue: str, limit: int | None) -> tuple[int, str, bytes, int] | None:
+        now = time.time()
+        ready = "SELECT id, body, deliveries FROM messages WHERE queue = ? AND visible_at <= ? ORDER BY id LIMIT 1"
+        if db.execute(ready, (queue, now)).fetchone() is None:  # idle: no write lock taken
+            return None
+        with _transaction(db):
+            while (row := db.execute(ready, (queue, now)).fetchone()) is not None:
+                message_id, body, deliveries = row
+                if limit is not None and deliveries >= limit:  # its holders kept dying: give up
+                    _kill(db, message_id, self.dead_queue)
+                    continue
+                lease = uuid.uuid4().hex
+                db.execute(
+                    "UPDATE messages SET deliveries = deliveries + 1, visible_at = ?, lease = ? WHERE id = ?",
+                    (now + self.visibility_timeout_s, lease, message_id),
+                )
+                return message_id, lease, bytes(body), deliveries + 1
+        return None
+
+    def requeue_or_kill(self, db: sqlite3.Connection, message_id: int, lease: str) -> None:
+        with _transaction(db):
+            query = "SELECT deliveries FROM messages WHERE id = ? AND lease = ?"
+            row = db.execute(query, (message_id, lease)).fetchone()
+            if row is None:
+                return  # the lease expired and someone else holds the message now
+            if row[0] >= self.max_deliveries:
+                _kill(db, message_id, self.dead_queue)
+            else:
+                db.execute("UPDATE messages SET visible_at = ?, lease = NULL WHERE id = ?", (time.time(), message_id))
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.visibility_timeout_s / 3)
+            if self.held:
+                await self.run(_renew, list(self.held.items()), time.time() + self.visibility_timeout_s)
+
+    async def count(self, *, dead: bool = False) -> int:
+        """Messages in the queue, held ones included."""
+        queue = self.dead_queue if dead else self.queue
+        query = "SELECT COUNT(*) FROM messages WHERE queue = ?"
+        return await self.run(lambda db: db.execute(query, (queue,)).fetchone()[0])
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection):  # type: ignore[no-untyped-def]
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _insert(db: sqlite3.Connection, queue: str, body: bytes) -> None:
+    db.execute("INSERT INTO messages (queue, body, visible_at) VALUES (?, ?, ?)", (queue, body, time.time()))
+
+
+def _kill(db: sqlite3.Connection, message_id: int, dead_queue: str) -> None:
+    db.execute(
+        "UPDATE messages SET queue = ?, deliveries = 0, visible_at = 0, lease = NULL WHERE id = ?",
+        (dead_queue, message_id),
+    )
+
+
+def _ack(db: sqlite3.Connection, message_id: int, lease: str) -> None:
+    db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", (message_id, lease))
+
+
+def _release(db: sqlite3.Connection, message_id: int, lease: str) -> None:
+    db.execute(
+        "UPDATE messages SET visible_at = ?, lease = NULL, deliveries = deliveries - 1 WHERE id = ? AND lease = ?",
+        (time.time(), message_id, lease),
+    )
+
+
+def _renew(db: sqlite3.Connection, leases: list[tuple[str, int]], visible_at: float) -> None:
+    with _transaction(db):
+        db.executemany(
+            "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?",
+            [(visible_at, message_id, lease) for lease, message_id in leases],
+        )

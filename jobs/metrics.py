@@ -1,0 +1,18 @@
+"""``jobs_total{state}``: job state changes, counted where they happen.
+
+The gateway counts ``queued`` (accepted) and ``cancel_requested``; each
+sidecar counts ``running``, ``retried``, ``succeeded``, ``failed`` and
+``cancelled`` on its own /metrics (SIDECAR_METRICS_PORT).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class JobsMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.jobs = Counter("jobs", "Job state changes, by state.", ["state"], registry=registry)
+
+    def count(self, state: str) -> None:
+        self.jobs.labels(state).inc()

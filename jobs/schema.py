@@ -1,0 +1,103 @@
+"""The job API's request and status models, and the message a job travels as.
+
+Free of JAX: the gateway imports it, and the OpenAPI document is built from it.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from jobs.errors import InvalidJob
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+SUBMISSION_EXAMPLE = {
+    "task": "batch_predict",
+    "inputs": [
+        {"input_data": [5.1, 3.5, 1.4, 0.2], "return_probabilities": True},
+        {"input_data": [6.7, 3.0, 5.2, 2.3]},
+    ],
+}
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@functools.cache
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(annotation)
+
+
+def validate(annotation: Any, data: Any, prefix: str) -> Any:
+    """``data`` as ``annotation``, or :class:`InvalidJob` naming the first bad field."""
+    try:
+        return _adapter(annotation).validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"])
+        raise InvalidJob(f"{(prefix + where).lstrip('.') or 'body'}: {first['msg']}") from None
+
+
+class JobSubmission(BaseModel):
+    """Body of ``POST /jobs``: a task type and its rows, inline or in the store."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SUBMISSION_EXAMPLE]})
+
+    task: str = Field(description="Task type, e.g. batch_predict or train.")
+    inputs: list[Any] | None = Field(
+        None, description="The rows, inline (for batch_predict the same objects as /batch_predict)."
+    )
+    input_uri: str | None = Field(
+        None,
+        description="Instead of inputs: a JSON array of rows already in the store, as s3://<bucket>/<key> "
+        "(S3) or file://<path inside JOBS_DIR> (local store).",
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Options of the task type.")
+
+
+class Progress(BaseModel):
+    done: int = Field(0, description="Units done (rows for batch_predict, NUTS iterations for train).")
+    total: int | None = Field(None, description="Units in all; null until known.")
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class JobStatus(BaseModel):
+    """``jobs/<id>/status.json``, and the answer of ``GET /jobs/{id}``."""
+
+    job_id: str
+    task: str
+    status: JobState
+    progress: Progress = Field(default_factory=Progress)
+    attempts: int = Field(0, description="Deliveries of the job to a sidecar so far.")
+    error: ErrorInfo | None = Field(None, description="Why the job failed, or why the last attempt did.")
+    cancel_requested: bool = Field(False, description="A cancel was asked for; a running job stops at its next chunk.")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+    status_url: str
+    result_url: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATES
+
+
+class JobSpec(BaseModel):
+    """What a sidecar needs to run a job: the broker message and ``jobs/<id>/request.json``."""
+
+    job_id: str
+    task: str
+    input_key: str | None = Field(None, description="Store key of the rows, if the job has any.")
+    options: dict[str, Any] = Field(default_factory=dict)
+    fingerprint: str = Field(description="Hash of the submission, to tell an idempotent retry from a reuse.")

@@ -1,0 +1,86 @@
+"""Settings of the job path, shared by the gateway and the sidecars.
+
+Read once in each process's entry point. Every process of one deployment must
+see the same broker and store settings (``make run`` passes the same
+environment to the gateway and to every sidecar).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class JobsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    amqp_url: str | None = Field(
+        None, description="RabbitMQ URL (amqp://user:pass@host:5672/); unset: the embedded broker."
+    )
+    job_queue: str = Field("jobs", description="Queue name; the dead-letter queue is '<name>.dead'.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto); unset with S3_BUCKET set: AWS S3."
+    )
+    s3_bucket: str | None = Field(None, description="Bucket of inputs, results and models; unset: local folder.")
+    aws_access_key_id: str | None = Field(None, description="S3 access key id.")
+    aws_secret_access_key: str | None = Field(None, description="S3 secret access key.")
+    aws_region: str = Field("us-east-1", description="S3 region.")
+    jobs_dir: Path = Field(
+        Path(".run/jobs"),
+        description="Folder of the embedded broker's SQLite file and, without S3, of the local store.",
+    )
+    job_chunk_rows: int = Field(256, ge=1, description="Rows per /batch_predict call a job makes to its worker.")
+    job_max_rows: int = Field(100_000, ge=1, description="Rows one job may carry, inline or by input_uri.")
+    job_max_inline_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="Largest POST /jobs body (413 beyond: upload and use input_uri)."
+    )
+    job_max_input_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Largest object an input_uri may name (422 beyond)."
+    )
+    job_result_redirect_bytes: int = Field(
+        8 * 1024 * 1024, ge=0,
+        description="Results larger than this are answered with a redirect to a presigned URL (S3 only).",
+    )
+    job_max_deliveries: int = Field(
+        3, ge=1, description="Deliveries of one job before it is dead-lettered and marked failed."
+    )
+    job_retry_delay_s: float = Field(
+        1.0, ge=0, description="Wait before a failed attempt goes back to the queue (times the attempt number)."
+    )
+    sidecar_prefetch: int = Field(4, ge=1, description="Jobs one sidecar holds and runs at once.")
+    sidecar_shutdown_grace_s: float = Field(
+        20.0, ge=0, description="On SIGTERM, time to finish running jobs before they are requeued."
+    )
+    sidecar_metrics_port: int = Field(0, ge=0, description="Port of the sidecar's /metrics; 0: none.")
+    worker_url: str = Field("http://127.0.0.1:8000", description="The worker this sidecar runs jobs on.")
+    worker_timeout_s: float = Field(60.0, gt=0, description="Timeout of one call from a sidecar to its worker.")
+    worker_ready_timeout_s: float = Field(
+        600.0, gt=0, description="How long a sidecar waits for its worker's /health before giving up."
+    )
+    embedded_visibility_timeout_s: float = Field(
+        30.0, gt=0,
+        description="Embedded broker: a job held this long without a heartbeat (its sidecar died) is redelivered.",
+    )
+    embedded_poll_interval_s: float = Field(
+        0.05, gt=0, description="Embedded broker: how often an idle consumer looks for new messages."
+    )
+    job_task_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra modules imported at start-up to register task types, comma separated.",
+    )
+
+    @field_validator("job_task_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _s3_is_complete(self) -> JobsSettings:
+        if self.s3_endpoint_url and not self.s3_bucket:
+            raise ValueError("S3_ENDPOINT_URL is set but S3_BUCKET is not")
+        return self
