@@ -29,13 +29,17 @@ from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.request_context import RequestContext
 from gateway.settings import GatewaySettings
+from jobs.api import job_routes, jobs_openapi
+from jobs.service import JobService
+from jobs.settings import JobsSettings
 
 PROXIED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def create_app(settings: GatewaySettings | None = None) -> Starlette:
+def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSettings | None = None) -> Starlette:
     settings = settings or GatewaySettings()
     metrics = GatewayMetrics()
+    jobs = JobService.from_settings(jobs_settings or JobsSettings(), metrics.registry)
     pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker)
     client = WorkerClient(
         connect_timeout_s=settings.connect_timeout_s,
@@ -64,6 +68,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
                 await health_task
             await checker.aclose()
             await client.aclose()
+            await jobs.close()
 
     async def gateway_health(request: Request) -> Response:
         alive, total = pool.summary()
@@ -93,11 +98,13 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         "Predictions from JAX / NumPyro models on a pool of workers, and async jobs.",
     )
     prediction_api(openapi)
+    jobs_openapi(openapi)
     routes = [
         Route("/gateway/health", gateway_health),
         Route("/gateway/info", gateway_info),
         Route("/metrics", metrics_endpoint),
         *docs_routes(openapi.document),
+        *job_routes(jobs),
         Route("/{path:path}", proxy.handle, methods=PROXIED_METHODS),
     ]
     app = Starlette(
