@@ -1,0 +1,13 @@
+"""A test-only task type that always fails: a poison job (JOB_TASK_MODULES=tests.jobs.failing_tasks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.tasks import TaskContext, task
+from worker.schemas import PredictRequest
+
+
+@task("always_fails", row=PredictRequest)
+async def always_fails(ctx: TaskContext, rows: list[Any]) -> None:
+    raise RuntimeError("this task always fails")

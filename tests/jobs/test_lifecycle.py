@@ -1,0 +1,167 @@
+"""The job life cycle through a real gateway and sidecar, on both adapter pairs."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from jobs.settings import JobsSettings
+from jobs.store import ArtifactStore
+from tests.jobs.conftest import broker_of, finished, gateway, sidecar, wait_for_job
+from tests.jobs.fake_worker import FakeWorker
+
+ROWS = [{"input_data": [float(i), 1.0, 2.0, 3.0]} for i in range(5)]
+
+
+def expected(rows: list[dict]) -> list[list[float]]:
+    return [[sum(row["input_data"])] for row in rows]
+
+
+async def test_submit_run_and_fetch_the_result(jobs_settings: JobsSettings) -> None:
+    async with gateway(jobs_settings) as client:
+        submitted = await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()
+        assert submitted.headers["location"] == f"/jobs/{job['job_id']}"
+        assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": 5}
+
+        early = await client.get(f"/jobs/{job['job_id']}/result")
+        assert early.status_code == 409 and early.json()["error"]["code"] == "job_not_finished"
+
+        async with sidecar(jobs_settings):
+            status = await wait_for_job(client, job["job_id"], finished)
+        assert status["status"] == "succeeded", status
+        assert status["progress"] == {"done": 5, "total": 5}
+        assert status["attempts"] == 1 and status["started_at"] and status["finished_at"]
+
+        result = await client.get(status["result_url"])
+        assert result.status_code == 200
+        assert [row["prediction"] for row in result.json()["output"]] == expected(ROWS)
+
+
+async def test_input_uri_inside_the_store(jobs_settings: JobsSettings) -> None:
+    store = ArtifactStore.from_settings(jobs_settings)
+    await store.put("inputs/big.json", orjson.dumps(ROWS))
+    async with gateway(jobs_settings) as client, sidecar(jobs_settings):
+        uri = store.uri_for_key("inputs/big.json")
+        submitted = await client.post("/jobs", json={"task": "batch_predict", "input_uri": uri})
+        assert submitted.status_code == 202, submitted.text
+        status = await wait_for_job(client, submitted.json()["job_id"], finished)
+        assert status["status"] == "succeeded" and status["progress"]["total"] == 5
+        result = (await client.get(status["result_url"])).json()
+        assert [row["prediction"] for row in result["output"]] == expected(ROWS)
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"task": "nope", "inputs": ROWS}, "task"),
+        ({"task": "batch_predict", "inputs": []}, "inputs"),
+        ({"task": "batch_predict", "inputs": [{"input_data": ["a"]}]}, "inputs[0].input_data[0]"),
+        ({"task": "batch_predict", "inputs": [{"input_data": [1.0], "extra": 1}]}, "inputs[0].extra"),
+        ({"task": "batch_predict"}, "needs inputs"),
+        ({"task": "train", "options": {"num_samples": 0}}, "options.num_samples"),
+        ({"task": "batch_predict", "input_uri": "s3://other-bucket/x.json"}, "input_uri"),
+        ({"task": "batch_predict", "input_uri": "file:///etc/passwd"}, "input_uri"),
+        ({"task": "batch_predict", "input_uri": "http://example.com/x.json"}, "input_uri"),
+        ({"task": "batch_predict", "inputs": ROWS, "input_uri": "s3://x/y"}, "either"),
+    ],
+)
+async def test_bad_input_is_refused_before_anything_is_queued(
+    jobs_settings: JobsSettings, body: dict, where: str
+) -> None:
+    async with gateway(jobs_settings) as client:
+        answer = await client.post("/jobs", json=body, headers={"x-request-id": "r-1"})
+        assert answer.status_code == 422, answer.text
+        error = answer.json()
+        assert error["request_id"] == "r-1" and error["error"]["code"] == "invalid_job"
+        assert where in error["error"]["message"]
+        assert (await client.post("/jobs", content=b"{nope")).status_code == 400
+    async with broker_of(jobs_settings) as broker:
+        assert await broker.count() == 0
+
+
+async def test_path_traversal_in_input_uri_is_refused(jobs_settings: JobsSettings) -> None:
+    store = ArtifactStore.from_settings(jobs_settings)
+    await store.put("inputs/ok.json", orjson.dumps(ROWS))
+    async with gateway(jobs_settings) as client:
+        for tail in ("inputs/../inputs/ok.json", "inputs/%2e%2e/inputs/ok.json", "inputs//ok.json"):
+            answer = await client.post("/jobs", json={"task": "batch_predict", "input_uri": store.uri_prefix + tail})
+            assert answer.status_code == 422, tail
+        missing = await client.post("/jobs", json={"task": "batch_predict",
+                                                    "input_uri": store.uri_for_key("inputs/none.json")})
+        assert missing.status_code == 422 and "no object" in missing.json()["error"]["message"]
+
+
+async def test_idempotent_resubmission_returns_the_same_job(jobs_settings: JobsSettings) -> None:
+    body = {"task": "batch_predict", "inputs": ROWS}
+    async with gateway(jobs_settings) as client:
+        first = await client.post("/jobs", json=body, headers={"Idempotency-Key": "order-42"})
+        again = await client.post("/jobs", json=body, headers={"Idempotency-Key": "order-42"})
+        assert first.status_code == again.status_code == 202
+        assert again.json()["job_id"] == first.json()["job_id"]
+        assert again.headers["idempotent-replayed"] == "true"
+        other = await client.post("/jobs", json={**body, "inputs": ROWS[:1]}, headers={"Idempotency-Key": "order-42"})
+        assert other.status_code == 422 and "Idempotency-Key" in other.json()["error"]["message"]
+        async with broker_of(jobs_settings) as broker:
+            assert await broker.count() == 1
+
+
+async def test_cancel_a_queued_job_and_it_never_runs(jobs_settings: JobsSettings, fake_worker: FakeWorker) -> None:
+    async with gateway(jobs_settings) as client:
+        job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()
+        cancelled = await client.delete(f"/jobs/{job['job_id']}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert (await client.delete(f"/jobs/{job['job_id']}")).status_code == 200  # idempotent
+        after = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS[:1]})).json()
+        async with sidecar(jobs_settings):
+            await wait_for_job(client, after["job_id"], finished)  # the queue is drained past the cancelled job
+        status = (await client.get(f"/jobs/{job['job_id']}")).json()
+        assert status["status"] == "cancelled" and status["started_at"] is None
+        assert fake_worker.rows_seen == 1
+        assert (await client.get(f"/jobs/{job['job_id']}/result")).status_code == 409
+
+
+async def test_cancel_a_running_job_stops_it_at_its_next_chunk(
+    jobs_settings: JobsSettings, fake_worker: FakeWorker
+) -> None:
+    fake_worker.delay_s = 0.2
+    rows = [{"input_data": [1.0, 1.0, 1.0, float(i)]} for i in range(40)]  # 20 chunks of 2
+    async with gateway(jobs_settings) as client, sidecar(jobs_settings):
+        job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": rows})).json()
+        await wait_for_job(client, job["job_id"], lambda s: s["status"] == "running")
+        answer = await client.delete(f"/jobs/{job['job_id']}")
+        assert answer.status_code == 202 and answer.json()["cancel_requested"] is True
+        status = await wait_for_job(client, job["job_id"], finished)
+        assert status["status"] == "cancelled"
+        assert status["progress"]["done"] < 40 and fake_worker.rows_seen < 40
+        assert (await client.delete(f"/jobs/{job['job_id']}")).status_code == 200
+
+
+async def test_a_row_the_worker_refuses_fails_the_job_at_once(jobs_settings: JobsSettings) -> None:
+    rows = [*ROWS, {"input_data": [-1.0, 0.0, 0.0, 0.0]}]
+    async with gateway(jobs_settings) as client, sidecar(jobs_settings):
+        job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": rows})).json()
+        status = await wait_for_job(client, job["job_id"], finished)
+    assert status["status"] == "failed" and status["attempts"] == 1
+    assert status["error"]["code"] == "invalid_input" and "rows 4..5" in status["error"]["message"]
+
+
+async def test_a_poison_job_is_dead_lettered_and_failed(jobs_settings: JobsSettings) -> None:
+    async with gateway(jobs_settings) as client, sidecar(jobs_settings):
+        job = (await client.post("/jobs", json={"task": "always_fails", "inputs": ROWS})).json()
+        status = await wait_for_job(client, job["job_id"], finished)
+        assert status["status"] == "failed", status
+        assert status["attempts"] == jobs_settings.job_max_deliveries
+        assert status["error"]["code"] == "delivery_limit"
+        assert "this task always fails" in status["error"]["message"]
+        async with broker_of(jobs_settings) as broker:
+            assert await broker.count() == 0 and await broker.count(dead=True) == 0
+
+
+async def test_unknown_job_is_404(jobs_settings: JobsSettings) -> None:
+    async with gateway(jobs_settings) as client:
+        for path in ("/jobs/0123456789abcdef0123456789abcdef", "/jobs/not-a-job-id", "/jobs/x/result"):
+            answer = await client.get(path)
+            assert answer.status_code == 404 and answer.json()["error"]["code"] == "job_not_found", path
+        assert (await client.delete("/jobs/0123456789abcdef0123456789abcdef")).status_code == 404
