@@ -61,6 +61,7 @@ async def test_input_uri_inside_the_store(jobs_settings: JobsSettings) -> None:
         ({"task": "batch_predict", "inputs": [{"input_data": [1.0], "extra": 1}]}, "inputs[0].extra"),
         ({"task": "batch_predict"}, "needs inputs"),
         ({"task": "train", "options": {"num_samples": 0}}, "options.num_samples"),
+        ({"task": "train", "inputs": [{"input_data": [1.0, 2.0, 3.0, 4.0], "label": 5}]}, "inputs[0].label"),
         ({"task": "batch_predict", "input_uri": "s3://other-bucket/x.json"}, "input_uri"),
         ({"task": "batch_predict", "input_uri": "file:///etc/passwd"}, "input_uri"),
         ({"task": "batch_predict", "input_uri": "http://example.com/x.json"}, "input_uri"),

@@ -1,0 +1,44 @@
+"""Jobs on the real default model: predictions through a worker process, and a NUTS training job."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs.store import ArtifactStore
+from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, wait_for_job
+
+pytestmark = pytest.mark.integration
+
+
+async def test_batch_predict_job_on_the_default_model(running_worker: str, tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, running_worker)
+    rows = [{"input_data": [5.1, 3.5, 1.4, 0.2], "return_probabilities": True},
+            {"input_data": [6.7, 3.0, 5.2, 2.3]}, {"input_data": [5.9, 3.0, 4.2, 1.5]}]
+    async with gateway(settings) as client, sidecar(settings):
+        job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": rows})).json()
+        status = await wait_for_job(client, job["job_id"], finished, timeout_s=60)
+        assert status["status"] == "succeeded", status
+        output = (await client.get(status["result_url"])).json()["output"]
+    assert [row["class_name"] for row in output] == ["setosa", "virginica", "versicolor"]
+    assert len(output[0]["probabilities"]) == 3 and output[1]["probabilities"] is None
+
+
+async def test_train_job_writes_a_new_model_version(running_worker: str, tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, running_worker)
+    options = {"num_warmup": 30, "num_samples": 20, "seed": 1}
+    async with gateway(settings) as client, sidecar(settings):
+        job = (await client.post("/jobs", json={"task": "train", "options": options})).json()
+        status = await wait_for_job(client, job["job_id"], finished, timeout_s=120)
+        assert status["status"] == "succeeded", status
+        assert status["progress"] == {"done": 50, "total": 50}
+        output = (await client.get(status["result_url"])).json()["output"]
+    assert output["version"] == job["job_id"] and output["rows"] == 150 and output["train_accuracy"] > 0.8
+    store = ArtifactStore.from_settings(settings)
+    data = await store.get(store.key_for_uri(output["artifact_uri"]))
+    assert data is not None
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        assert npz["W"].shape == (20, 4, 3) and npz["b"].shape == (20, 3)
