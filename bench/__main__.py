@@ -1,0 +1,237 @@
+"""``python -m bench`` (``make bench``): measure the stack end to end.
+
+For each model (the heavy MLP and the default model) it starts, on loopback:
+(a) one worker with batching off, (b) one worker with batching on, (c) a gateway
+in front of (b)'s worker, (d) a gateway in front of two workers; and drives each
+with closed-loop load at several concurrencies. It also measures the in-process
+limit (``bench.inprocess``) and, through the gateway, the proxy client (aiohttp,
+production, against httpx). Results: ``bench/results/latest.json``, the generated
+block of ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+
+``--quick`` is a short run (heavy MLP, c=1 and 64, written under .cache/bench/);
+``--url`` measures any running endpoint instead of starting a stack;
+``--tune`` sweeps BATCH_TIMEOUT_MS and XLA_CPU_THREADS; ``--profile`` samples
+the gateway and a worker with py-spy under load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench import report
+from bench.inprocess_runner import run_inprocess
+from bench.loadgen import PREDICT_BODY, find_wrk, run_load
+from bench.machine import describe
+from bench.stack import Gateway, Worker
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = {"heavy": "worker.examples.mlp:HeavyMLP", "default": "worker.model:IrisBayesianLogReg"}
+CONFIGS = ("direct_nobatch", "direct_batch", "gateway_1", "gateway_2")
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short run: heavy MLP, c=1,64, 2 s points")
+    parser.add_argument("--url", help="measure this running endpoint (e.g. http://127.0.0.1:8080/predict)")
+    parser.add_argument("--tune", action="store_true", help="sweep BATCH_TIMEOUT_MS x XLA_CPU_THREADS")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway and a worker under load")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="models to run")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, help="configurations to run")
+    parser.add_argument("--concurrency", nargs="+", type=int, help="connections per point")
+    parser.add_argument("--duration", type=float, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, help="discarded seconds before each point")
+    parser.add_argument("--inprocess-duration", type=float, help="seconds of the in-process loop")
+    parser.add_argument("--no-clients", action="store_true", help="skip the aiohttp vs httpx comparison")
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra worker settings")
+    parser.add_argument("--gateway-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra gateway settings")
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/latest.json)")
+    parser.add_argument("--doc", type=Path, help="Markdown file whose generated block is replaced")
+    parser.add_argument("--plot", type=Path, help="PNG plot")
+    parser.add_argument("--no-docs", action="store_true", help="write only the JSON")
+    args = parser.parse_args(argv)
+    quick = args.quick or args.url
+    args.models = args.models or (["heavy"] if args.quick else list(MODELS))
+    args.configs = args.configs or list(CONFIGS)
+    args.concurrency = args.concurrency or ([1, 64] if args.quick else [1, 16, 64, 256])
+    args.duration = args.duration or (2.0 if quick else 6.0)
+    args.warmup = args.warmup if args.warmup is not None else 1.0
+    args.inprocess_duration = args.inprocess_duration or (1.0 if quick else 3.0)
+    if args.quick or args.url:
+        args.no_clients = True
+    cache = REPO / ".cache" / "bench"
+    if args.quick:
+        args.out = args.out or cache / "quick.json"
+        args.doc, args.plot = args.doc or cache / "quick.md", args.plot or cache / "quick.png"
+    elif args.tune:
+        args.out = args.out or REPO / "bench" / "results" / "tuning.json"
+        args.doc = args.doc or REPO / "docs" / "benchmarks.md"
+    elif args.url or args.profile:
+        args.out = args.out or cache / ("url.json" if args.url else "profile.json")
+        args.no_docs = True
+    else:
+        args.out = args.out or REPO / "bench" / "results" / "latest.json"
+        args.doc = args.doc or REPO / "docs" / "benchmarks.md"
+        args.plot = args.plot or REPO / "docs" / "benchmarks.png"
+    args.worker_env = _env_pairs(args.worker_env)
+    args.gateway_env = _env_pairs(args.gateway_env)
+    return args
+
+
+class Runner:
+    """Runs points and collects them; prints one line per point as it goes."""
+
+    def __init__(self, args: argparse.Namespace, log_dir: Path) -> None:
+        self.args = args
+        self.log_dir = log_dir
+        self.runs: list[dict] = []
+
+    def measure(self, url: str, concurrency: int, workers: list[Worker] = ()) -> dict:
+        args = self.args
+        if args.warmup > 0:
+            run_load(url, PREDICT_BODY, concurrency, args.warmup, generator=args.loadgen)
+        before = [w.metric_sums() for w in workers]
+        result = run_load(url, PREDICT_BODY, concurrency, args.duration, generator=args.loadgen).to_dict()
+        after = [w.metric_sums() for w in workers]
+        if workers:
+            rows = sum(a.get("worker_batch_size_sum", 0) - b.get("worker_batch_size_sum", 0)
+                       for a, b in zip(after, before))
+            batches = sum(a.get("worker_batch_size_count", 0) - b.get("worker_batch_size_count", 0)
+                          for a, b in zip(after, before))
+            result["mean_batch_size"] = round(rows / batches, 2) if batches else None
+            # Any compilation while serving is a bug (issue 3): record it.
+            result["compilations_during_run"] = sum(
+                a.get("worker_jit_compilations_total", 0) - b.get("worker_jit_compilations_total", 0)
+                for a, b in zip(after, before))
+        return result
+
+    def sweep(self, model: str, config: str, url: str, workers: list[Worker]) -> None:
+        for concurrency in self.args.concurrency:
+            result = {"model": model, "config": config, **self.measure(url, concurrency, workers)}
+            self.runs.append(result)
+            print(f"  {model:8s} {config:15s} c={concurrency:<4d} {result['rps']:8.0f} req/s  "
+                  f"p50 {result['p50_ms']:7.2f}  p95 {result['p95_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  "
+                  f"errors {result['errors']}  batch {result.get('mean_batch_size')}  "
+                  f"loadgen cpu {result['loadgen_cpu']}", flush=True)
+
+    def worker(self, name: str, model: str, worker_id: str = "0", **env: str) -> Worker:
+        return Worker(name, MODELS[model], self.log_dir, worker_id=worker_id,
+                      env={**self.args.worker_env, **env})
+
+    def gateway(self, name: str, workers: list[Worker], module: str = "gateway") -> Gateway:
+        return Gateway(name, [w.address for w in workers], self.log_dir, module=module,
+                       env=self.args.gateway_env)
+
+
+def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
+    configs, args = runner.args.configs, runner.args
+    if "direct_nobatch" in configs:
+        with runner.worker(f"{model}-nobatch", model, MAX_BATCH_SIZE="1") as worker:
+            runner.sweep(model, "direct_nobatch", worker.url + "/predict", [worker])
+    if not {"direct_batch", "gateway_1", "gateway_2"} & set(configs) and args.no_clients:
+        return
+    with runner.worker(f"{model}-w0", model) as w0:
+        if "direct_batch" in configs:
+            runner.sweep(model, "direct_batch", w0.url + "/predict", [w0])
+        if "gateway_1" in configs:
+            with runner.gateway(f"{model}-gw1", [w0]) as gw:
+                runner.sweep(model, "gateway_1", gw.url + "/predict", [w0])
+        if not args.no_clients:
+            for client, module in (("aiohttp", "gateway"), ("httpx", "bench.httpx_gateway")):
+                with runner.gateway(f"{model}-gw1-{client}", [w0], module=module) as gw:
+                    result = runner.measure(gw.url + "/predict", 64, [w0])
+                clients.append({"model": model, "client": client, **result})
+                print(f"  {model:8s} client {client:8s} c=64   {result['rps']:8.0f} req/s  "
+                      f"p50 {result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}",
+                      flush=True)
+        if "gateway_2" in configs:
+            with runner.worker(f"{model}-w1", model, worker_id="1") as w1, \
+                    runner.gateway(f"{model}-gw2", [w0, w1]) as gw:
+                runner.sweep(model, "gateway_2", gw.url + "/predict", [w0, w1])
+
+
+@contextlib.contextmanager
+def log_folder() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="bench-logs-") as tmp:
+        yield Path(tmp)
+
+
+def meta(args: argparse.Namespace, started: float, started_at: str) -> dict:
+    return {
+        "started": started_at,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "command": "python -m bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "python -m bench",
+        "machine": describe(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "concurrency": args.concurrency,
+        "loadgen": "wrk" if args.loadgen == "wrk" or (args.loadgen == "auto" and find_wrk()) else "python",
+        "worker_env": args.worker_env,
+        "gateway_env": args.gateway_env,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.loadgen == "auto" and not find_wrk():
+        print("wrk not found (scripts/install-load-generator.sh): using the slower Python load generator",
+              file=sys.stderr)
+    if args.tune:
+        from bench.tune import tune
+
+        return tune(args)
+    if args.profile:
+        from bench.profile import profile
+
+        return profile(args)
+    started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    results: dict = {"runs": [], "inprocess": {}, "client_comparison": []}
+    with log_folder() as logs:
+        runner = Runner(args, logs)
+        if args.url:
+            runner.sweep("target", "target", args.url, [])
+        else:
+            for model in args.models:
+                print(f"{model}: in-process limit", flush=True)
+                limit = run_inprocess(MODELS[model], 64, args.inprocess_duration, args.worker_env)
+                results["inprocess"][model] = limit
+                print(f"  {limit['jit']['rows_per_s']:.0f} rows/s at batch 64 (jit), "
+                      f"{limit['runtime']['rows_per_s']:.0f} via ModelRuntime.infer", flush=True)
+                print(f"{model}: HTTP", flush=True)
+                run_model(runner, model, results["client_comparison"])
+        results["runs"] = runner.runs
+    results["meta"] = meta(args, started, started_at)
+    results["targets"] = report.targets(results) if not args.url else []
+    report.write_json(results, args.out)
+    print(f"wrote {args.out}")
+    if not args.no_docs:
+        report.update_doc(args.doc, report.markdown(results))
+        report.plot(results, args.plot)
+        print(f"wrote {args.doc} and {args.plot}")
+    for t in results["targets"]:
+        verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]
+        print(f"  [{verdict}] {t['target']}: {t['value']} ({t['detail']}) wanted {t['op']} {t['threshold']}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
