@@ -1,0 +1,191 @@
+"""The job path under load: N small jobs submitted at once, all must succeed with correct results.
+
+    python -m bench.jobs_bench --gateway http://127.0.0.1:8080      # a running stack
+    python -m bench.jobs_bench --stack both [--jobs 1000]           # starts its own, per adapter pair
+
+``--stack`` runs ``python -m launcher`` (workers + one sidecar each + gateway)
+on free loopback ports, once with the embedded broker and a local folder, once
+with RabbitMQ (AMQP_URL, default guest@127.0.0.1) and an S3 server (moto's,
+started here). Each job is one ``batch_predict`` row of Iris; its answer must
+equal what ``/batch_predict`` answers for that row. Reported: jobs/s from the
+first submit to the last job finished, and p50 / p99 of submit -> result,
+where a job's result time is its ``finished_at`` (the sidecar writes it just
+after the result), so the client's polling interval does not add to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [4.9, 3.0, 1.4, 0.2],
+        [6.3, 3.3, 6.0, 2.5], [5.5, 2.3, 4.0, 1.3], [5.0, 3.6, 1.4, 0.2], [6.5, 3.0, 5.8, 2.2]]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
+                         timeout_s: float = 600.0) -> dict[str, Any]:
+    """Submit ``jobs`` one-row jobs through ``gateway``, wait for all, check every result."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=gateway, timeout=60, limits=limits) as client:
+        reference = (await client.post("/batch_predict", json=[{"input_data": row} for row in ROWS]))
+        reference.raise_for_status()
+        expected = [answer["prediction"] for answer in reference.json()]
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> tuple[float, float]:
+            async with gate:
+                submitted = time.time()
+                answer = await client.post("/jobs", json={
+                    "task": "batch_predict", "inputs": [{"input_data": ROWS[i % len(ROWS)]}],
+                })
+                answer.raise_for_status()
+            job_id = answer.json()["job_id"]
+            while True:  # a coarse poll: the latency is taken from finished_at
+                await asyncio.sleep(0.5)
+                async with gate:
+                    status = (await client.get(f"/jobs/{job_id}")).json()
+                if status["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+            if status["status"] != "succeeded":
+                raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
+            async with gate:
+                output = (await client.get(f"/jobs/{job_id}/result")).json()["output"]
+            if [row["prediction"] for row in output] != [expected[i % len(ROWS)]]:
+                raise RuntimeError(f"job {job_id}: wrong result {output}")
+            return submitted, datetime.fromisoformat(status["finished_at"]).timestamp()
+
+        started = time.time()
+        times = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(jobs))), timeout_s)
+    latencies = [finished - submitted for submitted, finished in times]
+    elapsed = max(finished for _, finished in times) - started
+    return {
+        "jobs": jobs,
+        "succeeded": len(times),
+        "seconds": round(elapsed, 2),
+        "jobs_per_s": round(jobs / elapsed, 1),
+        "p50_ms": round(_percentile(latencies, 0.50) * 1000, 1),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
+    }
+
+
+def _free_port_run(length: int) -> int:
+    """A port such that it and the ``length - 1`` after it are free (the launcher's layout)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + length):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no run of {length} free ports")
+
+
+@contextlib.contextmanager
+def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[str]:
+    """Gateway + workers + sidecars via the launcher, with one adapter pair; yields the gateway URL."""
+    run = uuid.uuid4().hex[:8]
+    env = {"JOBS_DIR": str(log_dir / f"jobs-{pair}"), "ACCESS_LOG": "false"}
+    moto = None
+    if pair == "rabbitmq":
+        from moto.server import ThreadedMotoServer
+
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port_run(1), verbose=False)
+        moto.start()
+        host, port = moto.get_host_and_port()
+        httpx.put(f"http://{host}:{port}/bench-{run}").raise_for_status()
+        env.update({
+            "AMQP_URL": os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/",
+            "JOB_QUEUE": f"bench-jobs-{run}", "S3_ENDPOINT_URL": f"http://{host}:{port}",
+            "S3_BUCKET": f"bench-{run}", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+        })
+    port = _free_port_run(workers + 1)
+    url = f"http://127.0.0.1:{port}"
+    with open(log_dir / f"stack-{pair}.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "launcher", "--workers", str(workers), "--port", str(port)],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # process start-up only
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if httpx.get(f"{url}/gateway/health", timeout=1).json().get("alive_backends") == workers:
+                    break
+            if process.poll() is not None:
+                raise RuntimeError(f"the stack exited; see {log_dir / f'stack-{pair}.log'}")
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("the stack did not become ready")
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if moto is not None:
+            asyncio.run(_delete_queues(env))
+            moto.stop()
+
+
+async def _delete_queues(env: dict[str, str]) -> None:
+    from jobs.broker_amqp import AmqpBroker
+
+    broker = AmqpBroker(env["AMQP_URL"], env["JOB_QUEUE"], 3)
+    await broker.start()
+    await broker.delete_queues()
+    await broker.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.jobs_bench", description=__doc__.split("\n")[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--gateway", help="URL of a running gateway")
+    target.add_argument("--stack", choices=["embedded", "rabbitmq", "both"], help="start a local stack")
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs submitted (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=200, help="HTTP requests in flight")
+    parser.add_argument("--workers", type=int, default=2, help="workers (and sidecars) of --stack")
+    args = parser.parse_args(argv)
+
+    if args.gateway:
+        results = {"gateway": asyncio.run(run_jobs_bench(args.gateway, args.jobs, args.concurrency))}
+    else:
+        results = {}
+        pairs = ["embedded", "rabbitmq"] if args.stack == "both" else [args.stack]
+        with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
+            for pair in pairs:
+                with local_stack(pair, args.workers, Path(tmp)) as url:
+                    results[pair] = asyncio.run(run_jobs_bench(url, args.jobs, args.concurrency))
+                print(f"{pair}: {json.dumps(results[pair])}", flush=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
