@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,13 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
+async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200, poll_s: float = 2.0,
                          timeout_s: float = 600.0) -> dict[str, Any]:
-    """Submit ``jobs`` one-row jobs through ``gateway``, wait for all, check every result."""
+    """Submit ``jobs`` one-row jobs through ``gateway``, wait for all, check every result.
+
+    Each job's status is polled every ``poll_s``: coarse, so that polling loads the store
+    little; the latency is taken from ``finished_at``, so it does not depend on it.
+    """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=gateway, timeout=60, limits=limits) as client:
         reference = (await client.post("/batch_predict", json=[{"input_data": row} for row in ROWS]))
@@ -62,8 +66,8 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
                 })
                 answer.raise_for_status()
             job_id = answer.json()["job_id"]
-            while True:  # a coarse poll: the latency is taken from finished_at
-                await asyncio.sleep(0.5)
+            while True:
+                await asyncio.sleep(poll_s)
                 async with gate:
                     status = (await client.get(f"/jobs/{job_id}")).json()
                 if status["status"] in ("succeeded", "failed", "cancelled"):
@@ -112,13 +116,11 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[str]:
     run = uuid.uuid4().hex[:8]
     env = {"JOBS_DIR": str(log_dir / f"jobs-{pair}"), "ACCESS_LOG": "false"}
     moto = None
-    if pair == "rabbitmq":
-        from moto.server import ThreadedMotoServer
-
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port_run(1), verbose=False)
-        moto.start()
-        host, port = moto.get_host_and_port()
-        httpx.put(f"http://{host}:{port}/bench-{run}").raise_for_status()
+    if pair == "rabbitmq":  # moto's S3 server in a process of its own, not competing with this client
+        host, port = "127.0.0.1", _free_port_run(1)
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(lambda: httpx.put(f"http://{host}:{port}/bench-{run}").status_code == 200, moto, 60)
         env.update({
             "AMQP_URL": os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/",
             "JOB_QUEUE": f"bench-jobs-{run}", "S3_ENDPOINT_URL": f"http://{host}:{port}",
@@ -132,16 +134,8 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[str]:
             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # process start-up only
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                if httpx.get(f"{url}/gateway/health", timeout=1).json().get("alive_backends") == workers:
-                    break
-            if process.poll() is not None:
-                raise RuntimeError(f"the stack exited; see {log_dir / f'stack-{pair}.log'}")
-            time.sleep(0.5)
-        else:
-            raise TimeoutError("the stack did not become ready")
+        _wait(lambda: httpx.get(f"{url}/gateway/health", timeout=1).json().get("alive_backends") == workers,
+              process, 300)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
@@ -152,7 +146,21 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[str]:
             process.wait()
         if moto is not None:
             asyncio.run(_delete_queues(env))
-            moto.stop()
+            moto.terminate()
+            moto.wait()
+
+
+def _wait(ready: Callable[[], bool], process: subprocess.Popen, timeout_s: float) -> None:
+    """Poll ``ready`` while ``process`` starts (start-up only)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if ready():
+                return
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{process.args} not ready after {timeout_s}s")
 
 
 async def _delete_queues(env: dict[str, str]) -> None:

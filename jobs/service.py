@@ -96,9 +96,9 @@ class JobService:
             if existing.fingerprint != fingerprint:
                 raise InvalidJob("Idempotency-Key: already used for a different job")
             status = await self.records.status(job_id)
-            if status is not None:
+            if status is not None and not (status.error and status.error.code == "not_queued"):
                 return Submitted(status, replayed=True)
-            # The first submission stopped before it published: finish it here.
+            # The first submission stopped or failed before it published: finish it here.
         if submission.inputs is not None:
             await self.records.put_input(job_id, orjson.dumps(submission.inputs))
         status = await self.records.save(new_status(spec, total))

@@ -63,9 +63,15 @@ class Sidecar:
             asyncio.create_task(self._consume_dead_letters(), name="dead-letters"),
         ]
         log.info("consuming jobs for %s", self.settings.worker_url)
+        stopped = asyncio.create_task(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait([stopped, *consumers], return_when=asyncio.FIRST_COMPLETED)
+            for consumer in consumers:
+                if consumer.done() and consumer.exception() is not None:
+                    # Without a consumer the process would idle forever: exit, to be restarted.
+                    raise RuntimeError("a consumer stopped") from consumer.exception()
         finally:
+            stopped.cancel()
             for consumer in consumers:
                 consumer.cancel()
             await asyncio.gather(*consumers, return_exceptions=True)

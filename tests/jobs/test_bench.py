@@ -9,5 +9,5 @@ from tests.jobs.conftest import gateway, sidecar
 
 async def test_the_jobs_benchmark_runs(jobs_settings: JobsSettings) -> None:
     async with gateway(jobs_settings) as client, sidecar(jobs_settings):
-        result = await run_jobs_bench(str(client.base_url), jobs=20, concurrency=10, timeout_s=60)
+        result = await run_jobs_bench(str(client.base_url), jobs=20, concurrency=10, poll_s=0.1, timeout_s=60)
     assert result["succeeded"] == 20 and result["jobs_per_s"] > 0 and result["p99_ms"] >= result["p50_ms"]

@@ -166,3 +166,15 @@ async def test_unknown_job_is_404(jobs_settings: JobsSettings) -> None:
             answer = await client.get(path)
             assert answer.status_code == 404 and answer.json()["error"]["code"] == "job_not_found", path
         assert (await client.delete("/jobs/0123456789abcdef0123456789abcdef")).status_code == 404
+
+
+async def test_a_large_result_is_a_redirect_where_the_store_can_sign(jobs_settings: JobsSettings) -> None:
+    settings = jobs_settings.model_copy(update={"job_result_redirect_bytes": 10})
+    async with gateway(settings) as client, sidecar(settings):
+        job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()
+        status = await wait_for_job(client, job["job_id"], finished)
+        answer = await client.get(status["result_url"])
+        if ArtifactStore.from_settings(settings).presigns:
+            assert answer.status_code == 307
+            answer = await client.get(answer.headers["location"])
+        assert answer.status_code == 200 and answer.json()["job_id"] == job["job_id"]
