@@ -37,3 +37,96 @@ bench: install ## Benchmark the stack (writes bench/results/, docs/benchmarks.md
 
 lint: install ## Ruff over the code
 	$(VENV)/bin/ruff check gateway worker jobs launcher bench tests
+
+# --- Docker: the whole system in containers (docs/docker.md) ------------------
+# docker-compose.yml runs on the CPU, docker-compose.gpu.yml runs one worker per
+# GPU; both are one compose project, so one stack runs at a time. Needs Docker
+# with Compose v2 (`docker compose`). .env holds the passwords: the first
+# docker target writes it from .env.example with random ones.
+COMPOSE ?= docker compose
+COMPOSE_CPU = $(COMPOSE) -f docker-compose.yml
+COMPOSE_GPU = $(COMPOSE) -f docker-compose.gpu.yml
+# The stack that logs, restart, info and rebuild-* act on: the GPU one while its
+# workers run, else the CPU one (STACK=cpu|gpu to choose). Asked once, on first use.
+ifeq ($(origin STACK), undefined)
+STACK = $(eval STACK := $(shell $(COMPOSE_GPU) ps --services --status running 2>/dev/null | grep -q '^worker-gpu' && echo gpu || echo cpu))$(STACK)
+endif
+COMPOSE_STACK = $(if $(filter gpu,$(STACK)),$(COMPOSE_GPU),$(COMPOSE_CPU))
+# Seconds `up` waits for every healthcheck; a first start compiles the model.
+WAIT_TIMEOUT ?= 900
+
+.PHONY: build build-gpu up up-gpu down logs logs-gateway logs-workers restart clean info \
+	scale-workers rebuild-worker rebuild-gateway check-containers docker-urls
+
+.env:
+	@$(PYTHON) -c "import re, secrets; text = open('.env.example').read(); open('.env', 'w').write(re.sub(r'(?m)^(\w*PASSWORD)=(?=\n)', lambda m: m.group(1) + '=' + secrets.token_hex(16), text))"
+	@chmod 600 .env
+	@echo "Wrote .env from .env.example, with random passwords."
+
+build: .env ## Build the gateway and CPU worker images
+	$(COMPOSE_CPU) build
+
+build-gpu: .env ## Build the gateway and CUDA worker images
+	$(COMPOSE_GPU) build
+
+up: .env ## Start the CPU stack (gateway, 2 workers, sidecars, RabbitMQ, MinIO), wait until healthy, print the URLs
+	$(COMPOSE_CPU) up -d --remove-orphans --wait --wait-timeout $(WAIT_TIMEOUT)
+	@$(MAKE) --no-print-directory docker-urls STACK=cpu
+
+up-gpu: .env ## Start the GPU stack (one worker per GPU), wait until healthy, print the URLs
+	$(COMPOSE_GPU) up -d --remove-orphans --wait --wait-timeout $(WAIT_TIMEOUT)
+	@$(MAKE) --no-print-directory docker-urls STACK=gpu
+
+down: .env ## Stop the stack (CPU or GPU) and remove its containers; volumes are kept
+	$(COMPOSE_CPU) --profile monitoring down --remove-orphans
+
+logs: .env ## Follow the logs of every service
+	$(COMPOSE_STACK) logs -f --tail=100
+
+logs-gateway: .env ## Follow the gateway's logs
+	$(COMPOSE_STACK) logs -f --tail=100 gateway
+
+logs-workers: .env ## Follow the workers' and sidecars' logs
+	$(COMPOSE_STACK) logs -f --tail=100 $$($(COMPOSE_STACK) config --services | grep -E '^(worker|sidecar)')
+
+restart: .env ## Restart every service of the running stack
+	$(COMPOSE_STACK) restart
+
+clean: .env ## Stop the stack, delete its volumes (queues, objects, XLA cache) and the images built here
+	$(COMPOSE_CPU) --profile monitoring down --volumes --remove-orphans
+	-docker image rm $$({ $(COMPOSE_CPU) config --images; $(COMPOSE_GPU) config --images; } | grep '^jax-inference-gateway/' | sort -u)
+
+info: .env ## Show the containers and their health, the URLs, and the gateway's view of its workers
+	@$(COMPOSE_STACK) ps
+	@$(MAKE) --no-print-directory docker-urls STACK=$(STACK)
+	@gateway=$$($(COMPOSE_STACK) port gateway 8080 2>/dev/null | sed -E 's/^(0\.0\.0\.0|\[::\]):/localhost:/'); \
+	echo; curl -sS "http://$$gateway/gateway/health" && echo && curl -sS "http://$$gateway/gateway/info" && echo \
+	|| echo "The gateway does not answer: make up, or make logs-gateway."
+
+scale-workers: .env ## Run N CPU workers: make scale-workers N=4 (the gateway finds them by DNS)
+	@test -n "$(N)" || { echo "Usage: make scale-workers N=4"; exit 2; }
+	@test "$(STACK)" = cpu || { echo "The GPU stack runs one worker per GPU: copy a worker-gpuN block (docs/docker.md)."; exit 2; }
+	$(COMPOSE_CPU) up -d --no-recreate --wait --wait-timeout $(WAIT_TIMEOUT) --scale worker=$(N)
+
+rebuild-worker: .env ## Rebuild the worker image and replace the workers and sidecars (after editing worker/)
+	$(COMPOSE_STACK) up -d --build --no-deps --wait --wait-timeout $(WAIT_TIMEOUT) \
+		$$($(COMPOSE_STACK) config --services | grep -E '^(worker|sidecar)')
+
+rebuild-gateway: .env ## Rebuild the gateway image and replace the gateway
+	$(COMPOSE_STACK) up -d --build --no-deps --wait --wait-timeout $(WAIT_TIMEOUT) gateway
+
+check-containers: install ## Validate the compose files, lint the Dockerfiles, run tests/test_containers.py (no engine needed)
+	PYTHON=$(PY) bash scripts/check_containers.sh
+
+docker-urls:
+	@url() { $(COMPOSE_STACK) port "$$1" "$$2" 2>/dev/null | head -n 1 | sed -E 's/^(0\.0\.0\.0|\[::\]):/localhost:/; s|^|http://|'; }; \
+	gateway=$$(url gateway 8080); prometheus=$$(url prometheus 9090); \
+	echo; echo "The $(STACK) stack is up:"; \
+	echo "  Gateway         $$gateway   (try: make smoke GATEWAY_URL=$$gateway)"; \
+	echo "  API docs        $$gateway/docs"; \
+	echo "  RabbitMQ UI     $$(url rabbitmq 15672)   (RABBITMQ_USER / RABBITMQ_PASSWORD in .env)"; \
+	echo "  MinIO console   $$(url minio 9001)   (MINIO_ROOT_USER / MINIO_ROOT_PASSWORD in .env)"; \
+	if [ -n "$$prometheus" ]; then \
+		echo "  Prometheus      $$prometheus"; \
+		echo "  Grafana         $$(url grafana 3000)   (admin / GRAFANA_ADMIN_PASSWORD in .env)"; \
+	fi
