@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Debian packages the project uses beyond its Python dependencies; idempotent.
+#   wrk             the benchmark's load generator (make bench)
+#   docker-compose  Debian's Compose 1.29, a second loader for the compose files
+#                   in scripts/check_containers.sh (Compose v2 itself comes from
+#                   PyPI with the dev extra; no Docker engine is needed)
+# apt-get runs only when a package is missing, so a ready machine pays nothing.
+set -euo pipefail
+
+PACKAGES=(wrk docker-compose)
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$package")
+    fi
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "system packages present: ${PACKAGES[*]}"
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing ${missing[*]}: install them with your package manager" >&2
+    exit 1
+fi
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    sudo=(sudo)
+fi
+echo "installing ${missing[*]}"
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
