@@ -58,27 +58,36 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
         reference.raise_for_status()
         expected = [answer["prediction"] for answer in reference.json()]
         gate = asyncio.Semaphore(concurrency)
+        run = uuid.uuid4().hex[:8]
+
+        async def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+            # A pooled connection the server closed as idle fails the next request: try again.
+            # Safe for POST /jobs too, thanks to its Idempotency-Key.
+            async def send() -> httpx.Response:
+                async with gate:
+                    return (await client.request(method, path, **kwargs)).raise_for_status()
+
+            for _ in range(2):
+                with contextlib.suppress(httpx.TransportError):
+                    return await send()
+            return await send()
 
         async def one(i: int) -> tuple[float, float]:
-            async with gate:
-                submitted = time.time()
-                answer = await client.post("/jobs", json={
-                    "task": "batch_predict", "inputs": [{"input_data": ROWS[i % len(ROWS)]}],
-                })
-                answer.raise_for_status()
+            submitted = time.time()
+            answer = await call("POST", "/jobs", headers={"Idempotency-Key": f"bench-{run}-{i}"}, json={
+                "task": "batch_predict", "inputs": [{"input_data": ROWS[i % len(ROWS)]}],
+            })
             job_id = answer.json()["job_id"]
             wait_s = poll_s
             while True:  # backing off: a long queue is not polled into the ground
                 await asyncio.sleep(wait_s)
                 wait_s = min(wait_s * 2, poll_s * 8)
-                async with gate:
-                    status = (await client.get(f"/jobs/{job_id}")).json()
+                status = (await call("GET", f"/jobs/{job_id}")).json()
                 if status["status"] in ("succeeded", "failed", "cancelled"):
                     break
             if status["status"] != "succeeded":
                 raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
-            async with gate:
-                output = (await client.get(f"/jobs/{job_id}/result")).json()["output"]
+            output = (await call("GET", f"/jobs/{job_id}/result")).json()["output"]
             if [row["prediction"] for row in output] != [expected[i % len(ROWS)]]:
                 raise RuntimeError(f"job {job_id}: wrong result {output}")
             return submitted, datetime.fromisoformat(status["finished_at"]).timestamp()
