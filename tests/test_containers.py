@@ -608,6 +608,7 @@ def test_gpu_file_is_the_cpu_system_with_other_workers() -> None:
 
 
 def test_stop_grace_outlasts_gunicorn_graceful_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_PROCESSES", "1")
     config = runpy.run_path(str(REPO / "gateway/gunicorn_conf.py"))
     grace = services(REPO / "docker-compose.yml")["gateway"]["stop_grace_period"]
     assert int(grace.removesuffix("s")) > config["graceful_timeout"]
@@ -737,11 +738,13 @@ def test_dashboard_queries_parse_and_use_metrics_the_code_defines() -> None:
 # --- gunicorn -------------------------------------------------------------------------------
 
 
-def test_gunicorn_config_reads_the_process_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_gunicorn_config_reads_the_process_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOST", "0.0.0.0")
     monkeypatch.setenv("PORT", "9999")
     monkeypatch.setenv("GATEWAY_PROCESSES", "3")
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # Empty counts as unset; setenv (unlike delenv of an absent name) restores it afterwards,
+    # so the folder the config picks does not leak into other tests.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
     config = runpy.run_path(str(REPO / "gateway/gunicorn_conf.py"))
     assert config["bind"] == "0.0.0.0:9999" and config["workers"] == 3
     assert config["worker_class"] == "uvicorn_worker.UvicornWorker"
