@@ -39,8 +39,8 @@ PROXIED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSettings | None = None) -> Starlette:
     settings = settings or GatewaySettings()
     metrics = GatewayMetrics()
-    jobs = JobService.from_settings(jobs_settings or JobsSettings(), metrics.registry)
     pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker)
+    jobs = JobService.from_settings(jobs_settings or JobsSettings(), metrics.registry, row_shape=pool.input_shape)
     client = WorkerClient(
         connect_timeout_s=settings.connect_timeout_s,
         max_connections_per_worker=settings.max_connections_per_worker,

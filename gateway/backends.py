@@ -104,6 +104,14 @@ class BackendPool:
                 return backend
         raise AllBackendsBusy(f"every healthy worker has {self._max_in_flight} requests in flight")
 
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The per-row input shape a healthy worker reported, or None before any did."""
+        for backend in self._backends:
+            shape = backend.info.get("input_shape")
+            if backend.healthy and isinstance(shape, list):
+                return tuple(shape)
+        return None
+
     def summary(self) -> tuple[int, int]:
         """(alive, total)."""
         return sum(b.healthy for b in self._backends), len(self._backends)

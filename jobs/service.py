@@ -14,7 +14,9 @@ import asyncio
 import hashlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -38,6 +40,16 @@ from jobs.tasks import TASKS, TaskType, import_task_modules
 log = logging.getLogger(__name__)
 
 
+def nested_shape(value: Any) -> tuple[int, ...] | str:
+    """The shape of nested lists, or "ragged"."""
+    if not isinstance(value, list):
+        return ()
+    shapes = {nested_shape(item) for item in value}
+    if len(shapes) > 1 or "ragged" in shapes:
+        return "ragged"
+    return (len(value), *(shapes.pop() if shapes else ()))
+
+
 @dataclass
 class Submitted:
     status: JobStatus
@@ -45,8 +57,13 @@ class Submitted:
 
 
 class JobService:
-    def __init__(self, settings: JobsSettings, store: ArtifactStore, broker: Broker, metrics: JobsMetrics) -> None:
+    def __init__(
+        self, settings: JobsSettings, store: ArtifactStore, broker: Broker, metrics: JobsMetrics,
+        row_shape: Callable[[], tuple[int, ...] | None] = lambda: None,
+    ) -> None:
         self.settings = settings
+        #: The model's per-row input shape as the workers report it (None while unknown).
+        self.row_shape = row_shape
         self.store = store
         self.records = JobRecords(store)
         self.broker = broker
@@ -56,8 +73,12 @@ class JobService:
         import_task_modules(settings.job_task_modules)
 
     @classmethod
-    def from_settings(cls, settings: JobsSettings, registry: CollectorRegistry) -> JobService:
-        return cls(settings, ArtifactStore.from_settings(settings), create_broker(settings), JobsMetrics(registry))
+    def from_settings(
+        cls, settings: JobsSettings, registry: CollectorRegistry,
+        row_shape: Callable[[], tuple[int, ...] | None] = lambda: None,
+    ) -> JobService:
+        store, broker = ArtifactStore.from_settings(settings), create_broker(settings)
+        return cls(settings, store, broker, JobsMetrics(registry), row_shape)
 
     async def close(self) -> None:
         if self._broker_started:
@@ -129,6 +150,7 @@ class JobService:
             if rows > self.settings.job_max_rows:
                 raise InvalidJob(f"inputs: {rows} rows; the limit is {self.settings.job_max_rows}")
             validate(list[task.row], submission.inputs, "inputs")  # type: ignore[name-defined]
+            self._check_row_shapes(submission.inputs)
             return None, rows
         if submission.input_uri is not None:
             key = self.store.key_for_uri(submission.input_uri)
@@ -141,6 +163,15 @@ class JobService:
         if task.inputs == "required":
             raise InvalidJob(f"task {task.name!r} needs inputs or input_uri")
         return None, None
+
+    def _check_row_shapes(self, rows: list[Any]) -> None:
+        """Rows with model input must have the shape the workers serve, so they fail now, not in the queue."""
+        expected = self.row_shape()
+        if expected is None:
+            return
+        for i, row in enumerate(rows):
+            if isinstance(row, dict) and "input_data" in row and (got := nested_shape(row["input_data"])) != expected:
+                raise InvalidJob(f"inputs[{i}].input_data: expected shape {expected}, got {got}")
 
     async def status(self, job_id: str) -> JobStatus:
         status = await self.records.status(check_job_id(job_id))

@@ -216,6 +216,7 @@ def create_app(settings: WorkerSettings, runtime: Runtime, metrics: WorkerMetric
             "model_loaded": state["ready"],
             "model_name": model.name,
             "model_version": model.version,
+            "input_shape": list(model.input_shape),
             "queued_rows": batcher.queued_rows,
             "pid": os.getpid(),
         }

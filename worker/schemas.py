@@ -102,3 +102,4 @@ class WorkerHealth(BaseModel):
     model_loaded: bool
     model_name: str
     model_version: str
+    input_shape: list[int] = Field(description="Shape of one input row, without the batch axis.")

@@ -21,7 +21,8 @@ from tests.support import free_port
 
 
 class FakeWorker:
-    def __init__(self) -> None:
+    def __init__(self, input_shape: list[int] | None = None) -> None:
+        self.input_shape = input_shape  # reported in /health when set, as a real worker does
         self.delay_s = 0.0
         self.rows_seen = 0
         self.port = free_port()
@@ -34,7 +35,8 @@ class FakeWorker:
         self._thread = threading.Thread(target=self._server.run, name="fake-worker", daemon=True)
 
     async def _health(self, request: Request) -> JSONResponse:
-        return JSONResponse({"status": "healthy"})
+        extra = {"input_shape": self.input_shape} if self.input_shape is not None else {}
+        return JSONResponse({"status": "healthy", **extra})
 
     async def _batch_predict(self, request: Request) -> JSONResponse:
         rows = await request.json()

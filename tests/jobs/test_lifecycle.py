@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import orjson
 import pytest
 
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore
-from tests.jobs.conftest import broker_of, finished, gateway, sidecar, wait_for_job
+from tests.jobs.conftest import broker_of, embedded_settings, finished, gateway, sidecar, wait_for_job
 from tests.jobs.fake_worker import FakeWorker
 
 ROWS = [{"input_data": [float(i), 1.0, 2.0, 3.0]} for i in range(5)]
@@ -80,6 +83,23 @@ async def test_bad_input_is_refused_before_anything_is_queued(
         assert (await client.post("/jobs", content=b"{nope")).status_code == 400
     async with broker_of(jobs_settings) as broker:
         assert await broker.count() == 0
+
+
+async def test_rows_of_the_wrong_shape_for_the_served_model_are_refused(tmp_path: Path) -> None:
+    worker = FakeWorker(input_shape=[4]).start()
+    settings = embedded_settings(tmp_path, worker.url)
+    try:
+        async with gateway(settings) as client:
+            while (await client.get("/gateway/health")).status_code != 200:  # the first probe, at start-up
+                await asyncio.sleep(0.05)
+            rows = [{"input_data": [1.0, 2.0, 3.0, 4.0]}, {"input_data": [1.0, 2.0]}]
+            answer = await client.post("/jobs", json={"task": "batch_predict", "inputs": rows})
+            assert answer.status_code == 422
+            assert answer.json()["error"]["message"] == "inputs[1].input_data: expected shape (4,), got (2,)"
+        async with broker_of(settings) as broker:
+            assert await broker.count() == 0
+    finally:
+        worker.stop()
 
 
 async def test_path_traversal_in_input_uri_is_refused(jobs_settings: JobsSettings) -> None:
