@@ -55,6 +55,9 @@ class JobsSettings(BaseSettings):
         20.0, ge=0, description="On SIGTERM, time to finish running jobs before they are requeued."
     )
     sidecar_metrics_port: int = Field(0, ge=0, description="Port of the sidecar's /metrics; 0: none.")
+    sidecar_metrics_host: str = Field(
+        "127.0.0.1", description="Interface of the sidecar's /metrics (0.0.0.0 in containers, for Prometheus)."
+    )
     worker_url: str = Field("http://127.0.0.1:8000", description="The worker this sidecar runs jobs on.")
     worker_timeout_s: float = Field(60.0, gt=0, description="Timeout of one call from a sidecar to its worker.")
     worker_ready_timeout_s: float = Field(

@@ -227,7 +227,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     registry = CollectorRegistry()
     if settings.sidecar_metrics_port:
-        start_http_server(settings.sidecar_metrics_port, addr="127.0.0.1", registry=registry)
+        start_http_server(settings.sidecar_metrics_port, addr=settings.sidecar_metrics_host, registry=registry)
     sidecar = Sidecar(settings, ArtifactStore.from_settings(settings), create_broker(settings), JobsMetrics(registry))
 
     async def serve() -> None:
