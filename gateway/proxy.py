@@ -72,7 +72,12 @@ class Proxy:
             body = await read_body(request, self._settings.max_body_bytes)
             headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
             headers["x-request-id"] = request_id
-            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            # Straight from the scope: request.url re-parses the Host header and the URL per request.
+            scope = request.scope
+            raw_path = scope.get("raw_path")
+            path = raw_path.decode("latin-1") if raw_path else scope["path"]
+            if scope["query_string"]:
+                path += "?" + scope["query_string"].decode("latin-1")
             upstream = await self._forward(request.method, path, headers, body, state)
         except GatewayError as exc:
             if exc.status_code == 503:
