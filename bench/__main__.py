@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra worker settings")
     parser.add_argument("--gateway-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra gateway settings")
+    parser.add_argument("--rounds", type=int, help="--tune: rounds over the sweep (default 2)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/latest.json)")
     parser.add_argument("--doc", type=Path, help="Markdown file whose generated block is replaced")
     parser.add_argument("--plot", type=Path, help="PNG plot")
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.models = args.models or (["heavy"] if args.quick else list(MODELS))
     args.configs = args.configs or list(CONFIGS)
     args.concurrency = args.concurrency or ([1, 64] if args.quick else [1, 16, 64, 256])
-    args.duration = args.duration or (2.0 if quick else 6.0)
+    args.duration = args.duration or (2.0 if quick else 4.0 if args.tune else 6.0)
     args.warmup = args.warmup if args.warmup is not None else 1.0
     args.inprocess_duration = args.inprocess_duration or (1.0 if quick else 3.0)
     if args.quick or args.url:
@@ -105,13 +106,24 @@ class Runner:
         self.log_dir = log_dir
         self.runs: list[dict] = []
 
-    def measure(self, url: str, concurrency: int, workers: list[Worker] = ()) -> dict:
+    def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Gateway | None = None) -> dict:
         args = self.args
         if args.warmup > 0:
             run_load(url, PREDICT_BODY, concurrency, args.warmup, generator=args.loadgen)
+        processes = ([gateway] if gateway else []) + list(workers)
         before = [w.metric_sums() for w in workers]
+        cpu_before = [p.cpu_seconds() for p in processes]
         result = run_load(url, PREDICT_BODY, concurrency, args.duration, generator=args.loadgen).to_dict()
+        cpu_after = [p.cpu_seconds() for p in processes]
         after = [w.metric_sums() for w in workers]
+        if processes and result["requests"]:
+            # CPU per request is far steadier than req/s on a shared machine: other
+            # processes steal time, but not the work a request needs.
+            result["cpu_ms_per_request"] = {
+                ("gateway" if p is gateway else f"worker{i - (1 if gateway else 0)}"):
+                round((a - b) * 1000 / result["requests"], 4)
+                for i, (p, a, b) in enumerate(zip(processes, cpu_after, cpu_before))
+            }
         if workers:
             rows = sum(a.get("worker_batch_size_sum", 0) - b.get("worker_batch_size_sum", 0)
                        for a, b in zip(after, before))
@@ -124,14 +136,16 @@ class Runner:
                 for a, b in zip(after, before))
         return result
 
-    def sweep(self, model: str, config: str, url: str, workers: list[Worker]) -> None:
+    def sweep(
+        self, model: str, config: str, url: str, workers: list[Worker], gateway: Gateway | None = None
+    ) -> None:
         for concurrency in self.args.concurrency:
-            result = {"model": model, "config": config, **self.measure(url, concurrency, workers)}
+            result = {"model": model, "config": config, **self.measure(url, concurrency, workers, gateway)}
             self.runs.append(result)
             print(f"  {model:8s} {config:15s} c={concurrency:<4d} {result['rps']:8.0f} req/s  "
                   f"p50 {result['p50_ms']:7.2f}  p95 {result['p95_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  "
                   f"errors {result['errors']}  batch {result.get('mean_batch_size')}  "
-                  f"loadgen cpu {result['loadgen_cpu']}", flush=True)
+                  f"loadgen cpu {result['loadgen_cpu']}  cpu ms/req {result.get('cpu_ms_per_request')}", flush=True)
 
     def worker(self, name: str, model: str, worker_id: str = "0", **env: str) -> Worker:
         return Worker(name, MODELS[model], self.log_dir, worker_id=worker_id,
@@ -154,19 +168,19 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
             runner.sweep(model, "direct_batch", w0.url + "/predict", [w0])
         if "gateway_1" in configs:
             with runner.gateway(f"{model}-gw1", [w0]) as gw:
-                runner.sweep(model, "gateway_1", gw.url + "/predict", [w0])
+                runner.sweep(model, "gateway_1", gw.url + "/predict", [w0], gw)
         if not args.no_clients:
             for client, module in (("aiohttp", "gateway"), ("httpx", "bench.httpx_gateway")):
                 with runner.gateway(f"{model}-gw1-{client}", [w0], module=module) as gw:
-                    result = runner.measure(gw.url + "/predict", 64, [w0])
+                    result = runner.measure(gw.url + "/predict", 64, [w0], gw)
                 clients.append({"model": model, "client": client, **result})
                 print(f"  {model:8s} client {client:8s} c=64   {result['rps']:8.0f} req/s  "
-                      f"p50 {result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}",
-                      flush=True)
+                      f"p50 {result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}  "
+                      f"cpu ms/req {result.get('cpu_ms_per_request')}", flush=True)
         if "gateway_2" in configs:
             with runner.worker(f"{model}-w1", model, worker_id="1") as w1, \
                     runner.gateway(f"{model}-gw2", [w0, w1]) as gw:
-                runner.sweep(model, "gateway_2", gw.url + "/predict", [w0, w1])
+                runner.sweep(model, "gateway_2", gw.url + "/predict", [w0, w1], gw)
 
 
 @contextlib.contextmanager

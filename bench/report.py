@@ -74,15 +74,18 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def results_table(results: dict) -> str:
     lines = [
-        "| model | configuration | c | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | wrk CPU |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| model | configuration | c | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
+        "| CPU ms/req gateway | CPU ms/req workers | wrk CPU |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for run in results["runs"]:
+        cpu = run.get("cpu_ms_per_request") or {}
+        workers_cpu = sum(v for k, v in cpu.items() if k.startswith("worker")) if cpu else None
         lines.append(
             f"| {run['model']} | {CONFIG_LABELS.get(run['config'], run['config'])} | {run['concurrency']} "
             f"| {_fmt(run['rps'], 0)} | {_fmt(run['p50_ms'], 2)} | {_fmt(run['p95_ms'], 2)} "
             f"| {_fmt(run['p99_ms'], 2)} | {run['errors']} | {_fmt(run.get('mean_batch_size'), 1)} "
-            f"| {_fmt(run.get('loadgen_cpu'), 2)} |"
+            f"| {_fmt(cpu.get('gateway'), 3)} | {_fmt(workers_cpu, 3)} | {_fmt(run.get('loadgen_cpu'), 2)} |"
         )
     return "\n".join(lines)
 
@@ -119,10 +122,13 @@ def markdown(results: dict) -> str:
     parts += ["All points:", "", results_table(results), ""]
     if results.get("client_comparison"):
         parts += ["Proxy client of the gateway (gateway + 1 worker, same worker, back to back):", "",
-                  "| model | client | c | req/s | p50 ms | p99 ms | errors |", "|---|---|--:|--:|--:|--:|--:|"]
+                  "| model | client | c | req/s | p50 ms | p99 ms | errors | CPU ms/req gateway |",
+                  "|---|---|--:|--:|--:|--:|--:|--:|"]
         for r in results["client_comparison"]:
+            gateway_cpu = (r.get("cpu_ms_per_request") or {}).get("gateway")
             parts.append(f"| {r['model']} | {r['client']} | {r['concurrency']} | {_fmt(r['rps'], 0)} "
-                         f"| {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | {r['errors']} |")
+                         f"| {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | {r['errors']} "
+                         f"| {_fmt(gateway_cpu, 3)} |")
         parts.append("")
     return "\n".join(parts)
 

@@ -20,6 +20,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -49,6 +50,11 @@ class Process:
 
     def _is_ready(self, response: httpx.Response) -> bool:
         return response.status_code == 200
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far, all its threads (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def start(self) -> Process:
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
