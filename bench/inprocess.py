@@ -33,9 +33,10 @@ def measure(model_path: str, batch: int, duration_s: float) -> dict:
 
     from worker.contract import load_model_class
     from worker.metrics import WorkerMetrics
-    from worker.runtime import ModelRuntime
+    from worker.runtime import ModelRuntime, configure_jax
     from worker.settings import ARTIFACTS_DIR, WorkerSettings
 
+    configure_jax("")  # the worker's JAX settings, without its compilation cache
     model = load_model_class(model_path)()
     params = jax.device_put(model.load(ARTIFACTS_DIR))
     rows = np.random.default_rng(0).uniform(0, 8, (batch, *model.input_shape)).astype(model.input_dtype)

@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def configure_jax(cache_dir: str) -> None:
-    """Turn on the persistent compilation cache so a restart skips compilation."""
+    """Run CPU computations on the calling thread; turn on the persistent compilation cache."""
+    # The batcher already calls the model on a thread of its own and waits for the answer:
+    # CPU async dispatch only adds a second thread hop per batch (see docs/benchmarks.md).
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     if not cache_dir:
         return
     folder = Path(cache_dir).resolve()
