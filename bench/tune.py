@@ -51,7 +51,8 @@ def _measure_pair(runner, env: dict[str, str]) -> list[dict]:
 def summary_table(results: dict) -> str:
     head = "| XLA_CPU_THREADS | BATCH_TIMEOUT_MS | " + " | ".join(
         f"{report.CONFIG_LABELS[c].split(' ')[0]} c={n} req/s (p50/p99 ms)" for c, n in POINTS) + " |"
-    lines = [head, "|---|--:|" + "--:|" * len(POINTS)]
+    head += " (d) c=64 CPU ms/req gateway / workers |"
+    lines = [head, "|---|--:|" + "--:|" * (len(POINTS) + 1)]
     for threads, timeout in itertools.product(THREADS, TIMEOUTS_MS):
         cells = []
         for config, concurrency in POINTS:
@@ -64,8 +65,26 @@ def summary_table(results: dict) -> str:
             p50 = statistics.median(r["p50_ms"] for r in runs)
             p99 = statistics.median(r["p99_ms"] for r in runs)
             cells.append(f"{rps:,.0f} ({p50:.2f}/{p99:.0f})")
+        cpu = [r["cpu_ms_per_request"] for r in results["runs"]
+               if (r["xla_cpu_threads"], r["batch_timeout_ms"], r["config"], r["concurrency"])
+               == (threads, timeout, "gateway_2", 64) and r.get("cpu_ms_per_request")]
+        if cpu:
+            gateway = statistics.median(c["gateway"] for c in cpu)
+            workers = statistics.median(sum(v for k, v in c.items() if k.startswith("worker")) for c in cpu)
+            cells.append(f"{gateway:.3f} / {workers:.3f}")
+        else:
+            cells.append("-")
         lines.append(f"| {threads or 'unset'} | {timeout} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    limits = ", ".join(f"XLA_CPU_THREADS={k}: {v['jit']['rows_per_s']:,.0f} rows/s"
+                       for k, v in results["inprocess"].items())
+    return (f"Sweep of {meta['started']}, commit {meta['machine']['commit']}, `{meta['command']}`, "
+            f"{meta['rounds']} round(s) of {meta['duration_s']:g} s points, median shown; heavy MLP. "
+            f"In-process limit at batch 64: {limits}.\n\n{summary_table(results)}")
 
 
 def tune(args: argparse.Namespace) -> dict:
@@ -92,15 +111,8 @@ def tune(args: argparse.Namespace) -> dict:
     results["meta"] = meta(args, started, started_at)
     results["meta"]["rounds"] = rounds
     report.write_json(results, args.out)
-    table = summary_table(results)
-    limits = ", ".join(f"XLA_CPU_THREADS={k}: {v['jit']['rows_per_s']:,.0f} rows/s"
-                       for k, v in results["inprocess"].items())
-    machine = results["meta"]["machine"]
-    generated = (f"Sweep of {started_at}, commit {machine['commit']}, `{results['meta']['command']}`, "
-                 f"{rounds} round(s) of {args.duration:g} s points, median shown; heavy MLP. "
-                 f"In-process limit at batch 64: {limits}.\n\n{table}")
     if not args.no_docs:
-        report.update_doc(args.doc, generated, BEGIN, END)
-    print(table)
+        report.update_doc(args.doc, markdown(results), BEGIN, END)
+    print(summary_table(results))
     print(f"wrote {args.out}")
     return results
