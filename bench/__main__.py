@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", nargs="+", type=int, help="connections per point")
     parser.add_argument("--duration", type=float, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, help="discarded seconds before each point")
+    parser.add_argument("--repeat", type=int, help="measured runs per point; the median one is kept")
     parser.add_argument("--inprocess-duration", type=float, help="seconds of the in-process loop")
     parser.add_argument("--no-clients", action="store_true", help="skip the aiohttp vs httpx comparison")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
@@ -74,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.models = args.models or (["heavy"] if args.quick else list(MODELS))
     args.configs = args.configs or list(CONFIGS)
     args.concurrency = args.concurrency or ([1, 64] if args.quick else [1, 16, 64, 256])
-    args.duration = args.duration or (2.0 if quick else 4.0 if args.tune else 6.0)
+    args.duration = args.duration or (2.0 if quick else 4.0)
+    args.repeat = args.repeat or (1 if quick or args.tune or args.profile else 3)
     args.warmup = args.warmup if args.warmup is not None else 1.0
     args.inprocess_duration = args.inprocess_duration or (1.0 if quick else 3.0)
     if args.quick or args.url:
@@ -107,9 +109,22 @@ class Runner:
         self.runs: list[dict] = []
 
     def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Gateway | None = None) -> dict:
+        """One point: a warm-up, then ``--repeat`` measured runs; the run of median req/s stands
+        for the point (a neighbour's burst on a shared machine spoils one run, not the point),
+        and every run's req/s and p99 are kept under ``repeats``."""
         args = self.args
         if args.warmup > 0:
             run_load(url, PREDICT_BODY, concurrency, args.warmup, generator=args.loadgen)
+        runs = [self._measure_once(url, concurrency, workers, gateway) for _ in range(args.repeat)]
+        chosen = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+        if len(runs) > 1:
+            chosen["repeats"] = [{"rps": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                                  "errors": r["errors"]} for r in runs]
+            chosen["errors"] = sum(r["errors"] for r in runs)  # an error in any run counts
+        return chosen
+
+    def _measure_once(self, url: str, concurrency: int, workers, gateway: Gateway | None) -> dict:
+        args = self.args
         processes = ([gateway] if gateway else []) + list(workers)
         before = [w.metric_sums() for w in workers]
         cpu_before = [p.cpu_seconds() for p in processes]
@@ -122,18 +137,18 @@ class Runner:
             result["cpu_ms_per_request"] = {
                 ("gateway" if p is gateway else f"worker{i - (1 if gateway else 0)}"):
                 round((a - b) * 1000 / result["requests"], 4)
-                for i, (p, a, b) in enumerate(zip(processes, cpu_after, cpu_before))
+                for i, (p, a, b) in enumerate(zip(processes, cpu_after, cpu_before, strict=True))
             }
         if workers:
             rows = sum(a.get("worker_batch_size_sum", 0) - b.get("worker_batch_size_sum", 0)
-                       for a, b in zip(after, before))
+                       for a, b in zip(after, before, strict=True))
             batches = sum(a.get("worker_batch_size_count", 0) - b.get("worker_batch_size_count", 0)
-                          for a, b in zip(after, before))
+                          for a, b in zip(after, before, strict=True))
             result["mean_batch_size"] = round(rows / batches, 2) if batches else None
             # Any compilation while serving is a bug (issue 3): record it.
             result["compilations_during_run"] = sum(
                 a.get("worker_jit_compilations_total", 0) - b.get("worker_jit_compilations_total", 0)
-                for a, b in zip(after, before))
+                for a, b in zip(after, before, strict=True))
         return result
 
     def sweep(
@@ -197,6 +212,7 @@ def meta(args: argparse.Namespace, started: float, started_at: str) -> dict:
         "machine": describe(),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "repeat": args.repeat,
         "concurrency": args.concurrency,
         "loadgen": "wrk" if args.loadgen == "wrk" or (args.loadgen == "auto" and find_wrk()) else "python",
         "worker_env": args.worker_env,

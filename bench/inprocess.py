@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 
 def _loop(call, duration_s: float) -> tuple[int, float]:
@@ -24,6 +23,10 @@ def _loop(call, duration_s: float) -> tuple[int, float]:
         call()
         calls += 1
     return calls, elapsed
+
+
+def _rates(calls: int, batch: int, elapsed: float) -> dict:
+    return {"rows_per_s": round(calls * batch / elapsed, 1), "ms_per_call": round(elapsed / calls * 1000, 4)}
 
 
 def measure(model_path: str, batch: int, duration_s: float) -> dict:
@@ -44,13 +47,13 @@ def measure(model_path: str, batch: int, duration_s: float) -> dict:
     jitted = jax.jit(model.predict_batch)
     result: dict = {"model": model_path, "batch": batch, "xla_cpu_threads": os.environ.get("XLA_CPU_THREADS")}
     calls, elapsed = _loop(lambda: jax.block_until_ready(jitted(params, x)), duration_s)
-    result["jit"] = {"rows_per_s": round(calls * batch / elapsed, 1), "ms_per_call": round(elapsed / calls * 1000, 4)}
+    result["jit"] = _rates(calls, batch, elapsed)
 
     buckets = WorkerSettings(max_batch_size=batch).bucket_sizes
     runtime = ModelRuntime(model, ARTIFACTS_DIR, buckets, WorkerMetrics(batch))
     runtime.load_and_warm_up()
     calls, elapsed = _loop(lambda: runtime.infer(rows), duration_s)
-    result["runtime"] = {"rows_per_s": round(calls * batch / elapsed, 1), "ms_per_call": round(elapsed / calls * 1000, 4)}
+    result["runtime"] = _rates(calls, batch, elapsed)
     return result
 
 

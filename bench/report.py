@@ -94,14 +94,16 @@ def markdown(results: dict) -> str:
     meta, machine = results["meta"], results["meta"]["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["packages"].items() if v)
     parts = [
-        f"Run of {meta['started']} (commit {machine['commit']}{', uncommitted changes' if machine['tree_dirty'] else ''}), "
+        f"Run of {meta['started']} (commit {machine['commit']}"
+        f"{', uncommitted changes' if machine['tree_dirty'] else ''}), "
         f"{meta['elapsed_s']:.0f} s in all.",
         "",
         f"- command: `{meta['command']}`",
         f"- machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_gib']} GiB, {machine['os']}, "
         f"load average at start {', '.join(f'{x:.2f}' for x in machine['loadavg_at_start'])}",
         f"- versions: Python {machine['python']}, {versions}; load generator: {machine['wrk'] or meta['loadgen']}",
-        f"- each point: {meta['warmup_s']:g} s warm-up (discarded), then {meta['duration_s']:g} s measured, "
+        f"- each point: {meta['warmup_s']:g} s warm-up (discarded), then {meta.get('repeat', 1)} x "
+        f"{meta['duration_s']:g} s measured (the run of median req/s is shown), "
         f"closed loop, one request = one row (`POST /predict`); worker settings: "
         f"{', '.join(f'{k}={v}' for k, v in meta['worker_env'].items()) or 'defaults'}",
         "",
@@ -114,7 +116,8 @@ def markdown(results: dict) -> str:
                          f"{r['jit']['ms_per_call']:.3f} | {_fmt(r['runtime']['rows_per_s'], 0)} |")
         parts.append("")
     if results.get("targets"):
-        parts += ["Targets (heavy MLP, all from this run):", "", "| target | measured | wanted | |", "|---|--:|--:|---|"]
+        parts += ["Targets (heavy MLP, all from this run):", "",
+                  "| target | measured | wanted | |", "|---|--:|--:|---|"]
         for t in results["targets"]:
             verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]
             parts.append(f"| {t['target']} | {t['value']} ({t['detail']}) | {t['op']} {t['threshold']} | {verdict} |")
@@ -153,7 +156,7 @@ def plot(results: dict, path: Path) -> None:
 
     models = list(dict.fromkeys(run["model"] for run in results["runs"]))
     fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
-    for row, model in zip(axes, models):
+    for row, model in zip(axes, models, strict=True):
         configs = list(dict.fromkeys(r["config"] for r in results["runs"] if r["model"] == model))
         for config in configs:
             points = sorted((r for r in results["runs"] if (r["model"], r["config"]) == (model, config)),

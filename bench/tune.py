@@ -103,7 +103,8 @@ def tune(args: argparse.Namespace) -> dict:
         runner = Runner(args, logs)
         for round_ in range(rounds):
             for threads, timeout in pairs if round_ % 2 == 0 else pairs[::-1]:
-                print(f"round {round_ + 1}: XLA_CPU_THREADS={threads or 'unset'} BATCH_TIMEOUT_MS={timeout}", flush=True)
+                print(f"round {round_ + 1}: XLA_CPU_THREADS={threads or 'unset'} BATCH_TIMEOUT_MS={timeout}",
+                      flush=True)
                 env = {"BATCH_TIMEOUT_MS": timeout, **({"XLA_CPU_THREADS": threads} if threads else {})}
                 for run in _measure_pair(runner, env):
                     results["runs"].append({"xla_cpu_threads": threads, "batch_timeout_ms": timeout,

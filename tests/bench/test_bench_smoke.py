@@ -25,7 +25,7 @@ POINT_KEYS = {"model", "config", "concurrency", "duration_s", "requests", "rps",
 def test_url_mode_writes_results(running_worker: str, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     results = main(["--url", f"{running_worker}/predict", "--concurrency", "1", "4", "--duration", "1",
-                    "--warmup", "0", "--out", str(out)])
+                    "--warmup", "0", "--repeat", "2", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["runs"] == results["runs"]
     assert [run["concurrency"] for run in saved["runs"]] == [1, 4]
@@ -33,6 +33,7 @@ def test_url_mode_writes_results(running_worker: str, tmp_path: Path) -> None:
         assert POINT_KEYS <= run.keys()
         assert run["errors"] == 0, run["error_kinds"]
         assert run["requests"] > 0
+        assert len(run["repeats"]) == 2
     assert saved["meta"]["machine"]["nproc"] >= 1
 
 
