@@ -7,7 +7,7 @@ PORT ?= 8080
 GATEWAY_URL ?= http://127.0.0.1:$(PORT)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test train smoke lint bench
+.PHONY: help install run test train smoke lint bench bench-jobs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -32,8 +32,12 @@ train: install ## Fit the default model with NUTS and write worker/artifacts/pos
 smoke: ## Curl a running stack (GATEWAY_URL, default http://127.0.0.1:8080)
 	@GATEWAY_URL=$(GATEWAY_URL) bash scripts/smoke.sh
 
-bench: install ## Benchmark the stack (writes bench/results/, docs/benchmarks.md, a PNG plot)
+bench: install ## Benchmark the stack (bench/results/, docs/benchmarks.md, a PNG), then the job path
 	$(PY) -m bench $(BENCH_ARGS)
+	$(MAKE) bench-jobs
+
+bench-jobs: install ## 1,000 concurrent jobs on both adapter pairs: jobs/s, p50/p99 submit -> result
+	$(PY) -m bench.jobs_bench --stack both $(JOBS_BENCH_ARGS)
 
 lint: install ## Ruff over the code
 	$(VENV)/bin/ruff check gateway worker jobs launcher bench tests

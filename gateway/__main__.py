@@ -36,6 +36,7 @@ def main() -> None:
         access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        proxy_headers=False,  # nothing here reads the client address: skip that middleware
     )
 
 

@@ -7,9 +7,10 @@ generated; it is passed to the worker and returned to the client.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,6 +41,9 @@ class RequestContext:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        # Generated ids: a random per-process prefix and a counter, unique without a syscall per request.
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,7 +51,7 @@ class RequestContext:
             return
         started = time.perf_counter()
         request_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == REQUEST_ID_HEADER), None)
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or f"{self._id_prefix}{next(self._id_counter):08x}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500

@@ -16,12 +16,9 @@ def main() -> None:
         level=settings.log_level.upper(),
         format=f"%(asctime)s worker-{settings.worker_id} %(levelname)s %(name)s: %(message)s",
     )
-    if settings.xla_cpu_threads is not None:
+    if settings.xla_cpu_threads == 1:
         # Must be in the environment before XLA starts, so before JAX is imported.
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + f" --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={settings.xla_cpu_threads}"
-        ).strip()
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
 
     from worker.app import create_app
     from worker.contract import load_model_class
@@ -42,6 +39,7 @@ def main() -> None:
         access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        proxy_headers=False,  # nothing here reads the client address: skip that middleware
     )
 
 

@@ -32,7 +32,7 @@ class WorkerSettings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="Largest request body, else 413.")
     jax_cache_dir: str = Field(".cache/jax", description="Persistent XLA compilation cache folder; empty disables it.")
     xla_cpu_threads: int | None = Field(
-        None, ge=1, description="Cap XLA's intra-op CPU threads (None: XLA decides)."
+        None, ge=1, le=1, description="1: XLA's CPU kernels run on one thread each (unset: XLA decides)."
     )
     log_level: str = Field("info", description="Python log level.")
 
