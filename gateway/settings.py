@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+#: A list setting written as ``a,b,c`` in the environment.
+CommaSeparated = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 
 
 class GatewaySettings(BaseSettings):
@@ -13,7 +23,7 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8080, description="Port to listen on.")
-    workers: Annotated[list[str], NoDecode] = Field(
+    workers: CommaSeparated = Field(
         default_factory=lambda: ["127.0.0.1:8000"],
         description="Worker addresses, comma separated host:port; a name resolving to several "
         "addresses becomes one backend per address.",
@@ -34,13 +44,6 @@ class GatewaySettings(BaseSettings):
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 answers.")
     log_level: str = Field("info", description="Python log level.")
     access_log: bool = Field(True, description="One JSON line per request.")
-
-    @field_validator("workers", mode="before")
-    @classmethod
-    def _split_workers(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @field_validator("workers")
     @classmethod

@@ -8,10 +8,11 @@ environment to the gateway and to every sidecar).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.settings import CommaSeparated
 
 
 class JobsSettings(BaseSettings):
@@ -70,17 +71,10 @@ class JobsSettings(BaseSettings):
     embedded_poll_interval_s: float = Field(
         0.05, gt=0, description="Embedded broker: how often an idle consumer looks for new messages."
     )
-    job_task_modules: Annotated[list[str], NoDecode] = Field(
+    job_task_modules: CommaSeparated = Field(
         default_factory=list,
         description="Extra modules imported at start-up to register task types, comma separated.",
     )
-
-    @field_validator("job_task_modules", mode="before")
-    @classmethod
-    def _split_modules(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @model_validator(mode="after")
     def _s3_is_complete(self) -> JobsSettings:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+
+from bench.stack import terminate as stop_process  # noqa: F401 - the tests' name for it
 
 REPO = Path(__file__).resolve().parent.parent
 #: One XLA compilation cache for every test process: restarts skip compilation.
@@ -62,17 +63,6 @@ def start_process(argv: list[str], env: dict[str, str], log_path: Path) -> subpr
             argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             start_new_session=True,
         )
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 15) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return process.returncode
 
 
 def worker_env(port: int, worker_id: str = "0", **extra: str) -> dict[str, str]:
