@@ -51,6 +51,7 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         metrics,
         interval_s=settings.health_interval_s,
         timeout_s=settings.health_timeout_s,
+        misses_to_eject=settings.health_misses_to_eject,
         resolve_interval_s=settings.workers_resolve_interval_s,
     )
     proxy = Proxy(pool, client, metrics, settings)

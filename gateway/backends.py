@@ -7,7 +7,10 @@ A backend's state machine::
        └──probe fails──> unhealthy ──────────── probe ok ──────────────────┘
 
 Only healthy backends receive requests (readiness, not mere liveness: a
-worker answers /health with 503 until its model is warm).
+worker answers /health with 503 until its model is warm). A probe that gets
+no answer in time counts as failed only after ``misses_to_eject`` in a row: a
+worker busy under load answers slowly, and ejecting the only one would turn
+slow answers into 503s. A refused connection or a non-200 answer ejects at once.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class Backend:
     in_flight: int = 0
     last_probe_at: float | None = None  # wall-clock, for display only
     last_error: str | None = None
+    #: Consecutive probes that got no answer in time.
+    missed_probes: int = 0
     #: What the worker's /health said last (worker id, model name and version, device).
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -42,10 +47,19 @@ class Backend:
 
     def record_probe(self, ok: bool, info: dict[str, Any] | None = None, error: str | None = None) -> None:
         self.last_probe_at = time.time()
+        self.missed_probes = 0
         if info:
             self.info = info
         self.state = BackendState.HEALTHY if ok else BackendState.UNHEALTHY
         self.last_error = None if ok else error
+
+    def record_missed_probe(self, error: str, misses_to_eject: int) -> None:
+        """A probe timed out: eject only after ``misses_to_eject`` in a row."""
+        self.last_probe_at = time.time()
+        self.missed_probes += 1
+        if self.state is not BackendState.HEALTHY or self.missed_probes >= misses_to_eject:
+            self.state = BackendState.UNHEALTHY
+            self.last_error = error
 
     def eject(self, reason: str) -> None:
         """Passive health check: take it out of rotation until a probe passes."""

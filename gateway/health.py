@@ -28,12 +28,14 @@ class HealthChecker:
         *,
         interval_s: float,
         timeout_s: float,
+        misses_to_eject: int,
         resolve_interval_s: float,
     ) -> None:
         self._pool = pool
         self._discovery = discovery
         self._metrics = metrics
         self._interval_s = interval_s
+        self._misses_to_eject = misses_to_eject
         self._resolve_interval_s = resolve_interval_s
         self._client = httpx.AsyncClient(timeout=timeout_s)
         self._last_resolve = float("-inf")
@@ -49,6 +51,8 @@ class HealthChecker:
             info = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
             ok = response.status_code == 200
             backend.record_probe(ok, info, None if ok else f"/health answered {response.status_code}")
+        except httpx.TimeoutException as exc:
+            backend.record_missed_probe(f"no answer to /health: {type(exc).__name__}", self._misses_to_eject)
         except (httpx.HTTPError, ValueError) as exc:
             backend.record_probe(False, error=f"{type(exc).__name__}: {exc}")
         if backend.state is not before:

@@ -31,6 +31,9 @@ class GatewaySettings(BaseSettings):
     workers_resolve_interval_s: float = Field(10.0, gt=0, description="How often worker names are re-resolved.")
     health_interval_s: float = Field(2.0, gt=0, description="Seconds between active health probes.")
     health_timeout_s: float = Field(1.0, gt=0, description="Timeout of one health probe.")
+    health_misses_to_eject: int = Field(
+        3, ge=1, description="Probes in a row without an answer in time before a worker leaves rotation."
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a proxied request, retries included.")
     connect_timeout_s: float = Field(1.0, gt=0, description="Timeout to open a connection to a worker.")
     max_attempts: int = Field(3, ge=1, description="Tries of one request over different workers.")

@@ -74,3 +74,22 @@ def test_replace_keeps_the_state_of_known_backends() -> None:
     assert pool.backends[0] is a and a.healthy
     assert [b.url for b in pool.backends] == ["http://a", "http://c"]
     assert pool.summary() == (1, 2)
+
+
+def test_probes_without_an_answer_eject_only_after_several_in_a_row() -> None:
+    backend = Backend(url="http://a")
+    backend.record_probe(True)
+    backend.record_missed_probe("no answer to /health: ReadTimeout", misses_to_eject=3)
+    backend.record_missed_probe("no answer to /health: ReadTimeout", misses_to_eject=3)
+    assert backend.healthy  # busy, not gone
+    backend.record_probe(True)
+    assert backend.missed_probes == 0
+    for _ in range(3):
+        backend.record_missed_probe("no answer to /health: ReadTimeout", misses_to_eject=3)
+    assert backend.state is BackendState.UNHEALTHY and "ReadTimeout" in backend.last_error
+
+
+def test_a_worker_never_seen_healthy_is_not_admitted_on_a_missed_probe() -> None:
+    backend = Backend(url="http://a")
+    backend.record_missed_probe("no answer to /health: ConnectTimeout", misses_to_eject=3)
+    assert backend.state is BackendState.UNHEALTHY
