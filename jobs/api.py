@@ -18,7 +18,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway.docs import OpenAPIBuilder
-from gateway.errors import error_response
+from gateway.errors import GatewayError, PayloadTooLarge, error_response
+from gateway.proxy import read_body
 from jobs.errors import JobError, JobTooLarge
 from jobs.schema import SUBMISSION_EXAMPLE, JobStatus, JobSubmission
 from jobs.service import JobService
@@ -42,7 +43,7 @@ def job_routes(service: JobService) -> list[Route]:
         async def endpoint(request: Request) -> Response:
             try:
                 return await fn(request)
-            except JobError as exc:
+            except (JobError, GatewayError) as exc:
                 return error_response(exc.status_code, exc.code, exc.message, request.scope["state"].get("request_id"))
             except Exception:
                 log.exception("job route %s failed", request.url.path)
@@ -51,21 +52,14 @@ def job_routes(service: JobService) -> list[Route]:
 
         return endpoint
 
-    async def read_body(request: Request) -> bytes:
-        limit = service.settings.job_max_inline_bytes
-        too_large = JobTooLarge(f"body over {limit} bytes: put the rows in the store and send input_uri")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        return bytes(body)
+    async def read_job_body(request: Request) -> bytes:
+        try:
+            return await read_body(request, service.settings.job_max_inline_bytes)
+        except PayloadTooLarge as exc:
+            raise JobTooLarge(f"{exc.message}: put the rows in the store and send input_uri") from None
 
     async def submit(request: Request) -> Response:
-        submitted = await service.submit(await read_body(request), request.headers.get(IDEMPOTENCY_HEADER))
+        submitted = await service.submit(await read_job_body(request), request.headers.get(IDEMPOTENCY_HEADER))
         headers = {"Location": submitted.status.status_url}
         if submitted.replayed:
             headers["Idempotent-Replayed"] = "true"

@@ -102,6 +102,17 @@ async def test_rows_of_the_wrong_shape_for_the_served_model_are_refused(tmp_path
         worker.stop()
 
 
+async def test_a_body_over_the_inline_limit_is_413_with_a_hint(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, "http://127.0.0.1:9", job_max_inline_bytes=100)
+    async with gateway(settings) as client:
+        answer = await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS * 5})
+        assert answer.status_code == 413
+        assert answer.json()["error"]["code"] == "payload_too_large"
+        assert "input_uri" in answer.json()["error"]["message"]
+    async with broker_of(settings) as broker:
+        assert await broker.count() == 0
+
+
 async def test_path_traversal_in_input_uri_is_refused(jobs_settings: JobsSettings) -> None:
     store = ArtifactStore.from_settings(jobs_settings)
     await store.put("inputs/ok.json", orjson.dumps(ROWS))
