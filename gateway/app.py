@@ -108,11 +108,9 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         *job_routes(jobs),
         Route("/{path:path}", proxy.handle, methods=PROXIED_METHODS),
     ]
-    app = Starlette(
+    return Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(RequestContext, metrics=metrics, log_requests=settings.access_log)],
         exception_handlers={HTTPException: http_error},
     )
-    app.state.pool = pool
-    return app

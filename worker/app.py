@@ -248,7 +248,4 @@ def create_app(settings: WorkerSettings, runtime: Runtime, metrics: WorkerMetric
         error.status_code, error.code = exc.status_code, "not_found" if exc.status_code == 404 else "http_error"
         return error_response(error, request.headers.get(REQUEST_ID_HEADER))
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
-    app.state.metrics = metrics
-    app.state.batcher = batcher
-    return app
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
