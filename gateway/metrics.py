@@ -44,8 +44,8 @@ class GatewayMetrics:
             "gateway_in_flight", "Requests being proxied.", registry=self.registry, multiprocess_mode="livesum"
         )
         self.shed = Counter(
-            "gateway_shed", "Requests answered 503 without trying a worker, by reason.", ["reason"],
-            registry=self.registry,
+            "gateway_shed", "Requests the gateway itself answered 503 (no healthy worker, all busy), by reason.",
+            ["reason"], registry=self.registry,
         )
 
     def exposition(self) -> tuple[bytes, str]:
