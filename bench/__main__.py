@@ -28,12 +28,12 @@ from pathlib import Path
 
 from bench import report
 from bench.inprocess_runner import run_inprocess
-from bench.loadgen import PREDICT_BODY, find_wrk, run_load
+from bench.loadgen import find_wrk, predict_body, run_load
 from bench.machine import describe
 from bench.stack import Gateway, Worker
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = {"heavy": "worker.examples.mlp:HeavyMLP", "default": "worker.model:IrisBayesianLogReg"}
+MODELS = {"heavy": "worker.examples.mlp:HeavyMLP", "default": "worker.model"}
 CONFIGS = ("direct_nobatch", "direct_batch", "gateway_1", "gateway_2")
 
 
@@ -114,7 +114,7 @@ class Runner:
         and every run's req/s and p99 are kept under ``repeats``."""
         args = self.args
         if args.warmup > 0:
-            run_load(url, PREDICT_BODY, concurrency, args.warmup, generator=args.loadgen)
+            run_load(url, predict_body(url), concurrency, args.warmup, generator=args.loadgen)
         runs = [self._measure_once(url, concurrency, workers, gateway) for _ in range(args.repeat)]
         chosen = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
         if len(runs) > 1:
@@ -128,7 +128,7 @@ class Runner:
         processes = ([gateway] if gateway else []) + list(workers)
         before = [w.metric_sums() for w in workers]
         cpu_before = [p.cpu_seconds() for p in processes]
-        result = run_load(url, PREDICT_BODY, concurrency, args.duration, generator=args.loadgen).to_dict()
+        result = run_load(url, predict_body(url), concurrency, args.duration, generator=args.loadgen).to_dict()
         cpu_after = [p.cpu_seconds() for p in processes]
         after = [w.metric_sums() for w in workers]
         if processes and result["requests"]:

@@ -6,7 +6,7 @@
 ``--stack`` runs ``python -m launcher`` (workers + one sidecar each + gateway)
 on free loopback ports, once with the embedded broker and a local folder, once
 with RabbitMQ (AMQP_URL, default guest@127.0.0.1) and an S3 server (moto's,
-started here). Each job is one ``batch_predict`` row of Iris; its answer must
+started here). Each job is one ``batch_predict`` row of the served model; its answer must
 equal what ``/batch_predict`` answers for that row. Reported: jobs/s from the
 first submit to the last job finished, and p50 / p99 of submit -> result,
 where a job's result time is its ``finished_at`` (the sidecar writes it just
@@ -33,10 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [4.9, 3.0, 1.4, 0.2],
-        [6.3, 3.3, 6.0, 2.5], [5.5, 2.3, 4.0, 1.3], [5.0, 3.6, 1.4, 0.2], [6.5, 3.0, 5.8, 2.2]]
+#: Different rows per job: the served model's example, scaled by 1.0, 1.1, ... 1.7.
+ROW_VARIANTS = 8
+
+
+async def example_rows(client: httpx.AsyncClient) -> list[Any]:
+    """``ROW_VARIANTS`` rows of the served model's shape, made from the example its workers publish."""
+    example = (await client.get("/metadata")).raise_for_status().json()["example"]["input_data"]
+    return [(np.asarray(example, dtype=float) * (1 + 0.1 * i)).tolist() for i in range(ROW_VARIANTS)]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -54,7 +61,8 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
     """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=gateway, timeout=60, limits=limits) as client:
-        reference = (await client.post("/batch_predict", json=[{"input_data": row} for row in ROWS]))
+        rows = await example_rows(client)
+        reference = (await client.post("/batch_predict", json=[{"input_data": row} for row in rows]))
         reference.raise_for_status()
         expected = [answer["prediction"] for answer in reference.json()]
         gate = asyncio.Semaphore(concurrency)
@@ -75,7 +83,7 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
         async def one(i: int) -> tuple[float, float]:
             submitted = time.time()
             answer = await call("POST", "/jobs", headers={"Idempotency-Key": f"bench-{run}-{i}"}, json={
-                "task": "batch_predict", "inputs": [{"input_data": ROWS[i % len(ROWS)]}],
+                "task": "batch_predict", "inputs": [{"input_data": rows[i % len(rows)]}],
             })
             job_id = answer.json()["job_id"]
             wait_s = poll_s
@@ -88,7 +96,7 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
             if status["status"] != "succeeded":
                 raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
             output = (await call("GET", f"/jobs/{job_id}/result")).json()["output"]
-            if [row["prediction"] for row in output] != [expected[i % len(ROWS)]]:
+            if [row["prediction"] for row in output] != [expected[i % len(rows)]]:
                 raise RuntimeError(f"job {job_id}: wrong result {output}")
             return submitted, datetime.fromisoformat(status["finished_at"]).timestamp()
 

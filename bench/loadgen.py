@@ -11,6 +11,7 @@ does the same job, slower: fine for smoke tests, not for published numbers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -22,9 +23,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
+import orjson
 
-PREDICT_BODY = b'{"input_data": [5.1, 3.5, 1.4, 0.2]}'
+
+@functools.cache
+def predict_body(predict_url: str) -> bytes:
+    """The served model's example row as a /predict body, from the /metadata beside ``predict_url``."""
+    base = predict_url.rsplit("/predict", 1)[0]
+    example = httpx.get(f"{base}/metadata", timeout=10).raise_for_status().json()["example"]
+    return orjson.dumps({"input_data": example["input_data"]})
 
 # wrk calls done() once at the end: print everything we need as one JSON line.
 _WRK_SCRIPT = """

@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from bench.loadgen import PREDICT_BODY, run_load
+from bench.loadgen import predict_body, run_load
 
 #: Parts of the stack, matched against the (shortened) file paths of a sampled stack.
 CATEGORIES = {
@@ -101,12 +101,12 @@ def profile(args: argparse.Namespace) -> dict:
         with runner.worker(f"{model}-w0", model) as w0, runner.worker(f"{model}-w1", model, worker_id="1") as w1, \
                 runner.gateway(f"{model}-gw2", [w0, w1]) as gw:
             url = gw.url + "/predict"
-            run_load(url, PREDICT_BODY, concurrency, 2, generator=args.loadgen)
+            run_load(url, predict_body(url), concurrency, 2, generator=args.loadgen)
             raw = {"gateway": out_dir / "profile-gateway.txt", "worker": out_dir / "profile-worker.txt"}
             spies = [record(gw.pid, duration - 1, raw["gateway"]), record(w0.pid, duration - 1, raw["worker"])]
             load: dict = {}
             thread = threading.Thread(
-                target=lambda: load.update(run_load(url, PREDICT_BODY, concurrency, duration,
+                target=lambda: load.update(run_load(url, predict_body(url), concurrency, duration,
                                                     generator=args.loadgen).to_dict()))
             thread.start()
             thread.join()

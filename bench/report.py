@@ -14,7 +14,7 @@ CONFIG_LABELS = {
     "gateway_2": "(d) gateway + 2 workers",
     "target": "target URL",
 }
-MODEL_LABELS = {"heavy": "heavy MLP (4-1024-1024-1024-3)", "default": "default (Iris Bayesian log. reg.)"}
+MODEL_LABELS = {"heavy": "heavy MLP (4-1024-1024-1024-3)", "default": "default (the model of worker/model.py)"}
 _OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 

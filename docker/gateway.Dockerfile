@@ -24,10 +24,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN --mount=type=cache,target=/root/.cache/pip pip install "setuptools>=70.1"
 COPY pyproject.toml README.md ./
-# gateway/docs.py documents the API with worker/schemas.py, and the gateway
-# publishes jobs through jobs/: all three packages are needed, none imports JAX.
+# The gateway publishes jobs through jobs/; both use common/. It imports nothing
+# of worker/ (its docs come from the workers' /metadata), and no JAX.
+COPY common ./common
 COPY gateway ./gateway
-COPY worker ./worker
 COPY jobs ./jobs
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 

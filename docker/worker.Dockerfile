@@ -21,13 +21,13 @@ COPY --from=requirements /src/requirements.txt /tmp/requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv /opt/venv && pip install --requirement /tmp/requirements.txt
 
-# 3. The project as a wheel: the code, worker/artifacts and worker/data.
+# 3. The project as a wheel: the code, worker/artifacts and the examples' data.
 FROM ${PYTHON_IMAGE} AS wheel
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN --mount=type=cache,target=/root/.cache/pip pip install "setuptools>=70.1"
 COPY pyproject.toml README.md ./
-COPY gateway ./gateway
+COPY common ./common
 COPY worker ./worker
 COPY jobs ./jobs
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,26 +22,37 @@ from starlette.routing import Route
 from gateway import __version__
 from gateway.backends import BackendPool
 from gateway.discovery import WorkerDiscovery
-from gateway.docs import OpenAPIBuilder, docs_routes, prediction_api
+from gateway.docs import LiveDocument, OpenAPIBuilder, docs_routes, prediction_api
 from gateway.errors import error_response
 from gateway.forwarder import WorkerClient
 from gateway.health import HealthChecker
+from gateway.job_routes import job_routes, jobs_openapi
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.request_context import RequestContext
 from gateway.settings import GatewaySettings
-from jobs.api import job_routes, jobs_openapi
 from jobs.service import JobService
 from jobs.settings import JobsSettings
 
 PROXIED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
+def build_document(model: dict[str, Any] | None) -> dict[str, Any]:
+    """The OpenAPI document for a served model's metadata (None: generic)."""
+    openapi = OpenAPIBuilder(
+        "JAX inference gateway", __version__,
+        "Predictions from JAX / NumPyro models on a pool of workers, and async jobs.",
+    )
+    prediction_api(openapi, model)
+    jobs_openapi(openapi, model)
+    return openapi.document
+
+
 def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSettings | None = None) -> Starlette:
     settings = settings or GatewaySettings()
     metrics = GatewayMetrics()
     pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker)
-    jobs = JobService.from_settings(jobs_settings or JobsSettings(), metrics.registry, row_shape=pool.input_shape)
+    jobs = JobService.from_settings(jobs_settings or JobsSettings(), metrics.registry, served_model=pool.served_model)
     client = WorkerClient(
         connect_timeout_s=settings.connect_timeout_s,
         max_connections_per_worker=settings.max_connections_per_worker,
@@ -94,17 +106,11 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         assert isinstance(exc, HTTPException)
         return error_response(exc.status_code, "http_error", str(exc.detail), request.scope["state"].get("request_id"))
 
-    openapi = OpenAPIBuilder(
-        "JAX inference gateway", __version__,
-        "Predictions from JAX / NumPyro models on a pool of workers, and async jobs.",
-    )
-    prediction_api(openapi)
-    jobs_openapi(openapi)
     routes = [
         Route("/gateway/health", gateway_health),
         Route("/gateway/info", gateway_info),
         Route("/metrics", metrics_endpoint),
-        *docs_routes(openapi.document),
+        *docs_routes(LiveDocument(build_document, pool.served_model)),
         *job_routes(jobs),
         Route("/{path:path}", proxy.handle, methods=PROXIED_METHODS),
     ]

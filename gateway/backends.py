@@ -40,6 +40,15 @@ class Backend:
     missed_probes: int = 0
     #: What the worker's /health said last (worker id, model name and version, device).
     info: dict[str, Any] = field(default_factory=dict)
+    #: What its /metadata said: the served model's contract (fetched when the model changes).
+    metadata: dict[str, Any] | None = None
+
+    def needs_metadata(self) -> bool:
+        """Healthy, and the metadata is missing or of another model than /health reports."""
+        if not self.healthy:
+            return False
+        served = (self.info.get("model_name"), self.info.get("model_version"))
+        return self.metadata is None or served != (self.metadata.get("name"), self.metadata.get("version"))
 
     @property
     def healthy(self) -> bool:
@@ -118,13 +127,16 @@ class BackendPool:
                 return backend
         raise AllBackendsBusy(f"every healthy worker has {self._max_in_flight} requests in flight")
 
-    def input_shape(self) -> tuple[int, ...] | None:
-        """The per-row input shape a healthy worker reported, or None before any did."""
+    def served_model(self) -> dict[str, Any] | None:
+        """The model metadata most healthy workers publish, or None before any did."""
+        counts: dict[tuple[Any, Any], int] = {}
+        found: dict[tuple[Any, Any], dict[str, Any]] = {}
         for backend in self._backends:
-            shape = backend.info.get("input_shape")
-            if backend.healthy and isinstance(shape, list):
-                return tuple(shape)
-        return None
+            if backend.healthy and backend.metadata is not None:
+                key = (backend.metadata.get("name"), backend.metadata.get("version"))
+                counts[key] = counts.get(key, 0) + 1
+                found.setdefault(key, backend.metadata)
+        return found[max(counts, key=counts.__getitem__)] if counts else None
 
     def summary(self) -> tuple[int, int]:
         """(alive, total)."""

@@ -2,22 +2,29 @@
 
 Swagger UI and ReDoc are served from assets installed with the project (the
 ``fastapi-standalone-docs`` distribution ships both), never from a CDN: a
-deployment may have no internet. The document is built from the pydantic
-schemas the workers and the job API validate with.
+deployment may have no internet.
+
+The prediction routes are documented from the metadata the served model's
+workers publish (``GET /metadata``: exact input shape, the model's outputs and
+example): the document is rebuilt when the served model changes. Before any
+worker has reported, the routes are documented generically. Nothing here
+imports the worker.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from worker.schemas import IRIS_EXAMPLE, ErrorResponse, PredictRequest, PredictResponse, WorkerHealth
+from common.envelope import ErrorResponse
+from common.rows import PredictRow
 
 REF = "#/components/schemas/{model}"
 
@@ -50,17 +57,25 @@ class OpenAPIBuilder:
             return {"$ref": REF.format(model=annotation.__name__)}
         return schema
 
+    def json_schema(self, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """Register a JSON schema (as a worker publishes it) under ``name``; return its ``$ref``."""
+        schema = dict(schema)
+        for def_name, definition in schema.pop("$defs", {}).items():
+            self.document["components"]["schemas"][def_name] = _local_refs(definition)
+        self.document["components"]["schemas"][name] = _local_refs(schema)
+        return {"$ref": REF.format(model=name)}
+
     def add(self, path: str, method: str, operation: dict[str, Any]) -> None:
         self.document["paths"].setdefault(path, {})[method] = operation
 
-    def json_body(self, annotation: Any, example: Any = None) -> dict[str, Any]:
-        content: dict[str, Any] = {"schema": self.schema(annotation)}
+    def json_body(self, schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+        content: dict[str, Any] = {"schema": schema}
         if example is not None:
             content["example"] = example
         return {"required": True, "content": {"application/json": content}}
 
     def responses(self, ok: Any, *errors: int, ok_status: int = 200, ok_example: Any = None) -> dict:
-        ok_content: dict[str, Any] = {"schema": self.schema(ok)}
+        ok_content: dict[str, Any] = {"schema": ok if isinstance(ok, dict) else self.schema(ok)}
         if ok_example is not None:
             ok_content["example"] = ok_example
         answers: dict[str, Any] = {str(ok_status): {"description": "OK", "content": {"application/json": ok_content}}}
@@ -68,6 +83,16 @@ class OpenAPIBuilder:
         for status in errors:
             answers[str(status)] = {"description": _ERROR_TEXT[status], "content": error_ref}
         return answers
+
+
+def _local_refs(schema: Any) -> Any:
+    """Point a JSON schema's ``#/$defs/X`` references at the document's components."""
+    if isinstance(schema, dict):
+        return {key: (REF.format(model=value.rsplit("/", 1)[-1]) if key == "$ref" and isinstance(value, str)
+                      and value.startswith("#/$defs/") else _local_refs(value)) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_local_refs(item) for item in schema]
+    return schema
 
 
 _ERROR_TEXT = {
@@ -81,6 +106,54 @@ _ERROR_TEXT = {
     504: "No answer within the request timeout",
 }
 _PROXY_ERRORS = (400, 413, 422, 502, 503, 504)
+
+
+class AnyPrediction(BaseModel):
+    """One prediction; the fields beside these depend on the served model."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prediction: list[Any] = Field(description="The model's prediction for the row.")
+    worker_id: str = Field(description="The worker that answered.")
+    inference_time_ms: float = Field(description="Time in the worker from parsed request to result.")
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(description="Open Inference Protocol datatype, e.g. FP32.")
+    shape: list[int] = Field(description="Shape with -1 for the batch axis.")
+    description: str = ""
+
+
+class ModelMetadata(BaseModel):
+    """The served model's contract, as its workers publish it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    labels: list[str] | None = None
+    example: dict[str, Any] = Field(description="A /predict body that the model answers.")
+    schemas: dict[str, Any] = Field(description="JSON schemas of the /predict request and response.")
+    training: dict[str, Any] | None = Field(None, description="How a train job can fit the model; null: it cannot.")
+
+
+class WorkerHealth(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(description="healthy once warm (200); loading or failed (503).")
+    worker_id: str
+    gpu_id: str | None = Field(None, description="CUDA_VISIBLE_DEVICES of the worker, if any.")
+    device: str | None = Field(None, description="The JAX device the model runs on.")
+    model_loaded: bool
+    model_name: str
+    model_version: str
+    input_shape: list[int] = Field(description="Shape of one input row, without the batch axis.")
+    error: str | None = Field(None, description="Why the model failed to start, when it did.")
 
 
 class GatewayHealth(BaseModel):
@@ -109,18 +182,36 @@ class GatewayInfo(BaseModel):
     backends: list[BackendInfo]
 
 
-def prediction_api(builder: OpenAPIBuilder) -> None:
+def prediction_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
+    """The prediction routes, for the served model's metadata, or generic when none is known."""
+    if model is None:
+        request, response, example = builder.schema(PredictRow), builder.schema(AnyPrediction), None
+        about = "No worker has reported its model yet: the shapes below are generic."
+    else:
+        request = builder.json_schema("PredictRequest", model["schemas"]["request"])
+        response = builder.json_schema("PredictResponse", model["schemas"]["response"])
+        example = model["example"]
+        shape = model["inputs"][0]["shape"][1:]
+        about = f"Model {model['name']} version {model['version']}: input_data has shape {shape}."
     builder.add("/predict", "post", {
         "summary": "Predict one row",
+        "description": about,
         "tags": ["prediction"],
-        "requestBody": builder.json_body(PredictRequest, IRIS_EXAMPLE),
-        "responses": builder.responses(PredictResponse, *_PROXY_ERRORS),
+        "requestBody": builder.json_body(request, example),
+        "responses": builder.responses(response, *_PROXY_ERRORS),
     })
     builder.add("/batch_predict", "post", {
         "summary": "Predict many rows; answers are in request order",
+        "description": about,
         "tags": ["prediction"],
-        "requestBody": builder.json_body(list[PredictRequest], [IRIS_EXAMPLE, {"input_data": [6.7, 3.0, 5.2, 2.3]}]),
-        "responses": builder.responses(list[PredictResponse], *_PROXY_ERRORS),
+        "requestBody": builder.json_body({"type": "array", "items": request},
+                                         None if example is None else [example, example]),
+        "responses": builder.responses({"type": "array", "items": response}, *_PROXY_ERRORS),
+    })
+    builder.add("/metadata", "get", {
+        "summary": "The served model: name, version, inputs, outputs, labels, schemas, example",
+        "tags": ["worker"],
+        "responses": builder.responses(ModelMetadata, 503),
     })
     builder.add("/health", "get", {
         "summary": "Health of the worker that answers (503 until its model is warm)",
@@ -171,11 +262,30 @@ _REDOC_PAGE = """<!doctype html>
 <script src="/docs/assets/redoc/redoc.standalone.js"></script></body></html>"""
 
 
-def docs_routes(document: dict[str, Any]) -> list[BaseRoute]:
-    title = document["info"]["title"]
+class LiveDocument:
+    """The OpenAPI document of the model served now, rebuilt only when that model changes."""
+
+    def __init__(self, build: Callable[[dict[str, Any] | None], dict[str, Any]],
+                 served_model: Callable[[], dict[str, Any] | None]) -> None:
+        self._build = build
+        self._served_model = served_model
+        self._for: tuple[Any, Any] | None = None
+        self._document = build(None)
+        self.title: str = self._document["info"]["title"]
+
+    def current(self) -> dict[str, Any]:
+        model = self._served_model()
+        key = None if model is None else (model.get("name"), model.get("version"))
+        if key != self._for:
+            self._document, self._for = self._build(model), key
+        return self._document
+
+
+def docs_routes(document: LiveDocument) -> list[BaseRoute]:
+    title = document.title
 
     async def openapi(request: Any) -> Response:
-        return JSONResponse(document)
+        return JSONResponse(document.current())
 
     async def swagger(request: Any) -> Response:
         return HTMLResponse(_SWAGGER_PAGE.format(title=title))

@@ -1,7 +1,9 @@
 """Active health checks: probe every worker's /health on an interval.
 
 A worker is healthy when /health answers 200 (its model is loaded and warm).
-The same loop re-resolves worker names, so scaled replicas join and leave.
+When a healthy worker reports a model the gateway has no metadata for, its
+``/metadata`` is fetched: the API docs and the job checks follow the served
+model. The same loop re-resolves worker names, so scaled replicas join and leave.
 """
 
 from __future__ import annotations
@@ -59,6 +61,21 @@ class HealthChecker:
             level = logging.INFO if backend.state is BackendState.HEALTHY else logging.WARNING
             log.log(level, "worker %s is %s (%s)", backend.url, backend.state.value, backend.last_error or "ok")
         self._metrics.backend_up.labels(backend.url).set(1 if backend.healthy else 0)
+        if backend.needs_metadata():
+            await self.fetch_metadata(backend)
+
+    async def fetch_metadata(self, backend: Backend) -> None:
+        try:
+            response = await self._client.get(f"{backend.url}/metadata")
+            response.raise_for_status()
+            metadata = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("worker %s: no model metadata (%s); trying again at the next probe", backend.url, exc)
+            return
+        if isinstance(metadata, dict) and isinstance(metadata.get("inputs"), list):
+            backend.metadata = metadata
+            log.info("worker %s serves model %s version %s", backend.url, metadata.get("name"),
+                     metadata.get("version"))
 
     async def probe_all(self) -> None:
         if time.monotonic() - self._last_resolve >= self._resolve_interval_s:

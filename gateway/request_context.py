@@ -20,7 +20,7 @@ from gateway.metrics import GatewayMetrics
 access_log = logging.getLogger("gateway.access")
 REQUEST_ID_HEADER = b"x-request-id"
 _KNOWN_ROUTES = frozenset(
-    {"/", "/predict", "/batch_predict", "/health", "/metrics", "/gateway/health", "/gateway/info",
+    {"/", "/predict", "/batch_predict", "/health", "/metadata", "/metrics", "/gateway/health", "/gateway/info",
      "/docs", "/redoc", "/openapi.json", "/jobs"}
 )
 

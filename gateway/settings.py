@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pydantic import BeforeValidator, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-
-def _split_commas(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-#: A list setting written as ``a,b,c`` in the environment.
-CommaSeparated = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+from common.config import CommaSeparated
 
 
 class GatewaySettings(BaseSettings):

@@ -11,19 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from common.rows import validation_message
 from jobs.errors import InvalidJob
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-
-SUBMISSION_EXAMPLE = {
-    "task": "batch_predict",
-    "inputs": [
-        {"input_data": [5.1, 3.5, 1.4, 0.2], "return_probabilities": True},
-        {"input_data": [6.7, 3.0, 5.2, 2.3]},
-    ],
-}
-
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
@@ -39,15 +31,13 @@ def validate(annotation: Any, data: Any, prefix: str) -> Any:
     try:
         return _adapter(annotation).validate_python(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"])
-        raise InvalidJob(f"{(prefix + where).lstrip('.') or 'body'}: {first['msg']}") from None
+        raise InvalidJob(validation_message(exc, prefix)) from None
 
 
 class JobSubmission(BaseModel):
     """Body of ``POST /jobs``: a task type and its rows, inline or in the store."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SUBMISSION_EXAMPLE]})
+    model_config = ConfigDict(extra="forbid")
 
     task: str = Field(description="Task type, e.g. batch_predict or train.")
     inputs: list[Any] | None = Field(

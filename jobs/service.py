@@ -40,16 +40,6 @@ from jobs.tasks import TASKS, TaskType, import_task_modules
 log = logging.getLogger(__name__)
 
 
-def nested_shape(value: Any) -> tuple[int, ...] | str:
-    """The shape of nested lists, or "ragged"."""
-    if not isinstance(value, list):
-        return ()
-    shapes = {nested_shape(item) for item in value}
-    if len(shapes) > 1 or "ragged" in shapes:
-        return "ragged"
-    return (len(value), *(shapes.pop() if shapes else ()))
-
-
 @dataclass
 class Submitted:
     status: JobStatus
@@ -59,11 +49,11 @@ class Submitted:
 class JobService:
     def __init__(
         self, settings: JobsSettings, store: ArtifactStore, broker: Broker, metrics: JobsMetrics,
-        row_shape: Callable[[], tuple[int, ...] | None] = lambda: None,
+        served_model: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self.settings = settings
-        #: The model's per-row input shape as the workers report it (None while unknown).
-        self.row_shape = row_shape
+        #: The served model's metadata as its workers publish it (None while no worker has).
+        self.served_model = served_model
         self.store = store
         self.records = JobRecords(store)
         self.broker = broker
@@ -75,10 +65,10 @@ class JobService:
     @classmethod
     def from_settings(
         cls, settings: JobsSettings, registry: CollectorRegistry,
-        row_shape: Callable[[], tuple[int, ...] | None] = lambda: None,
+        served_model: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> JobService:
         store, broker = ArtifactStore.from_settings(settings), create_broker(settings)
-        return cls(settings, store, broker, JobsMetrics(registry), row_shape)
+        return cls(settings, store, broker, JobsMetrics(registry), served_model)
 
     async def close(self) -> None:
         if self._broker_started:
@@ -98,6 +88,9 @@ class JobService:
             raise InvalidJob(f"task: unknown task type {submission.task!r}; known: {', '.join(sorted(TASKS))}")
         options = validate(task.options, submission.options, "options")
         input_key, total = await self._check_inputs(task, submission)
+        metadata = self.served_model()
+        if task.check is not None and metadata is not None:
+            task.check(submission.inputs or [], submission.options, metadata)
         fingerprint = hashlib.sha256(
             orjson.dumps(submission.model_dump(exclude_none=True), option=orjson.OPT_SORT_KEYS)
         ).hexdigest()
@@ -150,7 +143,6 @@ class JobService:
             if rows > self.settings.job_max_rows:
                 raise InvalidJob(f"inputs: {rows} rows; the limit is {self.settings.job_max_rows}")
             validate(list[task.row], submission.inputs, "inputs")  # type: ignore[name-defined]
-            self._check_row_shapes(submission.inputs)
             return None, rows
         if submission.input_uri is not None:
             key = self.store.key_for_uri(submission.input_uri)
@@ -163,15 +155,6 @@ class JobService:
         if task.inputs == "required":
             raise InvalidJob(f"task {task.name!r} needs inputs or input_uri")
         return None, None
-
-    def _check_row_shapes(self, rows: list[Any]) -> None:
-        """Rows with model input must have the shape the workers serve, so they fail now, not in the queue."""
-        expected = self.row_shape()
-        if expected is None:
-            return
-        for i, row in enumerate(rows):
-            if isinstance(row, dict) and "input_data" in row and (got := nested_shape(row["input_data"])) != expected:
-                raise InvalidJob(f"inputs[{i}].input_data: expected shape {expected}, got {got}")
 
     async def status(self, job_id: str) -> JobStatus:
         status = await self.records.status(check_job_id(job_id))

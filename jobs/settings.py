@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.settings import CommaSeparated
+from common.config import CommaSeparated
 
 
 class JobsSettings(BaseSettings):

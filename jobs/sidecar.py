@@ -154,7 +154,7 @@ class Sidecar:
         except TaskFailed as exc:
             await self._finish(delivery, run.status, "failed", ErrorInfo(code=exc.code, message=exc.message))
         except Exception as exc:
-            log.warning("job %s attempt %d failed: %r", spec.job_id, delivery.attempt, exc)
+            log.warning("job %s attempt %d failed: %r", spec.job_id, delivery.attempt, exc, exc_info=True)
             error = ErrorInfo(code="attempt_failed", message=f"attempt {delivery.attempt}: {exc!r}")
             await self.records.save(run.status, status="queued", error=error)
             self.metrics.count("retried")

@@ -12,13 +12,16 @@
         return out
 
 The gateway validates ``inputs`` against ``row`` and ``options`` against
-``options`` before anything is queued (422 otherwise); the sidecar runs the
-function and stores what it returns (JSON) as the result. Raise
+``options`` before anything is queued (422 otherwise), then calls the task's
+``check`` with the metadata of the served model, as its workers publish it
+(``GET /metadata``), when one is known; the sidecar runs the function and
+stores what it returns (JSON) as the result. Raise
 :class:`jobs.errors.TaskFailed` for a failure that a retry would repeat; any
 other exception is retried up to JOB_MAX_DELIVERIES. Task types outside this
 file are registered by importing their module: list it in JOB_TASK_MODULES.
 
-This module imports no JAX: ``train`` imports it when it runs, in the sidecar.
+This module imports no JAX and nothing of the worker: ``train`` imports the
+served model's class, by the path its worker reports, when it runs in the sidecar.
 """
 
 from __future__ import annotations
@@ -27,16 +30,17 @@ import asyncio
 import importlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import httpx
+import jsonschema
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.errors import TaskFailed
+from common.rows import NestedNumbers, PredictRow, nested_shape
+from jobs.errors import InvalidJob, TaskFailed
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, model_key
-from worker.schemas import Number, PredictRequest
 
 
 @dataclass
@@ -57,7 +61,15 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class AnyOptions(BaseModel):
+    """Options the served model defines; checked against the schema it publishes."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 TaskFn = Callable[[TaskContext, list[Any]], Awaitable[Any]]
+#: ``check(rows, options, metadata)`` raises InvalidJob when the job cannot run on the served model.
+CheckFn = Callable[[list[Any], dict[str, Any], dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,7 @@ class TaskType:
     row: type[BaseModel]
     options: type[BaseModel]
     inputs: Literal["required", "optional"]
+    check: CheckFn | None = None
 
 
 TASKS: dict[str, TaskType] = {}
@@ -74,14 +87,14 @@ TASKS: dict[str, TaskType] = {}
 
 def task(
     name: str, *, row: type[BaseModel], options: type[BaseModel] = NoOptions,
-    inputs: Literal["required", "optional"] = "required",
+    inputs: Literal["required", "optional"] = "required", check: CheckFn | None = None,
 ) -> Callable[[TaskFn], TaskFn]:
     """Register the decorated function as the task type ``name``."""
 
     def register(fn: TaskFn) -> TaskFn:
         if name in TASKS:
             raise ValueError(f"task type {name!r} is registered twice")
-        TASKS[name] = TaskType(name, fn, row, options, inputs)
+        TASKS[name] = TaskType(name, fn, row, options, inputs, check)
         return fn
 
     return register
@@ -92,8 +105,24 @@ def import_task_modules(modules: Iterable[str]) -> None:
         importlib.import_module(module)
 
 
-@task("batch_predict", row=PredictRequest)
-async def batch_predict(ctx: TaskContext, rows: list[PredictRequest]) -> list[dict[str, Any]]:
+def input_shape(metadata: dict[str, Any]) -> tuple[int, ...]:
+    """The per-row input shape in a model's metadata (its shape without the -1 batch axis)."""
+    return tuple(metadata["inputs"][0]["shape"][1:])
+
+
+def check_shapes(rows: list[Any], field: str, expected: tuple[int, ...], what: str = "shape") -> None:
+    for i, row in enumerate(rows):
+        value = row.get(field) if isinstance(row, dict) else getattr(row, field)
+        if (got := nested_shape(value)) != expected:
+            raise InvalidJob(f"inputs[{i}].{field}: expected {what} {expected}, got {got}")
+
+
+def _check_predict_rows(rows: list[Any], options: dict[str, Any], metadata: dict[str, Any]) -> None:
+    check_shapes(rows, "input_data", input_shape(metadata))
+
+
+@task("batch_predict", row=PredictRow, check=_check_predict_rows)
+async def batch_predict(ctx: TaskContext, rows: list[PredictRow]) -> list[dict[str, Any]]:
     """Rows through the worker's /batch_predict, JOB_CHUNK_ROWS at a time; answers in input order."""
     answers: list[dict[str, Any]] = []
     size = ctx.settings.job_chunk_rows
@@ -123,67 +152,61 @@ def _worker_error(response: httpx.Response, where: str) -> tuple[str, str]:
 class TrainRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input_data: list[Number] = Field(min_length=4, max_length=4, description="The four Iris features.")
-    label: Annotated[int, Strict()] = Field(ge=0, le=2, description="Class index: 0 setosa, 1 versicolor, 2 virginica.")
+    input_data: NestedNumbers = Field(description="One input row, of the served model's input shape.")
+    target: NestedNumbers = Field(description="Its target, of the model's target shape (a class index: a number).")
 
 
-class TrainOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _check_training(rows: list[Any], options: dict[str, Any], metadata: dict[str, Any]) -> None:
+    training = metadata.get("training")
+    if training is None:
+        raise InvalidJob(f"task: model {metadata['name']!r} has no fit(): it cannot be trained by a job")
+    if not rows and not training["default_data"]:
+        raise InvalidJob(f"inputs: model {metadata['name']!r} has no default training data; send rows")
+    check_shapes(rows, "input_data", input_shape(metadata))
+    check_shapes(rows, "target", tuple(training["target"]["shape"]), "target shape")
+    try:
+        jsonschema.validate(options, training["options_schema"])
+    except jsonschema.ValidationError as exc:
+        where = "".join(f".{part}" for part in exc.absolute_path)
+        raise InvalidJob(f"options{where}: {exc.message}") from None
 
-    num_warmup: int = Field(500, ge=1, le=10_000, description="NUTS warm-up iterations.")
-    num_samples: int = Field(500, ge=1, le=10_000, description="Posterior samples kept.")
-    seed: int = Field(0, ge=0, description="PRNG seed.")
 
-
-@task("train", row=TrainRow, options=TrainOptions, inputs="optional")
+@task("train", row=TrainRow, options=AnyOptions, inputs="optional", check=_check_training)
 async def train(ctx: TaskContext, rows: list[TrainRow]) -> dict[str, Any]:
-    """Fit the default model with NUTS (on the shipped Iris data without inputs); store a new version."""
-    import io
+    """Fit the model this sidecar's worker serves (on its own training data without inputs); store a new version."""
+    import tempfile
+    from pathlib import Path
 
-    import numpy as np
+    from worker.contract import load_model_class  # the model's own code: only in the sidecar
+    from worker.train import fit_checked
 
-    from worker import train as trainer
-    from worker.model import ARTIFACT_FILE, IrisBayesianLogReg
-
-    if rows:
-        x = np.asarray([row.input_data for row in rows], dtype=np.float32)
-        y = np.asarray([row.label for row in rows], dtype=np.int32)
-    else:
-        x, y = trainer.load_iris()
+    metadata = (await ctx.worker.get("/metadata")).raise_for_status().json()
+    model = load_model_class(metadata["model_class"])()
+    data = (([row.input_data for row in rows], [row.target for row in rows]) if rows
+            else model.training_data())
+    if data is None:
+        raise TaskFailed("invalid_input", f"model {model.name!r} has no default training data; send rows")
     loop = asyncio.get_running_loop()
 
     def progress(done: int, total: int) -> None:
-        # On the sampling thread: a cancel raised here stops the fit at its next chunk.
+        # On the training thread: a cancel raised here stops the fit at its next call.
         asyncio.run_coroutine_threadsafe(ctx.checkpoint(done, total), loop).result()
 
-    options: TrainOptions = ctx.options
+    options = ctx.options.model_dump()
     try:
-        arrays = await asyncio.to_thread(
-            trainer.fit_posterior, x, y, num_warmup=options.num_warmup, num_samples=options.num_samples,
-            seed=options.seed, progress=progress,
-        )
+        params = await asyncio.to_thread(fit_checked, model, data[0], data[1], options, progress)
     except ValueError as exc:
         raise TaskFailed("invalid_input", str(exc)) from None
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    key = model_key(IrisBayesianLogReg.name, ctx.job_id, ARTIFACT_FILE)
-    await ctx.store.put(key, buffer.getvalue())
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(params, Path(folder))
+        files = sorted(path for path in Path(folder).rglob("*") if path.is_file())
+        for path in files:
+            await ctx.store.put(model_key(model.name, ctx.job_id, str(path.relative_to(folder))), path.read_bytes())
     return {
-        "model_name": IrisBayesianLogReg.name,
+        "model_name": model.name,
+        "trained_from_version": metadata["version"],
         "version": ctx.job_id,
-        "artifact_uri": ctx.store.uri_for_key(key),
-        "rows": int(len(y)),
-        "num_samples": options.num_samples,
-        "train_accuracy": _accuracy(arrays, x, y),
+        "artifact_uri": ctx.store.uri_for_key(model_key(model.name, ctx.job_id, "")),
+        "files": [str(path.relative_to(folder)) for path in files],
+        "rows": len(data[0]),
     }
-
-
-def _accuracy(arrays: dict[str, Any], x: Any, y: Any) -> float:
-    """Accuracy of the posterior mean class probabilities on the training rows."""
-    import numpy as np
-
-    z = (x - arrays["feature_mean"]) / arrays["feature_std"]
-    logits = np.einsum("nd,sdk->snk", z, arrays["W"]) + arrays["b"][:, None, :]
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
-    return round(float((probs.mean(axis=0).argmax(axis=1) == y).mean()), 4)

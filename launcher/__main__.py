@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 import time
@@ -57,22 +58,24 @@ def build_children(args: argparse.Namespace, gpus: list[str]) -> list[Child]:
 
 
 async def announce_when_ready(supervisor: Supervisor, url: str, workers: int) -> None:
+    """Once every worker is healthy, print the URLs and a curl of the served model's own example."""
     started = time.monotonic()
     async with httpx.AsyncClient(timeout=1.0) as client:
         while True:
             try:
                 health = (await client.get(f"{url}/gateway/health")).json()
                 if health.get("alive_backends") == workers:
+                    example = (await client.get(f"{url}/metadata")).raise_for_status().json()["example"]
                     break
-            except (httpx.HTTPError, ValueError):
+            except (httpx.HTTPError, ValueError, KeyError):
                 pass
             await asyncio.sleep(0.5)
+    body = json.dumps(example, separators=(", ", ": "))
     supervisor.say(
         f"ready in {time.monotonic() - started:.1f}s: {workers} worker(s) behind {url}\n"
         f"  docs:    {url}/docs\n"
         f"  health:  {url}/gateway/health\n"
-        f"  try:     curl -s -X POST {url}/predict -H 'Content-Type: application/json' "
-        "-d '{\"input_data\": [5.1, 3.5, 1.4, 0.2], \"return_probabilities\": true}'\n"
+        f"  try:     curl -s -X POST {url}/predict -H 'Content-Type: application/json' -d '{body}'\n"
         "  stop:    Ctrl-C"
     )
 

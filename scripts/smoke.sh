@@ -19,10 +19,10 @@ check() {  # check NAME EXPECTED_STATUS curl-args...
 check "gateway health" 200 "$URL/gateway/health"
 check "gateway info" 200 "$URL/gateway/info"
 check "worker health" 200 "$URL/health"
-check "predict" 200 -X POST "$URL/predict" -H 'Content-Type: application/json' \
-    -d '{"input_data": [5.1, 3.5, 1.4, 0.2], "return_probabilities": true}'
-check "batch_predict" 200 -X POST "$URL/batch_predict" -H 'Content-Type: application/json' \
-    -d '[{"input_data": [5.1, 3.5, 1.4, 0.2]}, {"input_data": [6.7, 3.0, 5.2, 2.3]}]'
-check "invalid input is 422" 422 -X POST "$URL/predict" -H 'Content-Type: application/json' \
-    -d '{"input_data": [5.1, 3.5]}'
+check "model metadata" 200 "$URL/metadata"
+# The served model's own example row, whatever the model is.
+example=$(curl -sS "$URL/metadata" | "${PYTHON:-python3}" -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["example"]))')
+check "predict" 200 -X POST "$URL/predict" -H 'Content-Type: application/json' -d "$example"
+check "batch_predict" 200 -X POST "$URL/batch_predict" -H 'Content-Type: application/json' -d "[$example, $example]"
+check "wrong shape is 422" 422 -X POST "$URL/predict" -H 'Content-Type: application/json' -d '{"input_data": []}'
 echo "smoke test passed against $URL"

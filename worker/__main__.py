@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import sys
 
 import uvicorn
 
@@ -27,10 +29,24 @@ def main() -> None:
 
     configure_jax(settings.jax_cache_dir)
     metrics = WorkerMetrics(settings.max_batch_size)
-    model = load_model_class(settings.model)()
+    try:
+        model = load_model_class(settings.model)()
+    except Exception:
+        logging.getLogger("worker").exception("cannot load the model class MODEL=%s", settings.model)
+        sys.exit(1)
     runtime = ModelRuntime(model, settings.model_artifacts, settings.bucket_sizes, metrics)
-    app = create_app(settings, runtime, metrics)
-    uvicorn.run(
+    server: uvicorn.Server | None = None
+    failed = False
+
+    def exit_after_failure() -> None:
+        # /health keeps saying why for a moment, then the process exits non-zero.
+        nonlocal failed
+        failed = True
+        assert server is not None
+        asyncio.get_running_loop().call_later(settings.failed_exit_delay_s, setattr, server, "should_exit", True)
+
+    app = create_app(settings, runtime, metrics, on_failure=exit_after_failure)
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -41,6 +57,10 @@ def main() -> None:
         timeout_graceful_shutdown=10,
         proxy_headers=False,  # nothing here reads the client address: skip that middleware
     )
+    server = uvicorn.Server(config)
+    server.run()
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

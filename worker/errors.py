@@ -6,6 +6,7 @@
     ├── InvalidInput       422  JSON of the wrong shape, type or value
     ├── QueueFull          503  the batcher is at its bound (sent with Retry-After)
     ├── NotReady           503  the model is still loading or warming up
+    ├── StartFailed        503  the model failed to load or broke the contract (the worker exits)
     └── BatchFailed        500  the model call failed; every request of the batch gets it
 
 They travel to the client in the project's one envelope,
@@ -47,6 +48,11 @@ class QueueFull(WorkerError):
 class NotReady(WorkerError):
     status_code = 503
     code = "not_ready"
+
+
+class StartFailed(WorkerError):
+    status_code = 503
+    code = "start_failed"
 
 
 class BatchFailed(WorkerError):

@@ -1,4 +1,10 @@
-"""Where JAX lives in the worker: jit, padding to buckets, warm-up, device.
+"""Where JAX lives in the worker: jit, padding to buckets, warm-up, device, contract checks.
+
+At start-up the runtime loads the parameters, traces ``predict_batch`` once
+(``jax.eval_shape``: no compilation) to derive the outputs' shapes and to check
+the contract (jittable, a dict of arrays, every output keeping the batch axis),
+compiles every bucket, and runs the example row through ``postprocess``. Any
+failure is a :class:`ContractError` naming the model and the method.
 
 Every model call of the worker goes through :meth:`ModelRuntime.infer`, which
 the batcher runs on its one thread. Shapes are padded up to a fixed set of
@@ -9,7 +15,6 @@ serving.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from worker.contract import Model
+from worker.contract import ContractError, Model, TensorSpec, example_row
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -57,14 +62,56 @@ class ModelRuntime:
         self._metrics.compilations.inc()
         return self.model.predict_batch(params, x)
 
-    def load_and_warm_up(self) -> None:
-        """Load parameters and compile every bucket; the worker is ready after this."""
-        self._params = jax.device_put(self.model.load(self._artifacts))
-        row_shape = self.model.input_shape
+    def load_and_warm_up(self) -> tuple[TensorSpec, ...]:
+        """Load, check the contract, compile every bucket; return the outputs' specs. Ready after this."""
+        model = self.model
+        try:
+            self._params = jax.device_put(model.load(self._artifacts))
+        except Exception as exc:
+            raise ContractError(model, "load", f"failed on {self._artifacts}: {type(exc).__name__}: {exc}") from exc
+        outputs = self.trace_outputs()
+        row_shape = model.input_shape or ()
         for size in self.bucket_sizes:
-            zeros = jnp.zeros((size, *row_shape), dtype=self.model.input_dtype)
-            jax.block_until_ready(self._jitted(self._params, zeros))
-        log.info("model %s compiled for batch sizes %s on %s", self.model.name, self.bucket_sizes, self.device)
+            zeros = jnp.zeros((size, *row_shape), dtype=model.input_dtype)
+            try:
+                jax.block_until_ready(self._jitted(self._params, zeros))
+            except Exception as exc:
+                raise ContractError(model, "predict_batch", f"failed to compile for a batch of {size}: {exc}") from exc
+        log.info("model %s compiled for batch sizes %s on %s", model.name, self.bucket_sizes, self.device)
+        return outputs
+
+    def trace_outputs(self, batch: int = 3) -> tuple[TensorSpec, ...]:
+        """Trace ``predict_batch`` abstractly; check its outputs and derive their per-row specs."""
+        model = self.model
+        x = jax.ShapeDtypeStruct((batch, *(model.input_shape or ())), jnp.dtype(model.input_dtype))
+        try:
+            traced = jax.eval_shape(model.predict_batch, self._params, x)
+        except Exception as exc:
+            raise ContractError(model, "predict_batch", f"is not jittable: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(traced, dict) or not traced or not all(isinstance(k, str) for k in traced):
+            raise ContractError(model, "predict_batch", "must return a non-empty dict of arrays keyed by name")
+        specs = []
+        for name, value in traced.items():
+            shape = getattr(value, "shape", None)
+            if shape is None:
+                raise ContractError(model, "predict_batch", f"output {name!r} is not an array")
+            if shape[:1] != (batch,):
+                raise ContractError(model, "predict_batch", f"output {name!r} has shape {tuple(shape)} for a batch "
+                                    f"of {batch}: every output must keep the leading batch axis")
+            specs.append(TensorSpec(name, tuple(shape[1:]), str(value.dtype), model.outputs.get(name, "")))
+        unknown = set(model.outputs) - set(traced)
+        if unknown:
+            raise ContractError(model, "outputs", f"describes {sorted(unknown)}, which predict_batch does not return")
+        labels = model.labels
+        if labels is not None and specs[0].shape != (len(labels),):
+            raise ContractError(model, "labels", f"{len(labels)} labels, but the first output {specs[0].name!r} "
+                                f"has per-row shape {specs[0].shape}")
+        return tuple(specs)
+
+    def example_outputs(self) -> dict[str, np.ndarray]:
+        """The outputs for the model's example row (run once at start-up to check postprocess)."""
+        row = np.asarray([example_row(type(self.model))], dtype=self.model.input_dtype)
+        return self.infer(row)
 
     def bucket_for(self, n: int) -> int:
         for size in self.bucket_sizes:
@@ -82,7 +129,3 @@ class ModelRuntime:
         outputs = jax.device_get(self._jitted(self._params, padded))
         return {name: np.asarray(value)[:n] for name, value in outputs.items()}
 
-
-def visible_gpu() -> str | None:
-    """The GPU this process was pinned to by its launcher or compose file."""
-    return os.environ.get("CUDA_VISIBLE_DEVICES") or None

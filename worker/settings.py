@@ -17,8 +17,8 @@ class WorkerSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, description="Port to listen on.")
     model: str = Field(
-        "worker.model:IrisBayesianLogReg",
-        description="Import path of the Model subclass to serve ('module:Class').",
+        "worker.model",
+        description="The model to serve: 'module:Class', or a module holding one Model subclass.",
     )
     model_artifacts: Path = Field(ARTIFACTS_DIR, description="Folder the model's load() reads.")
     max_batch_size: int = Field(64, ge=1, description="Rows per batch; 1 turns batching off.")
@@ -33,6 +33,9 @@ class WorkerSettings(BaseSettings):
     jax_cache_dir: str = Field(".cache/jax", description="Persistent XLA compilation cache folder; empty disables it.")
     xla_cpu_threads: int | None = Field(
         None, ge=1, le=1, description="1: XLA's CPU kernels run on one thread each (unset: XLA decides)."
+    )
+    failed_exit_delay_s: float = Field(
+        3.0, ge=0, description="After the model fails to start, /health reports why this long, then the worker exits 1."
     )
     log_level: str = Field("info", description="Python log level.")
 

@@ -13,7 +13,7 @@ import pytest
 from bench import report
 from bench.__main__ import main
 from bench.inprocess_runner import run_inprocess
-from bench.loadgen import PREDICT_BODY, LoadResult, run_python
+from bench.loadgen import LoadResult, predict_body, run_python
 from bench.stack import Gateway
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def test_url_mode_writes_results(running_worker: str, tmp_path: Path) -> None:
 
 
 def test_python_load_generator(running_worker: str) -> None:
-    result = run_python(f"{running_worker}/predict", PREDICT_BODY, 2, 0.3)
+    result = run_python(f"{running_worker}/predict", predict_body(f"{running_worker}/predict"), 2, 0.3)
     assert result.requests > 0 and result.errors == 0, result.error_kinds
 
 
@@ -46,12 +46,12 @@ def test_python_load_generator(running_worker: str) -> None:
 def test_gateways_of_the_client_comparison(running_worker: str, tmp_path: Path, module: str) -> None:
     address = running_worker.removeprefix("http://")
     with Gateway("gw", [address], tmp_path, module=module) as gateway:
-        result = run_python(f"{gateway.url}/predict", PREDICT_BODY, 2, 0.3)
+        result = run_python(f"{gateway.url}/predict", predict_body(f"{running_worker}/predict"), 2, 0.3)
     assert result.requests > 0 and result.errors == 0, result.error_kinds
 
 
 def test_inprocess_limit_runs() -> None:
-    limit = run_inprocess("worker.model:IrisBayesianLogReg", 8, 0.1)
+    limit = run_inprocess("worker.model", 8, 0.1)
     assert limit["batch"] == 8
     assert limit["jit"]["rows_per_s"] > 0 and limit["runtime"]["rows_per_s"] > 0
 

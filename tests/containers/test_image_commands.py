@@ -24,19 +24,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project as the images install it: a wheel built from what the wheel stage copies."""
+def build_site(tmp_path_factory: pytest.TempPathFactory, dockerfile: Path) -> Path:
+    """The project as an image installs it: a wheel built from what its wheel stage copies."""
     try:
         import setuptools
     except ImportError:
         setuptools = None
     require_tool(setuptools and tuple(map(int, setuptools.__version__.split(".")[:2])) >= (70, 1),
                  "setuptools>=70.1")
-    root = tmp_path_factory.mktemp("image")
+    root = tmp_path_factory.mktemp(dockerfile.stem.replace(".", "-"))
     context = root / "src"
     context.mkdir()
-    dockerfile = REPO / "docker/worker.Dockerfile"
     for instruction in parse_dockerfile(dockerfile):
         if instruction.stage == "wheel" and instruction.keyword == "COPY":
             *sources, _ = instruction.rest().split()
@@ -58,11 +56,26 @@ def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def test_wheel_carries_the_code_artifacts_and_data(image_site: Path) -> None:
-    for path in ["gateway/gunicorn_conf.py", "worker/__main__.py", "worker/model.py", "worker/artifacts",
-                 "worker/data/iris.csv", "jobs/sidecar.py"]:
+@pytest.fixture(scope="module")
+def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The worker image's project code (worker, jobs, common)."""
+    return build_site(tmp_path_factory, REPO / "docker/worker.Dockerfile")
+
+
+@pytest.fixture(scope="module")
+def gateway_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gateway image's project code (gateway, jobs, common: no worker)."""
+    return build_site(tmp_path_factory, REPO / "docker/gateway.Dockerfile")
+
+
+def test_wheels_carry_the_code_artifacts_and_data(image_site: Path, gateway_site: Path) -> None:
+    for path in ["worker/__main__.py", "worker/model.py", "worker/artifacts", "worker/examples/iris.csv",
+                 "jobs/sidecar.py", "common/envelope.py"]:
         assert (image_site / path).exists(), path
     assert any((image_site / "worker/artifacts").iterdir())
+    for path in ["gateway/gunicorn_conf.py", "jobs/service.py", "common/envelope.py"]:
+        assert (gateway_site / path).exists(), path
+    assert not (gateway_site / "worker").exists() and not (image_site / "gateway").exists()
 
 
 def _start(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
@@ -102,27 +115,27 @@ def _image_env(image_site: Path, **settings: str) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_gateway_image_command_serves_and_passes_its_healthcheck(image_site: Path) -> None:
+def test_gateway_image_command_serves_and_passes_its_healthcheck(gateway_site: Path) -> None:
     port = _free_port()
     env = _image_env(
-        image_site, HOST="127.0.0.1", PORT=str(port), GATEWAY_PROCESSES="2",
-        PROMETHEUS_MULTIPROC_DIR=str(image_site.parent / "prometheus"), WORKERS=f"127.0.0.1:{_free_port()}",
+        gateway_site, HOST="127.0.0.1", PORT=str(port), GATEWAY_PROCESSES="2",
+        PROMETHEUS_MULTIPROC_DIR=str(gateway_site.parent / "prometheus"), WORKERS=f"127.0.0.1:{_free_port()}",
     )
     argv = image_command(REPO / "docker/gateway.Dockerfile")
     assert _healthcheck("gateway.Dockerfile", env) != 0, "the healthcheck passes with no gateway"
-    process = _start(argv, env, image_site.parent, image_site.parent / "gateway.log")
+    process = _start(argv, env, gateway_site.parent, gateway_site.parent / "gateway.log")
     try:
         assert _wait_for(lambda: _healthcheck("gateway.Dockerfile", env) == 0, 60), (
-            (image_site.parent / "gateway.log").read_text())
+            (gateway_site.parent / "gateway.log").read_text())
         metrics = subprocess.run(
             [sys.executable, "-c", f"import urllib.request; print(urllib.request.urlopen("
                                    f"'http://127.0.0.1:{port}/metrics').read().decode())"],
             capture_output=True, text=True, check=True).stdout
         assert "gateway_backend_up" in metrics
-        probe = (f"import sys, gateway; sys.exit(0 if gateway.__file__.startswith({str(image_site)!r}) else 1)")
-        assert subprocess.run([sys.executable, "-c", probe], env=env, cwd=image_site.parent).returncode == 0
+        probe = (f"import sys, gateway; sys.exit(0 if gateway.__file__.startswith({str(gateway_site)!r}) else 1)")
+        assert subprocess.run([sys.executable, "-c", probe], env=env, cwd=gateway_site.parent).returncode == 0
     finally:
-        assert _stop(process) == 0, (image_site.parent / "gateway.log").read_text()
+        assert _stop(process) == 0, (gateway_site.parent / "gateway.log").read_text()
 
 
 @pytest.mark.integration

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.rows import PredictRow
 from jobs.tasks import TaskContext, task
-from worker.schemas import PredictRequest
 
 
-@task("always_fails", row=PredictRequest)
+@task("always_fails", row=PredictRow)
 async def always_fails(ctx: TaskContext, rows: list[Any]) -> None:
     raise RuntimeError("this task always fails")

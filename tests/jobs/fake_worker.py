@@ -21,22 +21,28 @@ from tests.support import free_port
 
 
 class FakeWorker:
-    def __init__(self, input_shape: list[int] | None = None) -> None:
-        self.input_shape = input_shape  # reported in /health when set, as a real worker does
+    def __init__(self, input_shape: tuple[int, ...] = (4,)) -> None:
+        self.input_shape = list(input_shape)  # published in /metadata, as a real worker does
         self.delay_s = 0.0
         self.rows_seen = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = Starlette(routes=[
             Route("/health", self._health),
+            Route("/metadata", self._metadata),
             Route("/batch_predict", self._batch_predict, methods=["POST"]),
         ])
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, name="fake-worker", daemon=True)
 
     async def _health(self, request: Request) -> JSONResponse:
-        extra = {"input_shape": self.input_shape} if self.input_shape is not None else {}
-        return JSONResponse({"status": "healthy", **extra})
+        return JSONResponse({"status": "healthy", "model_name": "fake", "model_version": "1",
+                             "input_shape": self.input_shape})
+
+    async def _metadata(self, request: Request) -> JSONResponse:
+        tensor = {"name": "input_data", "datatype": "FP32", "shape": [-1, *self.input_shape]}
+        return JSONResponse({"name": "fake", "version": "1", "inputs": [tensor], "outputs": [], "training": None,
+                             "example": {"input_data": [1.0] * self.input_shape[0]}})
 
     async def _batch_predict(self, request: Request) -> JSONResponse:
         rows = await request.json()

@@ -63,8 +63,7 @@ async def test_input_uri_inside_the_store(jobs_settings: JobsSettings) -> None:
         ({"task": "batch_predict", "inputs": [{"input_data": ["a"]}]}, "inputs[0].input_data[0]"),
         ({"task": "batch_predict", "inputs": [{"input_data": [1.0], "extra": 1}]}, "inputs[0].extra"),
         ({"task": "batch_predict"}, "needs inputs"),
-        ({"task": "train", "options": {"num_samples": 0}}, "options.num_samples"),
-        ({"task": "train", "inputs": [{"input_data": [1.0, 2.0, 3.0, 4.0], "label": 5}]}, "inputs[0].label"),
+        ({"task": "train", "inputs": [{"input_data": [1.0, 2.0], "label": 5}]}, "inputs[0].target: Field required"),
         ({"task": "batch_predict", "input_uri": "s3://other-bucket/x.json"}, "input_uri"),
         ({"task": "batch_predict", "input_uri": "file:///etc/passwd"}, "input_uri"),
         ({"task": "batch_predict", "input_uri": "http://example.com/x.json"}, "input_uri"),
@@ -86,7 +85,7 @@ async def test_bad_input_is_refused_before_anything_is_queued(
 
 
 async def test_rows_of_the_wrong_shape_for_the_served_model_are_refused(tmp_path: Path) -> None:
-    worker = FakeWorker(input_shape=[4]).start()
+    worker = FakeWorker(input_shape=(4,)).start()
     settings = embedded_settings(tmp_path, worker.url)
     try:
         async with gateway(settings) as client:
@@ -96,6 +95,9 @@ async def test_rows_of_the_wrong_shape_for_the_served_model_are_refused(tmp_path
             answer = await client.post("/jobs", json={"task": "batch_predict", "inputs": rows})
             assert answer.status_code == 422
             assert answer.json()["error"]["message"] == "inputs[1].input_data: expected shape (4,), got (2,)"
+            answer = await client.post("/jobs", json={"task": "train"})
+            assert answer.status_code == 422
+            assert answer.json()["error"]["message"] == "task: model 'fake' has no fit(): it cannot be trained by a job"
         async with broker_of(settings) as broker:
             assert await broker.count() == 0
     finally:

@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from tests.fakes import SumModel, traced_outputs
 from worker.app import create_app
-from worker.contract import Model
+from worker.contract import ContractError, TensorSpec
 from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings
-
-
-class SumModel(Model):
-    name = "sum"
-    version = "3"
-    input_shape = (4,)
-    output_names = ("total",)
 
 
 class FakeRuntime:
@@ -31,19 +25,24 @@ class FakeRuntime:
         self.device = "fake:0"
         self.warm = threading.Event()
         self.fail = False
+        self.load_error: Exception | None = None
 
-    def load_and_warm_up(self) -> None:
+    def load_and_warm_up(self) -> tuple[TensorSpec, ...]:
         self.warm.wait(10)
+        if self.load_error is not None:
+            raise self.load_error
+        return traced_outputs(SumModel)
 
     def infer(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         if self.fail:
             raise RuntimeError("device lost")
-        return {"total": rows.sum(axis=1, keepdims=True)}
+        with np.errstate(over="ignore"):
+            return {"total": rows.sum(axis=1, keepdims=True)}
 
 
-def make_client(runtime: FakeRuntime, **settings: Any) -> TestClient:
+def make_client(runtime: FakeRuntime, on_failure: Any = None, **settings: Any) -> TestClient:
     config = WorkerSettings(worker_id="w7", max_rows_per_request=5, max_body_bytes=2000, **settings)
-    return TestClient(create_app(config, runtime, WorkerMetrics(config.max_batch_size)))
+    return TestClient(create_app(config, runtime, WorkerMetrics(config.max_batch_size), on_failure))
 
 
 @pytest.fixture
@@ -95,6 +94,8 @@ def test_predict_and_batch_predict(client: TestClient) -> None:
     [
         (b'{"input_data": [1, 2', 400, "malformed_json", "not valid JSON"),
         (b'{"input_data": [1, 2, 3]}', 422, "invalid_input", "input_data: expected shape (4,), got (3,)"),
+        (b'{"input_data": [[1, 2, 3, 4]]}', 422, "invalid_input", "input_data: expected shape (4,), got (1, 4)"),
+        (b'{"input_data": 1}', 422, "invalid_input", "input_data: expected shape (4,), got ()"),
         (b'{"input_data": [1, 2, 3, "4"]}', 422, "invalid_input", "input_data[3]: Input should be a valid number"),
         (b'{"input_data": [1, 2, 3, true]}', 422, "invalid_input", "input_data[3]"),
         (b'{"input_data": [1, 2, 3, 1e39]}', 422, "invalid_input", "overflow float32"),
@@ -152,3 +153,46 @@ def test_index_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'worker_requests_total{route="/predict",status="200"} 1.0' in text
     assert "worker_batch_size_bucket" in text
+
+
+def test_metadata_is_published_once_ready() -> None:
+    runtime = FakeRuntime()
+    with make_client(runtime) as client:
+        assert client.get("/metadata").status_code == 503
+        runtime.warm.set()
+        wait_ready(client)
+        metadata = client.get("/metadata").json()
+    assert metadata["name"] == "sum" and metadata["versions"] == ["3"]
+    assert metadata["inputs"] == [{"name": "input_data", "datatype": "FP32", "shape": [-1, 4],
+                                   "description": "One input row."}]
+    assert metadata["outputs"] == [{"name": "total", "datatype": "FP32", "shape": [-1, 1],
+                                    "description": "The sum of the row."}]
+    assert metadata["example"] == {"input_data": [0.0, 0.0, 0.0, 0.0], "return_probabilities": True}
+    assert metadata["training"] is None and metadata["model_class"] == "tests.fakes:SumModel"
+    request = metadata["schemas"]["request"]["properties"]["input_data"]
+    assert (request["minItems"], request["maxItems"]) == (4, 4)
+
+
+def test_a_model_that_fails_to_load_says_why_and_asks_to_exit(caplog: pytest.LogCaptureFixture) -> None:
+    runtime = FakeRuntime()
+    runtime.load_error = ContractError(SumModel, "load", "failed on /nowhere: FileNotFoundError: params.npz")
+    failed = threading.Event()
+    with make_client(runtime, on_failure=failed.set) as client:
+        runtime.warm.set()
+        assert failed.wait(10)
+        health = client.get("/health")
+        refused = client.post("/predict", json={"input_data": [1, 2, 3, 4]})
+    assert health.status_code == 503
+    assert health.json()["status"] == "failed" and "FileNotFoundError: params.npz" in health.json()["error"]
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "start_failed"
+    assert "model 'sum' (tests.fakes:SumModel): load: failed" in refused.json()["error"]["message"]
+    assert any(record.exc_info for record in caplog.records)  # the traceback is in the log
+
+
+def test_non_finite_outputs_are_a_clear_error_never_nulls(client: TestClient) -> None:
+    wait_ready(client)
+    response = client.post("/predict", json={"input_data": [3e38, 3e38, 0, 0]})
+    assert response.status_code == 422
+    assert "output 'total' is not finite" in response.json()["error"]["message"]
+    many = client.post("/batch_predict", json=[{"input_data": [1, 2, 3, 4]}, {"input_data": [3e38, 3e38, 0, 0]}])
+    assert many.status_code == 422 and many.json()["error"]["message"].startswith("row 1:")

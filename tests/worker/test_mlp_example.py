@@ -26,7 +26,7 @@ def test_identity(import_path: str, name: str, hidden: tuple[int, ...]) -> None:
     assert model_class.version == "1"
     assert model_class.input_shape == (4,)
     assert model_class.input_dtype == "float32"
-    assert model_class.output_names == ("probabilities",)
+    assert list(model_class.outputs) == ["probabilities"]
     assert model_class.hidden_sizes == hidden
 
 

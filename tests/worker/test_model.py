@@ -1,4 +1,4 @@
-"""The default model (worker/model.py), its shipped artifact and its training (worker/train.py)."""
+"""The Iris model (worker/examples/iris.py), its shipped artifact and its training through the contract."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from worker.contract import load_model_class
-from worker.model import CLASS_NAMES, IrisBayesianLogReg
-from worker.train import fit_posterior, load_iris, save_posterior
+from worker.examples import iris
+from worker.examples.iris import CLASS_NAMES, IrisBayesianLogReg, fit_posterior
+from worker.train import fit_checked
+
+
+def load_iris() -> tuple[np.ndarray, np.ndarray]:
+    return IrisBayesianLogReg().training_data()
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "worker" / "artifacts"
 
@@ -31,13 +36,14 @@ def predict(model: IrisBayesianLogReg):
 
 
 def test_class_is_found_by_import_path() -> None:
-    model_class = load_model_class("worker.model:IrisBayesianLogReg")
+    model_class = load_model_class("worker.examples.iris:IrisBayesianLogReg")
     assert model_class is IrisBayesianLogReg
     assert model_class.name == "iris-bayes-logreg"
     assert model_class.version == "1"
     assert model_class.input_shape == (4,)
     assert model_class.input_dtype == "float32"
-    assert model_class.output_names == ("probabilities", "probabilities_std")
+    assert list(model_class.outputs) == ["probabilities", "probabilities_std"]
+    assert model_class.labels == CLASS_NAMES
 
 
 def test_artifact_is_plain_npz_with_documented_shapes() -> None:
@@ -92,12 +98,12 @@ def test_postprocess(model, params, predict) -> None:
     assert full["probabilities"][0] > 0.9
 
 
-def test_fit_posterior_tiny_run_reports_progress_and_saves(tmp_path: Path) -> None:
+def test_fit_through_the_contract_reports_progress_and_saves(tmp_path: Path) -> None:
+    model = IrisBayesianLogReg()
     x, y = load_iris()
     calls: list[tuple[int, int]] = []
-    arrays = fit_posterior(
-        x, y, num_warmup=20, num_samples=20, seed=1, progress=lambda done, total: calls.append((done, total))
-    )
+    arrays = fit_checked(model, x, y, {"num_warmup": 20, "num_samples": 20, "seed": 1},
+                         lambda done, total: calls.append((done, total)))
     assert arrays["W"].shape == (20, 4, 3)
     assert arrays["b"].shape == (20, 3)
     assert arrays["feature_mean"].shape == arrays["feature_std"].shape == (4,)
@@ -107,7 +113,7 @@ def test_fit_posterior_tiny_run_reports_progress_and_saves(tmp_path: Path) -> No
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
 
     # The training job's path: save elsewhere, serve from there.
-    save_posterior(arrays, tmp_path / "posterior.npz")
+    model.save(arrays, tmp_path)
     params = IrisBayesianLogReg().load(tmp_path)
     np.testing.assert_array_equal(np.asarray(params["W"]), arrays["W"])
 
@@ -118,8 +124,15 @@ def test_fit_posterior_rejects_bad_labels() -> None:
         fit_posterior(x, y + 1, num_warmup=1, num_samples=1)
 
 
-def test_load_iris_checks_the_header(tmp_path: Path) -> None:
+def test_fit_options_are_checked() -> None:
+    x, y = load_iris()
+    with pytest.raises(ValueError, match="options"):
+        fit_checked(IrisBayesianLogReg(), x, y, {"num_samples": 0}, lambda done, total: None)
+
+
+def test_the_training_data_checks_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "iris.csv"
     path.write_text("a,b,c,d,e\n1,2,3,4,0\n")
+    monkeypatch.setattr(iris, "DATA_FILE", path)
     with pytest.raises(ValueError, match="header"):
-        load_iris(path)
+        load_iris()

@@ -8,7 +8,6 @@ its cost is the matrix multiplies, not the Python around them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from worker.contract import Model, Params, RowOutputs
+from worker.contract import Model, Params
 
 ARTIFACT_FILE = "mlp.npz"
 
@@ -32,7 +31,9 @@ class MLP(Model):
     version = "1"
     input_shape = (4,)
     input_dtype = "float32"
-    output_names = ("probabilities",)
+    example = [5.1, 3.5, 1.4, 0.2]
+    outputs = {"probabilities": "Softmax probability of each class."}
+    labels = ("class_0", "class_1", "class_2")
     #: Widths of the hidden layers; a subclass or the constructor changes them.
     hidden_sizes: tuple[int, ...] = (64, 64)
     num_classes: ClassVar[int] = 3
@@ -69,13 +70,6 @@ class MLP(Model):
             h = jax.nn.relu(h @ layer["w"] + layer["b"])
         logits = h @ params[-1]["w"] + params[-1]["b"]
         return {"probabilities": jax.nn.softmax(logits, axis=-1)}
-
-    def postprocess(self, row: RowOutputs, options: Mapping[str, Any]) -> dict[str, Any]:
-        probs = np.asarray(row["probabilities"], dtype=np.float64)
-        return {
-            "prediction": [int(np.argmax(probs))],
-            "probabilities": probs.tolist() if options.get("return_probabilities") else None,
-        }
 
 
 class SmallMLP(MLP):

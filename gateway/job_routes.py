@@ -1,5 +1,7 @@
 """The job routes of the gateway, and their part of the OpenAPI document.
 
+The gateway only submits, reads and cancels (``jobs.service``); sidecars run jobs.
+
     POST   /jobs               202 + Location once the job is stored and queued
     GET    /jobs/{id}          its status
     GET    /jobs/{id}/result   the result; 409 until it succeeded; a redirect when large (S3)
@@ -21,7 +23,7 @@ from gateway.docs import OpenAPIBuilder
 from gateway.errors import GatewayError, PayloadTooLarge, error_response
 from gateway.proxy import read_body
 from jobs.errors import JobError, JobTooLarge
-from jobs.schema import SUBMISSION_EXAMPLE, JobStatus, JobSubmission
+from jobs.schema import JobStatus, JobSubmission
 from jobs.service import JobService
 
 log = logging.getLogger(__name__)
@@ -86,8 +88,10 @@ def job_routes(service: JobService) -> list[Route]:
     ]
 
 
-def jobs_openapi(builder: OpenAPIBuilder) -> None:
+def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
+    """The job routes; the example job carries the served model's example row."""
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    example = None if model is None else {"task": "batch_predict", "inputs": [model["example"]]}
     builder.add("/jobs", "post", {
         "summary": "Submit a job; 202 once it is stored and queued",
         "tags": ["jobs"],
@@ -95,7 +99,7 @@ def jobs_openapi(builder: OpenAPIBuilder) -> None:
             "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
             "description": "A retry with the same key and body returns the same job.",
         }],
-        "requestBody": builder.json_body(JobSubmission, SUBMISSION_EXAMPLE),
+        "requestBody": builder.json_body(builder.schema(JobSubmission), example),
         "responses": builder.responses(JobStatus, 400, 413, 422, 503, ok_status=202),
     })
     builder.add("/jobs/{job_id}", "get", {
