@@ -1,6 +1,8 @@
 """``python -m gateway``: one gateway process under uvicorn (uvloop + httptools).
 
-In containers the gateway runs under gunicorn instead (gateway/gunicorn_conf.py).
+httptools with a deadline and a size bound on request headers
+(gateway/http_protocol.py). In containers the gateway runs under gunicorn
+instead (gateway/gunicorn_conf.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import uvicorn
 
 from gateway.app import create_app
+from gateway.http_protocol import header_limited_protocol
 from gateway.settings import GatewaySettings
 
 
@@ -32,7 +35,8 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=header_limited_protocol(settings.header_timeout_s, settings.max_header_bytes),
+        backlog=settings.backlog,
         access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
