@@ -11,9 +11,9 @@ apply to uvicorn workers.
 
 So this subclass arms a timer when a connection opens and whenever it becomes
 idle after an answer, disarms it once a request's headers are complete, and
-closes the connection when it fires; and it answers 431 and closes once more
-than ``max_header_bytes`` arrive before the headers are complete (checked per
-read, so the bound holds to within one read of the socket).
+closes the connection when it fires; and it counts the bytes of each request
+head before the parser sees them, answering 431 and closing once there are
+more than ``max_header_bytes``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        self._tail = b""  # the last bytes of the head so far: its end may straddle two reads
+        self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -42,20 +44,30 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._header_timer is not None:  # reading a request head: count its bytes before parsing them
+            end = (self._tail + data).find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4 - len(self._tail)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse_head()
+                return
+            self._tail = data[-3:]
         super().data_received(data)
-        if self._header_timer is None or self.transport.is_closing():
-            return  # the headers were complete: what follows is a body
-        self._header_bytes += len(data)
-        if self._header_bytes > self.max_header_bytes:
-            self._disarm_header_timer()
-            self.logger.warning("Request headers over %d bytes; closing the connection.", self.max_header_bytes)
-            message = b"Request headers too large"
-            self.transport.write(
-                STATUS_LINE[431]
-                + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: "
-                + str(len(message)).encode() + b"\r\n\r\n" + message
-            )
-            self.transport.close()
+
+    def _refuse_head(self) -> None:
+        """431, then a lingering close: the client's unread bytes would turn a close into a reset that loses the 431."""
+        self._disarm_header_timer()
+        self.logger.warning("Request head over %d bytes; closing the connection.", self.max_header_bytes)
+        message = b"Request headers too large"
+        self.transport.write(
+            STATUS_LINE[431]
+            + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: "
+            + str(len(message)).encode() + b"\r\n\r\n" + message
+        )
+        self._refused = True
+        self.transport.write_eof()  # what the client sends now is read and dropped until it closes, or the deadline
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
@@ -68,7 +80,7 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
-        self._header_bytes = 0
+        self._header_bytes, self._tail = 0, b""
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
 
     def _disarm_header_timer(self) -> None:
