@@ -46,12 +46,13 @@ async def test_an_answer_that_is_not_valid_http_is_named_so(worker, jobs_setting
     assert "not valid HTTP" in error["message"] and "8190 bytes" in error["message"]
 
 
-async def test_a_client_that_leaves_mid_body_is_a_quiet_499(worker, jobs_settings, caplog) -> None:
+@pytest.mark.parametrize("path", ["/predict", "/jobs"])
+async def test_a_client_that_leaves_mid_body_is_a_quiet_499(worker, jobs_settings, caplog, path: str) -> None:
     async with serve_gateway(gateway_settings(worker), jobs_settings) as url:
         port = int(url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"input_data\": [1,")
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+                     + b"Content-Length: 1000\r\n\r\n{\"input_data\": [1,")
         await writer.drain()
         writer.close()
         await writer.wait_closed()
@@ -65,7 +66,7 @@ async def test_a_client_that_leaves_mid_body_is_a_quiet_499(worker, jobs_setting
                     await asyncio.sleep(0.02)
 
         metrics = await asyncio.wait_for(counted(), 10)
-    assert 'gateway_requests_total{route="/predict",status="499"} 1.0' in metrics
+    assert f'gateway_requests_total{{route="{path}",status="499"}} 1.0' in metrics
     assert 'status="500"' not in metrics
     assert worker.requests == []
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
