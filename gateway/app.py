@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,16 +44,16 @@ _ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class ProxyRoute(Route):
-    """The catch-all to the workers; it never takes a path one of the gateway's own routes has."""
+    """The catch-all to the workers; it never takes ``/gateway/*`` or a path one of the gateway's own routes has."""
 
     def __init__(self, owned: list[BaseRoute], endpoint: Any) -> None:
         super().__init__("/{path:path}", endpoint, methods=PROXIED_METHODS)
-        self._owned = owned
+        # One regex for every owned path (their parameters unnamed): a route's own matches() costs ~1.5 us each.
+        patterns = ["^/gateway/", *(re.sub(r"\(\?P<\w+>", "(?:", r.path_regex.pattern) for r in owned)]
+        self._owned = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and (
-            scope["path"].startswith("/gateway/") or any(r.matches(scope)[0] is not Match.NONE for r in self._owned)
-        ):
+        if scope["type"] == "http" and self._owned.match(scope["path"]):
             return Match.NONE, {}
         return super().matches(scope)
 
