@@ -65,6 +65,9 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
             + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: "
             + str(len(message)).encode() + b"\r\n\r\n" + message
         )
+        if not self.transport.can_write_eof():  # TLS: no half-close
+            self.transport.close()
+            return
         self._refused = True
         self.transport.write_eof()  # what the client sends now is read and dropped until it closes, or the deadline
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
