@@ -1,6 +1,17 @@
 """``python -m gateway``: one gateway process under uvicorn (uvloop + httptools).
 
-In containers the gateway runs under gunicorn instead (gateway/gunicorn_conf.py).
+httptools with a deadline and a size bound on request headers
+(gateway/http_protocol.py). In containers the gateway runs under gunicorn
+instead (gateway/gunicorn_conf.py).
+
+Accepting under a burst of clients: the kernel completes handshakes into the
+listen queue (``BACKLOG``, capped by ``net.core.somaxconn``) and the event loop
+accepts from it. When the queue is full the kernel drops the SYN and the client
+retries after 1, 3, 7 s: the multi-second "connect" waits of an overloaded
+server. So the backlog is larger than any burst we expect (uvicorn's default is
+2048), and overload is answered at once by the in-flight bound (503 +
+Retry-After), not by uvicorn's ``limit_concurrency``: that counts idle
+keep-alive connections too, and would refuse a busy client because of idle ones.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ import logging
 import uvicorn
 
 from gateway.app import create_app
+from gateway.http_protocol import header_limited_protocol
 from gateway.settings import GatewaySettings
 
 
@@ -32,7 +44,8 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=header_limited_protocol(settings.header_timeout_s, settings.max_header_bytes),
+        backlog=settings.backlog,
         access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,

@@ -3,9 +3,11 @@
     GatewayError
     ├── MalformedRequest   400  unreadable body
     ├── PayloadTooLarge    413  body over MAX_BODY_BYTES
+    ├── ClientClosedRequest 499 the client left before its body arrived (nginx's code; only logs see it)
     ├── NoWorkerAvailable  503  no healthy worker (sent at once, with Retry-After)
     ├── Overloaded         503  every healthy worker at its in-flight bound (Retry-After)
     ├── UpstreamFailed     502  workers refused or dropped the request on every try
+    ├── UpstreamBadResponse 502 a worker's answer was not HTTP the gateway can read
     └── UpstreamTimeout    504  no answer within REQUEST_TIMEOUT_S
 
 Transport errors of the worker client are mapped to these in one place,
@@ -13,6 +15,8 @@ Transport errors of the worker client are mapped to these in one place,
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import orjson
 from starlette.responses import Response
@@ -38,6 +42,11 @@ class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
 
 
+class ClientClosedRequest(GatewayError):
+    status_code = 499
+    code = "client_closed_request"
+
+
 class NoWorkerAvailable(GatewayError):
     status_code = 503
     code = "no_worker_available"
@@ -55,16 +64,24 @@ class UpstreamFailed(GatewayError):
     code = "upstream_failed"
 
 
+class UpstreamBadResponse(GatewayError):
+    status_code = 502
+    code = "upstream_bad_response"
+
+
 class UpstreamTimeout(GatewayError):
     status_code = 504
     code = "upstream_timeout"
 
 
 def error_response(
-    status_code: int, code: str, message: str, request_id: str | None, retry_after_s: int | None = None
+    status_code: int, code: str, message: str, request_id: str | None, retry_after_s: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     body = {"error": {"code": code, "message": message}, "request_id": request_id}
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return Response(orjson.dumps(body), status_code, headers, media_type="application/json")
 
 

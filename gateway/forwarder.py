@@ -2,20 +2,29 @@
 
 It owns the pooled keep-alive connections (aiohttp's ClientSession: measured
 several times faster than httpx's AsyncClient as a proxy client under
-concurrency, see docs/benchmarks.md) and maps transport failures to three
-kinds the retry logic understands.
+concurrency, see docs/benchmarks.md) and maps transport failures to the kinds
+the retry logic understands.
+
+No request waits for a pooled connection: the proxy counts requests in flight
+per worker and sheds past MAX_IN_FLIGHT_PER_WORKER (503 + Retry-After) before
+it calls ``send``, and the pool holds at least that many connections per
+worker (a settings invariant). So the connect timeout is the socket connect
+alone (aiohttp's ``sock_connect``): aiohttp's ``connect`` timeout would also
+count the wait for a free connection, and under overload turned that wait
+into a 504 that claimed the full deadline had passed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import aiohttp
 
 #: Headers passed from the client to the worker, and back.
 REQUEST_HEADERS = ("content-type", "accept", "x-request-id")
-RESPONSE_HEADERS = ("content-type", "retry-after")
+RESPONSE_HEADERS = ("content-type", "retry-after", "allow", "location")
 
 
 class TransportError(Exception):
@@ -26,8 +35,16 @@ class ConnectFailed(TransportError):
     """No connection could be made (refused, unreachable): the worker is down."""
 
 
+class ConnectTimedOut(TransportError):
+    """No connection within CONNECT_TIMEOUT_S: a worker with a full accept queue, or unreachable."""
+
+
 class ConnectionDropped(TransportError):
     """The connection broke before a full response arrived."""
+
+
+class BadResponse(Exception):
+    """The worker answered, but not in HTTP the client can read (e.g. a header over aiohttp's 8 KiB limit)."""
 
 
 class DeadlineExceeded(Exception):
@@ -61,7 +78,8 @@ class WorkerClient:
         self, base_url: str, method: str, path: str, headers: dict[str, str], body: bytes, timeout_s: float
     ) -> UpstreamResponse:
         assert self._session is not None, "start() first"
-        timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(self._connect_timeout_s, timeout_s))
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(self._connect_timeout_s, timeout_s))
+        started = time.monotonic()
         try:
             async with self._session.request(
                 method, base_url + path, data=body or None, headers=headers, timeout=timeout,
@@ -69,9 +87,19 @@ class WorkerClient:
             ) as response:
                 payload = await response.read()
                 kept = {name: response.headers[name] for name in RESPONSE_HEADERS if name in response.headers}
+                if kept.get("location", "").startswith(base_url):  # the worker's own address means nothing here
+                    kept["location"] = kept["location"][len(base_url):] or "/"
                 return UpstreamResponse(response.status, kept, payload)
         except aiohttp.ClientConnectorError as exc:
             raise ConnectFailed(f"cannot connect to {base_url}: {exc.os_error}") from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            if time.monotonic() - started < timeout_s:
+                raise ConnectTimedOut(
+                    f"no connection to {base_url} within {min(self._connect_timeout_s, timeout_s):.1f}s"
+                ) from exc
+            raise DeadlineExceeded(f"{base_url} gave no answer within {timeout_s:.1f}s") from exc
+        except aiohttp.ClientResponseError as exc:  # raised for unparsable answers only: no raise_for_status here
+            raise BadResponse(f"{base_url} sent an answer that is not valid HTTP: {exc.message[:200]}") from exc
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise DeadlineExceeded(f"{base_url} gave no answer within {timeout_s:.1f}s") from exc
         except (aiohttp.ClientError, OSError) as exc:

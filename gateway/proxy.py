@@ -3,7 +3,9 @@
 Predictions are idempotent, so a request that could not connect, whose
 connection dropped before the answer, or that got 502/503 from its worker is
 tried again on another worker (up to MAX_ATTEMPTS). Timeouts are not retried:
-the deadline is spent.
+the deadline is spent; nor are answers that are not valid HTTP (another worker
+would send the same). A client that leaves before its body has arrived is
+logged and counted as 499 and nothing is forwarded.
 """
 
 from __future__ import annotations
@@ -11,23 +13,27 @@ from __future__ import annotations
 import logging
 import time
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.backends import AllBackendsBusy, Backend, BackendPool, NoHealthyBackend
 from gateway.errors import (
+    ClientClosedRequest,
     GatewayError,
     MalformedRequest,
     NoWorkerAvailable,
     Overloaded,
     PayloadTooLarge,
+    UpstreamBadResponse,
     UpstreamFailed,
     UpstreamTimeout,
     gateway_error_response,
 )
 from gateway.forwarder import (
     REQUEST_HEADERS,
+    BadResponse,
     ConnectFailed,
+    ConnectTimedOut,
     DeadlineExceeded,
     TransportError,
     UpstreamResponse,
@@ -48,11 +54,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise PayloadTooLarge(f"body of {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientClosedRequest(f"the client closed the connection after {size} bytes of the body") from None
     return b"".join(chunks)
 
 
@@ -119,10 +128,14 @@ class Proxy:
             except ConnectFailed as exc:
                 backend.eject(str(exc))
                 failure, reason = str(exc), "connect_failed"
+            except ConnectTimedOut as exc:  # busy, not down: its accept queue is full, so no ejection
+                failure, reason = str(exc), "connect_timeout"
             except TransportError as exc:
                 failure, reason = str(exc), "connection_dropped"
             except DeadlineExceeded as exc:
                 raise UpstreamTimeout(str(exc)) from None
+            except BadResponse as exc:
+                raise UpstreamBadResponse(str(exc)) from None
             else:
                 if upstream.status not in RETRYABLE_STATUS or attempt == self._settings.max_attempts:
                     return upstream

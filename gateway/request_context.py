@@ -1,14 +1,19 @@
 """Request id, metrics and one JSON access-log line per request.
 
 A plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a
-stream copy per request). The request id comes from ``X-Request-ID`` or is
-generated; it is passed to the worker and returned to the client.
+stream copy per request). The request id comes from ``X-Request-ID`` when it
+fits the pattern (by default at most 128 of ``A-Za-z0-9._:-``), else it is
+generated: a client's header goes into the log line, the worker's request and
+the answer, so an unbounded or binary one could break all three (a 70 KB id
+once filled the launcher's log pipe and froze the gateway). The id is passed
+to the worker and returned to the client.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
 import time
 
@@ -36,11 +41,20 @@ def route_label(path: str) -> str:
     return "other"
 
 
+def request_id_pattern(allowed_chars: str, max_length: int) -> re.Pattern[bytes]:
+    """The ids taken from clients: 1 to ``max_length`` characters of the class ``[allowed_chars]``."""
+    return re.compile(f"[{allowed_chars}]{{1,{max_length}}}".encode("ascii"))
+
+
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, log_requests: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: GatewayMetrics, *, request_id_pattern: re.Pattern[bytes],
+        log_requests: bool = True,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        self._accepted_id = request_id_pattern
         # Generated ids: a random per-process prefix and a counter, unique without a syscall per request.
         self._id_prefix = secrets.token_hex(8)
         self._id_counter = itertools.count()
@@ -50,8 +64,11 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == REQUEST_ID_HEADER), None)
-        request_id = request_id or f"{self._id_prefix}{next(self._id_counter):08x}"
+        given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), None)
+        if given is not None and given.isascii() and self._accepted_id.fullmatch(given):
+            request_id = given.decode("ascii")
+        else:
+            request_id = f"{self._id_prefix}{next(self._id_counter):08x}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import re
+
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.config import CommaSeparated
@@ -32,11 +34,54 @@ class GatewaySettings(BaseSettings):
         256, ge=1, description="Requests in flight to one worker before the gateway sheds with 503."
     )
     max_connections_per_worker: int = Field(
-        128, ge=1, description="Pooled keep-alive connections to one worker."
+        256, ge=1,
+        description="Pooled keep-alive connections to one worker; at least MAX_IN_FLIGHT_PER_WORKER, so no "
+        "request waits for a connection (the in-flight bound sheds first).",
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 answers.")
+    header_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Time a client has to send a request's headers, from connecting or from its previous answer, "
+        "before the connection is closed.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request head (request line and headers), else 431 and close."
+    )
+    backlog: int = Field(
+        4096, ge=1,
+        description="Listen backlog: connections the kernel holds until the gateway accepts them (capped by "
+        "net.core.somaxconn). When it is full the kernel drops new SYNs and clients retry after 1, 3, 7 s.",
+    )
+    request_id_max_length: int = Field(
+        128, ge=1, le=1024, description="Longest X-Request-ID taken from a client; a longer one is replaced."
+    )
+    request_id_chars: str = Field(
+        "A-Za-z0-9._:-",
+        description="Characters an X-Request-ID from a client may use, as a regular-expression character class "
+        "(ASCII only); an id with any other character is replaced by a generated one.",
+    )
     log_level: str = Field("info", description="Python log level.")
     access_log: bool = Field(True, description="One JSON line per request.")
+
+    @model_validator(mode="after")
+    def _pool_covers_in_flight(self) -> GatewaySettings:
+        if self.max_connections_per_worker < self.max_in_flight_per_worker:
+            raise ValueError(
+                "MAX_CONNECTIONS_PER_WORKER must be at least MAX_IN_FLIGHT_PER_WORKER: requests past the pool "
+                "would queue for a connection instead of being shed with 503"
+            )
+        return self
+
+    @field_validator("request_id_chars")
+    @classmethod
+    def _check_request_id_chars(cls, value: str) -> str:
+        if not value.isascii() or value.startswith("^") or "]" in value.replace("\\]", ""):
+            raise ValueError("REQUEST_ID_CHARS must be the ASCII inside of a [...] character class, not negated")
+        try:
+            re.compile(f"[{value}]".encode())
+        except re.error as exc:
+            raise ValueError(f"REQUEST_ID_CHARS is not a character class: {exc}") from None
+        return value
 
     @field_validator("workers")
     @classmethod

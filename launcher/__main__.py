@@ -1,7 +1,8 @@
 """``python -m launcher`` (``make run``): gateway + N workers (+ one job sidecar each) on this machine.
 
 Workers listen on PORT+1 .. PORT+N, each pinned to its own GPU where
-``nvidia-smi -L`` lists GPUs, else on the CPU. Ctrl-C or SIGTERM stops all.
+``nvidia-smi -L`` lists GPUs, else on the CPU. Ctrl-C or SIGTERM stops all; a
+child that keeps failing right after it starts stops all too, with exit status 1.
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080, help="gateway port; workers take the next ports")
     parser.add_argument("--host", default="127.0.0.1", help="gateway interface")
     parser.add_argument("--no-sidecars", action="store_true", help="do not start job sidecars")
+    parser.add_argument("--max-fast-failures", type=int, default=3,
+                        help="give up (exit 1) when a child exits this many times in a row soon after starting")
+    parser.add_argument("--fast-exit-s", type=float, default=30.0,
+                        help="an exit sooner than this after starting counts as a fast failure")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.max_fast_failures < 1:
+        parser.error("--max-fast-failures must be at least 1")
     return args
 
 
@@ -80,9 +87,12 @@ async def announce_when_ready(supervisor: Supervisor, url: str, workers: int) ->
     )
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def main_async(args: argparse.Namespace) -> int:
+    """Run the stack until Ctrl-C / SIGTERM (0) or until a child keeps failing (1)."""
     gpus = list_gpus()
-    supervisor = Supervisor(build_children(args, gpus))
+    supervisor = Supervisor(
+        build_children(args, gpus), fast_exit_s=args.fast_exit_s, max_fast_failures=args.max_fast_failures
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.stop)
@@ -90,13 +100,14 @@ async def main_async(args: argparse.Namespace) -> None:
                    f"{'GPUs ' + ','.join(gpus) if gpus else 'the CPU'}")
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     announcer = asyncio.create_task(announce_when_ready(supervisor, f"http://{host}:{args.port}", args.workers))
-    await supervisor.run()
+    code = await supervisor.run()
     announcer.cancel()
-    supervisor.say("stopped")
+    supervisor.say("stopped" if code == 0 else f"stopped: {supervisor.failure}")
+    return code
 
 
 def main() -> None:
-    asyncio.run(main_async(parse_args()))
+    sys.exit(asyncio.run(main_async(parse_args())))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""Request heads are bounded in time and size: raw sockets against a real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.gateway.conftest import gateway_settings, serve_gateway
+
+LIMITS = {"header_timeout_s": 0.3, "max_header_bytes": 4096}
+
+
+async def connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+
+
+async def test_a_connection_that_never_finishes_its_headers_is_closed(worker, jobs_settings) -> None:
+    async with serve_gateway(gateway_settings(worker, **LIMITS), jobs_settings) as url:
+        half, silent = await connect(url), await connect(url)
+        half[1].write(b"GET /gateway/he")
+        # Without the deadline nothing ever comes back and wait_for raises after 10 s.
+        assert await asyncio.wait_for(half[0].read(), 10) == b""
+        assert await asyncio.wait_for(silent[0].read(), 10) == b""
+        for _, writer in (half, silent):
+            writer.close()
+
+
+async def test_the_deadline_is_rearmed_after_each_answer_on_a_kept_alive_connection(worker, jobs_settings) -> None:
+    async with serve_gateway(gateway_settings(worker, **LIMITS), jobs_settings) as url:
+        reader, writer = await connect(url)
+        writer.write(b"GET /gateway/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 200")
+        writer.write(b"GET /gateway/he")  # a second request that never completes
+        assert b"HTTP/1.1" not in await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+
+
+async def test_a_slow_answer_is_not_cut_by_the_header_deadline(worker, jobs_settings) -> None:
+    worker.delay_s = 0.6  # longer than the header deadline: the deadline is for reading headers only
+    async with serve_gateway(gateway_settings(worker, **LIMITS), jobs_settings) as url:
+        reader, writer = await connect(url)
+        body = b'{"input_data": [1, 2, 3, 4], "padding": "' + b"p" * 50_000 + b'"}'
+        for _ in range(2):
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = next(line for line in head.split(b"\r\n") if line.startswith(b"content-length"))
+            await reader.readexactly(int(length.split(b":")[1]))
+        writer.close()
+
+
+async def test_headers_over_the_bound_are_431_and_the_connection_closes(worker, jobs_settings) -> None:
+    async with serve_gateway(gateway_settings(worker, **LIMITS), jobs_settings) as url:
+        reader, writer = await connect(url)
+        writer.write(b"GET /gateway/health HTTP/1.1\r\nHost: x\r\nX-Request-ID: " + b"a" * 5_000)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(b"Request headers too large")
+        writer.close()
