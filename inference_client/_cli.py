@@ -7,8 +7,11 @@ not be reached, or when ``health`` is unhealthy; 2 for a bad command line or unr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -33,7 +36,7 @@ def _json_argument(text: str, what: str) -> Any:
 def _read_rows(path: str) -> list[Any]:
     """A JSON array from a file or stdin (``-``), or JSON Lines: one item a line."""
     try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     try:
@@ -89,26 +92,35 @@ def _dump(value: Any) -> Any:
     return value
 
 
+def _connection_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    parser.add_argument("--url", help=f"gateway URL (default: ${URL_ENV}, else {DEFAULT_URL})")
+    parser.add_argument("--api-key", help=f"API key, sent as a Bearer token (default: ${API_KEY_ENV})")
+    parser.add_argument("--request-timeout", type=float, help="seconds per HTTP request (default: 30)")
+    parser.add_argument("--retries", type=int, help="retries on 429, 503 and refused connections (default: 4)")
+    parser.set_defaults(**defaults)
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="python -m inference_client", description="Call the inference gateway; answers are printed as JSON.",
         epilog="exit status: 0 success; 1 an error answer (message on stderr), no connection, or unhealthy; "
         "2 a bad command line or unreadable input",
     )
-    main.add_argument("--url", help=f"gateway URL (default: ${URL_ENV}, else {DEFAULT_URL})")
-    main.add_argument("--api-key", help=f"API key, sent as a Bearer token (default: ${API_KEY_ENV})")
-    main.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request (default: 30)")
-    main.add_argument("--retries", type=int, default=4, help="retries on 429, 503 and refused connections")
+    _connection_options(main, {"url": None, "api_key": None, "request_timeout": 30.0, "retries": 4})
+    # The same options after the command too (`predict --url ... ROW`), without overriding those before it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    _connection_options(common, {})
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = functools.partial(commands.add_parser, parents=[common])
 
-    predict = commands.add_parser("predict", help="predict one row, given as JSON")
+    predict = add_parser("predict", help="predict one row, given as JSON")
     predict.add_argument("row", help="the row as JSON, e.g. '[5.1, 3.5, 1.4, 0.2]'")
-    batch = commands.add_parser("batch-predict", help="predict the rows of a file or stdin in one request")
+    batch = add_parser("batch-predict", help="predict the rows of a file or stdin in one request")
     batch.add_argument("file", nargs="?", default="-", help="a JSON array of rows, or one row a line (default: stdin)")
     for command in (predict, batch):
         command.add_argument("--probabilities", action="store_true", help="ask for return_probabilities")
 
-    submit = commands.add_parser("submit", help="queue a job; prints its status")
+    submit = add_parser("submit", help="queue a job; prints its status")
     submit.add_argument("--task", default="batch_predict", help="task type (default: batch_predict)")
     submit.add_argument("--inputs", metavar="FILE", help="the job's inputs as for batch-predict ('-': stdin); "
                         "for batch_predict, bare rows become /batch_predict items")
@@ -118,20 +130,21 @@ def parser() -> argparse.ArgumentParser:
 
     for name, text in (("status", "a job's status"), ("wait", "wait for a job to succeed (progress on stderr)"),
                        ("result", "a succeeded job's result"), ("cancel", "cancel a job")):
-        command = commands.add_parser(name, help=text)
+        command = add_parser(name, help=text)
         command.add_argument("job_id")
         if name == "wait":
             command.add_argument("--timeout", type=float, dest="wait_timeout", help="give up after this many seconds")
             command.add_argument("--no-progress", action="store_true", help="no progress bar")
-    commands.add_parser("health", help="the gateway's health (exit status 1 when unhealthy)")
-    commands.add_parser("info", help="the gateway and its workers")
+    add_parser("health", help="the gateway's health (exit status 1 when unhealthy)")
+    add_parser("info", help="the gateway and its workers")
     return main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        with InferenceClient(args.url, api_key=args.api_key, timeout=args.timeout, max_retries=args.retries) as client:
+        with InferenceClient(args.url, api_key=args.api_key, timeout=args.request_timeout,
+                             max_retries=args.retries) as client:
             answer = _run(client, args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -139,5 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     except InferenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(_dump(answer), indent=2 if sys.stdout.isatty() else None))
+    except KeyboardInterrupt:
+        return 130
+    try:
+        print(json.dumps(_dump(answer), indent=2 if sys.stdout.isatty() else None), flush=True)
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 1 if args.command == "health" and answer.status == "unhealthy" else 0
