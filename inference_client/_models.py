@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -41,7 +41,7 @@ class JobStatus(_Answer):
     job_id: str
     task: str
     status: JobState
-    progress: Progress = Progress()
+    progress: Progress = Field(default_factory=Progress)
     attempts: int = 0
     error: JobErrorInfo | None = None
     cancel_requested: bool = False
