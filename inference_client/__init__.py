@@ -1,0 +1,59 @@
+"""A typed Python client of the gateway, sync and async.
+
+    from inference_client import InferenceClient
+
+    with InferenceClient("http://127.0.0.1:8080") as client:
+        print(client.predict(row, return_probabilities=True))
+
+``python -m inference_client --help`` is a small command line on top of it.
+"""
+
+from inference_client._async_client import AsyncInferenceClient
+from inference_client._client import InferenceClient
+from inference_client._exceptions import (
+    AuthenticationError,
+    ConflictError,
+    InferenceError,
+    InferenceTimeoutError,
+    InvalidInputError,
+    JobCancelledError,
+    JobFailedError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    UnavailableError,
+)
+from inference_client._models import (
+    BackendInfo,
+    GatewayHealth,
+    GatewayInfo,
+    JobErrorInfo,
+    JobResult,
+    JobStatus,
+    Prediction,
+    Progress,
+)
+
+__all__ = [
+    "AsyncInferenceClient",
+    "AuthenticationError",
+    "BackendInfo",
+    "ConflictError",
+    "GatewayHealth",
+    "GatewayInfo",
+    "InferenceClient",
+    "InferenceError",
+    "InferenceTimeoutError",
+    "InvalidInputError",
+    "JobCancelledError",
+    "JobErrorInfo",
+    "JobFailedError",
+    "JobResult",
+    "JobStatus",
+    "NotFoundError",
+    "Prediction",
+    "Progress",
+    "RateLimitError",
+    "ServerError",
+    "UnavailableError",
+]

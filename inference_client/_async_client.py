@@ -1,0 +1,79 @@
+"""The asynchronous client: the calls of InferenceClient, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from inference_client import _calls as calls
+from inference_client._base import ClientBase
+from inference_client._calls import Call, Row
+from inference_client._exceptions import transport_errors
+from inference_client._models import GatewayHealth, GatewayInfo, JobResult, JobStatus, Prediction
+from inference_client._waiting import JobWaiter
+
+T = TypeVar("T")
+
+
+class AsyncInferenceClient(ClientBase):
+    """The async twin of :class:`InferenceClient`; each method is documented there."""
+
+    _http: httpx.AsyncClient
+
+    def _open(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=self._retrying(httpx.AsyncHTTPTransport), **self._http_kwargs)
+
+    async def _call(self, call: Call[T]) -> T:
+        with transport_errors(self.base_url):
+            response = await self._http.request(**call.request_kwargs())
+        return call.parse(response)
+
+    async def predict(self, row: Row, *, return_probabilities: bool = False) -> Prediction:
+        return await self._call(calls.predict(row, return_probabilities))
+
+    async def batch_predict(self, rows: Iterable[Row], *, return_probabilities: bool = False) -> list[Prediction]:
+        return await self._call(calls.batch_predict(rows, return_probabilities))
+
+    async def submit_job(
+        self, task: str = "batch_predict", inputs: Iterable[Any] | None = None, *,
+        options: Mapping[str, Any] | None = None, input_uri: str | None = None, idempotency_key: str | None = None,
+    ) -> JobStatus:
+        return await self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key))
+
+    async def job_status(self, job_id: str) -> JobStatus:
+        return await self._call(calls.job_status(job_id))
+
+    async def wait(
+        self, job_id: str, *, timeout: float | None = None, progress: bool = True, max_poll_interval: float = 2.0,
+    ) -> JobStatus:
+        with JobWaiter(job_id, timeout, progress, max_poll_interval) as waiter:
+            while (delay := waiter.next_poll(status := await self.job_status(job_id))) is not None:
+                await asyncio.sleep(delay)
+        return status
+
+    async def result(self, job_id: str) -> JobResult:
+        return await self._call(calls.job_result(job_id))
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        return await self._call(calls.cancel_job(job_id))
+
+    async def health(self) -> GatewayHealth:
+        return await self._call(calls.health())
+
+    async def info(self) -> GatewayInfo:
+        return await self._call(calls.info())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncInferenceClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,140 @@
+"""Each API call as data: what to send and how to read the answer, without doing any I/O.
+
+The sync and the async client send the same :class:`Call` objects, so a route is described once.
+A new family of routes (the Open Inference Protocol's ``/v2/...``) is a new set of these builders
+and one thin method per client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+from httpx_retries import Retry
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from inference_client._exceptions import ServerError, raise_for_response
+from inference_client._models import GatewayHealth, GatewayInfo, JobResult, JobStatus, Prediction
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+#: One input row: nested lists of numbers, or anything with ``tolist()`` (a NumPy or JAX array).
+Row = Any
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_NO_RETRY = Retry(total=0)
+_PREDICTIONS = TypeAdapter(list[Prediction])
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    json: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    retry: bool = True
+    follow_redirects: bool = False
+
+    def request_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``httpx.Client.request`` / ``httpx.AsyncClient.request``."""
+        return {
+            "method": self.method, "url": self.path, "json": self.json, "headers": dict(self.headers),
+            "follow_redirects": self.follow_redirects, "extensions": {} if self.retry else {"retry": _NO_RETRY},
+        }
+
+
+def plain(value: Any) -> Any:
+    """``value`` with arrays (anything with ``tolist()``) turned into lists, so it is JSON; NumPy is optional."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def prediction_inputs(rows: Iterable[Row], return_probabilities: bool = False) -> list[dict[str, Any]]:
+    """``/batch_predict`` items for rows (an array's first axis is the rows)."""
+    rows = plain(rows if hasattr(rows, "tolist") else list(rows))
+    return [{"input_data": row, "return_probabilities": return_probabilities} for row in rows]
+
+
+def _validated(response: httpx.Response, validate: Callable[[bytes], T]) -> T:
+    raise_for_response(response)
+    try:
+        return validate(response.content)
+    except ValidationError as exc:
+        raise ServerError(f"unexpected answer from {response.request.url.path}: {exc.errors()[0]['msg']}",
+                          status=response.status_code, code="unexpected_answer",
+                          request_id=response.headers.get("x-request-id")) from exc
+
+
+def _model(model: type[M]) -> Callable[[httpx.Response], M]:
+    return lambda response: _validated(response, model.model_validate_json)
+
+
+def _predictions(response: httpx.Response) -> list[Prediction]:
+    return _validated(response, _PREDICTIONS.validate_json)
+
+
+def _health(response: httpx.Response) -> GatewayHealth:
+    if response.status_code == 503:  # "unhealthy" is an answer, not an error
+        try:
+            return GatewayHealth.model_validate_json(response.content)
+        except ValueError:
+            pass
+    return _model(GatewayHealth)(response)
+
+
+def _job_path(job_id: str, tail: str = "") -> str:
+    return f"/jobs/{quote(job_id, safe='')}{tail}"
+
+
+def predict(row: Row, return_probabilities: bool) -> Call[Prediction]:
+    body = {"input_data": plain(row), "return_probabilities": return_probabilities}
+    return Call("POST", "/predict", _model(Prediction), json=body)
+
+
+def batch_predict(rows: Iterable[Row], return_probabilities: bool) -> Call[list[Prediction]]:
+    return Call("POST", "/batch_predict", _predictions, json=prediction_inputs(rows, return_probabilities))
+
+
+def submit_job(
+    task: str, inputs: Iterable[Any] | None, options: Mapping[str, Any] | None, input_uri: str | None,
+    idempotency_key: str | None,
+) -> Call[JobStatus]:
+    body: dict[str, Any] = {"task": task, "options": plain(options or {})}
+    if inputs is not None:
+        body["inputs"] = plain(inputs if hasattr(inputs, "tolist") else list(inputs))
+    if input_uri is not None:
+        body["input_uri"] = input_uri
+    # Always keyed: a retried POST (after a 503 or a refused connection) then returns the same job.
+    headers = {IDEMPOTENCY_HEADER: idempotency_key or uuid.uuid4().hex}
+    return Call("POST", "/jobs", _model(JobStatus), json=body, headers=headers)
+
+
+def job_status(job_id: str) -> Call[JobStatus]:
+    return Call("GET", _job_path(job_id), _model(JobStatus))
+
+
+def job_result(job_id: str) -> Call[JobResult]:
+    # A large result is a 307 to a presigned URL; httpx drops the Authorization header across origins.
+    return Call("GET", _job_path(job_id, "/result"), _model(JobResult), follow_redirects=True)
+
+
+def cancel_job(job_id: str) -> Call[JobStatus]:
+    return Call("DELETE", _job_path(job_id), _model(JobStatus))
+
+
+def health() -> Call[GatewayHealth]:
+    return Call("GET", "/gateway/health", _health, retry=False)
+
+
+def info() -> Call[GatewayInfo]:
+    return Call("GET", "/gateway/info", _model(GatewayInfo))

@@ -1,0 +1,162 @@
+"""``python -m inference_client``: the client's calls from a shell; answers are printed as JSON.
+
+Exit status: 0 on success, 1 when the gateway answered an error (its message on stderr) or could
+not be reached, or when ``health`` is unhealthy; 2 for a bad command line or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from inference_client._base import API_KEY_ENV, DEFAULT_URL, URL_ENV
+from inference_client._calls import prediction_inputs
+from inference_client._client import InferenceClient
+from inference_client._exceptions import InferenceError
+
+
+class UsageError(Exception):
+    pass
+
+
+def _json_argument(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{what} is not JSON: {exc}") from None
+
+
+def _read_rows(path: str) -> list[Any]:
+    """A JSON array from a file or stdin (``-``), or JSON Lines: one item a line."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        items = json.loads(text)
+    except ValueError:
+        items = [_json_argument(line, f"{path} line {i}") for i, line in enumerate(text.splitlines(), 1)
+                 if line.strip()]
+    if not isinstance(items, list):
+        raise UsageError(f"{path} holds no JSON array of rows")
+    return items
+
+
+def _job_inputs(args: argparse.Namespace) -> list[Any] | None:
+    if args.inputs is None:
+        return None
+    items = _read_rows(args.inputs)
+    if args.task != "batch_predict":
+        return items
+    # Bare rows become /batch_predict items; objects are sent as they are.
+    return [item if isinstance(item, dict) else prediction_inputs([item], args.probabilities)[0] for item in items]
+
+
+def _run(client: InferenceClient, args: argparse.Namespace) -> Any:
+    match args.command:
+        case "predict":
+            return client.predict(_json_argument(args.row, "the row"), return_probabilities=args.probabilities)
+        case "batch-predict":
+            return client.batch_predict(_read_rows(args.file), return_probabilities=args.probabilities)
+        case "submit":
+            options = _json_argument(args.options, "--options") if args.options else None
+            return client.submit_job(args.task, _job_inputs(args), options=options,
+                                     idempotency_key=args.idempotency_key)
+        case "status":
+            return client.job_status(args.job_id)
+        case "wait":
+            return client.wait(args.job_id, timeout=args.wait_timeout, progress=not args.no_progress)
+        case "result":
+            return client.result(args.job_id)
+        case "cancel":
+            return client.cancel(args.job_id)
+        case "health":
+            return client.health()
+        case "info":
+            return client.info()
+    raise AssertionError(args.command)
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_dump(item) for item in value]
+    return value
+
+
+def _connection_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    parser.add_argument("--url", help=f"gateway URL (default: ${URL_ENV}, else {DEFAULT_URL})")
+    parser.add_argument("--api-key", help=f"API key, sent as a Bearer token (default: ${API_KEY_ENV})")
+    parser.add_argument("--request-timeout", type=float, help="seconds per HTTP request (default: 30)")
+    parser.add_argument("--retries", type=int, help="retries on 429, 503 and refused connections (default: 4)")
+    parser.set_defaults(**defaults)
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="python -m inference_client", description="Call the inference gateway; answers are printed as JSON.",
+        epilog="exit status: 0 success; 1 an error answer (message on stderr), no connection, or unhealthy; "
+        "2 a bad command line or unreadable input",
+    )
+    _connection_options(main, {"url": None, "api_key": None, "request_timeout": 30.0, "retries": 4})
+    # The same options after the command too (`predict --url ... ROW`), without overriding those before it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    _connection_options(common, {})
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = functools.partial(commands.add_parser, parents=[common])
+
+    predict = add_parser("predict", help="predict one row, given as JSON")
+    predict.add_argument("row", help="the row as JSON, e.g. '[5.1, 3.5, 1.4, 0.2]'")
+    batch = add_parser("batch-predict", help="predict the rows of a file or stdin in one request")
+    batch.add_argument("file", nargs="?", default="-", help="a JSON array of rows, or one row a line (default: stdin)")
+    for command in (predict, batch):
+        command.add_argument("--probabilities", action="store_true", help="ask for return_probabilities")
+
+    submit = add_parser("submit", help="queue a job; prints its status")
+    submit.add_argument("--task", default="batch_predict", help="task type (default: batch_predict)")
+    submit.add_argument("--inputs", metavar="FILE", help="the job's inputs as for batch-predict ('-': stdin); "
+                        "for batch_predict, bare rows become /batch_predict items")
+    submit.add_argument("--probabilities", action="store_true", help="batch_predict rows ask for probabilities")
+    submit.add_argument("--options", help="the task's options as a JSON object")
+    submit.add_argument("--idempotency-key", help="the same key and body return the same job")
+
+    for name, text in (("status", "a job's status"), ("wait", "wait for a job to succeed (progress on stderr)"),
+                       ("result", "a succeeded job's result"), ("cancel", "cancel a job")):
+        command = add_parser(name, help=text)
+        command.add_argument("job_id")
+        if name == "wait":
+            command.add_argument("--timeout", type=float, dest="wait_timeout", help="give up after this many seconds")
+            command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_parser("health", help="the gateway's health (exit status 1 when unhealthy)")
+    add_parser("info", help="the gateway and its workers")
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        with InferenceClient(args.url, api_key=args.api_key, timeout=args.request_timeout,
+                             max_retries=args.retries) as client:
+            answer = _run(client, args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    try:
+        print(json.dumps(_dump(answer), indent=2 if sys.stdout.isatty() else None), flush=True)
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 1 if args.command == "health" and answer.status == "unhealthy" else 0

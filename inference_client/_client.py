@@ -1,0 +1,95 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from inference_client import _calls as calls
+from inference_client._base import ClientBase
+from inference_client._calls import Call, Row
+from inference_client._exceptions import transport_errors
+from inference_client._models import GatewayHealth, GatewayInfo, JobResult, JobStatus, Prediction
+from inference_client._waiting import JobWaiter
+
+T = TypeVar("T")
+
+
+class InferenceClient(ClientBase):
+    """A client of the gateway. Use it as a context manager, or call :meth:`close`.
+
+    Rows are nested lists, or NumPy / JAX arrays, of the served model's input shape.
+    """
+
+    _http: httpx.Client
+
+    def _open(self) -> httpx.Client:
+        return httpx.Client(transport=self._retrying(httpx.HTTPTransport), **self._http_kwargs)
+
+    def _call(self, call: Call[T]) -> T:
+        with transport_errors(self.base_url):
+            response = self._http.request(**call.request_kwargs())
+        return call.parse(response)
+
+    def predict(self, row: Row, *, return_probabilities: bool = False) -> Prediction:
+        """Predict one row."""
+        return self._call(calls.predict(row, return_probabilities))
+
+    def batch_predict(self, rows: Iterable[Row], *, return_probabilities: bool = False) -> list[Prediction]:
+        """Predict many rows in one request; answers come in the rows' order."""
+        return self._call(calls.batch_predict(rows, return_probabilities))
+
+    def submit_job(
+        self, task: str = "batch_predict", inputs: Iterable[Any] | None = None, *,
+        options: Mapping[str, Any] | None = None, input_uri: str | None = None, idempotency_key: str | None = None,
+    ) -> JobStatus:
+        """Queue a job (for ``batch_predict``, ``inputs`` are ``/batch_predict`` items); answers once it is queued.
+
+        The same ``idempotency_key`` with the same body returns the same job; without one, a fresh key
+        still makes this call's own retries safe.
+        """
+        return self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key))
+
+    def job_status(self, job_id: str) -> JobStatus:
+        return self._call(calls.job_status(job_id))
+
+    def wait(
+        self, job_id: str, *, timeout: float | None = None, progress: bool = True, max_poll_interval: float = 2.0,
+    ) -> JobStatus:
+        """Poll until the job succeeded, with a progress bar on a terminal's stderr.
+
+        Raises JobFailedError (JobCancelledError) when it did not, InferenceTimeoutError past ``timeout``.
+        """
+        with JobWaiter(job_id, timeout, progress, max_poll_interval) as waiter:
+            while (delay := waiter.next_poll(status := self.job_status(job_id))) is not None:
+                time.sleep(delay)
+        return status
+
+    def result(self, job_id: str) -> JobResult:
+        """A succeeded job's result (ConflictError before)."""
+        return self._call(calls.job_result(job_id))
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job: a queued one at once, a running one at its next chunk (ConflictError if finished)."""
+        return self._call(calls.cancel_job(job_id))
+
+    def health(self) -> GatewayHealth:
+        """The gateway's health, unhealthy included (never retried)."""
+        return self._call(calls.health())
+
+    def info(self) -> GatewayInfo:
+        """The gateway and each of its workers."""
+        return self._call(calls.info())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,83 @@
+"""Typed answers of the gateway.
+
+They accept fields they do not name (``extra="allow"``): what a prediction holds beyond
+``prediction`` is up to the served model (``answer.probabilities``, ``answer.model_extra``), and
+a newer gateway may add fields without breaking an older client.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Prediction(_Answer):
+    """One row's answer: the model's fields, plus which worker answered and how long the model took."""
+
+    prediction: Any = None
+    worker_id: str | None = None
+    inference_time_ms: float | None = None
+
+
+class Progress(_Answer):
+    done: int = 0
+    total: int | None = None  # None until the job knows
+
+
+class JobErrorInfo(_Answer):
+    code: str
+    message: str
+
+
+class JobStatus(_Answer):
+    job_id: str
+    task: str
+    status: JobState
+    progress: Progress = Field(default_factory=Progress)
+    attempts: int = 0
+    error: JobErrorInfo | None = None
+    cancel_requested: bool = False
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    status_url: str | None = None
+    result_url: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
+class JobResult(_Answer):
+    job_id: str
+    task: str
+    output: Any  # for batch_predict: one prediction per input row, in order
+
+
+class GatewayHealth(_Answer):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    alive_backends: int
+    total_backends: int
+
+
+class BackendInfo(_Answer):
+    url: str
+    state: str
+    worker_id: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+
+
+class GatewayInfo(_Answer):
+    name: str
+    version: str
+    total_backends: int
+    backends: list[BackendInfo]
