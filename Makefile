@@ -122,6 +122,12 @@ rebuild-gateway: .env ## Rebuild the gateway image and replace the gateway
 check-containers: install ## Validate the compose files, lint the Dockerfiles, run tests/containers/ (no engine needed)
 	PYTHON=$(PY) bash scripts/check_containers.sh
 
+# --- Kubernetes (docs/kubernetes.md) ------------------------------------------
+.PHONY: check-kubernetes
+
+check-kubernetes: install ## Render both Kubernetes overlays, validate every object, run tests/kubernetes/ (no cluster needed)
+	$(PY) -m pytest tests/kubernetes -q
+
 docker-urls:
 	@url() { $(COMPOSE_STACK) port "$$1" "$$2" 2>/dev/null | head -n 1 | sed -E 's/^(0\.0\.0\.0|\[::\]):/localhost:/; s|^|http://|'; }; \
 	gateway=$$(url gateway 8080); prometheus=$$(url prometheus 9090); \

@@ -172,3 +172,35 @@ def role(service: dict) -> str:
 
 
 compose_files = pytest.mark.parametrize("compose_file", COMPOSE_FILES, ids=lambda p: p.name)
+
+
+# --- Settings -------------------------------------------------------------------------------
+
+
+def _settings_env(*classes: type) -> set[str]:
+    return {field.upper() for cls in classes for field in cls.model_fields}
+
+
+def readable_environment() -> dict[str, set[str]]:
+    """The variables each process reads, by role: its settings classes, gunicorn's config, JAX's own.
+
+    A container (compose service or Kubernetes container) of that role may set these and, besides
+    XLA's own ``XLA_*`` flags outside the gateway, nothing else.
+    """
+    from gateway.settings import GatewaySettings
+    from jobs.settings import JobsSettings
+    from worker.settings import WorkerSettings
+
+    gunicorn_env = set(re.findall(r"os\.environ\.get\(\s*[\"'](\w+)", (REPO / "gateway/gunicorn_conf.py").read_text()))
+    jax_env = {"JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES"}
+    return {
+        "gateway": _settings_env(GatewaySettings, JobsSettings) | gunicorn_env,
+        "worker": _settings_env(WorkerSettings) | jax_env,
+        "sidecar": _settings_env(JobsSettings) | jax_env | {"JAX_COMPILATION_CACHE_DIR"},
+    }
+
+
+def unread_environment(role: str, names: set[str]) -> set[str]:
+    """The names a container of ``role`` sets that its process never reads."""
+    xla = {name for name in names if name.startswith("XLA_") and role != "gateway"}
+    return names - readable_environment()[role] - xla

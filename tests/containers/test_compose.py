@@ -20,6 +20,7 @@ from tests.containers.support import (
     require_tool,
     role,
     services,
+    unread_environment,
 )
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN", re.I)
@@ -100,27 +101,11 @@ def test_healthchecks_of_our_services_are_the_images_own(compose_file: Path) -> 
             assert service["healthcheck"]["test"] == ["CMD", *image_check], name
 
 
-def _settings_env(*classes: type) -> set[str]:
-    return {field.upper() for cls in classes for field in cls.model_fields}
-
-
 @compose_files
 def test_environment_names_settings_the_processes_read(compose_file: Path) -> None:
-    from gateway.settings import GatewaySettings
-    from jobs.settings import JobsSettings
-    from worker.settings import WorkerSettings
-
-    gunicorn_env = set(re.findall(r"os\.environ\.get\(\s*[\"'](\w+)", (REPO / "gateway/gunicorn_conf.py").read_text()))
-    jax_env = {"JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES"}
-    allowed = {
-        "gateway": _settings_env(GatewaySettings, JobsSettings) | gunicorn_env,
-        "worker": _settings_env(WorkerSettings) | jax_env,
-        "sidecar": _settings_env(JobsSettings) | jax_env | {"JAX_COMPILATION_CACHE_DIR"},
-    }
     for name, service in services(compose_file).items():
-        if role(service) in allowed:
-            xla = {k for k in service.get("environment", {}) if k.startswith("XLA_") and role(service) != "gateway"}
-            unknown = set(service.get("environment", {})) - allowed[role(service)] - xla
+        if role(service) != "third-party":
+            unknown = unread_environment(role(service), set(service.get("environment", {})))
             assert not unknown, f"{name} sets {unknown}, which it never reads"
 
 

