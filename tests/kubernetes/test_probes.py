@@ -39,16 +39,18 @@ def _window_s(probe: dict) -> int:
 
 
 class BusyRuntime(FakeRuntime):
-    """A fake runtime whose model call blocks until the test releases it."""
+    """A fake runtime whose model calls, once ``hold`` is set, block until the test releases them."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.hold = False  # the start-up's own example call goes through
         self.computing = threading.Event()
         self.release = threading.Event()
 
     def infer(self, rows):
-        self.computing.set()
-        self.release.wait(10)
+        if self.hold:
+            self.computing.set()
+            self.release.wait(10)
         return super().infer(rows)
 
 
@@ -64,6 +66,7 @@ def test_worker_probes_readiness_is_model_warm_and_liveness_survives_warm_up_and
         assert client.get(paths["livenessProbe"]).status_code == 200, "a compiling worker would be restarted"
         runtime.warm.set()
         wait_ready(client)
+        runtime.hold = True
         predicting = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"input_data": [1] * 4}})
         predicting.start()
         try:
