@@ -3,7 +3,7 @@
 At start-up the runtime loads the parameters, traces ``predict_batch`` once
 (``jax.eval_shape``: no compilation) to derive the outputs' shapes and to check
 the contract (jittable, a dict of arrays, every output keeping the batch axis),
-compiles every bucket, and runs the example row through ``postprocess``. Any
+and compiles every bucket (the app then runs the example row end to end). Any
 failure is a :class:`ContractError` naming the model and the method.
 
 Every model call of the worker goes through :meth:`ModelRuntime.infer`, which
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from worker.contract import ContractError, Model, TensorSpec, example_row
+from worker.contract import ContractError, Model, TensorSpec
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,6 @@ class ModelRuntime:
             raise ContractError(model, "labels", f"{len(labels)} labels, but the first output {specs[0].name!r} "
                                 f"has per-row shape {specs[0].shape}")
         return tuple(specs)
-
-    def example_outputs(self) -> dict[str, np.ndarray]:
-        """The outputs for the model's example row (run once at start-up to check postprocess)."""
-        row = np.asarray([example_row(type(self.model))], dtype=self.model.input_dtype)
-        return self.infer(row)
 
     def bucket_for(self, n: int) -> int:
         for size in self.bucket_sizes:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     model = load_model_class(settings.model)()
-    data = model.training_data() if implements(model, "training_data") else None
+    data = model.training_data()
     if not implements(model, "fit") or data is None:
         sys.exit(f"model {model.name!r} has no fit() and training_data(): there is nothing to train here")
     x, y = data
