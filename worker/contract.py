@@ -199,8 +199,9 @@ def load_model_class(import_path: str) -> type[Model]:
     """Resolve ``"package.module:ClassName"``, or ``"package.module"`` holding one model, to a Model class.
 
     A module alone names the one :class:`Model` subclass defined in it (or, if
-    it defines none, the one it imports): ``worker.model`` serves whatever
-    class that file holds, whatever it is called.
+    it defines none, the one it imports; or, if it defines a base model and
+    variants of it, the base): ``worker.model`` serves whatever class that
+    file holds, whatever it is called.
     """
     module_name, _, class_name = import_path.partition(":")
     module = importlib.import_module(module_name)
@@ -213,6 +214,9 @@ def load_model_class(import_path: str) -> type[Model]:
                  if isinstance(obj, type) and issubclass(obj, Model) and obj is not Model]
         defined = [cls for cls in found if cls.__module__ == module_name]
         candidates = defined or found
+        # A base model and its variants (mlp.py's MLP, SmallMLP, HeavyMLP): the base is the module's model.
+        bases = [cls for cls in candidates if all(issubclass(other, cls) for other in candidates)]
+        candidates = bases or candidates
         if len(candidates) != 1:
             names = ", ".join(sorted(cls.__name__ for cls in candidates)) or "none"
             raise ModelNotFound(

@@ -44,12 +44,24 @@ def test_a_module_alone_names_its_one_model_whatever_the_class_is_called() -> No
     finally:
         del sys.modules[module.__name__]
     assert issubclass(load_model_class("worker.model"), Model)
+    assert load_model_class("worker.examples.mlp").__name__ == "MLP"  # a base and its variants: the base
+
+
+def test_a_module_with_unrelated_models_must_name_one() -> None:
+    module = types.ModuleType("tests_two_models")
+    exec("from tests.fakes import SumModel, GridModel\nclass A(SumModel): pass\nclass B(GridModel): pass\n",
+         module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        with pytest.raises(ModelNotFound, match=r"exactly one Model subclass \(found: A, B\)"):
+            load_model_class("tests_two_models")
+    finally:
+        del sys.modules[module.__name__]
 
 
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("worker.examples.mlp", r"exactly one Model subclass \(found: HeavyMLP, MLP, SmallMLP\)"),
         ("worker.settings:WorkerSettings", "not a subclass"),
         ("worker.model:Nope", "not a subclass"),
     ],
