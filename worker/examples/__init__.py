@@ -1,5 +1,7 @@
-"""Example models that satisfy :class:`worker.contract.Model`, loadable by import path.
+"""Complete models that satisfy :class:`worker.contract.Model`, loadable by import path.
 
-``worker.examples.mlp:SmallMLP`` and ``worker.examples.mlp:HeavyMLP`` (the benchmark
-model) need no artifact: their weights come from a fixed seed.
+``iris`` (the default: NUTS posterior samples, with ``fit``), ``mlp`` (classifiers,
+``HeavyMLP`` is the benchmark model), ``regression`` (continuous outputs, a
+closed-form ``fit``) and ``digits`` (an 8 x 8 input). Only ``iris`` reads a shipped
+artifact; the others serve out of the box (fixed seeds or a fit at load).
 """
