@@ -33,6 +33,8 @@ from gateway.forwarder import WorkerClient
 from gateway.health import HealthChecker
 from gateway.job_routes import job_routes, jobs_openapi
 from gateway.metrics import GatewayMetrics
+from gateway.protocol import PREFIX, protocol_error_response, protocol_health_routes
+from gateway.protocol_docs import protocol_api
 from gateway.proxy import Proxy
 from gateway.request_context import RequestContext, request_id_pattern
 from gateway.settings import GatewaySettings
@@ -46,8 +48,8 @@ _ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 class ProxyRoute(Route):
     """The catch-all to the workers; it never takes ``/gateway/*`` or a path one of the gateway's own routes has."""
 
-    def __init__(self, owned: list[BaseRoute], endpoint: Any) -> None:
-        super().__init__("/{path:path}", endpoint, methods=PROXIED_METHODS)
+    def __init__(self, owned: list[BaseRoute], endpoint: Any, path: str = "/{path:path}") -> None:
+        super().__init__(path, endpoint, methods=PROXIED_METHODS)
         # One regex for every owned path (their parameters unnamed): a route's own matches() costs ~1.5 us each.
         patterns = ["^/gateway/", *(re.sub(r"\(\?P<\w+>", "(?:", r.path_regex.pattern) for r in owned)]
         self._owned = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
@@ -74,6 +76,7 @@ def build_document(model: dict[str, Any] | None) -> dict[str, Any]:
         "Predictions from JAX / NumPyro models on a pool of workers, and async jobs.",
     )
     prediction_api(openapi, model)
+    protocol_api(openapi, model)
     jobs_openapi(openapi, model)
     return openapi.document
 
@@ -97,6 +100,7 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         resolve_interval_s=settings.workers_resolve_interval_s,
     )
     proxy = Proxy(pool, client, metrics, settings)
+    protocol_proxy = Proxy(pool, client, metrics, settings, errors=protocol_error_response)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -148,8 +152,10 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         Route("/metrics", metrics_endpoint),
         *docs_routes(LiveDocument(build_document, pool.served_model)),
         *job_routes(jobs),
+        *protocol_health_routes(pool),
     ]
-    routes = [*owned, ProxyRoute(owned, proxy.handle)]
+    # /v2 and /v2/...: the Open Inference Protocol's routes, proxied with its error body.
+    routes = [*owned, ProxyRoute(owned, protocol_proxy.handle, PREFIX + "{path:path}"), ProxyRoute(owned, proxy.handle)]
     accepted_id = request_id_pattern(settings.request_id_chars, settings.request_id_max_length)
     return Starlette(
         routes=routes,
