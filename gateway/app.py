@@ -5,7 +5,9 @@ client and starts the health checks, and closes them on shutdown. No module
 globals, no JAX.
 
 A path the gateway answers itself (``/gateway/*``, ``/metrics``, the docs,
-``/jobs``) is never proxied: another method on it is 405 with ``Allow``.
+``/jobs``, ``/v2/health/*``) is never proxied: another method on it is 405 with
+``Allow``. The rest of ``/v2`` (the Open Inference Protocol) is proxied with that
+protocol's error body.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ class ProtocolCodec:
         requested: dict[str, bool] = {}
         for i, output in enumerate(asked):
             name = _object(output, f"outputs[{i}]").get("name")
-            if name not in self.output_specs:
+            if not isinstance(name, str) or name not in self.output_specs:
                 raise ProtocolError(f"outputs[{i}]: unknown output {name!r}; the model has {list(self.output_specs)}")
             options = _parameters(output, f"output {name!r}")
             if options.get("classification"):

@@ -72,6 +72,10 @@ def test_binary_input_decodes_the_bytes_after_the_header() -> None:
     ({"inputs": []}, "inputs must be a non-empty list"),
     ({"inputs": [{"name": "x", "shape": [1, 2, 3], "datatype": "FP32", "data": [0] * 6}]}, "one input, 'input_data'"),
     (infer_body([0] * 6, outputs=[{"name": "nope"}]), "unknown output 'nope'"),
+    (infer_body([0] * 6, outputs=[{"name": ["mean"]}]), "unknown output ['mean']"),
+    (infer_body([0] * 6, outputs={"name": "mean"}), "outputs must be a list"),
+    (infer_body([0] * 6, parameters={"binary_data_output": 1}), "binary_data_output must be true or false"),
+    (infer_body([0] * 6, id=7), "id must be a string"),
     (infer_body([0] * 6, outputs=[{"name": "mean", "parameters": {"classification": 2}}]), "classification"),
 ])
 def test_bad_requests_are_400_with_a_message_that_says_why(body: dict[str, Any], says: str) -> None:
