@@ -50,8 +50,8 @@ _ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 class ProxyRoute(Route):
     """The catch-all to the workers; it never takes ``/gateway/*`` or a path one of the gateway's own routes has."""
 
-    def __init__(self, owned: list[BaseRoute], endpoint: Any, path: str = "/{path:path}") -> None:
-        super().__init__(path, endpoint, methods=PROXIED_METHODS)
+    def __init__(self, owned: list[BaseRoute], endpoint: Any) -> None:
+        super().__init__("/{path:path}", endpoint, methods=PROXIED_METHODS)
         # One regex for every owned path (their parameters unnamed): a route's own matches() costs ~1.5 us each.
         patterns = ["^/gateway/", *(re.sub(r"\(\?P<\w+>", "(?:", r.path_regex.pattern) for r in owned)]
         self._owned = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
@@ -156,8 +156,14 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         *job_routes(jobs),
         *protocol_health_routes(pool),
     ]
-    # /v2 and /v2/...: the Open Inference Protocol's routes, proxied with its error body.
-    routes = [*owned, ProxyRoute(owned, protocol_proxy.handle, PREFIX + "{path:path}"), ProxyRoute(owned, proxy.handle)]
+
+    async def forward(request: Request) -> Response:
+        # /v2 and /v2/...: the Open Inference Protocol's routes, proxied with its error body.
+        path = request.scope["path"]
+        chosen = protocol_proxy if path == PREFIX or path.startswith(PREFIX + "/") else proxy
+        return await chosen.handle(request)
+
+    routes = [*owned, ProxyRoute(owned, forward)]
     accepted_id = request_id_pattern(settings.request_id_chars, settings.request_id_max_length)
     return Starlette(
         routes=routes,
