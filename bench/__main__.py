@@ -2,8 +2,9 @@
 
 For each model (the heavy MLP and the default model) it starts, on loopback:
 (a) one worker with batching off, (b) one worker with batching on, (c) a gateway
-in front of (b)'s worker, (d) a gateway in front of two workers; and drives each
-with closed-loop load at several concurrencies. It also measures the in-process
+in front of (b)'s worker, (c') the same gateway driven with Open Inference Protocol
+infer requests (one row, JSON) instead of /predict, (d) a gateway in front of two
+workers; and drives each with closed-loop load at several concurrencies. It also measures the in-process
 limit (``bench.inprocess``) and, through the gateway, the proxy client (aiohttp,
 production, against httpx). Results: ``bench/results/latest.json``, the generated
 block of ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
@@ -28,13 +29,14 @@ from pathlib import Path
 
 from bench import report
 from bench.inprocess_runner import run_inprocess
-from bench.loadgen import find_wrk, predict_body, run_load
+from bench.loadgen import find_wrk, infer_url, request_body, run_load
 from bench.machine import describe
 from bench.stack import Gateway, Worker
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {"heavy": "worker.examples.mlp:HeavyMLP", "default": "worker.model"}
-CONFIGS = ("direct_nobatch", "direct_batch", "gateway_1", "gateway_2")
+#: gateway_1_v2: (c)'s gateway and worker, one row per Open Inference Protocol infer (JSON) instead of /predict.
+CONFIGS = ("direct_nobatch", "direct_batch", "gateway_1", "gateway_1_v2", "gateway_2")
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
@@ -114,7 +116,7 @@ class Runner:
         and every run's req/s and p99 are kept under ``repeats``."""
         args = self.args
         if args.warmup > 0:
-            run_load(url, predict_body(url), concurrency, args.warmup, generator=args.loadgen)
+            run_load(url, request_body(url), concurrency, args.warmup, generator=args.loadgen)
         runs = [self._measure_once(url, concurrency, workers, gateway) for _ in range(args.repeat)]
         chosen = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
         if len(runs) > 1:
@@ -128,7 +130,7 @@ class Runner:
         processes = ([gateway] if gateway else []) + list(workers)
         before = [w.metric_sums() for w in workers]
         cpu_before = [p.cpu_seconds() for p in processes]
-        result = run_load(url, predict_body(url), concurrency, args.duration, generator=args.loadgen).to_dict()
+        result = run_load(url, request_body(url), concurrency, args.duration, generator=args.loadgen).to_dict()
         cpu_after = [p.cpu_seconds() for p in processes]
         after = [w.metric_sums() for w in workers]
         if processes and result["requests"]:
@@ -176,14 +178,17 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
     if "direct_nobatch" in configs:
         with runner.worker(f"{model}-nobatch", model, MAX_BATCH_SIZE="1") as worker:
             runner.sweep(model, "direct_nobatch", worker.url + "/predict", [worker])
-    if not {"direct_batch", "gateway_1", "gateway_2"} & set(configs) and args.no_clients:
+    if not {"direct_batch", "gateway_1", "gateway_1_v2", "gateway_2"} & set(configs) and args.no_clients:
         return
     with runner.worker(f"{model}-w0", model) as w0:
         if "direct_batch" in configs:
             runner.sweep(model, "direct_batch", w0.url + "/predict", [w0])
-        if "gateway_1" in configs:
+        if {"gateway_1", "gateway_1_v2"} & set(configs):
             with runner.gateway(f"{model}-gw1", [w0]) as gw:
-                runner.sweep(model, "gateway_1", gw.url + "/predict", [w0], gw)
+                if "gateway_1" in configs:
+                    runner.sweep(model, "gateway_1", gw.url + "/predict", [w0], gw)
+                if "gateway_1_v2" in configs:
+                    runner.sweep(model, "gateway_1_v2", infer_url(gw.url), [w0], gw)
         if not args.no_clients:
             for client, module in (("aiohttp", "gateway"), ("httpx", "bench.httpx_gateway")):
                 with runner.gateway(f"{model}-gw1-{client}", [w0], module=module) as gw:
@@ -251,12 +256,16 @@ def main(argv: list[str] | None = None) -> dict:
         results["runs"] = runner.runs
     results["meta"] = meta(args, started, started_at)
     results["targets"] = report.targets(results) if not args.url else []
+    results["protocol"] = report.protocol_ratios(results)
     report.write_json(results, args.out)
     print(f"wrote {args.out}")
     if not args.no_docs:
         report.update_doc(args.doc, report.markdown(results))
         report.plot(results, args.plot)
         print(f"wrote {args.doc} and {args.plot}")
+    for r in results["protocol"]:
+        print(f"  {r['model']} c={r['concurrency']}: /v2 infer / /predict through the gateway {r['ratio']} "
+              f"({r['infer_rps']:.0f} / {r['predict_rps']:.0f} req/s)")
     for t in results["targets"]:
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]
         print(f"  [{verdict}] {t['target']}: {t['value']} ({t['detail']}) wanted {t['op']} {t['threshold']}")

@@ -35,6 +35,27 @@ def predict_body(predict_url: str) -> bytes:
     example = httpx.get(f"{base}/metadata", timeout=10).raise_for_status().json()["example"]
     return orjson.dumps({"input_data": example["input_data"]})
 
+
+def _flat(value: object) -> list:
+    return [item for part in value for item in _flat(part)] if isinstance(value, list) else [value]
+
+
+def infer_url(base: str) -> str:
+    """The Open Inference Protocol infer URL of the model served behind ``base``."""
+    name = httpx.get(f"{base}/metadata", timeout=10).raise_for_status().json()["name"]
+    return f"{base}/v2/models/{name}/infer"
+
+
+def request_body(url: str) -> bytes:
+    """The example row as the body ``url`` takes: /predict's, or one row of an infer request (JSON data)."""
+    if "/v2/models/" not in url:
+        return predict_body(url)
+    metadata = httpx.get(url.split("/v2/models/", 1)[0] + "/metadata", timeout=10).raise_for_status().json()
+    [tensor] = metadata["inputs"]
+    return orjson.dumps({"inputs": [{"name": tensor["name"], "shape": [1, *tensor["shape"][1:]],
+                                     "datatype": tensor["datatype"],
+                                     "data": _flat(metadata["example"]["input_data"])}]})
+
 # wrk calls done() once at the end: print everything we need as one JSON line.
 _WRK_SCRIPT = """
 wrk.method = "POST"

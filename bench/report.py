@@ -11,6 +11,7 @@ CONFIG_LABELS = {
     "direct_nobatch": "(a) worker direct, batching off",
     "direct_batch": "(b) worker direct, batching on",
     "gateway_1": "(c) gateway + 1 worker",
+    "gateway_1_v2": "(c') gateway + 1 worker, /v2 infer",
     "gateway_2": "(d) gateway + 2 workers",
     "target": "target URL",
 }
@@ -60,6 +61,18 @@ def targets(results: dict) -> list[dict]:
             f"{c1['p50_ms']:.3f} - {b1['p50_ms']:.3f} ms")
     errors = sum(run["errors"] for run in results["runs"])
     add("errors over all runs (non-2xx + socket)", errors, "<=", 0, f"{errors} errors")
+    return out
+
+
+def protocol_ratios(results: dict) -> list[dict]:
+    """Open Inference Protocol infer against /predict, same gateway and worker, per model and concurrency."""
+    out = []
+    for run in results["runs"]:
+        if run["config"] == "gateway_1_v2":
+            predict = _point(results, run["model"], "gateway_1", run["concurrency"])
+            if predict and predict["rps"]:
+                out.append({"model": run["model"], "concurrency": run["concurrency"], "infer_rps": run["rps"],
+                            "predict_rps": predict["rps"], "ratio": round(run["rps"] / predict["rps"], 3)})
     return out
 
 
@@ -123,6 +136,13 @@ def markdown(results: dict) -> str:
             parts.append(f"| {t['target']} | {t['value']} ({t['detail']}) | {t['op']} {t['threshold']} | {verdict} |")
         parts.append("")
     parts += ["All points:", "", results_table(results), ""]
+    if results.get("protocol"):
+        parts += ["Open Inference Protocol (`POST /v2/models/{name}/infer`, one row, JSON) against `/predict`, "
+                  "gateway + 1 worker:", "", "| model | c | /v2 infer req/s | /predict req/s | ratio |",
+                  "|---|--:|--:|--:|--:|"]
+        parts += [f"| {r['model']} | {r['concurrency']} | {_fmt(r['infer_rps'], 0)} | {_fmt(r['predict_rps'], 0)} "
+                  f"| {r['ratio']} |" for r in results["protocol"]]
+        parts.append("")
     if results.get("client_comparison"):
         parts += ["Proxy client of the gateway (gateway + 1 worker, same worker, back to back):", "",
                   "| model | client | c | req/s | p50 ms | p99 ms | errors | CPU ms/req gateway |",

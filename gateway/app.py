@@ -5,7 +5,9 @@ client and starts the health checks, and closes them on shutdown. No module
 globals, no JAX.
 
 A path the gateway answers itself (``/gateway/*``, ``/metrics``, the docs,
-``/jobs``) is never proxied: another method on it is 405 with ``Allow``.
+``/jobs``, ``/v2/health/*``) is never proxied: another method on it is 405 with
+``Allow``. The rest of ``/v2`` (the Open Inference Protocol) is proxied with that
+protocol's error body.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from gateway.forwarder import WorkerClient
 from gateway.health import HealthChecker
 from gateway.job_routes import job_routes, jobs_openapi
 from gateway.metrics import GatewayMetrics
+from gateway.protocol import PREFIX, protocol_error_response, protocol_health_routes
+from gateway.protocol_docs import protocol_api
 from gateway.proxy import Proxy
 from gateway.request_context import RequestContext, request_id_pattern
 from gateway.settings import GatewaySettings
@@ -74,6 +78,7 @@ def build_document(model: dict[str, Any] | None) -> dict[str, Any]:
         "Predictions from JAX / NumPyro models on a pool of workers, and async jobs.",
     )
     prediction_api(openapi, model)
+    protocol_api(openapi, model)
     jobs_openapi(openapi, model)
     return openapi.document
 
@@ -97,6 +102,7 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         resolve_interval_s=settings.workers_resolve_interval_s,
     )
     proxy = Proxy(pool, client, metrics, settings)
+    protocol_proxy = Proxy(pool, client, metrics, settings, errors=protocol_error_response)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -148,8 +154,16 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         Route("/metrics", metrics_endpoint),
         *docs_routes(LiveDocument(build_document, pool.served_model)),
         *job_routes(jobs),
+        *protocol_health_routes(pool),
     ]
-    routes = [*owned, ProxyRoute(owned, proxy.handle)]
+
+    async def forward(request: Request) -> Response:
+        # /v2 and /v2/...: the Open Inference Protocol's routes, proxied with its error body.
+        path = request.scope["path"]
+        chosen = protocol_proxy if path == PREFIX or path.startswith(PREFIX + "/") else proxy
+        return await chosen.handle(request)
+
+    routes = [*owned, ProxyRoute(owned, forward)]
     accepted_id = request_id_pattern(settings.request_id_chars, settings.request_id_max_length)
     return Starlette(
         routes=routes,

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-#: Headers passed from the client to the worker, and back.
-REQUEST_HEADERS = ("content-type", "accept", "x-request-id")
-RESPONSE_HEADERS = ("content-type", "retry-after", "allow", "location")
+#: Headers passed from the client to the worker, and back (with the protocol's binary tensor header length).
+REQUEST_HEADERS = ("content-type", "accept", "x-request-id", "inference-header-content-length")
+RESPONSE_HEADERS = ("content-type", "retry-after", "allow", "location", "inference-header-content-length")
 
 
 class TransportError(Exception):

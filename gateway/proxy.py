@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -65,10 +66,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+ErrorResponder = Callable[[GatewayError, str | None, int], Response]
+
+
 class Proxy:
+    """Forwards requests; ``errors`` renders the gateway's own errors (the project's envelope by default)."""
+
     def __init__(
-        self, pool: BackendPool, client: WorkerClient, metrics: GatewayMetrics, settings: GatewaySettings
+        self, pool: BackendPool, client: WorkerClient, metrics: GatewayMetrics, settings: GatewaySettings,
+        errors: ErrorResponder = gateway_error_response,
     ) -> None:
+        self._errors = errors
         self._pool = pool
         self._client = client
         self._metrics = metrics
@@ -91,7 +99,7 @@ class Proxy:
         except GatewayError as exc:
             if exc.status_code == 503:
                 self._metrics.shed.labels(exc.code).inc()
-            return gateway_error_response(exc, request_id, self._settings.retry_after_s)
+            return self._errors(exc, request_id, self._settings.retry_after_s)
         return Response(upstream.body, upstream.status, upstream.headers)
 
     def _choose(self, tried: set[Backend]) -> Backend:

@@ -26,7 +26,7 @@ access_log = logging.getLogger("gateway.access")
 REQUEST_ID_HEADER = b"x-request-id"
 _KNOWN_ROUTES = frozenset(
     {"/", "/predict", "/batch_predict", "/health", "/metadata", "/metrics", "/gateway/health", "/gateway/info",
-     "/docs", "/redoc", "/openapi.json", "/jobs"}
+     "/docs", "/redoc", "/openapi.json", "/jobs", "/v2", "/v2/health/live", "/v2/health/ready"}
 )
 
 
@@ -38,6 +38,8 @@ def route_label(path: str) -> str:
         return "/jobs/{id}/result" if path.endswith("/result") else "/jobs/{id}"
     if path.startswith("/docs/"):
         return "/docs/*"
+    if path.startswith("/v2/models/"):
+        return "/v2/models/{name}" + next((end for end in ("/infer", "/ready") if path.endswith(end)), "")
     return "other"
 
 

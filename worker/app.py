@@ -36,6 +36,7 @@ from worker.errors import NotReady, PayloadTooLarge, StartFailed, WorkerError
 from worker.metadata import build_metadata
 from worker.metrics import WorkerMetrics
 from worker.predictor import Predictor
+from worker.protocol_routes import protocol_routes
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def create_app(
         Route("/metrics", metrics_endpoint),
         Route("/predict", handler("/predict", predict), methods=["POST"]),
         Route("/batch_predict", handler("/batch_predict", batch_predict), methods=["POST"]),
+        *protocol_routes(model, state, read_body, settings.max_rows_per_request, handler),
     ]
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -13,7 +13,7 @@ import pytest
 from bench import report
 from bench.__main__ import main
 from bench.inprocess_runner import run_inprocess
-from bench.loadgen import LoadResult, predict_body, run_python
+from bench.loadgen import LoadResult, infer_url, predict_body, request_body, run_python
 from bench.stack import Gateway
 
 pytestmark = pytest.mark.integration
@@ -42,6 +42,12 @@ def test_python_load_generator(running_worker: str) -> None:
     assert result.requests > 0 and result.errors == 0, result.error_kinds
 
 
+def test_python_load_generator_on_the_protocol_route(running_worker: str) -> None:
+    url = infer_url(running_worker)
+    result = run_python(url, request_body(url), 2, 0.3)
+    assert result.requests > 0 and result.errors == 0, result.error_kinds
+
+
 @pytest.mark.parametrize("module", ["gateway", "bench.httpx_gateway"])
 def test_gateways_of_the_client_comparison(running_worker: str, tmp_path: Path, module: str) -> None:
     address = running_worker.removeprefix("http://")
@@ -62,8 +68,8 @@ def _point(model: str, config: str, concurrency: int) -> dict:
 
 
 def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
-    runs = [_point("heavy", config, c) for config in ("direct_nobatch", "direct_batch", "gateway_1", "gateway_2")
-            for c in (1, 64)]
+    runs = [_point("heavy", config, c) for config in ("direct_nobatch", "direct_batch", "gateway_1", "gateway_1_v2",
+                                                      "gateway_2") for c in (1, 64)]
     machine = {"nproc": 2, "cpu": "cpu", "memory_gib": 1.0, "os": "Linux", "python": "3", "packages": {},
                "wrk": None, "commit": "abc", "tree_dirty": False, "loadavg_at_start": [0.0, 0.0, 0.0]}
     results = {
@@ -76,6 +82,8 @@ def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
                  "worker_env": {}, "gateway_env": {}},
     }
     results["targets"] = report.targets(results)
+    results["protocol"] = report.protocol_ratios(results)
+    assert [(r["concurrency"], r["ratio"]) for r in results["protocol"]] == [(1, 1.0), (64, 1.0)]
     assert {t["pass"] for t in results["targets"]} <= {True, False}
     assert len(results["targets"]) == 7
     doc = tmp_path / "benchmarks.md"
@@ -83,6 +91,6 @@ def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
     report.update_doc(doc, report.markdown(results))
     text = doc.read_text()
     assert "prose" in text and "more prose" in text and "old" not in text
-    assert "(d) gateway + 2 workers" in text
+    assert "(d) gateway + 2 workers" in text and "/v2 infer req/s" in text
     report.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0

@@ -9,6 +9,7 @@ cause in the log and exit status 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
 import time
@@ -45,13 +46,15 @@ def readme_snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-@pytest.fixture(scope="module", params=MODELS)
-def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m launcher`` with one worker and its sidecar serving the model, on free ports."""
-    folder = tmp_path_factory.mktemp("model")
+@contextlib.contextmanager
+def launched_stack(model: str, folder: Path) -> Iterator[str]:
+    """``python -m launcher`` with one worker and its sidecar serving ``model``, on free ports; yields its URL.
+
+    The worker's port is the gateway's plus one.
+    """
     (folder / "readme_model.py").write_text(readme_snippet())
     port = free_port_run(2)
-    env = {"MODEL": request.param, "PYTHONPATH": f"{folder}:{REPO}", "JAX_CACHE_DIR": str(JAX_CACHE_DIR),
+    env = {"MODEL": model, "PYTHONPATH": f"{folder}:{REPO}", "JAX_CACHE_DIR": str(JAX_CACHE_DIR),
            "JOBS_DIR": str(folder / "jobs"), "HEALTH_INTERVAL_S": "0.5", "MAX_BATCH_SIZE": "8"}
     log = folder / "launcher.log"
     launcher = start_process([sys.executable, "-m", "launcher", "--workers", "1", "--port", str(port)], env, log)
@@ -61,6 +64,12 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(launcher, timeout_s=20)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with launched_stack(request.param, tmp_path_factory.mktemp("model")) as url:
+        yield url
 
 
 def shape_in_schema(schema: dict) -> list[int]:
