@@ -97,7 +97,7 @@ class AccessControl:
             if identity is None:
                 await self._refuse(scope, receive, send)
                 return
-            scope["state"]["key_id"] = identity
+            scope.setdefault("state", {})["key_id"] = identity
             wait = self._limiter.take(identity) if self._limiter is not None else 0.0
             if wait > 0.0:
                 response = error_response(
