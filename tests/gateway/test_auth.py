@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from openapi_spec_validator import validate
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
@@ -144,6 +145,7 @@ def test_the_access_log_names_the_key_by_id_never_the_key(jobs_settings: JobsSet
 
 def test_the_document_names_the_schemes_and_the_answers_of_access_control(client: TestClient) -> None:
     document = client.get("/openapi.json").json()
+    validate(document)
     assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     predict = document["paths"]["/predict"]["post"]
     assert {"401", "415", "429"} <= set(predict["responses"]) and predict["security"]
