@@ -63,9 +63,9 @@ WAIT_TIMEOUT ?= 900
 	scale-workers rebuild-worker rebuild-gateway check-containers docker-urls
 
 .env:
-	@$(PYTHON) -c "import re, secrets; text = open('.env.example').read(); open('.env', 'w').write(re.sub(r'(?m)^(\w*PASSWORD)=(?=\n)', lambda m: m.group(1) + '=' + secrets.token_hex(16), text))"
+	@$(PYTHON) -c "import re, secrets; text = open('.env.example').read(); open('.env', 'w').write(re.sub(r'(?m)^(\w*PASSWORD|\w*API_KEY)=(?=\n)', lambda m: m.group(1) + '=' + secrets.token_hex(16), text))"
 	@chmod 600 .env
-	@echo "Wrote .env from .env.example, with random passwords."
+	@echo "Wrote .env from .env.example, with random passwords and API keys."
 
 build: .env ## Build the gateway and CPU worker images
 	$(COMPOSE_CPU) build
@@ -134,6 +134,7 @@ docker-urls:
 	echo; echo "The $(STACK) stack is up:"; \
 	echo "  Gateway         $$gateway   (try: make smoke GATEWAY_URL=$$gateway)"; \
 	echo "  API docs        $$gateway/docs"; \
+	echo "  API key         API_KEY in .env   (Authorization: Bearer <key> or X-API-Key: <key>)"; \
 	echo "  RabbitMQ UI     $$(url rabbitmq 15672)   (RABBITMQ_USER / RABBITMQ_PASSWORD in .env)"; \
 	echo "  MinIO console   $$(url minio 9001)   (MINIO_ROOT_USER / MINIO_ROOT_PASSWORD in .env)"; \
 	if [ -n "$$prometheus" ]; then \

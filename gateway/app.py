@@ -6,18 +6,23 @@ globals, no JAX.
 
 A path the gateway answers itself (``/gateway/*``, ``/metrics``, the docs,
 ``/jobs``, ``/v2/health/*``) is never proxied: another method on it is 405 with
-``Allow``. The rest of ``/v2`` (the Open Inference Protocol) is proxied with that
-protocol's error body.
+``Allow``. Only the workers' known routes are proxied (the rest of ``/v2``, the
+Open Inference Protocol, with that protocol's error body); any other path is 404
+without touching a worker. Middleware, outermost first: request context, CORS
+(when origins are set), access control (gateway/auth.py), JSON content type
+(gateway/content_type.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,9 +32,11 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
 from gateway import __version__
+from gateway.auth import access_middleware
 from gateway.backends import BackendPool
+from gateway.content_type import RequireJson
 from gateway.discovery import WorkerDiscovery
-from gateway.docs import LiveDocument, OpenAPIBuilder, docs_routes, prediction_api
+from gateway.docs import LiveDocument, OpenAPIBuilder, docs_routes, document_access, prediction_api
 from gateway.errors import error_response
 from gateway.forwarder import WorkerClient
 from gateway.health import HealthChecker
@@ -43,12 +50,16 @@ from gateway.settings import GatewaySettings
 from jobs.service import JobService
 from jobs.settings import JobsSettings
 
+#: The worker routes the gateway proxies (a trailing slash too: the worker redirects it); ``/v2`` and below is
+#: the Open Inference Protocol.
+WORKER_PATHS = frozenset({"/", "/predict", "/batch_predict", "/health", "/metadata", "/v2"})
+WORKER_PREFIXES = ("/v2/",)
 PROXIED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class ProxyRoute(Route):
-    """The catch-all to the workers; it never takes ``/gateway/*`` or a path one of the gateway's own routes has."""
+    """The proxy to the workers' known routes; never ``/gateway/*`` or a path one of the gateway's own routes has."""
 
     def __init__(self, owned: list[BaseRoute], endpoint: Any) -> None:
         super().__init__("/{path:path}", endpoint, methods=PROXIED_METHODS)
@@ -57,7 +68,10 @@ class ProxyRoute(Route):
         self._owned = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and self._owned.match(scope["path"]):
+        if scope["type"] == "http" and (
+            self._owned.match(scope["path"])
+            or not ((scope["path"].rstrip("/") or "/") in WORKER_PATHS or scope["path"].startswith(WORKER_PREFIXES))
+        ):
             return Match.NONE, {}
         return super().matches(scope)
 
@@ -71,8 +85,8 @@ def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
     return sorted(methods)
 
 
-def build_document(model: dict[str, Any] | None) -> dict[str, Any]:
-    """The OpenAPI document for a served model's metadata (None: generic)."""
+def build_document(model: dict[str, Any] | None, api_keys: bool = False) -> dict[str, Any]:
+    """The OpenAPI document for a served model's metadata (None: generic); ``api_keys``: access control is on."""
     openapi = OpenAPIBuilder(
         "JAX inference gateway", __version__,
         "Predictions from JAX / NumPyro models on a pool of workers, and async jobs.",
@@ -80,6 +94,7 @@ def build_document(model: dict[str, Any] | None) -> dict[str, Any]:
     prediction_api(openapi, model)
     protocol_api(openapi, model)
     jobs_openapi(openapi, model)
+    document_access(openapi, api_keys)
     return openapi.document
 
 
@@ -143,6 +158,10 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(routes, request.scope))
+        path = request.scope["path"]
+        if path == PREFIX or path.startswith(PREFIX + "/"):  # the protocol's clients read its own error body
+            return Response(orjson.dumps({"error": str(exc.detail)}), exc.status_code, headers,
+                            media_type="application/json")
         return error_response(
             exc.status_code, _ERROR_CODES.get(exc.status_code, "http_error"), str(exc.detail),
             request.scope["state"].get("request_id"), headers=headers,
@@ -152,7 +171,8 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         Route("/gateway/health", gateway_health),
         Route("/gateway/info", gateway_info),
         Route("/metrics", metrics_endpoint),
-        *docs_routes(LiveDocument(build_document, pool.served_model)),
+        *docs_routes(LiveDocument(functools.partial(build_document, api_keys=bool(settings.api_keys)),
+                                  pool.served_model)),
         *job_routes(jobs),
         *protocol_health_routes(pool),
     ]
@@ -168,7 +188,11 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(RequestContext, metrics=metrics, log_requests=settings.access_log,
-                               request_id_pattern=accepted_id)],
+        middleware=[
+            Middleware(RequestContext, metrics=metrics, log_requests=settings.access_log,
+                       request_id_pattern=accepted_id),
+            *access_middleware(settings),
+            Middleware(RequireJson),
+        ],
         exception_handlers={HTTPException: http_error},
     )

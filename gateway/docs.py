@@ -97,10 +97,13 @@ def _local_refs(schema: Any) -> Any:
 
 _ERROR_TEXT = {
     400: "Malformed JSON",
+    401: "No valid API key (Authorization: Bearer <key> or X-API-Key)",
     404: "Not found",
     409: "Not finished yet",
     413: "Body or row count over the limit",
-    422: "Invalid input (the message names the field)",
+    415: "Not a JSON Content-Type",
+    422: "Invalid input (the message names the field), or non-finite numbers",
+    429: "This API key is over its rate limit (Retry-After)",
     502: "Workers failed on every attempt",
     503: "No healthy worker, or overloaded (Retry-After)",
     504: "No answer within the request timeout",
@@ -246,6 +249,32 @@ def prediction_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> Non
             "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
         },
     })
+
+
+OPEN_OPERATIONS = frozenset({"/gateway/health"})
+_SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def document_access(builder: OpenAPIBuilder, api_keys: bool) -> None:
+    """The answers every route can give besides its own: 415 on JSON bodies; with API keys, 401, 429 and security."""
+    error = {"application/json": {"schema": builder.schema(ErrorResponse)}}
+    if api_keys:
+        builder.document["components"]["securitySchemes"] = _SECURITY_SCHEMES
+    for path, operations in builder.document["paths"].items():
+        for operation in operations.values():
+            answers = operation["responses"]
+            if "requestBody" in operation:
+                answers["415"] = {"description": _ERROR_TEXT[415], "content": error}
+            if not api_keys or path in OPEN_OPERATIONS or path == "/metrics":
+                continue
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            answers["401"] = {"description": _ERROR_TEXT[401], "content": error}
+            answers["429"] = {"description": _ERROR_TEXT[429], "content": error, "headers": {
+                "Retry-After": {"description": "Seconds until the key's bucket has a token",
+                                "schema": {"type": "integer"}}}}
 
 
 _SWAGGER_PAGE = """<!doctype html>

@@ -6,6 +6,9 @@ The gateway only submits, reads and cancels (``jobs.service``); sidecars run job
     GET    /jobs/{id}          its status
     GET    /jobs/{id}/result   the result; 409 until it succeeded; a redirect when large (S3)
     DELETE /jobs/{id}          cancel: 200 if cancelled, 202 if it stops at its next chunk
+
+With API keys, a job belongs to the key that submitted it (``owner``, the key's
+id): any other key gets 404 for it, as if it did not exist.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ def _json(status: JobStatus, status_code: int, headers: dict[str, str] | None = 
     return Response(status.model_dump_json(), status_code, headers, media_type="application/json")
 
 
+def _owner(request: Request) -> str | None:
+    """The id of the request's API key (gateway/auth.py); None when access control is off."""
+    return request.scope["state"].get("key_id")
+
+
 def job_routes(service: JobService) -> list[Route]:
     def handler(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -61,23 +69,24 @@ def job_routes(service: JobService) -> list[Route]:
             raise JobTooLarge(f"{exc.message}: put the rows in the store and send input_uri") from None
 
     async def submit(request: Request) -> Response:
-        submitted = await service.submit(await read_job_body(request), request.headers.get(IDEMPOTENCY_HEADER))
+        submitted = await service.submit(await read_job_body(request), request.headers.get(IDEMPOTENCY_HEADER),
+                                         owner=_owner(request))
         headers = {"Location": submitted.status.status_url}
         if submitted.replayed:
             headers["Idempotent-Replayed"] = "true"
         return _json(submitted.status, 202, headers)
 
     async def status(request: Request) -> Response:
-        return _json(await service.status(request.path_params["job_id"]), 200)
+        return _json(await service.status(request.path_params["job_id"], _owner(request)), 200)
 
     async def result(request: Request) -> Response:
-        answer = await service.result(request.path_params["job_id"])
+        answer = await service.result(request.path_params["job_id"], _owner(request))
         if isinstance(answer, str):
             return RedirectResponse(answer, 307)
         return Response(answer, media_type="application/json")
 
     async def cancel(request: Request) -> Response:
-        status = await service.cancel(request.path_params["job_id"])
+        status = await service.cancel(request.path_params["job_id"], _owner(request))
         return _json(status, 200 if status.status == "cancelled" else 202)
 
     return [

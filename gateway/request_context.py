@@ -98,6 +98,7 @@ class RequestContext:
                             "method": scope["method"],
                             "path": scope["path"],
                             "status": status,
+                            "key": state.get("key_id"),
                             "worker": state.get("backend"),
                             "attempts": state.get("attempts"),
                             "latency_ms": round(elapsed * 1000, 3),

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.config import CommaSeparated
+from gateway.auth import hash_key
 
 
 class GatewaySettings(BaseSettings):
@@ -60,6 +61,21 @@ class GatewaySettings(BaseSettings):
         description="Characters an X-Request-ID from a client may use, as a regular-expression character class "
         "(ASCII only); an id with any other character is replaced by a generated one.",
     )
+    api_keys: CommaSeparated = Field(
+        default_factory=list,
+        description="API keys, comma separated: sha256:<hex> digests, or plain keys (hashed when read, never kept). "
+        "Empty: access control is off.",
+    )
+    metrics_api_key: str | None = Field(
+        None, description="The one key /metrics takes (sha256:<hex> or plain); unset: /metrics is open."
+    )
+    rate_limit_per_s: float = Field(
+        100.0, ge=0, description="Requests a second each API key may make, sustained; 0: no limit."
+    )
+    rate_limit_burst: int = Field(200, ge=1, description="Requests an API key may make at once (its bucket size).")
+    cors_allow_origins: CommaSeparated = Field(
+        default_factory=list, description="Origins browsers may call the gateway from, comma separated; empty: no CORS."
+    )
     log_level: str = Field("info", description="Python log level.")
     access_log: bool = Field(True, description="One JSON line per request.")
 
@@ -82,6 +98,16 @@ class GatewaySettings(BaseSettings):
         except re.error as exc:
             raise ValueError(f"REQUEST_ID_CHARS is not a character class: {exc}") from None
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hash_api_keys(cls, value: list[str]) -> list[str]:
+        return [hash_key(entry) for entry in value]
+
+    @field_validator("metrics_api_key")
+    @classmethod
+    def _hash_metrics_key(cls, value: str | None) -> str | None:
+        return hash_key(value) if value else None
 
     @field_validator("workers")
     @classmethod

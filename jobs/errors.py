@@ -2,7 +2,7 @@
 
     JobError                      answered by the gateway in the project's envelope
     ├── MalformedJob        400   the body is not JSON
-    ├── InvalidJob          422   bad task, options, inputs or input_uri; nothing queued
+    ├── InvalidJob          422   bad task, options, inputs or input_uri, or NaN / Infinity; nothing queued
     ├── JobTooLarge         413   POST /jobs body over JOB_MAX_INLINE_BYTES
     ├── JobNotFound         404   no such job id
     ├── JobNotFinished      409   result asked for before the job succeeded

@@ -37,7 +37,7 @@ def new_status(spec: JobSpec, total: int | None) -> JobStatus:
     return JobStatus(
         job_id=spec.job_id, task=spec.task, status="queued", progress={"done": 0, "total": total},
         created_at=now, updated_at=now,
-        status_url=f"/jobs/{spec.job_id}", result_url=f"/jobs/{spec.job_id}/result",
+        status_url=f"/jobs/{spec.job_id}", result_url=f"/jobs/{spec.job_id}/result", owner=spec.owner,
     )
 
 

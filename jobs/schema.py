@@ -77,6 +77,7 @@ class JobStatus(BaseModel):
     updated_at: datetime
     status_url: str
     result_url: str
+    owner: str | None = Field(None, description="Id of the API key that submitted the job; null without keys.")
 
     @property
     def finished(self) -> bool:
@@ -91,3 +92,4 @@ class JobSpec(BaseModel):
     input_key: str | None = Field(None, description="Store key of the rows, if the job has any.")
     options: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str = Field(description="Hash of the submission, to tell an idempotent retry from a reuse.")
+    owner: str | None = Field(None, description="Id of the API key that submitted the job; only it may see it.")

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from common.json_errors import NON_FINITE_MESSAGE, has_non_finite_numbers
 from jobs.broker import Broker, create_broker
 from jobs.errors import (
     InvalidJob,
@@ -81,7 +82,7 @@ class JobService:
                 self._broker_started = True
         await self.broker.publish(body)
 
-    async def submit(self, body: bytes, idempotency_key: str | None) -> Submitted:
+    async def submit(self, body: bytes, idempotency_key: str | None, owner: str | None = None) -> Submitted:
         submission = self._parse(body)
         task = TASKS.get(submission.task)
         if task is None:
@@ -97,13 +98,15 @@ class JobService:
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= 255:
                 raise InvalidJob("Idempotency-Key: 1 to 255 characters")
-            job_id = hashlib.sha256(f"idempotency:{idempotency_key}".encode()).hexdigest()[:32]
+            # Per owner: two keys using the same Idempotency-Key get two jobs.
+            scope = "idempotency" if owner is None else f"idempotency:{owner}"
+            job_id = hashlib.sha256(f"{scope}:{idempotency_key}".encode()).hexdigest()[:32]
         else:
             job_id = uuid.uuid4().hex
         if submission.inputs is not None:
             input_key = job_key(job_id, "input.json")
         spec = JobSpec(job_id=job_id, task=task.name, input_key=input_key,
-                       options=options.model_dump(), fingerprint=fingerprint)
+                       options=options.model_dump(), fingerprint=fingerprint, owner=owner)
 
         existing = await self.records.create_request(spec)
         if existing is not None:
@@ -129,6 +132,8 @@ class JobService:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            if has_non_finite_numbers(body):
+                raise InvalidJob(NON_FINITE_MESSAGE) from None
             raise MalformedJob(f"body is not valid JSON: {exc}") from None
         return validate(JobSubmission, data, "")
 
@@ -156,9 +161,10 @@ class JobService:
             raise InvalidJob(f"task {task.name!r} needs inputs or input_uri")
         return None, None
 
-    async def status(self, job_id: str) -> JobStatus:
+    async def status(self, job_id: str, owner: str | None = None) -> JobStatus:
+        """A job's status; with an ``owner``, another owner's job is not found."""
         status = await self.records.status(check_job_id(job_id))
-        if status is None:
+        if status is None or (owner is not None and status.owner != owner):
             raise JobNotFound(f"no job {job_id!r}")
         if not status.finished and await self.records.cancel_requested(job_id):
             # A queued job is cancelled for good: the sidecar that gets it will skip it.
@@ -166,9 +172,9 @@ class JobService:
                                      else {"cancel_requested": True})
         return status
 
-    async def result(self, job_id: str) -> bytes | str:
+    async def result(self, job_id: str, owner: str | None = None) -> bytes | str:
         """The result's JSON, or a presigned URL when it is large and the store can sign."""
-        status = await self.status(job_id)
+        status = await self.status(job_id, owner)
         if status.status != "succeeded":
             detail = f": {status.error.message}" if status.error else ""
             raise JobNotFinished(f"job {job_id} is {status.status}{detail}; it has no result")
@@ -180,12 +186,12 @@ class JobService:
             raise JobsUnavailable(f"job {job_id} succeeded but its result cannot be read")
         return data
 
-    async def cancel(self, job_id: str) -> JobStatus:
-        status = await self.status(job_id)
+    async def cancel(self, job_id: str, owner: str | None = None) -> JobStatus:
+        status = await self.status(job_id, owner)
         if status.status == "cancelled":
             return status
         if status.finished:
             raise JobAlreadyFinished(f"job {job_id} is {status.status} already")
         await self.records.request_cancel(job_id)
         self.metrics.count("cancel_requested")
-        return await self.status(job_id)
+        return await self.status(job_id, owner)

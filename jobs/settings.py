@@ -60,6 +60,9 @@ class JobsSettings(BaseSettings):
         "127.0.0.1", description="Interface of the sidecar's /metrics (0.0.0.0 in containers, for Prometheus)."
     )
     worker_url: str = Field("http://127.0.0.1:8000", description="The worker this sidecar runs jobs on.")
+    worker_api_key: str | None = Field(
+        None, description="API key sent to WORKER_URL (Authorization: Bearer) when that is a gateway with API keys."
+    )
     worker_timeout_s: float = Field(60.0, gt=0, description="Timeout of one call from a sidecar to its worker.")
     worker_ready_timeout_s: float = Field(
         600.0, gt=0, description="How long a sidecar waits for its worker's /health before giving up."

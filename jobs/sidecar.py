@@ -50,7 +50,8 @@ class Sidecar:
         self.store = store
         self.broker = broker
         self.metrics = metrics
-        self.worker = httpx.AsyncClient(base_url=settings.worker_url, timeout=settings.worker_timeout_s)
+        key = {"Authorization": f"Bearer {settings.worker_api_key}"} if settings.worker_api_key else {}
+        self.worker = httpx.AsyncClient(base_url=settings.worker_url, timeout=settings.worker_timeout_s, headers=key)
         self._running: set[asyncio.Task[None]] = set()
         import_task_modules(settings.job_task_modules)
 

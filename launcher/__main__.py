@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 
 import httpx
 
@@ -64,27 +66,42 @@ def build_children(args: argparse.Namespace, gpus: list[str]) -> list[Child]:
     return children
 
 
-async def announce_when_ready(supervisor: Supervisor, url: str, workers: int) -> None:
-    """Once every worker is healthy, print the URLs and a curl of the served model's own example."""
+async def announce_when_ready(supervisor: Supervisor, url: str, workers: int, worker_url: str,
+                              keyed: bool = False) -> None:
+    """Once every worker is healthy, print the URLs and a curl of the served model's own example.
+
+    The example comes from a worker directly: with API keys the gateway's /metadata needs one the launcher
+    may not know (API_KEYS can hold only digests).
+    """
     started = time.monotonic()
     async with httpx.AsyncClient(timeout=1.0) as client:
         while True:
             try:
                 health = (await client.get(f"{url}/gateway/health")).json()
                 if health.get("alive_backends") == workers:
-                    example = (await client.get(f"{url}/metadata")).raise_for_status().json()["example"]
+                    example = (await client.get(f"{worker_url}/metadata")).raise_for_status().json()["example"]
                     break
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             await asyncio.sleep(0.5)
     body = json.dumps(example, separators=(", ", ": "))
+    key = ' -H "Authorization: Bearer $API_KEY"' if keyed else ""
     supervisor.say(
         f"ready in {time.monotonic() - started:.1f}s: {workers} worker(s) behind {url}\n"
         f"  docs:    {url}/docs\n"
         f"  health:  {url}/gateway/health\n"
-        f"  try:     curl -s -X POST {url}/predict -H 'Content-Type: application/json' -d '{body}'\n"
+        f"  try:     curl -s -X POST {url}/predict -H 'Content-Type: application/json'"
+        f"{key} -d '{body}'\n"
         "  stop:    Ctrl-C"
     )
+
+
+def access_line(environ: Mapping[str, str]) -> str:
+    """One line on access control, which is off unless API_KEYS is set (the gateway reads the same variable)."""
+    keys = [entry for entry in environ.get("API_KEYS", "").split(",") if entry.strip()]
+    if not keys:
+        return "access control: off (API_KEYS unset): every route is open to whoever reaches the port"
+    return f"access control: on, {len(keys)} API key(s); send Authorization: Bearer <key> or X-API-Key"
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -98,8 +115,12 @@ async def main_async(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, supervisor.stop)
     supervisor.say(f"starting gateway on :{args.port} and {args.workers} worker(s) on "
                    f"{'GPUs ' + ','.join(gpus) if gpus else 'the CPU'}")
+    supervisor.say(access_line(os.environ))
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    announcer = asyncio.create_task(announce_when_ready(supervisor, f"http://{host}:{args.port}", args.workers))
+    keyed = bool(os.environ.get("API_KEYS", "").strip(", "))
+    announcer = asyncio.create_task(announce_when_ready(
+        supervisor, f"http://{host}:{args.port}", args.workers, f"http://127.0.0.1:{args.port + 1}", keyed,
+    ))
     code = await supervisor.run()
     announcer.cancel()
     supervisor.say("stopped" if code == 0 else f"stopped: {supervisor.failure}")

@@ -2,11 +2,15 @@
 # Curl a running stack, as the original template's `make test` did: exits non-zero on the first failure.
 set -euo pipefail
 URL="${GATEWAY_URL:-http://127.0.0.1:8080}"
+# The key of a gateway with access control on: $API_KEY, else the one `make up` wrote into .env.
+API_KEY="${API_KEY:-$(sed -n 's/^API_KEY=//p' .env 2>/dev/null || true)}"
+AUTH=()
+if [[ -n "$API_KEY" ]]; then AUTH=(-H "Authorization: Bearer $API_KEY"); fi
 
 check() {  # check NAME EXPECTED_STATUS curl-args...
     local name=$1 expected=$2; shift 2
     local body status
-    body=$(curl -sS -w '\n%{http_code}' "$@")
+    body=$(curl -sS -w '\n%{http_code}' ${AUTH[@]+"${AUTH[@]}"} "$@")
     status=${body##*$'\n'}
     body=${body%$'\n'*}
     if [[ "$status" != "$expected" ]]; then
@@ -21,7 +25,7 @@ check "gateway info" 200 "$URL/gateway/info"
 check "worker health" 200 "$URL/health"
 check "model metadata" 200 "$URL/metadata"
 # The served model's own example row, whatever the model is.
-example=$(curl -sS "$URL/metadata" | "${PYTHON:-python3}" -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["example"]))')
+example=$(curl -sS ${AUTH[@]+"${AUTH[@]}"} "$URL/metadata" | "${PYTHON:-python3}" -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["example"]))')
 check "predict" 200 -X POST "$URL/predict" -H 'Content-Type: application/json' -d "$example"
 check "batch_predict" 200 -X POST "$URL/batch_predict" -H 'Content-Type: application/json' -d "[$example, $example]"
 check "wrong shape is 422" 422 -X POST "$URL/predict" -H 'Content-Type: application/json' -d '{"input_data": []}'

@@ -3,7 +3,7 @@
     WorkerError
     ├── MalformedRequest   400  the body is not JSON
     ├── PayloadTooLarge    413  too many bytes or rows
-    ├── InvalidInput       422  JSON of the wrong shape, type or value
+    ├── InvalidInput       422  JSON of the wrong shape, type or value, or with NaN / Infinity
     ├── QueueFull          503  the batcher is at its bound (sent with Retry-After)
     ├── NotReady           503  the model is still loading or warming up
     ├── StartFailed        503  the model failed to load or broke the contract (the worker exits)

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from common.json_errors import NON_FINITE_MESSAGE, has_non_finite_numbers
 from common.rows import PredictRow, nested_shape, validation_message
 from worker.batcher import Batcher
 from worker.contract import ContractError, Model, TensorSpec, example_row
@@ -27,6 +28,8 @@ def _json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if has_non_finite_numbers(body):
+            raise InvalidInput(NON_FINITE_MESSAGE) from None
         raise MalformedRequest(f"body is not valid JSON: {exc}") from None
 
 

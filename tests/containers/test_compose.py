@@ -192,7 +192,7 @@ def run_compose(binary: list[str], compose_file: Path, env_text: str, tmp_path: 
 
 
 def _filled_env() -> str:
-    return re.sub(r"(?m)^(\w*PASSWORD)=$", r"\1=Check0nly1234", (REPO / ".env.example").read_text())
+    return re.sub(r"(?m)^(\w*PASSWORD|\w*API_KEY)=$", r"\1=Check0nly1234", (REPO / ".env.example").read_text())
 
 
 def _compose_loaders() -> list:

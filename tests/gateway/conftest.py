@@ -24,7 +24,7 @@ from tests.support import free_port
 
 
 class StandInWorker:
-    """Healthy; /predict echoes the request id it got and waits ``delay_s``; /long-header answers unreadably."""
+    """Healthy; /predict echoes the request id it got and waits ``delay_s``; ``GET /`` answers unreadably."""
 
     def __init__(self) -> None:
         self.delay_s = 0.0
@@ -34,7 +34,7 @@ class StandInWorker:
         app = Starlette(routes=[
             Route("/health", self._health),
             Route("/predict", self._predict, methods=["POST"]),
-            Route("/long-header", self._long_header),
+            Route("/", self._long_header),
         ])
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, name="stand-in-worker", daemon=True)

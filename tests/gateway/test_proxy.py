@@ -39,7 +39,7 @@ async def test_an_8_kb_request_id_is_replaced_and_the_answer_is_the_workers(work
 
 async def test_an_answer_that_is_not_valid_http_is_named_so(worker, jobs_settings) -> None:
     async with serve_gateway(gateway_settings(worker), jobs_settings) as url:
-        response = await call(url, "GET", "/long-header")
+        response = await call(url, "GET", "/")
     assert response.status_code == 502
     error = response.json()["error"]
     assert error["code"] == "upstream_bad_response"

@@ -45,6 +45,51 @@ def test_paths_under_gateway_are_never_proxied(client: TestClient) -> None:
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
-def test_other_paths_are_proxied(client: TestClient) -> None:
-    response = client.post("/predict")
+@pytest.mark.parametrize("path", ["/predict", "/predict/", "/batch_predict"])
+def test_the_workers_json_routes_are_proxied(client: TestClient, path: str) -> None:
+    response = client.post(path, json={})
     assert response.status_code == 503 and response.json()["error"]["code"] == "no_worker_available"
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/metadata"])
+def test_the_workers_other_routes_are_proxied(client: TestClient, path: str) -> None:
+    assert client.get(path).json()["error"]["code"] == "no_worker_available"
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v2"), ("POST", "/v2/models/m/infer")])
+def test_the_protocol_routes_are_proxied_whatever_the_content_type(client: TestClient, method: str,
+                                                                   path: str) -> None:
+    response = client.request(method, path, content=b"\x00\x01", headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 503 and response.json() == {"error": "no healthy worker; try again shortly"}
+
+
+@pytest.mark.parametrize("path", ["/admin", "/predictions", "/v2x", "/health/../admin", "/.env"])
+def test_unknown_paths_are_404_without_a_worker(client: TestClient, path: str) -> None:
+    response = client.get(path, headers={"x-request-id": "r2"})
+    assert response.status_code == 404
+    assert response.json() == {"error": {"code": "not_found", "message": "Not Found"}, "request_id": "r2"}
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "body"),
+    [
+        ("/predict", {}, b"{}"),
+        ("/predict", {"content-type": "text/plain"}, b"{}"),
+        ("/batch_predict", {"content-type": "application/x-www-form-urlencoded"}, b"a=1"),
+        ("/jobs", {"content-type": "application/jsonp"}, b"{}"),
+    ],
+)
+def test_json_routes_refuse_other_content_types_with_415(client: TestClient, path: str, headers: dict,
+                                                          body: bytes) -> None:
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert "application/json" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/ld+json"],
+)
+def test_json_content_types_pass(client: TestClient, content_type: str) -> None:
+    response = client.post("/predict", content=b"{}", headers={"content-type": content_type})
+    assert response.json()["error"]["code"] == "no_worker_available"

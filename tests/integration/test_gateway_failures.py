@@ -55,7 +55,8 @@ def test_no_healthy_worker_is_503_with_retry_after(gateway_without_workers: str)
 
 
 def test_a_body_over_the_limit_is_413_before_any_worker_is_asked(gateway_without_workers: str) -> None:
-    response = httpx.post(f"{gateway_without_workers}/predict", content=b"x" * (1024 * 1024 + 1))
+    response = httpx.post(f"{gateway_without_workers}/predict", content=b"x" * (1024 * 1024 + 1),
+                          headers={"Content-Type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
 
 

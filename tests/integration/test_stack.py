@@ -114,12 +114,14 @@ def test_requests_alternate_between_the_two_workers(stack: Stack) -> None:
         ("/predict", b'{"input_data": ["a"]}', 422, "invalid_input"),
         ("/batch_predict", b'{"input_data": [5.1, 3.5, 1.4, 0.2]}', 422, "invalid_input"),
         ("/predict", b"x" * (1024 * 1024 + 1), 413, "payload_too_large"),
+        ("/predict", b'{"input_data": [NaN]}', 422, "invalid_input"),
         ("/nowhere", b"", 404, "not_found"),
     ],
 )
 def test_bad_input_gets_the_right_4xx_in_the_envelope(stack: Stack, path: str, body: bytes, status: int,
                                                       code: str) -> None:
-    response = httpx.post(f"{stack.url}{path}", content=body, headers={"X-Request-ID": "req-42"})
+    response = httpx.post(f"{stack.url}{path}", content=body,
+                          headers={"X-Request-ID": "req-42", "Content-Type": "application/json"})
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
     assert response.json()["request_id"] == "req-42"

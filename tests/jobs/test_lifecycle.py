@@ -79,7 +79,11 @@ async def test_bad_input_is_refused_before_anything_is_queued(
         error = answer.json()
         assert error["request_id"] == "r-1" and error["error"]["code"] == "invalid_job"
         assert where in error["error"]["message"]
-        assert (await client.post("/jobs", content=b"{nope")).status_code == 400
+        json_type = {"content-type": "application/json"}
+        assert (await client.post("/jobs", content=b"{nope", headers=json_type)).status_code == 400
+        non_finite = await client.post("/jobs", content=b'{"task": "batch_predict", "inputs": [NaN]}',
+                                       headers=json_type)
+        assert non_finite.status_code == 422 and "non-finite numbers are refused" in non_finite.text
     async with broker_of(jobs_settings) as broker:
         assert await broker.count() == 0
 
