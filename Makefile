@@ -26,7 +26,7 @@ run: install ## Start gateway + NUM_WORKERS workers (+ sidecars) locally on PORT
 test: install ## Run the whole test suite
 	$(PY) -m pytest
 
-train: install ## Fit the default model with NUTS and write worker/artifacts/posterior.npz
+train: install ## Train the served model (its fit on its training_data()) into MODEL_ARTIFACTS
 	$(PY) -m worker.train
 
 smoke: ## Curl a running stack (GATEWAY_URL, default http://127.0.0.1:8080)

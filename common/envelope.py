@@ -23,7 +23,7 @@ class ErrorResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "error": {"code": "invalid_input", "message": "input_data: expected shape (4,), got (3,)"},
+                    "error": {"code": "invalid_input", "message": "input_data[1]: Input should be a valid number"},
                     "request_id": "5f0c6a4e9d7b4d8e",
                 }
             ]

@@ -48,10 +48,10 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
 WORKDIR /home/app
 USER 10001:10001
 EXPOSE 8080
-# /gateway/info answers while the process serves; /gateway/health would turn the
-# container unhealthy whenever the workers are down, which is the workers' state.
+# /v2/health/live answers while the process serves, and needs no API key; /gateway/health
+# would turn the container unhealthy whenever the workers are down, which is the workers' state.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/gateway/info' % os.environ.get('PORT', '8080'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/live' % os.environ.get('PORT', '8080'), timeout=4)"]
 # gunicorn_conf.py reads HOST, PORT, GATEWAY_PROCESSES and LOG_LEVEL, and keeps the
 # Prometheus multiprocess folder clean; `python:` loads it from the installed package.
 CMD ["gunicorn", "gateway.app:create_app()", "-k", "uvicorn_worker.UvicornWorker", "-c", "python:gateway.gunicorn_conf"]

@@ -22,7 +22,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -42,7 +41,7 @@ from gateway.forwarder import WorkerClient
 from gateway.health import HealthChecker
 from gateway.job_routes import job_routes, jobs_openapi
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import PREFIX, protocol_error_response, protocol_health_routes
+from gateway.protocol import is_protocol_path, protocol_body, protocol_error_response, protocol_health_routes
 from gateway.protocol_docs import protocol_api
 from gateway.proxy import Proxy
 from gateway.request_context import RequestContext, request_id_pattern
@@ -158,10 +157,8 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(routes, request.scope))
-        path = request.scope["path"]
-        if path == PREFIX or path.startswith(PREFIX + "/"):  # the protocol's clients read its own error body
-            return Response(orjson.dumps({"error": str(exc.detail)}), exc.status_code, headers,
-                            media_type="application/json")
+        if is_protocol_path(request.scope["path"]):
+            return protocol_body(exc.status_code, str(exc.detail), headers)
         return error_response(
             exc.status_code, _ERROR_CODES.get(exc.status_code, "http_error"), str(exc.detail),
             request.scope["state"].get("request_id"), headers=headers,
@@ -179,8 +176,7 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
 
     async def forward(request: Request) -> Response:
         # /v2 and /v2/...: the Open Inference Protocol's routes, proxied with its error body.
-        path = request.scope["path"]
-        chosen = protocol_proxy if path == PREFIX or path.startswith(PREFIX + "/") else proxy
+        chosen = protocol_proxy if is_protocol_path(request.scope["path"]) else proxy
         return await chosen.handle(request)
 
     routes = [*owned, ProxyRoute(owned, forward)]

@@ -13,7 +13,7 @@ how the digest of the attacker's own guess relates to a stored digest; turning
 that into a key would need a SHA-256 preimage, so it tells nothing about the
 keys. The one metrics key is compared with ``hmac.compare_digest``.
 
-Open without a key: ``/gateway/health`` (probes) and the docs (``/docs``,
+Open without a key: ``/gateway/health``, ``/v2/health/live|ready`` (probes) and the docs (``/docs``,
 ``/redoc``, ``/openapi.json``, their assets). ``/metrics`` takes only
 ``METRICS_API_KEY`` when that is set, and is open otherwise (Prometheus scrapes
 it). With no ``API_KEYS`` everything else is open too and nothing is limited.
@@ -30,17 +30,21 @@ from typing import TYPE_CHECKING
 
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import error_response
+from gateway.protocol import is_protocol_path, protocol_body
 from gateway.rate_limit import RateLimiter
 
 if TYPE_CHECKING:  # the settings import hash_key from here
     from gateway.settings import GatewaySettings
 
-OPEN_PATHS = frozenset({"/gateway/health", "/docs", "/redoc", "/openapi.json"})
+#: Probes (the gateway's own health, the protocol's liveness and readiness) and the docs.
+OPEN_PATHS = frozenset({"/gateway/health", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json"})
 OPEN_PREFIX = "/docs/assets/"
 METRICS_PATH = "/metrics"
+RATE_LIMITED_MESSAGE = "this API key is over its rate limit; retry after the Retry-After seconds"
 UNAUTHORIZED_MESSAGE = "a valid API key is required: send it as Authorization: Bearer <key> or X-API-Key: <key>"
 _HASHED = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -100,10 +104,8 @@ class AccessControl:
             scope.setdefault("state", {})["key_id"] = identity
             wait = self._limiter.take(identity) if self._limiter is not None else 0.0
             if wait > 0.0:
-                response = error_response(
-                    429, "rate_limited", "this API key is over its rate limit; retry after the Retry-After seconds",
-                    scope["state"].get("request_id"), retry_after_s=max(1, math.ceil(wait)),
-                )
+                response = _error(scope, 429, "rate_limited", RATE_LIMITED_MESSAGE,
+                                  {"Retry-After": str(max(1, math.ceil(wait)))})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -119,10 +121,8 @@ class AccessControl:
         return key is not None and hmac.compare_digest(hashlib.sha256(key).digest(), self._metrics_key or b"")
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            401, "unauthorized", UNAUTHORIZED_MESSAGE, scope.setdefault("state", {}).get("request_id"),
-            headers={"WWW-Authenticate": 'Bearer realm="gateway"'},
-        )
+        response = _error(scope, 401, "unauthorized", UNAUTHORIZED_MESSAGE,
+                          {"WWW-Authenticate": 'Bearer realm="gateway"'})
         await response(scope, receive, send)
 
 
@@ -138,3 +138,10 @@ def access_middleware(settings: GatewaySettings) -> list[Middleware]:
     )] if settings.cors_allow_origins else []
     return [*cors, Middleware(AccessControl, api_keys=settings.api_keys, metrics_key=settings.metrics_api_key,
                               limiter=limiter)]
+
+
+def _error(scope: Scope, status: int, code: str, message: str, headers: dict[str, str]) -> Response:
+    """The envelope, or on the Open Inference Protocol's paths the protocol's own body."""
+    if is_protocol_path(scope["path"]):
+        return protocol_body(status, message, headers)
+    return error_response(status, code, message, scope.setdefault("state", {}).get("request_id"), headers=headers)

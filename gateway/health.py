@@ -72,7 +72,8 @@ class HealthChecker:
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("worker %s: no model metadata (%s); trying again at the next probe", backend.url, exc)
             return
-        if isinstance(metadata, dict) and isinstance(metadata.get("inputs"), list):
+        # One input, as the model contract has: jobs and the docs read inputs[0].
+        if isinstance(metadata, dict) and isinstance(metadata.get("inputs"), list) and len(metadata["inputs"]) == 1:
             backend.metadata = metadata
             log.info("worker %s serves model %s version %s", backend.url, metadata.get("name"),
                      metadata.get("version"))

@@ -21,10 +21,19 @@ from gateway.errors import GatewayError
 PREFIX = "/v2"
 
 
+def is_protocol_path(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def protocol_body(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An error in the protocol's ``{"error": "..."}`` body, which its clients read."""
+    return Response(orjson.dumps({"error": message}), status, headers, media_type="application/json")
+
+
 def protocol_error_response(error: GatewayError, request_id: str | None, retry_after_s: int) -> Response:
     """A gateway error on a ``/v2`` path, in the protocol's body (the request id still travels as a header)."""
-    headers = {"Retry-After": str(retry_after_s)} if error.retry_after else None
-    return Response(orjson.dumps({"error": error.message}), error.status_code, headers, media_type="application/json")
+    return protocol_body(error.status_code, error.message,
+                         {"Retry-After": str(retry_after_s)} if error.retry_after else None)
 
 
 def protocol_health_routes(pool: BackendPool) -> list[BaseRoute]:

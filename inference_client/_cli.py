@@ -114,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     add_parser = functools.partial(commands.add_parser, parents=[common])
 
     predict = add_parser("predict", help="predict one row, given as JSON")
-    predict.add_argument("row", help="the row as JSON, e.g. '[5.1, 3.5, 1.4, 0.2]'")
+    predict.add_argument("row", help="the row as JSON, of the served model's input shape (GET /metadata: its example)")
     batch = add_parser("batch-predict", help="predict the rows of a file or stdin in one request")
     batch.add_argument("file", nargs="?", default="-", help="a JSON array of rows, or one row a line (default: stdin)")
     for command in (predict, batch):

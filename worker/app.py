@@ -21,22 +21,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import numpy as np
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from common.envelope import error_body
 from worker.batcher import Batcher
 from worker.contract import Model, TensorSpec, model_import_path
-from worker.errors import NotReady, PayloadTooLarge, StartFailed, WorkerError
+from worker.errors import ClientGone, NotReady, PayloadTooLarge, StartFailed, WorkerError
 from worker.metadata import build_metadata
 from worker.metrics import WorkerMetrics
 from worker.predictor import Predictor
 from worker.protocol_routes import protocol_routes
+from worker.responses import error_response, json_response, protocol_error
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -49,15 +48,6 @@ class Runtime(Protocol):
 
     def load_and_warm_up(self) -> tuple[TensorSpec, ...]: ...
     def infer(self, rows: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
-def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
-
-
-def error_response(error: WorkerError, request_id: str | None) -> Response:
-    headers = {"Retry-After": "1"} if error.status_code == 503 else None
-    return json_response(error_body(error.code, error.message, request_id), error.status_code, headers)
 
 
 class ServingState:
@@ -141,12 +131,16 @@ def create_app(
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
             raise PayloadTooLarge(f"body of {declared} bytes; the limit is {settings.max_body_bytes}")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_body_bytes:
-                raise PayloadTooLarge(f"body over the limit of {settings.max_body_bytes} bytes")
-        return body
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_body_bytes:
+                    raise PayloadTooLarge(f"body over the limit of {settings.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ClientGone("the client closed the connection before its body arrived") from None
+        return b"".join(chunks)
 
     async def predict(request: Request) -> Response:
         predictor = state.require_ready()
@@ -204,8 +198,11 @@ def create_app(
     ]
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        headers = dict(exc.headers or {})  # a 405's Allow
+        if request.url.path.startswith("/v2"):
+            return protocol_error(str(exc.detail), exc.status_code, headers)
         error = WorkerError(str(exc.detail))
         error.status_code, error.code = exc.status_code, "not_found" if exc.status_code == 404 else "http_error"
-        return error_response(error, request.headers.get(REQUEST_ID_HEADER))
+        return error_response(error, request.headers.get(REQUEST_ID_HEADER), headers)
 
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})

@@ -3,6 +3,7 @@
     WorkerError
     ├── MalformedRequest   400  the body is not JSON
     ├── PayloadTooLarge    413  too many bytes or rows
+    ├── ClientGone         499  the client left before its body arrived (logged, never answered)
     ├── InvalidInput       422  JSON of the wrong shape, type or value, or with NaN / Infinity
     ├── QueueFull          503  the batcher is at its bound (sent with Retry-After)
     ├── NotReady           503  the model is still loading or warming up
@@ -33,6 +34,11 @@ class MalformedRequest(WorkerError):
 class PayloadTooLarge(WorkerError):
     status_code = 413
     code = "payload_too_large"
+
+
+class ClientGone(WorkerError):
+    status_code = 499
+    code = "client_closed_request"
 
 
 class InvalidInput(WorkerError):

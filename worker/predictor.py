@@ -86,6 +86,8 @@ class Predictor:
                 rows = np.asarray([item.input_data for item in items], dtype=self.model.input_dtype)
         except ValueError:  # ragged nesting
             rows = None
+        except OverflowError:  # a number beyond an integer input dtype
+            raise InvalidInput(f"input_data: values overflow {self.model.input_dtype}") from None
         if rows is None or rows.shape[1:] != shape:
             for i, item in enumerate(items):
                 try:

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -23,6 +22,7 @@ from worker.contract import Model
 from worker.errors import WorkerError
 from worker.predictor import Predictor
 from worker.protocol import HEADER_LENGTH, ProtocolCodec, ProtocolError
+from worker.responses import json_response, protocol_error
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "jax-inference-worker"
@@ -39,13 +39,6 @@ class State(Protocol):
     def require_ready(self) -> Predictor: ...
 
 
-def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
-
-
-def protocol_error(message: str, status_code: int) -> Response:
-    headers = {"Retry-After": "1"} if status_code == 503 else None
-    return _json({"error": message}, status_code, headers)
 
 
 def _errors_as_protocol(fn: Endpoint) -> Endpoint:
@@ -86,21 +79,21 @@ def protocol_routes(
             raise ProtocolError(f"unknown model {asked}; this server serves {served}", 404)
 
     async def server_metadata(request: Request) -> Response:
-        return _json(server)
+        return json_response(server)
 
     async def live(request: Request) -> Response:
-        return _json({"live": True})
+        return json_response({"live": True})
 
     async def ready(request: Request) -> Response:
         is_ready = state.metadata is not None
-        return _json({"ready": is_ready}, 200 if is_ready else 503)
+        return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
     async def model_metadata(request: Request) -> Response:
         check_model(request)
         state.require_ready()
         metadata = state.metadata or {}
         keys = ("name", "datatype", "shape")
-        return _json({
+        return json_response({
             "name": metadata["name"],
             "versions": metadata["versions"],
             "platform": metadata["platform"],
@@ -111,7 +104,7 @@ def protocol_routes(
     async def model_ready(request: Request) -> Response:
         check_model(request)
         state.require_ready()
-        return _json({"name": model.name, "ready": True})
+        return json_response({"name": model.name, "ready": True})
 
     async def infer(request: Request) -> Response:
         check_model(request)

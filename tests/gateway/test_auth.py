@@ -20,7 +20,7 @@ HASHED_B = "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()
 JOB = {"task": "batch_predict", "inputs": [{"input_data": [1.0, 2.0]}]}
 PROTECTED = [
     ("POST", "/predict"), ("POST", "/batch_predict"), ("GET", "/health"), ("GET", "/metadata"), ("GET", "/"),
-    ("GET", "/v2/health/ready"), ("GET", "/gateway/info"), ("POST", "/jobs"), ("GET", "/jobs/" + "0" * 32),
+    ("GET", "/gateway/info"), ("POST", "/jobs"), ("GET", "/jobs/" + "0" * 32),
     ("DELETE", "/jobs/" + "0" * 32), ("GET", "/jobs/" + "0" * 32 + "/result"), ("GET", "/no-such-route"),
 ]
 
@@ -92,7 +92,8 @@ def test_a_valid_key_gets_through(client: TestClient, headers: dict[str, str]) -
     assert response.json()["error"]["code"] == "no_worker_available"
 
 
-@pytest.mark.parametrize("path", ["/gateway/health", "/docs", "/redoc", "/openapi.json", "/metrics"])
+@pytest.mark.parametrize("path", ["/gateway/health", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc",
+                                  "/openapi.json", "/metrics"])
 def test_probes_docs_and_metrics_stay_open(client: TestClient, path: str) -> None:
     assert client.get(path).status_code in (200, 503)  # /gateway/health is 503: no worker
 
@@ -162,3 +163,10 @@ def test_cors_is_off_by_default_and_answers_only_the_listed_origins(jobs_setting
         assert answer.headers["access-control-allow-origin"] == "https://app.example.com"
         other = client.options("/predict", headers={**preflight, "Origin": "https://evil.example"})
         assert other.status_code == 400
+
+
+def test_on_the_protocol_s_routes_a_401_is_the_protocol_s_body(client: TestClient) -> None:
+    response = client.post("/v2/models/m/infer", content=b"{}")
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json() == {"error": "a valid API key is required: send it as Authorization: Bearer <key> or "
+                                         "X-API-Key: <key>"}

@@ -8,6 +8,7 @@ through the gateway gives the numbers a direct call to the worker gives, and the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.integration.test_models import launched_stack
+from tests.support import REPO
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (the dev extra) is not installed")
 from tritonclient.utils import InferenceServerException  # noqa: E402 - after the skip
@@ -121,3 +123,12 @@ def test_bad_infer_requests_are_refused_with_the_protocol_s_error(stack: dict[st
         assert unknown.value.status() == "404"
     finally:
         client.close()
+
+
+def test_the_readme_s_tritonclient_example_runs(stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    section = (REPO / "README.md").read_text().split("## Open Inference Protocol", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(code.replace("127.0.0.1:8080", stack["gateway"]), {})  # noqa: S102 - the README's own code
+    printed = capsys.readouterr().out
+    for output in httpx.get(f"http://{stack['gateway']}/metadata").json()["outputs"]:
+        assert f"'{output['name']}'" in printed

@@ -109,10 +109,10 @@ def test_requests_alternate_between_the_two_workers(stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "status", "code"),
     [
-        ("/predict", b'{"input_data": [5.1, 3.5', 400, "malformed_json"),
+        ("/predict", b'{"input_data": [1.0, 2.0', 400, "malformed_json"),
         ("/predict", b'{"input_data": []}', 422, "invalid_input"),
         ("/predict", b'{"input_data": ["a"]}', 422, "invalid_input"),
-        ("/batch_predict", b'{"input_data": [5.1, 3.5, 1.4, 0.2]}', 422, "invalid_input"),
+        ("/batch_predict", b'{"input_data": [1.0, 2.0]}', 422, "invalid_input"),  # not an array of rows
         ("/predict", b"x" * (1024 * 1024 + 1), 413, "payload_too_large"),
         ("/predict", b'{"input_data": [NaN]}', 422, "invalid_input"),
         ("/nowhere", b"", 404, "not_found"),

@@ -198,3 +198,43 @@ def test_non_finite_outputs_are_a_clear_error_never_nulls(client: TestClient) ->
     assert "output 'total' is not finite" in response.json()["error"]["message"]
     many = client.post("/batch_predict", json=[{"input_data": [1, 2, 3, 4]}, {"input_data": [3e38, 3e38, 0, 0]}])
     assert many.status_code == 422 and many.json()["error"]["message"].startswith("row 1:")
+
+
+def test_an_integer_beyond_an_integer_input_dtype_is_a_422_not_a_500() -> None:
+    runtime = FakeRuntime()
+    runtime.model = type("IntSum", (SumModel,), {"input_dtype": "int32"})()
+    runtime.warm.set()
+    with make_client(runtime) as client:
+        wait_ready(client)
+        response = client.post("/predict", json={"input_data": [1e300, 1, 2, 3]})
+    assert response.status_code == 422 and "overflow int32" in response.json()["error"]["message"]
+
+
+def test_a_405_names_the_allowed_methods_and_v2_errors_use_the_protocol_body(client: TestClient) -> None:
+    wrong_method = client.get("/predict")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    missing = client.get("/v2/nothing")
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+
+
+def test_a_client_that_leaves_mid_body_is_not_an_error_of_the_worker(client: TestClient,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    wait_ready(client)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "root_path": "", "state": {}}
+    messages = [{"type": "http.request", "body": b'{"input_data": [1, 2', "more_body": True},
+                {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    client.portal.call(client.app, scope, receive, send)  # type: ignore[union-attr]
+    assert sent[0]["status"] == 499
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    assert 'worker_requests_total{route="/predict",status="499"} 1.0' in client.get("/metrics").text
