@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from common.draining import Drain
 from tests.fakes import SumModel, traced_outputs
 from worker.app import create_app
 from worker.contract import ContractError, TensorSpec
@@ -196,3 +197,17 @@ def test_non_finite_outputs_are_a_clear_error_never_nulls(client: TestClient) ->
     assert "output 'total' is not finite" in response.json()["error"]["message"]
     many = client.post("/batch_predict", json=[{"input_data": [1, 2, 3, 4]}, {"input_data": [3e38, 3e38, 0, 0]}])
     assert many.status_code == 422 and many.json()["error"]["message"].startswith("row 1:")
+
+
+def test_while_draining_health_is_503_draining_and_predictions_are_still_served() -> None:
+    runtime, drain = FakeRuntime(), Drain()
+    runtime.warm.set()
+    config = WorkerSettings(worker_id="w7")
+    with TestClient(create_app(config, runtime, WorkerMetrics(config.max_batch_size), drain=drain)) as client:
+        wait_ready(client)
+        drain.active = True
+        health = client.get("/health")
+        predicted = client.post("/predict", json={"input_data": [1, 2, 3, 4]})
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    assert health.json()["model_loaded"] is True
+    assert predicted.status_code == 200
