@@ -8,7 +8,10 @@ closed port. ``DrainingServer`` first runs a drain of ``drain_s`` seconds:
 stop sending), every answer carries ``Connection: close`` (clients open
 their next request on a fresh connection, which goes wherever the balancer
 or the shared listen socket sends it), and new connections are still served.
-Then uvicorn's own shutdown runs: stop accepting, finish what is in flight.
+Then it stops accepting and lingers ``LINGER_S`` more, so a connection
+accepted just before gets its request read and answered (uvicorn's shutdown
+closes a connection that has not sent a full request yet, which a client sees
+as a reset); then uvicorn's own shutdown runs and finishes what is in flight.
 A second signal skips what is left of the drain.
 """
 
@@ -19,6 +22,8 @@ from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LINGER_S = 0.5
 
 
 class Drain:
@@ -54,6 +59,7 @@ class DrainingServer(uvicorn.Server):
         self._drain = drain
         self._drain_s = drain_s
         self._drain_until: float | None = None
+        self._closed_listeners = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_until is None and self._drain_s > 0:
@@ -64,6 +70,11 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
-        if self._drain_until is not None and time.monotonic() >= self._drain_until:
+        now = time.monotonic()
+        if self._drain_until is not None and now >= self._drain_until and not self._closed_listeners:
+            for server in self.servers:
+                server.close()  # no new connections; the ones open keep being served
+            self._closed_listeners = True
+        if self._drain_until is not None and now >= self._drain_until + LINGER_S:
             self.should_exit = True
         return await super().on_tick(counter)
