@@ -224,6 +224,10 @@ async def gateway_restart(stack: Stack, clients: int, load_s: float) -> Row:
     return request_row("gateway restart (SIGTERM)", tally, recovery, "recovery: new gateway answers")
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -252,7 +256,7 @@ async def overload(stack: Stack, clients: int, load_s: float) -> Row:
                 health_failures += not ok
                 await asyncio.sleep(0.2)
 
-    load = asyncio.create_task(hammer(stack.url, stack.row, stack.expected, clients, stop))
+    load = asyncio.create_task(hammer(stack.url, stack.row, stack.expected, clients, stop, honour_retry_after=True))
     watcher = asyncio.create_task(watch_health())
     await asyncio.sleep(load_s)
     stop.set()
@@ -262,11 +266,10 @@ async def overload(stack: Stack, clients: int, load_s: float) -> Row:
     shed_p99 = Tally.percentile_ms(tally.shed_seconds, 99)
     ok_p99 = Tally.percentile_ms(tally.ok_seconds, 99)
     health_max = max(health_seconds, default=0.0) * 1000
-    fmt = lambda v: "-" if v is None else f"{v:.0f} ms"  # noqa: E731
-    note = (f"{clients} clients; {tally.ok} admitted (p99 {fmt(ok_p99)}), {tally.shed} shed with 503 + "
-            f"Retry-After (p99 {fmt(shed_p99)}); /gateway/health {len(health_seconds)} polls, "
-            f"{health_failures} failed, slowest {health_max:.0f} ms; gateway RSS {rss_before:.0f} -> "
-            f"{rss_after:.0f} MiB")
+    note = (f"{clients} clients honouring Retry-After; {tally.ok} admitted (p99 {_ms(ok_p99)}), "
+            f"{tally.shed} shed with 503 + Retry-After (p99 {_ms(shed_p99)}); /gateway/health "
+            f"{len(health_seconds)} polls, {health_failures} failed, slowest {health_max:.0f} ms; "
+            f"gateway RSS {rss_before:.0f} -> {rss_after:.0f} MiB")
     failed = tally.failed(shed_is_failure=False)
     if tally.failures:
         note += "; " + failure_note(tally)
@@ -335,6 +338,14 @@ def write_doc(table: str, args: argparse.Namespace) -> None:
                    f"{args.clients} clients per scenario):\n\n{table}\n" + DOC_TAIL)
 
 
+QUICK = ["kill", "sigterm", "hang", "gateway"]
+SCENARIOS = [*QUICK, "overload", "balancers"]
+
+
+async def one(row: Awaitable[Row]) -> list[Row]:
+    return [await row]
+
+
 async def run(args: argparse.Namespace) -> list[Row]:
     log_dir = Path(args.log_dir)
     env = {"HEALTH_INTERVAL_S": "0.5", "TRY_TIMEOUT_S": "1", "ACCESS_LOG": "false",
@@ -345,21 +356,19 @@ async def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     load_s = 3.0 if args.quick else 8.0
     try:
-        scenarios: list[Callable[[], Awaitable[Row]]] = [
-            lambda: worker_kill_9(stack, args.clients, load_s),
-            lambda: worker_sigterm(stack, args.clients, load_s),
-            lambda: hung_worker(stack, args.clients, load_s, 2.0 if args.quick else 5.0),
-            lambda: gateway_restart(stack, args.clients, load_s),
-        ]
-        for scenario in scenarios:
-            row = await scenario()
-            print(render([row]).splitlines()[-1], flush=True)
-            rows.append(row)
+        scenarios: dict[str, Callable[[], Awaitable[list[Row]]]] = {
+            "kill": lambda: one(worker_kill_9(stack, args.clients, load_s)),
+            "sigterm": lambda: one(worker_sigterm(stack, args.clients, load_s)),
+            "hang": lambda: one(hung_worker(stack, args.clients, load_s, 2.0 if args.quick else 5.0)),
+            "gateway": lambda: one(gateway_restart(stack, args.clients, load_s)),
+            "overload": lambda: one(overload(stack, args.overload_clients, args.overload_s)),
+            "balancers": lambda: balancers(stack, 64, load_s, log_dir),
+        }
+        for name in args.scenarios or (QUICK if args.quick else list(scenarios)):
+            for row in await scenarios[name]():
+                print(render([row]).splitlines()[-1], flush=True)
+                rows.append(row)
             await whole_again(stack, time.monotonic())
-        if not args.quick:
-            rows.append(await overload(stack, args.overload_clients, args.overload_s))
-            print(render(rows[-1:]).splitlines()[-1], flush=True)
-            rows += await balancers(stack, 64, load_s, log_dir)
     finally:
         terminate(stack.launcher, timeout_s=30)
     return rows
@@ -368,6 +377,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a subset with short load, for the test suite")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, help="run only these (default: all)")
     parser.add_argument("--clients", type=int, default=100, help="concurrent clients in the failure scenarios")
     parser.add_argument("--in-flight", type=int, default=100, help="MAX_IN_FLIGHT_PER_WORKER of the stack")
     parser.add_argument("--overload-clients", type=int, default=2000, help="clients of the overload scenario")

@@ -10,6 +10,7 @@ clients with keep-alive and no retries: what they see is what a user sees.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,9 +65,13 @@ class Tally:
 
 async def hammer(
     url: str, row: dict[str, Any], expected: dict[str, Any] | None, clients: int, stop: asyncio.Event,
-    timeout_s: float = 30.0,
+    timeout_s: float = 30.0, honour_retry_after: bool = False,
 ) -> Tally:
-    """``clients`` loops POSTing ``row`` to ``url``/predict until ``stop``; ``expected``: the right answer."""
+    """``clients`` loops POSTing ``row`` to ``url``/predict until ``stop``; ``expected``: the right answer.
+
+    After a shed answer a client waits 50 ms, or the whole Retry-After with ``honour_retry_after``
+    (as inference_client does).
+    """
     tally = Tally()
     body = orjson.dumps(row)
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)
@@ -97,7 +102,9 @@ async def hammer(
                 elif status == 503 and retry_after is not None:
                     tally.shed += 1
                     tally.shed_seconds.append(elapsed)
-                    await asyncio.sleep(min(float(retry_after), 0.05))  # a polite client backs off a little
+                    wait_s = float(retry_after) if honour_retry_after else min(float(retry_after), 0.05)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait_s)
                 else:
                     tally.failures.append(f"{status} {payload[:200]!r}")
 
