@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.chaos_jobs import sidecar_kill_9
 from bench.hammer import Tally, comparable, hammer
 from bench.stack import REPO, terminate
 
@@ -42,6 +43,7 @@ class Row:
     recovery_s: float | None
     note: str
     passed: bool
+    lost: int | None = None
 
 
 @dataclass
@@ -53,7 +55,10 @@ class Stack:
     expected: dict
 
     def gateway_pid(self) -> int:
-        """The launcher's gateway child (its command line ends in ``-m gateway``)."""
+        return self.child_pid(b"gateway")
+
+    def child_pid(self, module: bytes) -> int:
+        """The first child of the launcher running ``python -m <module>``."""
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -62,9 +67,9 @@ class Stack:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == self.launcher.pid and b"gateway" in argv:
+            if ppid == self.launcher.pid and module in argv:
                 return int(entry.name)
-        raise RuntimeError("no gateway process under the launcher")
+        raise RuntimeError(f"no {module.decode()} process under the launcher")
 
     def worker_pid(self, index: int) -> int:
         return httpx.get(f"{self.worker_urls[index]}/health", timeout=5).json()["pid"]
@@ -90,13 +95,14 @@ def _free(port: int) -> bool:
     return True
 
 
-def start_stack(log_dir: Path, env: dict[str, str]) -> Stack:
+def start_stack(log_dir: Path, env: dict[str, str], sidecars: bool = False) -> Stack:
     port = free_port_run(3)
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "launcher.log"
+    log_path = log_dir / ("launcher-jobs.log" if sidecars else "launcher.log")
     with open(log_path, "wb") as log:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "launcher", "--workers", "2", "--port", str(port), "--no-sidecars"],
+            [sys.executable, "-m", "launcher", "--workers", "2", "--port", str(port),
+             *([] if sidecars else ["--no-sidecars"])],
             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
@@ -323,11 +329,28 @@ async def balancers(stack: Stack, clients: int, load_s: float, log_dir: Path, sl
     return rows
 
 
+async def sidecar_kill(args: argparse.Namespace, env: dict[str, str], jobs: int) -> Row:
+    """Its own stack with sidecars (embedded broker, local store): kill -9 one sidecar mid-submission."""
+    log_dir = Path(args.log_dir)
+    env = {**env, "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}"), "EMBEDDED_VISIBILITY_TIMEOUT_S": "3"}
+    stack = await asyncio.to_thread(start_stack, log_dir, env, True)
+    try:
+        counts, recovery = await sidecar_kill_9(stack.url, stack.child_pid(b"jobs.sidecar"), jobs, timeout_s=120)
+    finally:
+        terminate(stack.launcher, timeout_s=30)
+    bad = counts["failed"] + counts["lost"] + counts["wrong"] + counts["duplicated"]
+    note = (f"embedded broker, local store, lease 3 s; {counts['duplicated']} duplicated; recovery: kill to last "
+            f"job done" + (f"; e.g. {', '.join(map(str, counts['examples']))}" if counts["examples"] else ""))
+    return Row("sidecar kill -9 (jobs)", jobs, counts["failed"], counts["wrong"], recovery, note, bad == 0,
+               lost=counts["lost"])
+
+
 def render(rows: list[Row]) -> str:
     lines = ["| scenario | requests | failed | lost | wrong | recovery s | notes |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         recovery = "-" if row.recovery_s is None else f"{row.recovery_s:.1f}"
-        lines.append(f"| {row.scenario} | {row.requests} | {row.failed} | - | {row.wrong} | {recovery} | "
+        lost = "-" if row.lost is None else str(row.lost)
+        lines.append(f"| {row.scenario} | {row.requests} | {row.failed} | {lost} | {row.wrong} | {recovery} | "
                      f"{row.note.replace('|', '/')} |")
     return "\n".join(lines)
 
@@ -339,7 +362,7 @@ def write_doc(table: str, args: argparse.Namespace) -> None:
 
 
 QUICK = ["kill", "sigterm", "hang", "gateway"]
-SCENARIOS = [*QUICK, "overload", "balancers"]
+SCENARIOS = [*QUICK, "overload", "balancers", "sidecar"]
 
 
 async def one(row: Awaitable[Row]) -> list[Row]:
@@ -352,25 +375,31 @@ async def run(args: argparse.Namespace) -> list[Row]:
            "MAX_IN_FLIGHT_PER_WORKER": str(args.in_flight), "MAX_CONNECTIONS_PER_WORKER": str(args.in_flight)}
     if args.jax_cache_dir:
         env["JAX_CACHE_DIR"] = args.jax_cache_dir
-    stack = await asyncio.to_thread(start_stack, log_dir, env)
+    chosen = args.scenarios or (QUICK if args.quick else SCENARIOS)
     rows: list[Row] = []
     load_s = 3.0 if args.quick else 8.0
-    try:
-        scenarios: dict[str, Callable[[], Awaitable[list[Row]]]] = {
-            "kill": lambda: one(worker_kill_9(stack, args.clients, load_s)),
-            "sigterm": lambda: one(worker_sigterm(stack, args.clients, load_s)),
-            "hang": lambda: one(hung_worker(stack, args.clients, load_s, 2.0 if args.quick else 5.0)),
-            "gateway": lambda: one(gateway_restart(stack, args.clients, load_s)),
-            "overload": lambda: one(overload(stack, args.overload_clients, args.overload_s)),
-            "balancers": lambda: balancers(stack, 64, load_s, log_dir),
-        }
-        for name in args.scenarios or (QUICK if args.quick else list(scenarios)):
-            for row in await scenarios[name]():
-                print(render([row]).splitlines()[-1], flush=True)
-                rows.append(row)
-            await whole_again(stack, time.monotonic())
-    finally:
-        terminate(stack.launcher, timeout_s=30)
+    on_requests = [name for name in chosen if name != "sidecar"]
+    if on_requests:
+        stack = await asyncio.to_thread(start_stack, log_dir, env)
+        try:
+            scenarios: dict[str, Callable[[], Awaitable[list[Row]]]] = {
+                "kill": lambda: one(worker_kill_9(stack, args.clients, load_s)),
+                "sigterm": lambda: one(worker_sigterm(stack, args.clients, load_s)),
+                "hang": lambda: one(hung_worker(stack, args.clients, load_s, 2.0 if args.quick else 5.0)),
+                "gateway": lambda: one(gateway_restart(stack, args.clients, load_s)),
+                "overload": lambda: one(overload(stack, args.overload_clients, args.overload_s)),
+                "balancers": lambda: balancers(stack, 64, load_s, log_dir),
+            }
+            for name in on_requests:
+                for row in await scenarios[name]():
+                    print(render([row]).splitlines()[-1], flush=True)
+                    rows.append(row)
+                await whole_again(stack, time.monotonic())
+        finally:
+            terminate(stack.launcher, timeout_s=30)
+    if "sidecar" in chosen:
+        rows.append(await sidecar_kill(args, env, 60 if args.quick else 300))
+        print(render(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
 
@@ -411,7 +440,9 @@ served model's `/metadata` example), breaks one thing per scenario under that lo
 *failed* is every request that did not get the right answer (a shed 503 counts as failed except
 in the overload scenario, where shedding is the point); *wrong* is a 200 with another answer;
 *recovery* is the seconds until `/gateway/health` reports every worker healthy again (a killed
-worker: restarted by the launcher and warm). *lost* is for jobs (no job scenario runs yet).
+worker: restarted by the launcher and warm). The job scenario (bench/chaos_jobs.py) submits one-row
+jobs with Idempotency-Keys and checks each result: *failed* is a job that ended failed, *lost* one
+accepted and never finished, *wrong* a result that is not the model's answer.
 The stack runs with `HEALTH_INTERVAL_S=0.5`, `TRY_TIMEOUT_S=1` and `MAX_IN_FLIGHT_PER_WORKER=100`.
 """
 
@@ -438,9 +469,19 @@ DOC_TAIL = """
 - **Overload**: past `MAX_IN_FLIGHT_PER_WORKER` per worker the gateway answers 503 with
   `Retry-After` at once, without queueing; `/gateway/health` is answered by the gateway itself.
 - **Balancers**: `BALANCER=least_outstanding` sends fewer requests to a slow worker than round robin,
-  which gives it an equal share.
+  which gives it an equal share. Whether that lowers latency depends on the load: when the fast
+  workers are already saturated (64 clients on 2 cores here), what the slow one does not take queues
+  on them instead, and throughput stays the same.
 
-Not covered here yet: the job path's sidecar kill, broker restart and store restart scenarios.
+- **Sidecar kill -9** (embedded broker): the jobs the sidecar held stay leased until their lease
+  expires without its heartbeat (`EMBEDDED_VISIBILITY_TIMEOUT_S`, 3 s here), then another sidecar
+  gets them; the launcher restarts the killed one. A job may run twice (at-least-once delivery); its
+  result is the same, and the job record is one.
+
+Not covered here yet: the broker restart (RabbitMQ `stop_app` / `start_app`) and store restart (S3
+server) scenarios. The RabbitMQ here is shared by everyone working on this machine, so stopping it
+is not something a benchmark may do; they need a broker of their own (a container, or a second
+`rabbitmq-server` node on another port).
 """
 
 
