@@ -7,7 +7,7 @@ PORT ?= 8080
 GATEWAY_URL ?= http://127.0.0.1:$(PORT)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test train smoke lint bench bench-jobs
+.PHONY: help install run test train smoke lint bench bench-jobs chaos
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ bench: install ## Benchmark the stack (bench/results/, docs/benchmarks.md, a PNG
 bench-jobs: install ## 1,000 concurrent jobs on both adapter pairs: jobs/s, p50/p99 submit -> result
 	$(PY) -m bench.jobs_bench --stack both $(JOBS_BENCH_ARGS)
 
+chaos: install ## Break a local stack under load (kill -9, SIGTERM, hang, gateway restart, overload): docs/reliability.md
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
 lint: install ## Ruff over the code
 	$(VENV)/bin/ruff check gateway worker jobs launcher bench tests
 
@@ -47,7 +50,8 @@ lint: install ## Ruff over the code
 # GPU; both are one compose project, so one stack runs at a time. Needs Docker
 # with Compose v2 (`docker compose`). .env holds the passwords: the first
 # docker target writes it from .env.example with random ones.
-COMPOSE ?= docker compose
+DOCKER ?= docker
+COMPOSE ?= $(DOCKER) compose
 COMPOSE_CPU = $(COMPOSE) -f docker-compose.yml
 COMPOSE_GPU = $(COMPOSE) -f docker-compose.gpu.yml
 # The stack that logs, restart, info and rebuild-* act on: the GPU one while its
@@ -60,7 +64,7 @@ COMPOSE_STACK = $(if $(filter gpu,$(STACK)),$(COMPOSE_GPU),$(COMPOSE_CPU))
 WAIT_TIMEOUT ?= 900
 
 .PHONY: build build-gpu up up-gpu down logs logs-gateway logs-workers restart clean info \
-	scale-workers rebuild-worker rebuild-gateway check-containers docker-urls
+	scale-workers rebuild-worker rebuild-gateway check-containers docker-urls docker-preflight
 
 .env:
 	@$(PYTHON) -c "import re, secrets; text = open('.env.example').read(); open('.env', 'w').write(re.sub(r'(?m)^(\w*PASSWORD|\w*API_KEY)=(?=\n)', lambda m: m.group(1) + '=' + secrets.token_hex(16), text))"
@@ -73,11 +77,18 @@ build: .env ## Build the gateway and CPU worker images
 build-gpu: .env ## Build the gateway and CUDA worker images
 	$(COMPOSE_GPU) build
 
-up: .env ## Start the CPU stack (gateway, 2 workers, sidecars, RabbitMQ, MinIO), wait until healthy, print the URLs
+# Before anything else, one sentence on what is missing: Compose v2, or a running engine.
+docker-preflight:
+	@version=$$($(COMPOSE) version --short 2>/dev/null) && case "$$version" in ""|1.*|v1.*) false;; esac \
+		|| { echo "Docker Compose v2 is missing: install Docker with its compose plugin (https://docs.docker.com/compose/install/), then run make again."; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 \
+		|| { echo "No Docker engine answers: start it (sudo systemctl start docker, or open Docker Desktop) and check that docker info works, then run make again."; exit 1; }
+
+up: docker-preflight .env ## Start the CPU stack (gateway, 2 workers, sidecars, RabbitMQ, MinIO), wait until healthy, print the URLs
 	$(COMPOSE_CPU) up -d --remove-orphans --wait --wait-timeout $(WAIT_TIMEOUT)
 	@$(MAKE) --no-print-directory docker-urls STACK=cpu
 
-up-gpu: .env ## Start the GPU stack (one worker per GPU), wait until healthy, print the URLs
+up-gpu: docker-preflight .env ## Start the GPU stack (one worker per GPU), wait until healthy, print the URLs
 	$(COMPOSE_GPU) up -d --remove-orphans --wait --wait-timeout $(WAIT_TIMEOUT)
 	@$(MAKE) --no-print-directory docker-urls STACK=gpu
 

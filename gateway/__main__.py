@@ -17,9 +17,11 @@ keep-alive connections too, and would refuse a busy client because of idle ones.
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
 
+from common.draining import CloseWhileDraining, Drain, DrainingServer
 from gateway.app import create_app
 from gateway.http_protocol import header_limited_protocol
 from gateway.settings import GatewaySettings
@@ -39,8 +41,9 @@ def configure_logging(level: str) -> None:
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
+    drain = Drain()
+    config = uvicorn.Config(
+        CloseWhileDraining(create_app(settings, drain=drain), drain),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -51,6 +54,11 @@ def main() -> None:
         timeout_graceful_shutdown=10,
         proxy_headers=False,  # nothing here reads the client address: skip that middleware
     )
+    server = DrainingServer(config, drain, settings.drain_s)
+    if settings.listen_fd is None:
+        server.run()
+    else:
+        server.run(sockets=[socket.socket(fileno=settings.listen_fd)])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from common.draining import Drain
 from gateway import __version__
 from gateway.auth import access_middleware
 from gateway.backends import BackendPool
@@ -97,10 +98,13 @@ def build_document(model: dict[str, Any] | None, api_keys: bool = False) -> dict
     return openapi.document
 
 
-def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSettings | None = None) -> Starlette:
+def create_app(
+    settings: GatewaySettings | None = None, jobs_settings: JobsSettings | None = None, drain: Drain | None = None,
+) -> Starlette:
     settings = settings or GatewaySettings()
+    drain = drain or Drain()
     metrics = GatewayMetrics()
-    pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker)
+    pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker, balancer=settings.balancer)
     jobs = JobService.from_settings(jobs_settings or JobsSettings(), metrics.registry, served_model=pool.served_model)
     client = WorkerClient(
         connect_timeout_s=settings.connect_timeout_s,
@@ -121,7 +125,7 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await client.start()
-        await checker.refresh_backends()
+        await checker.probe_all()  # a restarted gateway knows its workers before it takes a request
         health_task = asyncio.create_task(checker.run(), name="health-checks")
         try:
             yield
@@ -136,8 +140,10 @@ def create_app(settings: GatewaySettings | None = None, jobs_settings: JobsSetti
     async def gateway_health(request: Request) -> Response:
         alive, total = pool.summary()
         status = "unhealthy" if alive == 0 else "healthy" if alive == total else "degraded"
+        if drain.active:
+            status = "draining"
         body = {"status": status, "alive_backends": alive, "total_backends": total}
-        return JSONResponse(body, 503 if alive == 0 else 200)
+        return JSONResponse(body, 503 if alive == 0 or drain.active else 200)
 
     async def gateway_info(request: Request) -> Response:
         backends = pool.backends

@@ -11,6 +11,16 @@ worker answers /health with 503 until its model is warm). A probe that gets
 no answer in time counts as failed only after ``misses_to_eject`` in a row: a
 worker busy under load answers slowly, and ejecting the only one would turn
 slow answers into 503s. A refused connection or a non-200 answer ejects at once.
+
+Passive outlier ejection: the proxy reports each try's outcome; a backend
+whose tries fail ``failures_to_eject`` times in a row (5xx other than 503, a
+per-try timeout, a dropped connection) leaves rotation until a probe passes,
+so a worker whose /health is fine but whose predictions fail or hang stops
+taking requests between probes.
+
+Two balancers: round robin (the default) and least outstanding requests,
+which sends each request to the backend with the fewest in flight (ties in
+round-robin order), so a slow worker gets fewer requests instead of an equal share.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ class Backend:
     last_error: str | None = None
     #: Consecutive probes that got no answer in time.
     missed_probes: int = 0
+    #: Consecutive proxied tries that failed (passive outlier detection).
+    failed_tries: int = 0
     #: What the worker's /health said last (worker id, model name and version, device).
     info: dict[str, Any] = field(default_factory=dict)
     #: What its /metadata said: the served model's contract (fetched when the model changes).
@@ -61,6 +73,8 @@ class Backend:
             self.info = info
         self.state = BackendState.HEALTHY if ok else BackendState.UNHEALTHY
         self.last_error = None if ok else error
+        if ok:
+            self.failed_tries = 0
 
     def record_missed_probe(self, error: str, misses_to_eject: int) -> None:
         """A probe timed out: eject only after ``misses_to_eject`` in a row."""
@@ -69,6 +83,17 @@ class Backend:
         if self.state is not BackendState.HEALTHY or self.missed_probes >= misses_to_eject:
             self.state = BackendState.UNHEALTHY
             self.last_error = error
+
+    def record_try(self, ok: bool, error: str, failures_to_eject: int) -> bool:
+        """A proxied try's outcome; True when this failure ejects the backend (an outlier)."""
+        if ok:
+            self.failed_tries = 0
+            return False
+        self.failed_tries += 1
+        if self.healthy and self.failed_tries >= failures_to_eject:
+            self.eject(f"{self.failed_tries} failed requests in a row, the last: {error}")
+            return True
+        return False
 
     def eject(self, reason: str) -> None:
         """Passive health check: take it out of rotation until a probe passes."""
@@ -81,6 +106,7 @@ class Backend:
             "source": self.source,
             "state": self.state.value,
             "in_flight": self.in_flight,
+            "failed_tries": self.failed_tries,
             "last_probe": self.last_probe_at,
             "last_error": self.last_error,
             "worker_id": self.info.get("worker_id"),
@@ -98,12 +124,18 @@ class AllBackendsBusy(Exception):
     """Every healthy backend is at its in-flight bound."""
 
 
-class BackendPool:
-    """Round-robin over healthy backends, bounded in flight per backend."""
+BALANCERS = ("round_robin", "least_outstanding")
 
-    def __init__(self, max_in_flight: int) -> None:
+
+class BackendPool:
+    """Round robin or least outstanding over healthy backends, bounded in flight per backend."""
+
+    def __init__(self, max_in_flight: int, balancer: str = "round_robin") -> None:
+        if balancer not in BALANCERS:
+            raise ValueError(f"balancer must be one of {', '.join(BALANCERS)}, not {balancer!r}")
         self._backends: list[Backend] = []
         self._max_in_flight = max_in_flight
+        self._least_outstanding = balancer == "least_outstanding"
         self._next = 0
 
     @property
@@ -116,10 +148,17 @@ class BackendPool:
         self._backends = [known.get(url) or Backend(url=url, source=source) for url, source in wanted]
 
     def choose(self, exclude: frozenset[Backend] | set[Backend] = frozenset()) -> Backend:
-        """The next healthy backend with room, round-robin; raises if there is none."""
+        """The next healthy backend with room, by the balancer; raises if there is none."""
         candidates = [b for b in self._backends if b.healthy and b not in exclude]
         if not candidates:
             raise NoHealthyBackend("no healthy worker")
+        if self._least_outstanding:
+            start = self._next % len(candidates)
+            self._next += 1
+            backend = min(candidates[start:] + candidates[:start], key=lambda b: b.in_flight)
+            if backend.in_flight < self._max_in_flight:
+                return backend
+            raise AllBackendsBusy(f"every healthy worker has {self._max_in_flight} requests in flight")
         for _ in range(len(candidates)):
             backend = candidates[self._next % len(candidates)]
             self._next += 1

@@ -148,7 +148,7 @@ class ModelMetadata(BaseModel):
 class WorkerHealth(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    status: str = Field(description="healthy once warm (200); loading or failed (503).")
+    status: str = Field(description="healthy once warm (200); loading, failed or draining (503).")
     worker_id: str
     gpu_id: str | None = Field(None, description="CUDA_VISIBLE_DEVICES of the worker, if any.")
     device: str | None = Field(None, description="The JAX device the model runs on.")
@@ -227,13 +227,13 @@ def prediction_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> Non
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}},
     })
     builder.add("/gateway/health", "get", {
-        "summary": "healthy (all workers up), degraded (some) or unhealthy (none, 503)",
+        "summary": "healthy (all workers up), degraded (some), unhealthy (none, 503) or draining (stopping, 503)",
         "tags": ["gateway"],
         "responses": {
             "200": {"description": "At least one worker is healthy",
                     "content": {"application/json": {"schema": builder.schema(GatewayHealth),
                                 "example": {"status": "healthy", "alive_backends": 2, "total_backends": 2}}}},
-            "503": {"description": "No worker is healthy",
+            "503": {"description": "No worker is healthy, or the gateway is draining",
                     "content": {"application/json": {"schema": builder.schema(GatewayHealth)}}},
         },
     })

@@ -43,6 +43,10 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "gateway_in_flight", "Requests being proxied.", registry=self.registry, multiprocess_mode="livesum"
         )
+        self.outlier_ejections = Counter(
+            "gateway_outlier_ejections", "Workers taken out of rotation after failed requests in a row.",
+            ["backend"], registry=self.registry,
+        )
         self.shed = Counter(
             "gateway_shed", "Requests the gateway itself answered 503 (no healthy worker, all busy), by reason.",
             ["reason"], registry=self.registry,

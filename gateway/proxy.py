@@ -1,11 +1,16 @@
 """Forward a request to a healthy worker, retrying on another within the deadline.
 
 Predictions are idempotent, so a request that could not connect, whose
-connection dropped before the answer, or that got 502/503 from its worker is
-tried again on another worker (up to MAX_ATTEMPTS). Timeouts are not retried:
-the deadline is spent; nor are answers that are not valid HTTP (another worker
-would send the same). A client that leaves before its body has arrived is
-logged and counted as 499 and nothing is forwarded.
+connection dropped before the answer, that got 502/503 from its worker, or
+whose try found no answer within TRY_TIMEOUT_S (a hung worker) is tried again
+on another worker (up to MAX_ATTEMPTS), all within REQUEST_TIMEOUT_S. Past
+that deadline it is 504. Answers that are not valid HTTP are not retried
+(another worker would send the same). A client that leaves before its body
+has arrived is logged and counted as 499 and nothing is forwarded.
+
+Each try's outcome feeds passive outlier detection (gateway/backends.py): a
+500/502/504, a try timeout or a dropped connection is a failure; a 503 is
+not (the worker says it is busy or not ready, which its /health tells too).
 """
 
 from __future__ import annotations
@@ -102,6 +107,12 @@ class Proxy:
             return self._errors(exc, request_id, self._settings.retry_after_s)
         return Response(upstream.body, upstream.status, upstream.headers)
 
+    def _record_try(self, backend: Backend, ok: bool, error: str) -> None:
+        if backend.record_try(ok, error, self._settings.outlier_failures_to_eject):
+            self._metrics.outlier_ejections.labels(backend.url).inc()
+            self._metrics.backend_up.labels(backend.url).set(0)
+            log.warning("worker %s leaves rotation until a probe passes: %s", backend.url, backend.last_error)
+
     def _choose(self, tried: set[Backend]) -> Backend:
         try:
             return self._pool.choose(exclude=tried)
@@ -131,8 +142,9 @@ class Proxy:
             state["backend"], state["attempts"] = backend.url, attempt
             backend.in_flight += 1
             self._metrics.in_flight.inc()
+            try_timeout = min(self._settings.try_timeout_s, remaining)
             try:
-                upstream = await self._client.send(backend.url, method, path, headers, body, remaining)
+                upstream = await self._client.send(backend.url, method, path, headers, body, try_timeout)
             except ConnectFailed as exc:
                 backend.eject(str(exc))
                 failure, reason = str(exc), "connect_failed"
@@ -140,11 +152,17 @@ class Proxy:
                 failure, reason = str(exc), "connect_timeout"
             except TransportError as exc:
                 failure, reason = str(exc), "connection_dropped"
+                self._record_try(backend, False, failure)
             except DeadlineExceeded as exc:
-                raise UpstreamTimeout(str(exc)) from None
+                self._record_try(backend, False, str(exc))
+                if try_timeout >= remaining:
+                    raise UpstreamTimeout(str(exc)) from None
+                failure, reason = str(exc), "try_timeout"
             except BadResponse as exc:
                 raise UpstreamBadResponse(str(exc)) from None
             else:
+                failed = upstream.status >= 500 and upstream.status != 503
+                self._record_try(backend, not failed, f"{backend.url} answered {upstream.status}")
                 if upstream.status not in RETRYABLE_STATUS or attempt == self._settings.max_attempts:
                     return upstream
                 failure, reason = f"{backend.url} answered {upstream.status}", f"status_{upstream.status}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,20 @@ class GatewaySettings(BaseSettings):
         3, ge=1, description="Probes in a row without an answer in time before a worker leaves rotation."
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a proxied request, retries included.")
+    try_timeout_s: float = Field(
+        5.0, gt=0,
+        description="Longest wait for one worker's answer; past it the request is tried on another worker "
+        "(within REQUEST_TIMEOUT_S). Bounds what a hung worker costs.",
+    )
+    outlier_failures_to_eject: int = Field(
+        5, ge=1,
+        description="Failed requests in a row to one worker (500/502/504, try timeout, dropped connection) "
+        "before it leaves rotation until a health probe passes.",
+    )
+    balancer: Literal["round_robin", "least_outstanding"] = Field(
+        "round_robin",
+        description="How a worker is chosen: round_robin, or least_outstanding (fewest requests in flight).",
+    )
     connect_timeout_s: float = Field(1.0, gt=0, description="Timeout to open a connection to a worker.")
     max_attempts: int = Field(3, ge=1, description="Tries of one request over different workers.")
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body, else 413.")
@@ -75,6 +90,16 @@ class GatewaySettings(BaseSettings):
     rate_limit_burst: int = Field(200, ge=1, description="Requests an API key may make at once (its bucket size).")
     cors_allow_origins: CommaSeparated = Field(
         default_factory=list, description="Origins browsers may call the gateway from, comma separated; empty: no CORS."
+    )
+    drain_s: float = Field(
+        1.0, ge=0,
+        description="On SIGTERM: seconds of answering with Connection: close and /gateway/health 503 "
+        "'draining' before it stops accepting and finishes what is in flight.",
+    )
+    listen_fd: int | None = Field(
+        None, ge=0,
+        description="An inherited listening socket to serve on instead of binding HOST:PORT: the launcher "
+        "holds it, so connections wait in its queue across a gateway restart instead of being refused.",
     )
     log_level: str = Field("info", description="Python log level.")
     access_log: bool = Field(True, description="One JSON line per request.")

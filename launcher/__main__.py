@@ -3,6 +3,9 @@
 Workers listen on PORT+1 .. PORT+N, each pinned to its own GPU where
 ``nvidia-smi -L`` lists GPUs, else on the CPU. Ctrl-C or SIGTERM stops all; a
 child that keeps failing right after it starts stops all too, with exit status 1.
+The launcher opens the gateway's listening socket itself and hands it down
+(LISTEN_FD): when the gateway restarts, new connections wait in the socket's
+queue for the next gateway instead of being refused.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
 
 import httpx
 
+from gateway.settings import GatewaySettings
 from launcher.gpus import device_env, list_gpus
 from launcher.supervisor import Child, Supervisor
 
@@ -40,7 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_children(args: argparse.Namespace, gpus: list[str]) -> list[Child]:
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The gateway's listening socket, inheritable, with the gateway's own backlog setting."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=GatewaySettings().backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_children(args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None) -> list[Child]:
     python = sys.executable
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
     children = [
@@ -59,9 +72,12 @@ def build_children(args: argparse.Namespace, gpus: list[str]) -> list[Child]:
             for i, port in enumerate(worker_ports)
         ]
     workers = ",".join(f"127.0.0.1:{port}" for port in worker_ports)
+    gateway_env = {"HOST": args.host, "PORT": str(args.port), "WORKERS": workers}
+    if listen_fd is not None:
+        gateway_env["LISTEN_FD"] = str(listen_fd)
     children.append(
-        Child("gateway", [python, "-m", "gateway"],
-              {"HOST": args.host, "PORT": str(args.port), "WORKERS": workers}, stop_rank=0)
+        Child("gateway", [python, "-m", "gateway"], gateway_env, stop_rank=0,
+              pass_fds=() if listen_fd is None else (listen_fd,))
     )
     return children
 
@@ -107,8 +123,14 @@ def access_line(environ: Mapping[str, str]) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     """Run the stack until Ctrl-C / SIGTERM (0) or until a child keeps failing (1)."""
     gpus = list_gpus()
+    try:
+        gateway_socket = listen_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"launcher | cannot listen on {args.host}:{args.port}: {exc.strerror}", flush=True)
+        return 1
     supervisor = Supervisor(
-        build_children(args, gpus), fast_exit_s=args.fast_exit_s, max_fast_failures=args.max_fast_failures
+        build_children(args, gpus, gateway_socket.fileno()),
+        fast_exit_s=args.fast_exit_s, max_fast_failures=args.max_fast_failures,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,6 +145,7 @@ async def main_async(args: argparse.Namespace) -> int:
     ))
     code = await supervisor.run()
     announcer.cancel()
+    gateway_socket.close()
     supervisor.say("stopped" if code == 0 else f"stopped: {supervisor.failure}")
     return code
 

@@ -42,6 +42,8 @@ class Child:
     env: dict[str, str]
     #: Stop order: lower stops first.
     stop_rank: int = 0
+    #: File descriptors the child inherits (the gateway's listening socket).
+    pass_fds: tuple[int, ...] = ()
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     logs: LogPump | None = field(default=None, repr=False)
@@ -75,6 +77,7 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=child.pass_fds,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         assert child.process.stdout is not None

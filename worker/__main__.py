@@ -9,6 +9,7 @@ import sys
 
 import uvicorn
 
+from common.draining import CloseWhileDraining, Drain, DrainingServer
 from worker.settings import WorkerSettings
 
 
@@ -45,9 +46,10 @@ def main() -> None:
         assert server is not None
         asyncio.get_running_loop().call_later(settings.failed_exit_delay_s, setattr, server, "should_exit", True)
 
-    app = create_app(settings, runtime, metrics, on_failure=exit_after_failure)
+    drain = Drain()
+    app = create_app(settings, runtime, metrics, on_failure=exit_after_failure, drain=drain)
     config = uvicorn.Config(
-        app,
+        CloseWhileDraining(app, drain),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -57,7 +59,7 @@ def main() -> None:
         timeout_graceful_shutdown=10,
         proxy_headers=False,  # nothing here reads the client address: skip that middleware
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, drain, settings.drain_s)
     server.run()
     if failed:
         sys.exit(1)

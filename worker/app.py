@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from common.draining import Drain
 from worker.batcher import Batcher
 from worker.contract import Model, TensorSpec, model_import_path
 from worker.errors import ClientGone, NotReady, PayloadTooLarge, StartFailed, WorkerError
@@ -69,9 +70,11 @@ class ServingState:
 
 def create_app(
     settings: WorkerSettings, runtime: Runtime, metrics: WorkerMetrics,
-    on_failure: Callable[[], None] | None = None,
+    on_failure: Callable[[], None] | None = None, drain: Drain | None = None,
 ) -> Starlette:
+    """``drain``: while it is active (after SIGTERM), /health answers 503 "draining"; requests are still served."""
     state = ServingState()
+    drain = drain or Drain()
     batcher = Batcher(
         runtime.infer,
         max_batch_size=settings.max_batch_size,
@@ -154,13 +157,13 @@ def create_app(
         return json_response(await predictor.predict(items))
 
     async def health(request: Request) -> Response:
-        ready = state.predictor is not None
+        ready = state.predictor is not None and not drain.active
         body = {
-            "status": state.status,
+            "status": "draining" if drain.active else state.status,
             "worker_id": settings.worker_id,
             "gpu_id": os.environ.get("CUDA_VISIBLE_DEVICES") or None,
             "device": runtime.device,
-            "model_loaded": ready,
+            "model_loaded": state.predictor is not None,
             "model_name": model.name,
             "model_version": model.version,
             "input_shape": list(model.input_shape or ()),

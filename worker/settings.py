@@ -37,6 +37,11 @@ class WorkerSettings(BaseSettings):
     failed_exit_delay_s: float = Field(
         3.0, ge=0, description="After the model fails to start, /health reports why this long, then the worker exits 1."
     )
+    drain_s: float = Field(
+        2.0, ge=0,
+        description="On SIGTERM: seconds of /health 503 'draining' (balancers stop sending) and Connection: "
+        "close before it stops accepting and finishes what it holds; at least the gateway's HEALTH_INTERVAL_S.",
+    )
     log_level: str = Field("info", description="Python log level.")
 
     @model_validator(mode="after")

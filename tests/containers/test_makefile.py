@@ -26,7 +26,9 @@ files = [args[i + 1] for i, a in enumerate(args) if a == "-f"]
 while args and args[0].startswith("-"):
     args = args[2:]
 command = args[0]
-if command == "port":
+if command == "version":
+    print("2.29.7" if "--short" in args else "Docker Compose version v2.29.7")
+elif command == "port":
     ports = {{"gateway": "0.0.0.0:8080", "rabbitmq": "127.0.0.1:15672", "minio": "127.0.0.1:" + args[2]}}
     if args[1] not in ports:
         sys.exit(1)
@@ -50,11 +52,14 @@ def make_docker(tmp_path: Path):
     fake.write_text(FAKE_COMPOSE)
     fake.chmod(0o755)
     log = tmp_path / "compose.log"
+    docker = tmp_path / "fake-docker"  # `docker info`: an engine answers
+    docker.write_text("#!/bin/sh\nexit 0\n")
+    docker.chmod(0o755)
 
     def run(*args: str, gpu_running: bool = False) -> tuple[subprocess.CompletedProcess, list[str]]:
         log.write_text("")
         env = {**os.environ, "FAKE_COMPOSE_LOG": str(log), "FAKE_GPU_RUNNING": "1" if gpu_running else ""}
-        result = subprocess.run(["make", "--no-print-directory", f"COMPOSE={fake}", *args],
+        result = subprocess.run(["make", "--no-print-directory", f"COMPOSE={fake}", f"DOCKER={docker}", *args],
                                 cwd=tmp_path, env=env, capture_output=True, text=True)
         return result, log.read_text().splitlines()
 
@@ -107,3 +112,42 @@ def test_make_scale_workers(make_docker) -> None:
     assert result.returncode != 0 and "N=4" in result.stdout
     result, _ = make_docker("scale-workers", "N=4", gpu_running=True)
     assert result.returncode != 0 and "worker-gpuN" in result.stdout
+
+
+def _docker_only(tmp_path: Path, script: str) -> Path:
+    """A PATH with make's tools and a ``docker`` that runs ``script`` (or no docker at all if empty)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("make", "sh", "cat", "grep", "chmod", "env", sys.executable):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / Path(tool).name).symlink_to(found)
+    if script:
+        (bin_dir / "docker").write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / "docker").chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize(
+    ("script", "sentence"),
+    [
+        ("", "Docker Compose v2 is missing"),  # no docker at all
+        ('[ "$1" = compose ] && exit 1; exit 0', "Docker Compose v2 is missing"),  # a client without the plugin
+        ('[ "$1" = compose ] && echo 1.29.2 && exit 0; exit 0', "Docker Compose v2 is missing"),
+        ('[ "$1" = compose ] && echo 2.29.7 && exit 0; exit 1', "No Docker engine answers"),  # client, no engine
+    ],
+)
+@pytest.mark.parametrize("target", ["up", "up-gpu"])
+def test_make_up_without_compose_v2_or_an_engine_stops_first_with_one_sentence(
+    tmp_path: Path, script: str, sentence: str, target: str
+) -> None:
+    for name in ["Makefile", ".env.example", "docker-compose.yml", "docker-compose.gpu.yml"]:
+        shutil.copy(REPO / name, tmp_path / name)
+    path = _docker_only(tmp_path, script)
+    result = subprocess.run(["make", "--no-print-directory", target, f"PYTHON={sys.executable}"], cwd=tmp_path,
+                            env={"PATH": str(path), "HOME": str(tmp_path)}, capture_output=True, text=True)
+    assert result.returncode != 0
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(sentence) and lines[0].endswith("then run make again."), result
+    assert "is up" not in result.stdout + result.stderr
+    assert not (tmp_path / ".env").exists()  # nothing was done before the check

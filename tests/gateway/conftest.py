@@ -24,10 +24,12 @@ from tests.support import free_port
 
 
 class StandInWorker:
-    """Healthy; /predict echoes the request id it got and waits ``delay_s``; ``GET /`` answers unreadably."""
+    """Healthy; /predict echoes the request id it got, waits ``delay_s``, answers ``status``; ``GET /``
+    answers unreadably."""
 
     def __init__(self) -> None:
         self.delay_s = 0.0
+        self.status = 200
         self.requests: list[tuple[str, str]] = []
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -45,7 +47,7 @@ class StandInWorker:
     async def _predict(self, request: Request) -> JSONResponse:
         self.requests.append((request.method, request.url.path))
         await asyncio.sleep(self.delay_s)
-        return JSONResponse({"prediction": [1], "seen_request_id": request.headers.get("x-request-id")})
+        return JSONResponse({"prediction": [1], "seen_request_id": request.headers.get("x-request-id")}, self.status)
 
     async def _long_header(self, request: Request) -> Response:
         return Response(b"{}", headers={"x-padding": "p" * 9000}, media_type="application/json")

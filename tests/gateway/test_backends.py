@@ -1,4 +1,4 @@
-"""Round-robin balancing and the health state machine."""
+"""Balancing (round robin, least outstanding), the health state machine and outlier ejection."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from gateway.backends import AllBackendsBusy, Backend, BackendPool, BackendState, NoHealthyBackend
 
 
-def pool_of(*urls: str, max_in_flight: int = 10, healthy: bool = True) -> BackendPool:
-    pool = BackendPool(max_in_flight=max_in_flight)
+def pool_of(*urls: str, max_in_flight: int = 10, healthy: bool = True, balancer: str = "round_robin") -> BackendPool:
+    pool = BackendPool(max_in_flight=max_in_flight, balancer=balancer)
     pool.replace([(url, url) for url in urls])
     if healthy:
         for backend in pool.backends:
@@ -93,3 +93,39 @@ def test_a_worker_never_seen_healthy_is_not_admitted_on_a_missed_probe() -> None
     backend = Backend(url="http://a")
     backend.record_missed_probe("no answer to /health: ConnectTimeout", misses_to_eject=3)
     assert backend.state is BackendState.UNHEALTHY
+
+
+def test_least_outstanding_sends_to_the_backend_with_fewest_in_flight() -> None:
+    pool = pool_of("http://a", "http://b", "http://c", balancer="least_outstanding")
+    a, b, c = pool.backends
+    a.in_flight, b.in_flight, c.in_flight = 5, 1, 3
+    assert pool.choose() is b
+    b.in_flight = 9
+    assert pool.choose() is c
+
+
+def test_least_outstanding_breaks_ties_in_turn_and_sheds_at_the_bound() -> None:
+    pool = pool_of("http://a", "http://b", balancer="least_outstanding", max_in_flight=2)
+    assert {pool.choose().url for _ in range(4)} == {"http://a", "http://b"}
+    for backend in pool.backends:
+        backend.in_flight = 2
+    with pytest.raises(AllBackendsBusy):
+        pool.choose()
+
+
+def test_an_unknown_balancer_is_refused() -> None:
+    with pytest.raises(ValueError, match="round_robin"):
+        BackendPool(max_in_flight=1, balancer="random")
+
+
+def test_failed_tries_in_a_row_eject_until_a_probe_passes() -> None:
+    backend = Backend(url="http://a")
+    backend.record_probe(True)
+    assert not backend.record_try(False, "answered 500", failures_to_eject=3)
+    assert not backend.record_try(False, "answered 500", failures_to_eject=3)
+    assert not backend.record_try(True, "", failures_to_eject=3)  # a success resets the count
+    assert [backend.record_try(False, "answered 500", failures_to_eject=3) for _ in range(3)] == [False, False, True]
+    assert backend.state is BackendState.UNHEALTHY and "3 failed requests in a row" in backend.last_error
+    assert not backend.record_try(False, "answered 500", failures_to_eject=3)  # ejected once, counted once
+    backend.record_probe(True)
+    assert backend.healthy and backend.failed_tries == 0

@@ -116,3 +116,44 @@ async def test_a_worker_that_accepts_no_connection_is_a_connect_timeout_not_a_de
 
 def test_the_stand_in_worker_is_what_the_tests_think(worker: StandInWorker) -> None:
     assert httpx.get(f"http://{worker.address}/health").json()["status"] == "healthy"
+
+
+def two_worker_settings(first: StandInWorker, second: StandInWorker, **overrides: object) -> GatewaySettings:
+    # Probes far apart: only the proxied requests decide who is in rotation during the test.
+    return GatewaySettings(workers=[first.address, second.address], health_interval_s=60, access_log=False,
+                           outlier_failures_to_eject=2, **overrides)
+
+
+async def test_a_hung_worker_costs_one_try_timeout_then_leaves_rotation(jobs_settings) -> None:
+    with StandInWorker() as hung, StandInWorker() as fine:
+        hung.delay_s = 3.0
+        settings = two_worker_settings(hung, fine, try_timeout_s=0.2, request_timeout_s=10)
+        async with serve_gateway(settings, jobs_settings) as url, httpx.AsyncClient(timeout=30) as client:
+            responses = [await client.post(f"{url}/predict", json=ROW) for _ in range(8)]
+            metrics = (await client.get(f"{url}/metrics")).text
+            info = (await client.get(f"{url}/gateway/info")).json()
+    assert [r.status_code for r in responses] == [200] * 8
+    assert len(hung.requests) == 2 and len(fine.requests) == 8
+    assert f'gateway_outlier_ejections_total{{backend="http://{hung.address}"}} 1.0' in metrics
+    assert 'gateway_retries_total{reason="try_timeout"} 2.0' in metrics
+    state = {b["url"]: b for b in info["backends"]}[f"http://{hung.address}"]
+    assert state["state"] == "unhealthy" and "2 failed requests in a row" in state["last_error"]
+
+
+async def test_a_worker_answering_500_in_a_row_leaves_rotation(jobs_settings) -> None:
+    with StandInWorker() as failing, StandInWorker() as fine:
+        failing.status = 500
+        async with serve_gateway(two_worker_settings(failing, fine), jobs_settings) as url, \
+                httpx.AsyncClient(timeout=30) as client:
+            statuses = [(await client.post(f"{url}/predict", json=ROW)).status_code for _ in range(8)]
+    assert statuses.count(500) == 2 and statuses[-4:] == [200] * 4  # a 500 is an answer: not retried
+    assert len(failing.requests) == 2
+
+
+async def test_past_the_overall_deadline_a_slow_worker_is_504_not_retried(worker, jobs_settings) -> None:
+    worker.delay_s = 1.0
+    settings = gateway_settings(worker, try_timeout_s=5, request_timeout_s=0.3)
+    async with serve_gateway(settings, jobs_settings) as url:
+        response = await call(url, "POST", "/predict", json=ROW)
+    assert response.status_code == 504
+    assert len(worker.requests) == 1

@@ -35,7 +35,7 @@ def gateway_without_workers(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def gateway_with_slow_worker(tmp_path: Path) -> Iterator[str]:
     worker_port = free_port()
-    slow = start_process([sys.executable, "-m", "tests.integration.slow_worker", str(worker_port), "3"], {},
+    slow = start_process([sys.executable, "-m", "bench.slow_worker", str(worker_port), "3"], {},
                          tmp_path / "slow.log")
     try:
         yield from start_gateway(tmp_path, f"127.0.0.1:{worker_port}", REQUEST_TIMEOUT_S="0.5",

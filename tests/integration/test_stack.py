@@ -225,7 +225,7 @@ def test_kill_9_of_a_worker_under_load_loses_no_request(stack: Stack) -> None:
 
 def test_sigterm_drains_in_flight_requests(tmp_path) -> None:
     worker_port, gateway_port = free_port(), free_port()
-    slow = start_process([sys.executable, "-m", "tests.integration.slow_worker", str(worker_port), "1.5"], {},
+    slow = start_process([sys.executable, "-m", "bench.slow_worker", str(worker_port), "1.5"], {},
                          tmp_path / "slow.log")
     gateway = start_process(
         [sys.executable, "-m", "gateway"],

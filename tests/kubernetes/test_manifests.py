@@ -196,7 +196,12 @@ def test_termination_grace_covers_the_drain(overlay: str, monkeypatch: pytest.Mo
     worker = one(objects, "Deployment", "worker")["spec"]["template"]["spec"]
     pod = _worker_pod(objects)
     pre_stop = pod["worker"]["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert worker["terminationGracePeriodSeconds"] > pre_stop + _uvicorn_graceful_timeout()
+    # After preStop, SIGTERM: the worker's own drain (DRAIN_S, then the listener's linger), then uvicorn's.
+    from common.draining import LINGER_S
+    from worker.settings import WorkerSettings
+
+    drain_s = float(environment(objects, pod["worker"]).get("DRAIN_S", WorkerSettings.model_fields["drain_s"].default))
+    assert worker["terminationGracePeriodSeconds"] > pre_stop + drain_s + LINGER_S + _uvicorn_graceful_timeout()
     # The sidecar is stopped at once and finishes its jobs on a worker that still serves.
     sidecar_env = environment(objects, pod["sidecar"])
     default_grace = JobsSettings.model_fields["sidecar_shutdown_grace_s"].default

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from common.draining import Drain
 from tests.fakes import SumModel, traced_outputs
 from worker.app import create_app
 from worker.contract import ContractError, TensorSpec
@@ -238,3 +239,17 @@ def test_a_client_that_leaves_mid_body_is_not_an_error_of_the_worker(client: Tes
     assert sent[0]["status"] == 499
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
     assert 'worker_requests_total{route="/predict",status="499"} 1.0' in client.get("/metrics").text
+
+
+def test_while_draining_health_is_503_draining_and_predictions_are_still_served() -> None:
+    runtime, drain = FakeRuntime(), Drain()
+    runtime.warm.set()
+    config = WorkerSettings(worker_id="w7")
+    with TestClient(create_app(config, runtime, WorkerMetrics(config.max_batch_size), drain=drain)) as client:
+        wait_ready(client)
+        drain.active = True
+        health = client.get("/health")
+        predicted = client.post("/predict", json={"input_data": [1, 2, 3, 4]})
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    assert health.json()["model_loaded"] is True
+    assert predicted.status_code == 200

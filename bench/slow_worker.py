@@ -1,6 +1,6 @@
-"""A stand-in worker whose /predict takes a while: for the gateway's drain test.
+"""A stand-in worker whose /predict takes a while: the gateway's drain test, the chaos suite's slow worker.
 
-Run as ``python -m tests.integration.slow_worker PORT SECONDS``.
+Run as ``python -m bench.slow_worker PORT SECONDS``.
 """
 
 from __future__ import annotations
