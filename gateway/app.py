@@ -71,7 +71,8 @@ def build_document(model: dict[str, Any] | None) -> dict[str, Any]:
     """The OpenAPI document for a served model's metadata (None: generic)."""
     openapi = OpenAPIBuilder(
         "JAX inference gateway", __version__,
-        "Predictions from JAX / NumPyro models on a pool of workers, and async jobs.",
+        "Predictions from JAX / NumPyro models on a pool of workers, and async jobs "
+        "(watch them on [/jobs/ui](/jobs/ui)).",
     )
     prediction_api(openapi, model)
     jobs_openapi(openapi, model)

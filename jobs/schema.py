@@ -62,7 +62,7 @@ class ErrorInfo(BaseModel):
 
 
 class JobStatus(BaseModel):
-    """``jobs/<id>/status.json``, and the answer of ``GET /jobs/{id}``."""
+    """A job's database record as ``GET /jobs/{id}`` answers it."""
 
     job_id: str
     task: str
@@ -77,6 +77,9 @@ class JobStatus(BaseModel):
     updated_at: datetime
     status_url: str
     result_url: str
+    model_name: str | None = Field(None, description="The served model the job was accepted for.")
+    model_version: str | None = Field(None, description="Its version at acceptance.")
+    owner: str | None = Field(None, description="Who submitted it (an API key id), when known.")
 
     @property
     def finished(self) -> bool:
@@ -84,7 +87,7 @@ class JobStatus(BaseModel):
 
 
 class JobSpec(BaseModel):
-    """What a sidecar needs to run a job: the broker message and ``jobs/<id>/request.json``."""
+    """The broker message: what a sidecar needs to find and run a job (its record has the rest)."""
 
     job_id: str
     task: str

@@ -33,6 +33,20 @@ class JobsSettings(BaseSettings):
         Path(".run/jobs"),
         description="Folder of the embedded broker's SQLite file and, without S3, of the local store.",
     )
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL of the job records (postgresql://user@host:5432/db); "
+        "unset: SQLite in JOBS_DIR (one machine only).",
+    )
+    database_pool_size: int = Field(10, ge=1, description="PostgreSQL connections per process.")
+    job_inline_input_bytes: int = Field(
+        256 * 1024, ge=0, description="Inline rows up to this size live in the job's database record; "
+        "larger ones go to the store.",
+    )
+    job_inline_result_bytes: int = Field(
+        256 * 1024, ge=0, description="Results up to this size live in the job's database record; "
+        "larger ones go to the store.",
+    )
+    job_list_max_limit: int = Field(200, ge=1, description="Most jobs one GET /jobs page may ask for (limit=).")
     job_chunk_rows: int = Field(256, ge=1, description="Rows per /batch_predict call a job makes to its worker.")
     job_max_rows: int = Field(100_000, ge=1, description="Rows one job may carry, inline or by input_uri.")
     job_max_inline_bytes: int = Field(
