@@ -65,7 +65,14 @@ class JobsSettings(BaseSettings):
     job_retry_delay_s: float = Field(
         1.0, ge=0, description="Wait before a failed attempt goes back to the queue (times the attempt number)."
     )
-    sidecar_prefetch: int = Field(4, ge=1, description="Jobs one sidecar holds and runs at once.")
+    sidecar_prefetch: int = Field(
+        64, ge=1, description="Jobs one sidecar holds from the broker (running or about to run)."
+    )
+    sidecar_concurrency: int = Field(32, ge=1, description="Jobs one sidecar runs at once (at most the prefetch).")
+    sidecar_worker_calls: int = Field(
+        2, ge=1, description="/batch_predict calls one sidecar has in flight to its worker; small jobs' rows "
+        "waiting meanwhile go together in the next call.",
+    )
     sidecar_shutdown_grace_s: float = Field(
         20.0, ge=0, description="On SIGTERM, time to finish running jobs before they are requeued."
     )

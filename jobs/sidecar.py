@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import BaseModel, ValidationError
 
 from jobs.broker import Broker, Delivery, create_broker
+from jobs.coalesce import Coalescer
 from jobs.database import Database, create_database
 from jobs.errors import InvalidJob, JobCancelled, TaskFailed
 from jobs.metrics import JobsMetrics
@@ -54,7 +55,12 @@ class Sidecar:
         self.store = store
         self.broker = broker
         self.metrics = metrics
-        self.worker = httpx.AsyncClient(base_url=settings.worker_url, timeout=settings.worker_timeout_s)
+        self.worker = httpx.AsyncClient(
+            base_url=settings.worker_url, timeout=settings.worker_timeout_s,
+            limits=httpx.Limits(max_connections=settings.sidecar_worker_calls + 4),
+        )
+        self.coalescer = Coalescer(self.worker, settings.job_chunk_rows, settings.sidecar_worker_calls)
+        self._slots = asyncio.Semaphore(settings.sidecar_concurrency)
         self._running: set[asyncio.Task[None]] = set()
         import_task_modules(settings.job_task_modules)
 
@@ -87,6 +93,7 @@ class Sidecar:
                 await asyncio.gather(*late, return_exceptions=True)
             await self.broker.close()
             await self.database.close()
+            await self.coalescer.close()
             await self.worker.aclose()
 
     async def _wait_for_worker(self, stop: asyncio.Event) -> None:
@@ -111,7 +118,8 @@ class Sidecar:
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            await self._process(delivery)
+            async with self._slots:
+                await self._process(delivery)
         except asyncio.CancelledError:
             await asyncio.shield(delivery.release())
             raise
@@ -154,7 +162,7 @@ class Sidecar:
         self.metrics.count("running")
         run = _Progress(self.records, running)
         context = TaskContext(spec.job_id, task.options.model_validate(record.spec.options), self.settings,
-                              self.store, self.worker, run.checkpoint)
+                              self.store, self.worker, run.checkpoint, self.coalescer.predict)
         try:
             rows = await self._rows(record, task.row)
             output = await task.run(context, rows)

@@ -54,7 +54,7 @@ def fake_worker() -> Iterator[FakeWorker]:
 def _fresh_fake_worker(request: pytest.FixtureRequest) -> None:
     if "fake_worker" in request.fixturenames:
         worker = request.getfixturevalue("fake_worker")
-        worker.delay_s, worker.rows_seen = 0.0, 0
+        worker.delay_s, worker.rows_seen, worker.calls = 0.0, 0, 0
 
 
 @pytest.fixture(scope="session")

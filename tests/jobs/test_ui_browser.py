@@ -98,6 +98,7 @@ class _Stack:
 
 
 def test_the_page_shows_a_job_succeed_and_cancels_another(browser, tmp_path: Path, fake_worker: FakeWorker) -> None:  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -105,7 +106,8 @@ def test_the_page_shows_a_job_succeed_and_cancels_another(browser, tmp_path: Pat
     with _Stack(settings) as stack, httpx.Client(base_url=stack.base_url, timeout=10) as api:
         browser.get(f"{stack.base_url}/jobs/ui")
         assert browser.title == "Jobs"
-        wait = WebDriverWait(browser, 20, poll_frequency=0.1)
+        # The table is redrawn every second: an element found just before a redraw goes stale; look again.
+        wait = WebDriverWait(browser, 20, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException])
 
         def status_on_page(job_id: str) -> str:
             cells = browser.find_elements(By.CSS_SELECTOR, f'tr[data-job-id="{job_id}"] td.status')
@@ -113,7 +115,8 @@ def test_the_page_shows_a_job_succeed_and_cancels_another(browser, tmp_path: Pat
 
         to_cancel = api.post("/jobs", json={"task": "batch_predict", "inputs": [ROW]}).json()["job_id"]
         wait.until(lambda _: status_on_page(to_cancel) == "queued")
-        browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{to_cancel}"] button.cancel').click()
+        wait.until(lambda _: browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{to_cancel}"] button.cancel')
+                   .click() or True)
         wait.until(lambda _: status_on_page(to_cancel) == "cancelled")
         assert api.get(f"/jobs/{to_cancel}").json()["status"] == "cancelled"
 
@@ -121,6 +124,8 @@ def test_the_page_shows_a_job_succeed_and_cancels_another(browser, tmp_path: Pat
         wait.until(lambda _: status_on_page(to_run) == "queued")
         stack.start_sidecar()
         wait.until(lambda _: status_on_page(to_run) == "succeeded")
-        link = browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{to_run}"] a.result')
-        assert link.get_attribute("href").endswith(f"/jobs/{to_run}/result")
-        assert status_on_page(to_cancel) == "cancelled" and fake_worker.rows_seen == 1
+        href = wait.until(lambda _: browser.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{to_run}"] a.result')
+                          .get_attribute("href"))
+        assert href.endswith(f"/jobs/{to_run}/result")
+        wait.until(lambda _: status_on_page(to_cancel) == "cancelled")
+        assert fake_worker.rows_seen == 1
