@@ -16,6 +16,8 @@ what RabbitMQ gives the other adapter. Those are a few SQL statements:
 - a message claimed past ``max_deliveries`` moves to ``<queue>.dead``.
 
 ``synchronous=FULL`` makes a commit durable before ``publish`` returns.
+Publishes that arrive while one commit is in progress are committed together
+in the next transaction (group commit): one fsync for many jobs.
 Times are wall-clock seconds because leases are shared between processes
 and must survive a restart of any of them. All SQLite work runs on one
 thread per broker object, off the event loop.
@@ -88,6 +90,8 @@ class EmbeddedBroker:
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._publishing: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._executor is not None:
@@ -123,7 +127,25 @@ class EmbeddedBroker:
         return fn(self._db, *args)
 
     async def publish(self, body: bytes) -> None:
-        await self.run(_insert, self.queue, body)
+        done = asyncio.get_running_loop().create_future()
+        self._publishing.append((body, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_publishes())
+        await done
+
+    async def _commit_publishes(self) -> None:
+        while self._publishing:
+            batch, self._publishing = self._publishing, []
+            try:
+                await self.run(_insert, self.queue, [body for body, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def consume(self, prefetch: int, *, dead: bool = False) -> AsyncIterator[EmbeddedDelivery]:
         queue = self.dead_queue if dead else self.queue
@@ -194,8 +216,11 @@ def _transaction(db: sqlite3.Connection):  # type: ignore[no-untyped-def]
     db.execute("COMMIT")
 
 
-def _insert(db: sqlite3.Connection, queue: str, body: bytes) -> None:
-    db.execute("INSERT INTO messages (queue, body, visible_at) VALUES (?, ?, ?)", (queue, body, time.time()))
+def _insert(db: sqlite3.Connection, queue: str, bodies: list[bytes]) -> None:
+    now = time.time()
+    with _transaction(db):
+        db.executemany("INSERT INTO messages (queue, body, visible_at) VALUES (?, ?, ?)",
+                       [(queue, body, now) for body in bodies])
 
 
 def _kill(db: sqlite3.Connection, message_id: int, dead_queue: str) -> None:

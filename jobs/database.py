@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import re
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -166,12 +168,17 @@ class PostgresDatabase(_Lazy):
 
 
 class SqliteDatabase(_Lazy):
-    """One connection per process (WAL, so the gateway and the local sidecars share the file)."""
+    """One connection per process (WAL, so the gateway and the local sidecars share the file).
+
+    Calls take turns: a statement of one coroutine must not start while another's cursor is open on the same
+    connection, or a write would try to upgrade a stale read transaction and fail at once with "locked".
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
         self._db: Any = None
+        self._turn = asyncio.Lock()
 
     async def _connect(self) -> None:
         import aiosqlite
@@ -198,13 +205,23 @@ class SqliteDatabase(_Lazy):
 
     async def execute(self, sql: str, *args: Any) -> int:
         await self._ensure()
-        async with self._db.execute(_PLACEHOLDER.sub(r"?\1", sql), args) as cursor:
-            return int(cursor.rowcount)
+        async with self._turn, self._failures():
+            async with self._db.execute(_PLACEHOLDER.sub(r"?\1", sql), args) as cursor:
+                return int(cursor.rowcount)
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         await self._ensure()
-        async with self._db.execute(_PLACEHOLDER.sub(r"?\1", sql), args) as cursor:
-            return [dict(row) for row in await cursor.fetchall()]
+        async with self._turn, self._failures():
+            async with self._db.execute(_PLACEHOLDER.sub(r"?\1", sql), args) as cursor:
+                return [dict(row) for row in await cursor.fetchall()]
+
+    @contextlib.asynccontextmanager
+    async def _failures(self) -> AsyncIterator[None]:
+        """A locked or unwritable file is the database being unavailable (503), not a bug."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise JobsUnavailable(f"the job database failed: {exc}") from exc
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
         rows = await self.fetch(sql, *args)

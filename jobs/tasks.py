@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -128,17 +129,33 @@ def _check_predict_rows(rows: list[Any], options: dict[str, Any], metadata: dict
 async def batch_predict(ctx: TaskContext, rows: list[PredictRow]) -> list[dict[str, Any]]:
     """Rows through the worker's /batch_predict, JOB_CHUNK_ROWS at a time; answers in input order.
 
-    Small jobs' chunks share worker calls (``ctx.predict``); a 5xx is transient, the attempt is retried.
+    Up to SIDECAR_WORKER_CALLS chunks are in flight, so a large job keeps its worker's batches full; small
+    jobs' chunks share worker calls (``ctx.predict``). A 5xx is transient: the attempt is retried.
     """
     answers: list[dict[str, Any]] = []
     size = ctx.settings.job_chunk_rows
-    for start in range(0, len(rows), size):
-        chunk = [row.model_dump() for row in rows[start:start + size]]
+    in_flight: deque[tuple[int, int, asyncio.Task[list[Any]]]] = deque()
+
+    async def collect() -> None:
+        start, count, call = in_flight.popleft()
         try:
-            answers.extend(await ctx.predict(chunk, ctx.job_id))
+            answers.extend(await call)
         except WorkerRefused as exc:
-            raise TaskFailed(*_worker_error(exc.response, f"rows {start}..{start + len(chunk) - 1}")) from None
+            raise TaskFailed(*_worker_error(exc.response, f"rows {start}..{start + count - 1}")) from None
         await ctx.checkpoint(len(answers), len(rows))
+
+    try:
+        for start in range(0, len(rows), size):
+            chunk = [row.model_dump() for row in rows[start:start + size]]
+            in_flight.append((start, len(chunk), asyncio.create_task(ctx.predict(chunk, ctx.job_id))))
+            if len(in_flight) >= ctx.settings.sidecar_worker_calls:
+                await collect()
+        while in_flight:
+            await collect()
+    finally:
+        for _, _, call in in_flight:
+            call.cancel()
+        await asyncio.gather(*(call for _, _, call in in_flight), return_exceptions=True)
     return answers
 
 
