@@ -73,7 +73,7 @@ build: .env ## Build the gateway and CPU worker images
 build-gpu: .env ## Build the gateway and CUDA worker images
 	$(COMPOSE_GPU) build
 
-up: .env ## Start the CPU stack (gateway, 2 workers, sidecars, RabbitMQ, MinIO), wait until healthy, print the URLs
+up: .env ## Start the CPU stack (gateway, 2 workers, sidecars, RabbitMQ, PostgreSQL, MinIO), wait until healthy, print the URLs
 	$(COMPOSE_CPU) up -d --remove-orphans --wait --wait-timeout $(WAIT_TIMEOUT)
 	@$(MAKE) --no-print-directory docker-urls STACK=cpu
 

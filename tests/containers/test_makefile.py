@@ -76,7 +76,7 @@ def test_make_up_writes_env_waits_and_prints_the_urls(make_docker, tmp_path: Pat
     assert result.returncode == 0, result.stderr
     env = (tmp_path / ".env").read_text()
     passwords = re.findall(r"(?m)^\w*PASSWORD=(.*)$", env)
-    assert len(passwords) == 3 and all(len(p) == 32 for p in passwords)
+    assert len(passwords) == 4 and all(len(p) == 32 for p in passwords)
     assert oct((tmp_path / ".env").stat().st_mode & 0o777) == "0o600"
     assert "-f docker-compose.yml up -d --remove-orphans --wait --wait-timeout 900" in calls
     for url in ["http://localhost:8080", "http://localhost:8080/docs", "http://127.0.0.1:15672",
