@@ -7,8 +7,9 @@ takes everything waiting, up to ``JOB_CHUNK_ROWS`` rows: no timer, so a lone
 job pays no delay, and under load the batches grow by themselves.
 
 Each job still gets exactly its own answers, in order. A batch the worker
-refuses (4xx) is sent again one job at a time, so the refusal reaches only
-the job with the bad row; a 5xx or a broken connection fails every job of the
+refuses (4xx) is split in halves and each sent again, down to single jobs, so
+the refusal reaches only the job with the bad row and the others stay
+batched (a few extra calls, not one per job); a 5xx or a broken connection fails every job of the
 batch, each retried as usual.
 """
 
@@ -107,7 +108,8 @@ class Coalescer:
                 headers={"content-type": "application/json", "x-request-id": batch[0].request_id},
             )
             if _refused(response) and len(batch) > 1:
-                await asyncio.gather(*(self._send([call]) for call in batch))
+                half = len(batch) // 2
+                await asyncio.gather(self._send(batch[:half]), self._send(batch[half:]))
                 return
             if _refused(response):
                 raise WorkerRefused(response)
