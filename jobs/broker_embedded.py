@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS messages (
     body BLOB NOT NULL,
     deliveries INTEGER NOT NULL DEFAULT 0,
     visible_at REAL NOT NULL,
-    lease TEXT
+    lease TEXT,
+    priority INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at);
 """
@@ -90,7 +91,7 @@ class EmbeddedBroker:
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._publishing: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._publishing: list[tuple[bytes, int, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -123,12 +124,14 @@ class EmbeddedBroker:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            if "priority" not in {column[1] for column in db.execute("PRAGMA table_info(messages)")}:
+                db.execute("ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")  # an older file
             self._db = db
         return fn(self._db, *args)
 
-    async def publish(self, body: bytes) -> None:
+    async def publish(self, body: bytes, priority: int = 0, levels: int = 1) -> None:
         done = asyncio.get_running_loop().create_future()
-        self._publishing.append((body, done))
+        self._publishing.append((body, priority, done))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_publishes())
         await done
@@ -137,13 +140,13 @@ class EmbeddedBroker:
         while self._publishing:
             batch, self._publishing = self._publishing, []
             try:
-                await self.run(_insert, self.queue, [body for body, _ in batch])
+                await self.run(_insert, self.queue, [(body, priority) for body, priority, _ in batch])
             except Exception as exc:
-                for _, done in batch:
+                for _, _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
             else:
-                for _, done in batch:
+                for _, _, done in batch:
                     if not done.done():
                         done.set_result(None)
 
@@ -164,7 +167,8 @@ class EmbeddedBroker:
 
     def _claim(self, db: sqlite3.Connection, queue: str, limit: int | None) -> tuple[int, str, bytes, int] | None:
         now = time.time()
-        ready = "SELECT id, body, deliveries FROM messages WHERE queue = ? AND visible_at <= ? ORDER BY id LIMIT 1"
+        ready = ("SELECT id, body, deliveries FROM messages WHERE queue = ? AND visible_at <= ? "
+                 "ORDER BY priority DESC, id LIMIT 1")
         if db.execute(ready, (queue, now)).fetchone() is None:  # idle: no write lock taken
             return None
         with _transaction(db):
@@ -216,11 +220,11 @@ def _transaction(db: sqlite3.Connection):  # type: ignore[no-untyped-def]
     db.execute("COMMIT")
 
 
-def _insert(db: sqlite3.Connection, queue: str, bodies: list[bytes]) -> None:
+def _insert(db: sqlite3.Connection, queue: str, messages: list[tuple[bytes, int]]) -> None:
     now = time.time()
     with _transaction(db):
-        db.executemany("INSERT INTO messages (queue, body, visible_at) VALUES (?, ?, ?)",
-                       [(queue, body, now) for body in bodies])
+        db.executemany("INSERT INTO messages (queue, body, visible_at, priority) VALUES (?, ?, ?, ?)",
+                       [(queue, body, now, priority) for body, priority in messages])
 
 
 def _kill(db: sqlite3.Connection, message_id: int, dead_queue: str) -> None:

@@ -90,6 +90,7 @@ def _status(row: dict[str, Any]) -> JobStatus:
         finished_at=_moment(row["finished_at"]), updated_at=_moment(row["updated_at"]),
         status_url=f"/jobs/{job_id}", result_url=f"/jobs/{job_id}/result",
         model_name=row["model_name"], model_version=row["model_version"], owner=row["owner"],
+        priority=row["priority"],
     )
 
 
@@ -99,7 +100,7 @@ def _text(value: Any) -> bytes | None:
 
 _STATUS_COLUMNS = (
     "job_id, task, status, progress_done, progress_total, attempts, error_code, error_message, "
-    "cancel_requested, created_at, started_at, finished_at, updated_at, model_name, model_version, owner"
+    "cancel_requested, created_at, started_at, finished_at, updated_at, model_name, model_version, owner, priority"
 )
 
 
@@ -134,14 +135,15 @@ class JobRecords:
             "progress_total": job.total, "attempts": 0, "error_code": None, "error_message": None,
             "cancel_requested": 0, "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
             "model_name": job.model_name, "model_version": job.model_version, "owner": job.owner,
+            "priority": spec.priority,
         })
         inserted = await self.db.execute(
             "INSERT INTO jobs (job_id, task, status, fingerprint, options, input_key, input_data, progress_total, "
-            "owner, model_name, model_version, created_at, updated_at) "
-            "VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) ON CONFLICT (job_id) DO NOTHING",
+            "owner, model_name, model_version, created_at, updated_at, priority) "
+            "VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) ON CONFLICT (job_id) DO NOTHING",
             spec.job_id, spec.task, spec.fingerprint, orjson.dumps(spec.options).decode(), spec.input_key,
             None if job.input_data is None else job.input_data.decode(), job.total, job.owner, job.model_name,
-            job.model_version, now,
+            job.model_version, now, spec.priority,
         )
         if inserted:
             return status, None
@@ -167,7 +169,7 @@ class JobRecords:
         if row is None:
             return None
         spec = JobSpec(job_id=job_id, task=row["task"], input_key=row["input_key"],
-                       options=orjson.loads(row["options"]), fingerprint=row["fingerprint"])
+                       options=orjson.loads(row["options"]), fingerprint=row["fingerprint"], priority=row["priority"])
         return JobRecord(_status(row), spec, _text(row["input_data"]), _text(row["result"]), row["result_key"])
 
     async def status(self, job_id: str) -> JobStatus | None:

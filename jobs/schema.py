@@ -49,6 +49,9 @@ class JobSubmission(BaseModel):
         "(S3) or file://<path inside JOBS_DIR> (local store).",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the task type.")
+    priority: int = Field(
+        0, description="0 (the default, lowest) to JOB_PRIORITY_LEVELS - 1: a higher one overtakes queued lower ones."
+    )
 
 
 class Progress(BaseModel):
@@ -80,6 +83,7 @@ class JobStatus(BaseModel):
     model_name: str | None = Field(None, description="The served model the job was accepted for.")
     model_version: str | None = Field(None, description="Its version at acceptance.")
     owner: str | None = Field(None, description="Who submitted it (an API key id), when known.")
+    priority: int = Field(0, description="Its priority; higher ones run first.")
 
     @property
     def finished(self) -> bool:
@@ -94,3 +98,4 @@ class JobSpec(BaseModel):
     input_key: str | None = Field(None, description="Store key of the rows, if the job has any.")
     options: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str = Field(description="Hash of the submission, to tell an idempotent retry from a reuse.")
+    priority: int = 0

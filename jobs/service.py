@@ -78,12 +78,12 @@ class JobService:
             await self.broker.close()
         await self.database.close()
 
-    async def _publish(self, body: bytes) -> None:
+    async def _publish(self, body: bytes, priority: int) -> None:
         async with self._broker_lock:
             if not self._broker_started:
                 await self.broker.start()
                 self._broker_started = True
-        await self.broker.publish(body)
+        await self.broker.publish(body, priority, self.settings.job_priority_levels)
 
     async def submit(self, body: bytes, idempotency_key: str | None, owner: str | None = None) -> Submitted:
         submission = self._parse(body)
@@ -92,6 +92,8 @@ class JobService:
             raise InvalidJob(f"task: unknown task type {submission.task!r}; known: {', '.join(sorted(TASKS))}")
         options = validate(task.options, submission.options, "options")
         input_key, total = await self._check_inputs(task, submission)
+        if not 0 <= submission.priority < self.settings.job_priority_levels:
+            raise InvalidJob(f"priority: from 0 to {self.settings.job_priority_levels - 1}")
         metadata = self.served_model()
         if task.check is not None and metadata is not None:
             task.check(submission.inputs or [], submission.options, metadata)
@@ -113,7 +115,7 @@ class JobService:
                 await self.store.put(input_key, input_data)
                 input_data = None
         spec = JobSpec(job_id=job_id, task=task.name, input_key=input_key,
-                       options=options.model_dump(), fingerprint=fingerprint)
+                       options=options.model_dump(), fingerprint=fingerprint, priority=submission.priority)
         model = metadata or {}
         job = NewJob(spec, total, input_data, owner, model.get("name"), model.get("version"))
 
@@ -126,7 +128,7 @@ class JobService:
             # The first submission failed to publish: queue it again here.
             status = await self.records.requeue_unpublished(job_id) or status
         try:
-            await self._publish(spec.model_dump_json().encode())
+            await self._publish(spec.model_dump_json().encode(), spec.priority)
         except Exception as exc:
             log.exception("publishing job %s failed", job_id)
             await self.records.fail(status, "not_queued", "the broker did not accept the job; submit it again")

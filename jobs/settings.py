@@ -47,6 +47,10 @@ class JobsSettings(BaseSettings):
         "larger ones go to the store.",
     )
     job_list_max_limit: int = Field(200, ge=1, description="Most jobs one GET /jobs page may ask for (limit=).")
+    job_priority_levels: int = Field(
+        2, ge=1, description="Priority levels of jobs (priority 0 to this minus 1); a higher one overtakes queued "
+        "lower ones.",
+    )
     job_chunk_rows: int = Field(256, ge=1, description="Rows per /batch_predict call a job makes to its worker.")
     job_max_rows: int = Field(100_000, ge=1, description="Rows one job may carry, inline or by input_uri.")
     job_max_inline_bytes: int = Field(
