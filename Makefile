@@ -36,8 +36,8 @@ bench: install ## Benchmark the stack (bench/results/, docs/benchmarks.md, a PNG
 	$(PY) -m bench $(BENCH_ARGS)
 	$(MAKE) bench-jobs
 
-bench-jobs: install ## 1,000 concurrent jobs on both adapter pairs: jobs/s, p50/p99 submit -> result
-	$(PY) -m bench.jobs_bench --stack both $(JOBS_BENCH_ARGS)
+bench-jobs: install ## 1,000 concurrent jobs per deployment: jobs/s, p50/p99; and a 100,000-row job against /batch_predict
+	$(PY) -m bench.jobs_bench --stack all $(JOBS_BENCH_ARGS)
 
 chaos: install ## Break a local stack under load (kill -9, SIGTERM, hang, gateway restart, overload): docs/reliability.md
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
@@ -84,7 +84,7 @@ docker-preflight:
 	@$(DOCKER) info >/dev/null 2>&1 \
 		|| { echo "No Docker engine answers: start it (sudo systemctl start docker, or open Docker Desktop) and check that docker info works, then run make again."; exit 1; }
 
-up: docker-preflight .env ## Start the CPU stack (gateway, 2 workers, sidecars, RabbitMQ, MinIO), wait until healthy, print the URLs
+up: docker-preflight .env ## Start the CPU stack (gateway, 2 workers, sidecars, RabbitMQ, PostgreSQL, MinIO), wait until healthy, print the URLs
 	$(COMPOSE_CPU) up -d --remove-orphans --wait --wait-timeout $(WAIT_TIMEOUT)
 	@$(MAKE) --no-print-directory docker-urls STACK=cpu
 

@@ -1,16 +1,23 @@
 """The job path under load: N small jobs submitted at once, all must succeed with correct results.
 
     python -m bench.jobs_bench --gateway http://127.0.0.1:8080      # a running stack
-    python -m bench.jobs_bench --stack both [--jobs 1000]           # starts its own, per adapter pair
+    python -m bench.jobs_bench --stack all [--jobs 1000]            # starts its own, per deployment
 
 ``--stack`` runs ``python -m launcher`` (workers + one sidecar each + gateway)
-on free loopback ports, once with the embedded broker and a local folder, once
-with RabbitMQ (AMQP_URL, default guest@127.0.0.1) and an S3 server (moto's,
-started here). Each job is one ``batch_predict`` row of the served model; its answer must
+on free loopback ports, once per deployment: ``embedded`` (embedded broker,
+SQLite records, local folder), ``rabbitmq-postgres`` (RabbitMQ at AMQP_URL,
+default guest@127.0.0.1; PostgreSQL at DATABASE_URL, default
+postgres@127.0.0.1/test, in a schema of its own, dropped after; local folder)
+and ``rabbitmq-s3`` (the same with an S3 server, moto's, started here).
+Each job is one ``batch_predict`` row of the served model; its answer must
 equal what ``/batch_predict`` answers for that row. Reported: jobs/s from the
 first submit to the last job finished, and p50 / p99 of submit -> result,
-where a job's result time is its ``finished_at`` (the sidecar writes it just
-after the result), so the client's polling interval does not add to it.
+where a job's result time is its ``finished_at`` (written with the result),
+so the client's polling interval does not add to it. Then one job of
+``--large-rows`` rows (default 100,000; 0: skip), put in the store and
+submitted by ``input_uri``: its rows/s from submit to ``finished_at``, against
+the rows/s of the same rows sent to ``/batch_predict`` through the gateway in
+JOB_CHUNK_ROWS-row calls, two per worker in flight.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+PAIRS = ["embedded", "rabbitmq-postgres", "rabbitmq-s3"]
 #: Different rows per job: the served model's example, scaled by 1.0, 1.1, ... 1.7.
 ROW_VARIANTS = 8
 
@@ -114,6 +122,47 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
     }
 
 
+async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows_count: int, workers: int,
+                               chunk_rows: int = 256, timeout_s: float = 600.0) -> dict[str, Any]:
+    """One ``rows_count``-row job (rows stored by ``upload``, which returns the input_uri) against /batch_predict."""
+    async with httpx.AsyncClient(base_url=gateway, timeout=120) as client:
+        variants = await example_rows(client)
+        rows = [{"input_data": variants[i % len(variants)]} for i in range(rows_count)]
+        gate = asyncio.Semaphore(2 * workers)
+
+        async def chunk(start: int) -> int:
+            async with gate:
+                answer = await client.post("/batch_predict", json=rows[start:start + chunk_rows])
+                return len(answer.raise_for_status().json())
+
+        started = time.time()
+        answered = sum(await asyncio.gather(*(chunk(i) for i in range(0, rows_count, chunk_rows))))
+        direct_s = time.time() - started
+        assert answered == rows_count
+
+        uri = upload(json.dumps(rows).encode())
+        submitted = time.time()
+        answer = await client.post("/jobs", json={"task": "batch_predict", "input_uri": uri})
+        job_id = answer.raise_for_status().json()["job_id"]
+        deadline = time.monotonic() + timeout_s
+        while (status := (await client.get(f"/jobs/{job_id}")).json())["status"] not in (
+                "succeeded", "failed", "cancelled"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} not finished after {timeout_s}s")
+            await asyncio.sleep(0.2)
+        if status["status"] != "succeeded":
+            raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
+        job_s = datetime.fromisoformat(status["finished_at"]).timestamp() - submitted
+        output = (await client.get(f"/jobs/{job_id}/result", follow_redirects=True)).json()["output"]
+        assert len(output) == rows_count
+    return {
+        "rows": rows_count,
+        "job_rows_per_s": round(rows_count / job_s),
+        "batch_predict_rows_per_s": round(rows_count / direct_s),
+        "ratio": round(direct_s / job_s, 2),
+    }
+
+
 def _free_port_run(length: int) -> int:
     """A port such that it and the ``length - 1`` after it are free (the launcher's layout)."""
     for _ in range(100):
@@ -131,20 +180,39 @@ def _free_port_run(length: int) -> int:
 
 
 @contextlib.contextmanager
-def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[str]:
-    """Gateway + workers + sidecars via the launcher, with one adapter pair; yields the gateway URL."""
+def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, Callable[[bytes], str]]]:
+    """Gateway + workers + sidecars via the launcher, one deployment; yields the gateway URL and an uploader."""
     run = uuid.uuid4().hex[:8]
-    env = {"JOBS_DIR": str(log_dir / f"jobs-{pair}"), "ACCESS_LOG": "false"}
+    jobs_dir = log_dir / f"jobs-{pair}"
+    env = {"JOBS_DIR": str(jobs_dir), "ACCESS_LOG": "false"}
     moto = None
-    if pair == "rabbitmq":  # moto's S3 server in a process of its own, not competing with this client
+    database = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+    schema = f"bench_jobs_{run}"
+
+    def upload(data: bytes) -> str:
+        if moto is not None:
+            httpx.put(f"{env['S3_ENDPOINT_URL']}/{env['S3_BUCKET']}/inputs/{run}.json", content=data).raise_for_status()
+            return f"s3://{env['S3_BUCKET']}/inputs/{run}.json"
+        path = (jobs_dir / "store" / "inputs" / f"{run}.json").resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return f"file://{path}"
+
+    if pair != "embedded":
+        asyncio.run(_sql(database, f"CREATE SCHEMA {schema}"))
+        env.update({
+            "AMQP_URL": os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/",
+            "JOB_QUEUE": f"bench-jobs-{run}",
+            "DATABASE_URL": f"{database}{'&' if '?' in database else '?'}search_path={schema}",
+        })
+    if pair == "rabbitmq-s3":  # moto's S3 server in a process of its own, not competing with this client
         host, port = "127.0.0.1", _free_port_run(1)
         moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(lambda: httpx.put(f"http://{host}:{port}/bench-{run}").status_code == 200, moto, 60)
         env.update({
-            "AMQP_URL": os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/",
-            "JOB_QUEUE": f"bench-jobs-{run}", "S3_ENDPOINT_URL": f"http://{host}:{port}",
-            "S3_BUCKET": f"bench-{run}", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+            "S3_ENDPOINT_URL": f"http://{host}:{port}", "S3_BUCKET": f"bench-{run}",
+            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
         })
     port = _free_port_run(workers + 1)
     url = f"http://127.0.0.1:{port}"
@@ -156,7 +224,7 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[str]:
     try:
         _wait(lambda: httpx.get(f"{url}/gateway/health", timeout=1).json().get("alive_backends") == workers,
               process, 300)
-        yield url
+        yield url, upload
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -164,10 +232,22 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        if moto is not None:
+        if pair != "embedded":
             asyncio.run(_delete_queues(env))
+            asyncio.run(_sql(database, f"DROP SCHEMA {schema} CASCADE"))
+        if moto is not None:
             moto.terminate()
             moto.wait()
+
+
+async def _sql(url: str, statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 def _wait(ready: Callable[[], bool], process: subprocess.Popen, timeout_s: float) -> None:
@@ -196,21 +276,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.jobs_bench", description=__doc__.split("\n")[0])
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--gateway", help="URL of a running gateway")
-    target.add_argument("--stack", choices=["embedded", "rabbitmq", "both"], help="start a local stack")
+    target.add_argument("--stack", choices=[*PAIRS, "all"], help="start a local stack per deployment")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs submitted (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=200, help="HTTP requests in flight")
     parser.add_argument("--workers", type=int, default=2, help="workers (and sidecars) of --stack")
+    parser.add_argument("--large-rows", type=int, default=100_000,
+                        help="rows of the one large job measured per --stack deployment (0: none)")
     args = parser.parse_args(argv)
 
     if args.gateway:
         results = {"gateway": asyncio.run(run_jobs_bench(args.gateway, args.jobs, args.concurrency))}
     else:
         results = {}
-        pairs = ["embedded", "rabbitmq"] if args.stack == "both" else [args.stack]
+        pairs = PAIRS if args.stack == "all" else [args.stack]
         with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
             for pair in pairs:
-                with local_stack(pair, args.workers, Path(tmp)) as url:
+                with local_stack(pair, args.workers, Path(tmp)) as (url, upload):
                     results[pair] = asyncio.run(run_jobs_bench(url, args.jobs, args.concurrency))
+                    if args.large_rows:
+                        results[pair]["large_job"] = asyncio.run(
+                            run_large_job_bench(url, upload, args.large_rows, args.workers))
                 print(f"{pair}: {json.dumps(results[pair])}", flush=True)
     print(json.dumps(results, indent=2))
 

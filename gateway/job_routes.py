@@ -3,6 +3,8 @@
 The gateway only submits, reads and cancels (``jobs.service``); sidecars run jobs.
 
     POST   /jobs               202 + Location once the job is stored and queued
+    GET    /jobs               the newest jobs, filtered, a page at a time (keyset cursor)
+    GET    /jobs/ui            a page to watch them (gateway/jobs_ui.html)
     GET    /jobs/{id}          its status
     GET    /jobs/{id}/result   the result; 409 until it succeeded; a redirect when large (S3)
     DELETE /jobs/{id}          cancel: 200 if cancelled, 202 if it stops at its next chunk
@@ -15,28 +17,53 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway.docs import OpenAPIBuilder
 from gateway.errors import GatewayError, PayloadTooLarge, error_response
 from gateway.proxy import read_body
-from jobs.errors import JobError, JobTooLarge
-from jobs.schema import JobStatus, JobSubmission
+from jobs.errors import InvalidJob, JobError, JobTooLarge
+from jobs.schema import JobState, JobStatus, JobSubmission
 from jobs.service import JobService
 
 log = logging.getLogger(__name__)
 IDEMPOTENCY_HEADER = "idempotency-key"
+LIST_FILTERS = ("status", "task", "model", "limit", "cursor")
+DEFAULT_LIMIT = 50
+UI_PAGE = Path(__file__).with_name("jobs_ui.html")
 
 
 class JobResult(BaseModel):
     job_id: str
     task: str
     output: Any
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as cursor= for the next page; null on the last one.")
+
+
+def _list_arguments(request: Request, max_limit: int) -> dict[str, Any]:
+    """GET /jobs's query, checked: 422 naming the bad parameter."""
+    query = request.query_params
+    unknown = sorted(set(query) - set(LIST_FILTERS))
+    if unknown:
+        raise InvalidJob(f"{unknown[0]}: unknown parameter; known: {', '.join(LIST_FILTERS)}")
+    arguments: dict[str, Any] = {name: query.get(name) or None for name in ("status", "task", "model", "cursor")}
+    if arguments["status"] is not None and arguments["status"] not in get_args(JobState):
+        raise InvalidJob(f"status: one of {', '.join(get_args(JobState))}")
+    limit = query.get("limit") or str(DEFAULT_LIMIT)
+    if not limit.isdigit() or not 1 <= int(limit) <= max_limit:
+        raise InvalidJob(f"limit: a whole number from 1 to {max_limit}")
+    arguments["limit"] = int(limit)
+    return arguments
 
 
 def _json(status: JobStatus, status_code: int, headers: dict[str, str] | None = None) -> Response:
@@ -76,6 +103,16 @@ def job_routes(service: JobService) -> list[Route]:
             headers["Idempotent-Replayed"] = "true"
         return _json(submitted.status, 202, headers)
 
+    async def list_jobs(request: Request) -> Response:
+        arguments = _list_arguments(request, service.settings.job_list_max_limit)
+        jobs, cursor = await service.list(**arguments, owner=_owner(request))  # with API keys: the key's own jobs
+        return Response(JobList(jobs=jobs, next_cursor=cursor).model_dump_json(), media_type="application/json")
+
+    page = UI_PAGE.read_bytes()
+
+    async def ui(request: Request) -> Response:
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
     async def status(request: Request) -> Response:
         return _json(await service.status(request.path_params["job_id"], _owner(request)), 200)
 
@@ -91,6 +128,8 @@ def job_routes(service: JobService) -> list[Route]:
 
     return [
         Route("/jobs", handler(submit), methods=["POST"]),
+        Route("/jobs", handler(list_jobs), methods=["GET"]),
+        Route("/jobs/ui", ui, methods=["GET"]),
         Route("/jobs/{job_id}", handler(status), methods=["GET"]),
         Route("/jobs/{job_id}", handler(cancel), methods=["DELETE"]),
         Route("/jobs/{job_id}/result", handler(result), methods=["GET"]),
@@ -110,6 +149,28 @@ def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
         }],
         "requestBody": builder.json_body(builder.schema(JobSubmission), example),
         "responses": builder.responses(JobStatus, 400, 413, 422, 503, ok_status=202),
+    })
+    filters = [
+        ("status", "Only jobs in this state.", {"type": "string", "enum": list(get_args(JobState))}),
+        ("task", "Only jobs of this task type.", {"type": "string"}),
+        ("model", "Only jobs accepted for this model name.", {"type": "string"}),
+        ("limit", f"Jobs per page (default {DEFAULT_LIMIT}, at most JOB_LIST_MAX_LIMIT).",
+         {"type": "integer", "minimum": 1}),
+        ("cursor", "next_cursor of the previous page.", {"type": "string"}),
+    ]
+    builder.add("/jobs", "get", {
+        "summary": "The newest jobs first, filtered, a page at a time; watch them on /jobs/ui",
+        "description": "Keyset pagination: follow next_cursor until it is null. "
+                       "A page for people: [/jobs/ui](/jobs/ui).",
+        "tags": ["jobs"],
+        "parameters": [{"name": name, "in": "query", "required": False, "description": text, "schema": schema}
+                       for name, text, schema in filters],
+        "responses": builder.responses(JobList, 422, 503),
+    })
+    builder.add("/jobs/ui", "get", {
+        "summary": "A page listing recent jobs, refreshing by itself, with cancel buttons",
+        "tags": ["jobs"],
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
     })
     builder.add("/jobs/{job_id}", "get", {
         "summary": "A job's status: queued, running, succeeded, failed or cancelled, with progress",

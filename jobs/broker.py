@@ -40,8 +40,8 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, body: bytes) -> None:
-        """Return once the broker holds the message durably."""
+    async def publish(self, body: bytes, priority: int = 0, levels: int = 1) -> None:
+        """Return once the broker holds the message durably; ``priority`` (of ``levels``): higher first."""
 
     async def count(self, *, dead: bool = False) -> int:
         """Messages waiting in the queue (tests, the benchmark, operators)."""

@@ -1,28 +1,37 @@
-"""The objects of one job in the store, read and written by the gateway and the sidecars.
+"""Job records: one row per job in the database (jobs.database), read and written by the gateway and the sidecars.
 
-    jobs/<id>/request.json   the JobSpec; created once (create-if-absent claims the id)
-    jobs/<id>/input.json     inline rows, as submitted
-    jobs/<id>/status.json    JobStatus
-    jobs/<id>/result.json    {"job_id", "task", "output"}
-    jobs/<id>/cancel         present once a cancel was asked for
+The row holds what was asked (task, options, fingerprint, the served model's
+name and version, owner), the status (state, progress, attempts, error,
+timestamps) and, when small, the inline rows and the result. Large inputs and
+results are objects in the store (``jobs/<id>/input-<fingerprint>.json``,
+``jobs/<id>/result.json``); the store keeps artifacts, never status.
 
-Status has one writer at a time: the gateway writes ``queued`` before it
-publishes, then only the sidecar holding the message writes it. A cancel is
-a separate object, so asking for one never races with a progress update.
+Writers never overwrite a finished job: every status write is conditional on
+the job not being finished, so a queued job the gateway cancelled stays
+cancelled even if a sidecar picks it up at the same moment. The gateway's
+cancel of a running job only sets ``cancel_requested``, a column no status
+write touches, so it never races with a progress update. The result and the
+``succeeded`` state are one write: a job is never seen succeeded without it.
 """
 
 from __future__ import annotations
 
+import base64
 import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 
-from jobs.errors import JobNotFound
-from jobs.schema import ErrorInfo, JobSpec, JobStatus, utc_now
+from jobs.database import Database
+from jobs.errors import InvalidJob, JobNotFound
+from jobs.schema import ErrorInfo, JobSpec, JobState, JobStatus, utc_now
+from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, job_key
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+_NOT_FINISHED = "status NOT IN ('succeeded', 'failed', 'cancelled')"
 
 
 def check_job_id(job_id: str) -> str:
@@ -32,55 +41,216 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-def new_status(spec: JobSpec, total: int | None) -> JobStatus:
-    now = utc_now()
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    """Times are stored as integer microseconds: exact both ways, so a cursor matches its row."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _stamp(moment: datetime | None) -> int | None:
+    return None if moment is None else _micros(moment)
+
+
+def _moment(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + micros * _MICROSECOND
+
+
+@dataclass
+class JobRecord:
+    status: JobStatus
+    spec: JobSpec
+    input_data: bytes | None  # inline rows (JSON), else spec.input_key names them in the store
+    result: bytes | None  # the inline result body
+    result_key: str | None  # or its key in the store
+
+
+@dataclass
+class NewJob:
+    """What the gateway writes when it accepts a job."""
+
+    spec: JobSpec
+    total: int | None
+    input_data: bytes | None = None
+    owner: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+
+
+def _status(row: dict[str, Any]) -> JobStatus:
+    error = None if row["error_code"] is None else ErrorInfo(code=row["error_code"], message=row["error_message"])
+    job_id = row["job_id"]
     return JobStatus(
-        job_id=spec.job_id, task=spec.task, status="queued", progress={"done": 0, "total": total},
-        created_at=now, updated_at=now,
-        status_url=f"/jobs/{spec.job_id}", result_url=f"/jobs/{spec.job_id}/result", owner=spec.owner,
+        job_id=job_id, task=row["task"], status=row["status"],
+        progress={"done": row["progress_done"], "total": row["progress_total"]},
+        attempts=row["attempts"], error=error, cancel_requested=bool(row["cancel_requested"]),
+        created_at=_moment(row["created_at"]), started_at=_moment(row["started_at"]),
+        finished_at=_moment(row["finished_at"]), updated_at=_moment(row["updated_at"]),
+        status_url=f"/jobs/{job_id}", result_url=f"/jobs/{job_id}/result",
+        model_name=row["model_name"], model_version=row["model_version"], owner=row["owner"],
+        priority=row["priority"],
     )
 
 
+def _text(value: Any) -> bytes | None:
+    return None if value is None else value.encode() if isinstance(value, str) else bytes(value)
+
+
+_STATUS_COLUMNS = (
+    "job_id, task, status, progress_done, progress_total, attempts, error_code, error_message, "
+    "cancel_requested, created_at, started_at, finished_at, updated_at, model_name, model_version, owner, priority"
+)
+
+
+def encode_cursor(status: JobStatus) -> str:
+    raw = f"{_micros(status.created_at)}:{status.job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        micros, job_id = raw.split(":", 1)
+        return int(micros), check_job_id(job_id)
+    except (ValueError, UnicodeDecodeError, JobNotFound):
+        raise InvalidJob("cursor: not a cursor this API returned") from None
+
+
 class JobRecords:
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, db: Database, store: ArtifactStore, settings: JobsSettings) -> None:
+        self.db = db
         self.store = store
+        # A result the gateway would redirect to a presigned URL must be in the store.
+        redirect = settings.job_result_redirect_bytes if store.presigns else settings.job_inline_result_bytes
+        self.inline_result_bytes = min(settings.job_inline_result_bytes, redirect)
 
-    async def create_request(self, spec: JobSpec) -> JobSpec | None:
-        """Claim the id with ``spec``; if it was taken, the spec already there."""
-        if await self.store.put(job_key(spec.job_id, "request.json"), spec.model_dump_json().encode(), create=True):
+    async def create(self, job: NewJob) -> tuple[JobStatus, JobRecord | None]:
+        """Insert ``job`` as queued: its status, and the record already there if its id was taken."""
+        now = _micros(utc_now())
+        spec = job.spec
+        status = _status({
+            "job_id": spec.job_id, "task": spec.task, "status": "queued", "progress_done": 0,
+            "progress_total": job.total, "attempts": 0, "error_code": None, "error_message": None,
+            "cancel_requested": 0, "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
+            "model_name": job.model_name, "model_version": job.model_version, "owner": job.owner,
+            "priority": spec.priority,
+        })
+        inserted = await self.db.execute(
+            "INSERT INTO jobs (job_id, task, status, fingerprint, options, input_key, input_data, progress_total, "
+            "owner, model_name, model_version, created_at, updated_at, priority) "
+            "VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) ON CONFLICT (job_id) DO NOTHING",
+            spec.job_id, spec.task, spec.fingerprint, orjson.dumps(spec.options).decode(), spec.input_key,
+            None if job.input_data is None else job.input_data.decode(), job.total, job.owner, job.model_name,
+            job.model_version, now, spec.priority,
+        )
+        if inserted:
+            return status, None
+        existing = await self.get(spec.job_id)
+        if existing is None:
+            raise JobNotFound(f"job {spec.job_id} was taken and is gone")
+        return status, existing
+
+    async def requeue_unpublished(self, job_id: str) -> JobStatus | None:
+        """A job whose first publish failed, queued again for a retried submission."""
+        await self.db.execute(
+            "UPDATE jobs SET status = 'queued', error_code = NULL, error_message = NULL, finished_at = NULL, "
+            "updated_at = $2 WHERE job_id = $1 AND status = 'failed' AND error_code = 'not_queued'",
+            job_id, _micros(utc_now()),
+        )
+        return await self.status(job_id)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        row = await self.db.fetchrow(
+            f"SELECT {_STATUS_COLUMNS}, fingerprint, options, input_key, input_data, result, result_key "
+            "FROM jobs WHERE job_id = $1", job_id,
+        )
+        if row is None:
             return None
-        existing = await self.store.get(job_key(spec.job_id, "request.json"))
-        return JobSpec.model_validate_json(existing) if existing else None
-
-    async def put_input(self, job_id: str, body: bytes) -> str:
-        key = job_key(job_id, "input.json")
-        await self.store.put(key, body)
-        return key
+        spec = JobSpec(job_id=job_id, task=row["task"], input_key=row["input_key"],
+                       options=orjson.loads(row["options"]), fingerprint=row["fingerprint"], priority=row["priority"])
+        return JobRecord(_status(row), spec, _text(row["input_data"]), _text(row["result"]), row["result_key"])
 
     async def status(self, job_id: str) -> JobStatus | None:
-        data = await self.store.get(job_key(job_id, "status.json"))
-        return JobStatus.model_validate_json(data) if data is not None else None
+        row = await self.db.fetchrow(f"SELECT {_STATUS_COLUMNS} FROM jobs WHERE job_id = $1", job_id)
+        return None if row is None else _status(row)
 
-    async def save(self, current: JobStatus, /, **changes: Any) -> JobStatus:
-        """Write ``current`` with ``changes`` applied and a fresh ``updated_at``."""
+    async def save(self, current: JobStatus, /, **changes: Any) -> JobStatus | None:
+        """Write ``current`` with ``changes`` and a fresh ``updated_at``; None if the job finished meanwhile."""
         status = JobStatus.model_validate({**current.model_dump(), **changes, "updated_at": utc_now()})
-        await self.store.put(job_key(status.job_id, "status.json"), status.model_dump_json().encode())
+        if not await self._write(status):
+            return None
         return status
 
-    async def fail(self, status: JobStatus, code: str, message: str) -> JobStatus:
+    async def _write(self, status: JobStatus, result: bytes | None = None, result_key: str | None = None) -> bool:
+        error = status.error
+        return bool(await self.db.execute(
+            "UPDATE jobs SET status = $2, progress_done = $3, progress_total = $4, attempts = $5, error_code = $6, "
+            "error_message = $7, started_at = $8, finished_at = $9, updated_at = $10, "
+            "result = COALESCE($11, result), result_key = COALESCE($12, result_key) "
+            f"WHERE job_id = $1 AND {_NOT_FINISHED}",
+            status.job_id, status.status, status.progress.done, status.progress.total, status.attempts,
+            None if error is None else error.code, None if error is None else error.message,
+            _stamp(status.started_at), _stamp(status.finished_at), _stamp(status.updated_at),
+            None if result is None else result.decode(), result_key,
+        ))
+
+    async def fail(self, status: JobStatus, code: str, message: str) -> JobStatus | None:
         return await self.save(status, status="failed", error=ErrorInfo(code=code, message=message),
                                finished_at=utc_now())
 
-    async def request_cancel(self, job_id: str) -> None:
-        await self.store.put(job_key(job_id, "cancel"), utc_now().isoformat().encode())
-
-    async def cancel_requested(self, job_id: str) -> bool:
-        return await self.store.size(job_key(job_id, "cancel")) is not None
-
-    async def put_result(self, spec: JobSpec, output: Any) -> None:
+    async def succeed(self, status: JobStatus, spec: JobSpec, output: Any) -> JobStatus | None:
+        """The result and the succeeded state, in one write (the result via the store when large)."""
         body = orjson.dumps({"job_id": spec.job_id, "task": spec.task, "output": output},
                             option=orjson.OPT_SERIALIZE_NUMPY)
-        await self.store.put(job_key(spec.job_id, "result.json"), body)
+        now = utc_now()
+        total = status.progress.total
+        done = status.model_validate({
+            **status.model_dump(), "status": "succeeded", "finished_at": now, "updated_at": now, "error": None,
+            "progress": {"done": total if total is not None else status.progress.done, "total": total},
+        })
+        if len(body) <= self.inline_result_bytes:
+            written = await self._write(done, result=body)
+        else:
+            key = job_key(spec.job_id, "result.json")
+            await self.store.put(key, body)
+            written = await self._write(done, result_key=key)
+        return done if written else None
 
-    async def has_result(self, job_id: str) -> bool:
-        return await self.store.size(job_key(job_id, "result.json")) is not None
+    async def request_cancel(self, job_id: str) -> None:
+        """Cancel a queued job at once; ask a running one to stop (a finished one is left alone)."""
+        await self.db.execute(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = $2, "
+            "finished_at = CASE WHEN status = 'queued' THEN $2 ELSE finished_at END, "
+            "status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END "
+            f"WHERE job_id = $1 AND {_NOT_FINISHED}",
+            job_id, _micros(utc_now()),
+        )
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        row = await self.db.fetchrow("SELECT cancel_requested FROM jobs WHERE job_id = $1", job_id)
+        return row is not None and bool(row["cancel_requested"])
+
+    async def list(
+        self, *, status: JobState | None = None, task: str | None = None, model: str | None = None,
+        owner: str | None = None, limit: int = 50, cursor: str | None = None,
+    ) -> tuple[list[JobStatus], str | None]:
+        """Newest first, ``limit`` at a time; the cursor of the next page (None on the last)."""
+        where, args = [], []
+        for column, value in (("status", status), ("task", task), ("model_name", model), ("owner", owner)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if cursor is not None:
+            micros, job_id = decode_cursor(cursor)
+            args += [micros, job_id]
+            a, b = len(args) - 1, len(args)
+            where.append(f"(created_at < ${a} OR (created_at = ${a} AND job_id < ${b}))")
+        args.append(limit + 1)
+        rows = await self.db.fetch(
+            f"SELECT {_STATUS_COLUMNS} FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
+            f"ORDER BY created_at DESC, job_id DESC LIMIT ${len(args)}", *args,
+        )
+        page = [_status(row) for row in rows[:limit]]
+        return page, encode_cursor(page[-1]) if len(rows) > limit else None

@@ -49,6 +49,9 @@ class JobSubmission(BaseModel):
         "(S3) or file://<path inside JOBS_DIR> (local store).",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the task type.")
+    priority: int = Field(
+        0, description="0 (the default, lowest) to JOB_PRIORITY_LEVELS - 1: a higher one overtakes queued lower ones."
+    )
 
 
 class Progress(BaseModel):
@@ -62,7 +65,7 @@ class ErrorInfo(BaseModel):
 
 
 class JobStatus(BaseModel):
-    """``jobs/<id>/status.json``, and the answer of ``GET /jobs/{id}``."""
+    """A job's database record as ``GET /jobs/{id}`` answers it."""
 
     job_id: str
     task: str
@@ -77,7 +80,10 @@ class JobStatus(BaseModel):
     updated_at: datetime
     status_url: str
     result_url: str
-    owner: str | None = Field(None, description="Id of the API key that submitted the job; null without keys.")
+    model_name: str | None = Field(None, description="The served model the job was accepted for.")
+    model_version: str | None = Field(None, description="Its version at acceptance.")
+    owner: str | None = Field(None, description="Who submitted it (an API key id), when known.")
+    priority: int = Field(0, description="Its priority; higher ones run first.")
 
     @property
     def finished(self) -> bool:
@@ -85,11 +91,11 @@ class JobStatus(BaseModel):
 
 
 class JobSpec(BaseModel):
-    """What a sidecar needs to run a job: the broker message and ``jobs/<id>/request.json``."""
+    """The broker message: what a sidecar needs to find and run a job (its record has the rest)."""
 
     job_id: str
     task: str
     input_key: str | None = Field(None, description="Store key of the rows, if the job has any.")
     options: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str = Field(description="Hash of the submission, to tell an idempotent retry from a reuse.")
-    owner: str | None = Field(None, description="Id of the API key that submitted the job; only it may see it.")
+    priority: int = 0

@@ -1,11 +1,12 @@
-"""Submit, read, and cancel jobs: what the gateway's job routes call.
+"""Submit, list, read, and cancel jobs: what the gateway's job routes call.
 
 The gateway never runs a job. A submission is validated completely first
 (task, options, every row, the input object's place and size), so a bad one
-gets 422 with nothing stored or queued. Then: claim the id (request.json,
-create-if-absent), store the inline rows, write ``queued``, publish, and only
-then answer 202. The broker is connected on first use, so the gateway starts
-and serves predictions while RabbitMQ is still coming up.
+gets 422 with nothing stored or queued. Then one database write (the record,
+``queued``, small inline rows in it; large ones go to the store first) and
+one confirmed publish, and only then 202. The broker and the database are
+connected on first use, so the gateway starts and serves predictions while
+they are still coming up.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from common.json_errors import NON_FINITE_MESSAGE, has_non_finite_numbers
 from jobs.broker import Broker, create_broker
+from jobs.database import Database, create_database
 from jobs.errors import (
     InvalidJob,
     JobAlreadyFinished,
@@ -32,8 +34,8 @@ from jobs.errors import (
     MalformedJob,
 )
 from jobs.metrics import JobsMetrics
-from jobs.records import JobRecords, check_job_id, new_status
-from jobs.schema import JobSpec, JobStatus, JobSubmission, validate
+from jobs.records import JobRecords, NewJob, check_job_id
+from jobs.schema import JobSpec, JobState, JobStatus, JobSubmission, validate
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, job_key
 from jobs.tasks import TASKS, TaskType, import_task_modules
@@ -49,14 +51,15 @@ class Submitted:
 
 class JobService:
     def __init__(
-        self, settings: JobsSettings, store: ArtifactStore, broker: Broker, metrics: JobsMetrics,
+        self, settings: JobsSettings, store: ArtifactStore, broker: Broker, database: Database, metrics: JobsMetrics,
         served_model: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self.settings = settings
         #: The served model's metadata as its workers publish it (None while no worker has).
         self.served_model = served_model
         self.store = store
-        self.records = JobRecords(store)
+        self.database = database
+        self.records = JobRecords(database, store, settings)
         self.broker = broker
         self.metrics = metrics
         self._broker_started = False
@@ -69,18 +72,19 @@ class JobService:
         served_model: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> JobService:
         store, broker = ArtifactStore.from_settings(settings), create_broker(settings)
-        return cls(settings, store, broker, JobsMetrics(registry), served_model)
+        return cls(settings, store, broker, create_database(settings), JobsMetrics(registry), served_model)
 
     async def close(self) -> None:
         if self._broker_started:
             await self.broker.close()
+        await self.database.close()
 
-    async def _publish(self, body: bytes) -> None:
+    async def _publish(self, body: bytes, priority: int) -> None:
         async with self._broker_lock:
             if not self._broker_started:
                 await self.broker.start()
                 self._broker_started = True
-        await self.broker.publish(body)
+        await self.broker.publish(body, priority, self.settings.job_priority_levels)
 
     async def submit(self, body: bytes, idempotency_key: str | None, owner: str | None = None) -> Submitted:
         submission = self._parse(body)
@@ -89,6 +93,8 @@ class JobService:
             raise InvalidJob(f"task: unknown task type {submission.task!r}; known: {', '.join(sorted(TASKS))}")
         options = validate(task.options, submission.options, "options")
         input_key, total = await self._check_inputs(task, submission)
+        if not 0 <= submission.priority < self.settings.job_priority_levels:
+            raise InvalidJob(f"priority: from 0 to {self.settings.job_priority_levels - 1}")
         metadata = self.served_model()
         if task.check is not None and metadata is not None:
             task.check(submission.inputs or [], submission.options, metadata)
@@ -98,29 +104,34 @@ class JobService:
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= 255:
                 raise InvalidJob("Idempotency-Key: 1 to 255 characters")
-            # Per owner: two keys using the same Idempotency-Key get two jobs.
+            # Per owner: two API keys using the same Idempotency-Key get two jobs.
             scope = "idempotency" if owner is None else f"idempotency:{owner}"
             job_id = hashlib.sha256(f"{scope}:{idempotency_key}".encode()).hexdigest()[:32]
         else:
             job_id = uuid.uuid4().hex
+        input_data = None
         if submission.inputs is not None:
-            input_key = job_key(job_id, "input.json")
+            input_data = orjson.dumps(submission.inputs)
+            if len(input_data) > self.settings.job_inline_input_bytes:
+                # Keyed by the fingerprint: a reused Idempotency-Key never overwrites the first job's rows.
+                input_key = job_key(job_id, f"input-{fingerprint[:16]}.json")
+                await self.store.put(input_key, input_data)
+                input_data = None
         spec = JobSpec(job_id=job_id, task=task.name, input_key=input_key,
-                       options=options.model_dump(), fingerprint=fingerprint, owner=owner)
+                       options=options.model_dump(), fingerprint=fingerprint, priority=submission.priority)
+        model = metadata or {}
+        job = NewJob(spec, total, input_data, owner, model.get("name"), model.get("version"))
 
-        existing = await self.records.create_request(spec)
+        status, existing = await self.records.create(job)
         if existing is not None:
-            if existing.fingerprint != fingerprint:
+            if existing.spec.fingerprint != fingerprint:
                 raise InvalidJob("Idempotency-Key: already used for a different job")
-            status = await self.records.status(job_id)
-            if status is not None and not (status.error and status.error.code == "not_queued"):
-                return Submitted(status, replayed=True)
-            # The first submission stopped or failed before it published: finish it here.
-        if submission.inputs is not None:
-            await self.records.put_input(job_id, orjson.dumps(submission.inputs))
-        status = await self.records.save(new_status(spec, total))
+            if not (existing.status.error and existing.status.error.code == "not_queued"):
+                return Submitted(existing.status, replayed=True)
+            # The first submission failed to publish: queue it again here.
+            status = await self.records.requeue_unpublished(job_id) or status
         try:
-            await self._publish(spec.model_dump_json().encode())
+            await self._publish(spec.model_dump_json().encode(), spec.priority)
         except Exception as exc:
             log.exception("publishing job %s failed", job_id)
             await self.records.fail(status, "not_queued", "the broker did not accept the job; submit it again")
@@ -162,23 +173,31 @@ class JobService:
         return None, None
 
     async def status(self, job_id: str, owner: str | None = None) -> JobStatus:
-        """A job's status; with an ``owner``, another owner's job is not found."""
+        """A job's status; with API keys (``owner``), another key's job is not found."""
         status = await self.records.status(check_job_id(job_id))
         if status is None or (owner is not None and status.owner != owner):
             raise JobNotFound(f"no job {job_id!r}")
-        if not status.finished and await self.records.cancel_requested(job_id):
-            # A queued job is cancelled for good: the sidecar that gets it will skip it.
-            return status.model_copy(update={"status": "cancelled"} if status.status == "queued"
-                                     else {"cancel_requested": True})
         return status
+
+    async def list(
+        self, *, status: JobState | None = None, task: str | None = None, model: str | None = None,
+        owner: str | None = None, limit: int = 50, cursor: str | None = None,
+    ) -> tuple[list[JobStatus], str | None]:
+        """Newest first; the next page's cursor, None on the last page."""
+        return await self.records.list(status=status, task=task, model=model, owner=owner, limit=limit, cursor=cursor)
 
     async def result(self, job_id: str, owner: str | None = None) -> bytes | str:
         """The result's JSON, or a presigned URL when it is large and the store can sign."""
-        status = await self.status(job_id, owner)
+        record = await self.records.get(check_job_id(job_id))
+        if record is None or (owner is not None and record.status.owner != owner):
+            raise JobNotFound(f"no job {job_id!r}")
+        status = record.status
         if status.status != "succeeded":
             detail = f": {status.error.message}" if status.error else ""
             raise JobNotFinished(f"job {job_id} is {status.status}{detail}; it has no result")
-        key = job_key(job_id, "result.json")
+        if record.result is not None:
+            return record.result
+        key = record.result_key or job_key(job_id, "result.json")
         if self.store.presigns and (await self.store.size(key) or 0) > self.settings.job_result_redirect_bytes:
             return await self.store.presign(key)
         data = await self.store.get(key)
@@ -194,4 +213,7 @@ class JobService:
             raise JobAlreadyFinished(f"job {job_id} is {status.status} already")
         await self.records.request_cancel(job_id)
         self.metrics.count("cancel_requested")
-        return await self.status(job_id, owner)
+        status = await self.status(job_id, owner)
+        if status.finished and status.status != "cancelled":
+            raise JobAlreadyFinished(f"job {job_id} is {status.status} already")
+        return status

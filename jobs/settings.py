@@ -33,6 +33,24 @@ class JobsSettings(BaseSettings):
         Path(".run/jobs"),
         description="Folder of the embedded broker's SQLite file and, without S3, of the local store.",
     )
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL of the job records (postgresql://user@host:5432/db); "
+        "unset: SQLite in JOBS_DIR (one machine only).",
+    )
+    database_pool_size: int = Field(10, ge=1, description="PostgreSQL connections per process.")
+    job_inline_input_bytes: int = Field(
+        256 * 1024, ge=0, description="Inline rows up to this size live in the job's database record; "
+        "larger ones go to the store.",
+    )
+    job_inline_result_bytes: int = Field(
+        256 * 1024, ge=0, description="Results up to this size live in the job's database record; "
+        "larger ones go to the store.",
+    )
+    job_list_max_limit: int = Field(200, ge=1, description="Most jobs one GET /jobs page may ask for (limit=).")
+    job_priority_levels: int = Field(
+        2, ge=1, description="Priority levels of jobs (priority 0 to this minus 1); a higher one overtakes queued "
+        "lower ones.",
+    )
     job_chunk_rows: int = Field(256, ge=1, description="Rows per /batch_predict call a job makes to its worker.")
     job_max_rows: int = Field(100_000, ge=1, description="Rows one job may carry, inline or by input_uri.")
     job_max_inline_bytes: int = Field(
@@ -51,7 +69,14 @@ class JobsSettings(BaseSettings):
     job_retry_delay_s: float = Field(
         1.0, ge=0, description="Wait before a failed attempt goes back to the queue (times the attempt number)."
     )
-    sidecar_prefetch: int = Field(4, ge=1, description="Jobs one sidecar holds and runs at once.")
+    sidecar_prefetch: int = Field(
+        64, ge=1, description="Jobs one sidecar holds from the broker (running or about to run)."
+    )
+    sidecar_concurrency: int = Field(32, ge=1, description="Jobs one sidecar runs at once (at most the prefetch).")
+    sidecar_worker_calls: int = Field(
+        2, ge=1, description="/batch_predict calls one sidecar has in flight to its worker; small jobs' rows "
+        "waiting meanwhile go together in the next call.",
+    )
     sidecar_shutdown_grace_s: float = Field(
         20.0, ge=0, description="On SIGTERM, time to finish running jobs before they are requeued."
     )

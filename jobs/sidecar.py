@@ -1,9 +1,10 @@
 """``python -m jobs.sidecar``: runs jobs from the broker on the worker next to it.
 
-For each delivery: skip it if the job already finished (a redelivery after a
-crash) or was cancelled; mark it running; run its task through the worker
-over loopback, in chunks, so jobs share the worker's batching; write the
-result; mark it succeeded; and only then ack. A crash anywhere before the ack
+For each delivery: read the job's record; skip it if the job already finished
+(a redelivery after a crash) or was cancelled; mark it running; run its task
+through the worker over loopback, in chunks, so jobs share the worker's
+batching; write the result and the succeeded state (one database write); and
+only then ack. A crash anywhere before the ack
 means the message is delivered again, and a finished job is never run twice:
 at-least-once delivery, exactly one visible result.
 
@@ -30,9 +31,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import BaseModel, ValidationError
 
 from jobs.broker import Broker, Delivery, create_broker
+from jobs.coalesce import Coalescer
+from jobs.database import Database, create_database
 from jobs.errors import InvalidJob, JobCancelled, TaskFailed
 from jobs.metrics import JobsMetrics
-from jobs.records import JobRecords, new_status
+from jobs.records import JobRecord, JobRecords
 from jobs.schema import ErrorInfo, JobSpec, JobStatus, Progress, utc_now, validate
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore
@@ -44,14 +47,21 @@ PROGRESS_INTERVAL_S = 0.5
 
 
 class Sidecar:
-    def __init__(self, settings: JobsSettings, store: ArtifactStore, broker: Broker, metrics: JobsMetrics) -> None:
+    def __init__(self, settings: JobsSettings, store: ArtifactStore, broker: Broker, database: Database,
+                 metrics: JobsMetrics) -> None:
         self.settings = settings
-        self.records = JobRecords(store)
+        self.database = database
+        self.records = JobRecords(database, store, settings)
         self.store = store
         self.broker = broker
         self.metrics = metrics
         key = {"Authorization": f"Bearer {settings.worker_api_key}"} if settings.worker_api_key else {}
-        self.worker = httpx.AsyncClient(base_url=settings.worker_url, timeout=settings.worker_timeout_s, headers=key)
+        self.worker = httpx.AsyncClient(
+            base_url=settings.worker_url, timeout=settings.worker_timeout_s, headers=key,
+            limits=httpx.Limits(max_connections=settings.sidecar_worker_calls + 4),
+        )
+        self.coalescer = Coalescer(self.worker, settings.job_chunk_rows, settings.sidecar_worker_calls)
+        self._slots = asyncio.Semaphore(settings.sidecar_concurrency)
         self._running: set[asyncio.Task[None]] = set()
         import_task_modules(settings.job_task_modules)
 
@@ -83,6 +93,8 @@ class Sidecar:
                     job.cancel()  # the job hands its message back
                 await asyncio.gather(*late, return_exceptions=True)
             await self.broker.close()
+            await self.database.close()
+            await self.coalescer.close()
             await self.worker.aclose()
 
     async def _wait_for_worker(self, stop: asyncio.Event) -> None:
@@ -107,7 +119,8 @@ class Sidecar:
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            await self._process(delivery)
+            async with self._slots:
+                await self._process(delivery)
         except asyncio.CancelledError:
             await asyncio.shield(delivery.release())
             raise
@@ -125,14 +138,16 @@ class Sidecar:
             log.error("dropping a message that is not a job: %r", delivery.body[:200])
             await delivery.ack()
             return
-        status = await self.records.status(spec.job_id) or new_status(spec, None)
+        record = await self.records.get(spec.job_id)
+        if record is None:
+            log.error("dropping job %s: it has no record", spec.job_id)
+            await delivery.ack()
+            return
+        status = record.status
         if status.finished:
             await delivery.ack()
             return
-        if await self.records.has_result(spec.job_id):  # crashed between result and status
-            await self._finish(delivery, status, "succeeded")
-            return
-        if await self.records.cancel_requested(spec.job_id):
+        if status.cancel_requested:
             await self._finish(delivery, status, "cancelled")
             return
         task = TASKS.get(spec.task)
@@ -140,16 +155,18 @@ class Sidecar:
             await self._finish(delivery, status, "failed", ErrorInfo(code="unknown_task", message=spec.task))
             return
 
-        status = await self.records.save(status, status="running", attempts=delivery.attempt,
-                                         started_at=status.started_at or utc_now(), error=None)
+        running = await self.records.save(status, status="running", attempts=delivery.attempt,
+                                          started_at=status.started_at or utc_now(), error=None)
+        if running is None:  # cancelled while queued, a moment ago
+            await delivery.ack()
+            return
         self.metrics.count("running")
-        run = _Progress(self.records, status)
-        context = TaskContext(spec.job_id, task.options.model_validate(spec.options), self.settings, self.store,
-                              self.worker, run.checkpoint)
+        run = _Progress(self.records, running)
+        context = TaskContext(spec.job_id, task.options.model_validate(record.spec.options), self.settings,
+                              self.store, self.worker, run.checkpoint, self.coalescer.predict)
         try:
-            rows = await self._rows(spec, task.row)
+            rows = await self._rows(record, task.row)
             output = await task.run(context, rows)
-            await self.records.put_result(spec, output)
         except JobCancelled:
             await self._finish(delivery, run.status, "cancelled")
         except TaskFailed as exc:
@@ -162,14 +179,19 @@ class Sidecar:
             await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
             await delivery.retry()
         else:
-            await self._finish(delivery, run.status, "succeeded")
+            await self.records.succeed(run.status, record.spec, output)
+            await delivery.ack()
+            self.metrics.count("succeeded")
+            log.info("job %s succeeded", spec.job_id)
 
-    async def _rows(self, spec: JobSpec, row_model: type[BaseModel]) -> list[Any]:
-        if spec.input_key is None:
-            return []
-        data = await self.store.get(spec.input_key)
+    async def _rows(self, record: JobRecord, row_model: type[BaseModel]) -> list[Any]:
+        data = record.input_data
+        if data is None and record.spec.input_key is not None:
+            data = await self.store.get(record.spec.input_key)
+            if data is None:
+                raise TaskFailed("input_missing", f"no input object at {record.spec.input_key}")
         if data is None:
-            raise TaskFailed("input_missing", f"no input object at {spec.input_key}")
+            return []
         try:
             return validate(list[row_model], orjson.loads(data), "inputs")  # type: ignore[valid-type]
         except orjson.JSONDecodeError as exc:
@@ -178,10 +200,7 @@ class Sidecar:
             raise TaskFailed("invalid_input", exc.message) from None
 
     async def _finish(self, delivery: Delivery, status: JobStatus, state: str, error: ErrorInfo | None = None) -> None:
-        changes: dict[str, Any] = {"status": state, "finished_at": utc_now(), "error": error}
-        if state == "succeeded" and status.progress.total is not None:
-            changes["progress"] = {"done": status.progress.total, "total": status.progress.total}
-        await self.records.save(status, **changes)
+        await self.records.save(status, status=state, finished_at=utc_now(), error=error)
         await delivery.ack()
         self.metrics.count(state)
         log.info("job %s %s", status.job_id, state)
@@ -193,8 +212,8 @@ class Sidecar:
             except ValidationError:
                 await delivery.ack()
                 continue
-            status = await self.records.status(spec.job_id) or new_status(spec, None)
-            if not status.finished:
+            status = await self.records.status(spec.job_id)
+            if status is not None and not status.finished:
                 last = status.error.message if status.error else "its sidecar stopped each time"
                 message = f"gave up after {self.settings.job_max_deliveries} deliveries; last error: {last}"
                 await self.records.fail(status, "delivery_limit", message)
@@ -217,7 +236,7 @@ class _Progress:
         progress = {"done": done, "total": total}
         if time.monotonic() - self._written >= PROGRESS_INTERVAL_S:
             self._written = time.monotonic()
-            self.status = await self.records.save(self.status, progress=progress)
+            self.status = await self.records.save(self.status, progress=progress) or self.status
         else:
             self.status = self.status.model_copy(update={"progress": Progress(**progress)})
 
@@ -229,7 +248,8 @@ def main() -> None:
     registry = CollectorRegistry()
     if settings.sidecar_metrics_port:
         start_http_server(settings.sidecar_metrics_port, addr=settings.sidecar_metrics_host, registry=registry)
-    sidecar = Sidecar(settings, ArtifactStore.from_settings(settings), create_broker(settings), JobsMetrics(registry))
+    sidecar = Sidecar(settings, ArtifactStore.from_settings(settings), create_broker(settings),
+                      create_database(settings), JobsMetrics(registry))
 
     async def serve() -> None:
         stop = asyncio.Event()

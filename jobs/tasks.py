@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 import jsonschema
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.rows import NestedNumbers, PredictRow, nested_shape
+from jobs.coalesce import WorkerRefused
 from jobs.errors import InvalidJob, TaskFailed
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, model_key
@@ -55,6 +56,9 @@ class TaskContext:
     #: ``await checkpoint(done, total)`` records progress and raises JobCancelled
     #: once a cancel was asked for. Call it between units of work.
     checkpoint: Callable[[int, int], Awaitable[None]]
+    #: ``await predict(rows, request_id)``: the worker's /batch_predict answers, the rows sent together
+    #: with other jobs' (jobs.coalesce); raises WorkerRefused on a 4xx a retry would repeat.
+    predict: Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]]
 
 
 class NoOptions(BaseModel):
@@ -123,20 +127,35 @@ def _check_predict_rows(rows: list[Any], options: dict[str, Any], metadata: dict
 
 @task("batch_predict", row=PredictRow, check=_check_predict_rows)
 async def batch_predict(ctx: TaskContext, rows: list[PredictRow]) -> list[dict[str, Any]]:
-    """Rows through the worker's /batch_predict, JOB_CHUNK_ROWS at a time; answers in input order."""
+    """Rows through the worker's /batch_predict, JOB_CHUNK_ROWS at a time; answers in input order.
+
+    Up to SIDECAR_WORKER_CALLS chunks are in flight, so a large job keeps its worker's batches full; small
+    jobs' chunks share worker calls (``ctx.predict``). A 5xx is transient: the attempt is retried.
+    """
     answers: list[dict[str, Any]] = []
     size = ctx.settings.job_chunk_rows
-    for start in range(0, len(rows), size):
-        chunk = [row.model_dump() for row in rows[start:start + size]]
-        response = await ctx.worker.post(
-            "/batch_predict", content=orjson.dumps(chunk),
-            headers={"content-type": "application/json", "x-request-id": ctx.job_id},
-        )
-        if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-            raise TaskFailed(*_worker_error(response, f"rows {start}..{start + len(chunk) - 1}"))
-        response.raise_for_status()  # 5xx: transient, the attempt is retried
-        answers.extend(response.json())
+    in_flight: deque[tuple[int, int, asyncio.Task[list[Any]]]] = deque()
+
+    async def collect() -> None:
+        start, count, call = in_flight.popleft()
+        try:
+            answers.extend(await call)
+        except WorkerRefused as exc:
+            raise TaskFailed(*_worker_error(exc.response, f"rows {start}..{start + count - 1}")) from None
         await ctx.checkpoint(len(answers), len(rows))
+
+    try:
+        for start in range(0, len(rows), size):
+            chunk = [row.model_dump() for row in rows[start:start + size]]
+            in_flight.append((start, len(chunk), asyncio.create_task(ctx.predict(chunk, ctx.job_id))))
+            if len(in_flight) >= ctx.settings.sidecar_worker_calls:
+                await collect()
+        while in_flight:
+            await collect()
+    finally:
+        for _, _, call in in_flight:
+            call.cancel()
+        await asyncio.gather(*(call for _, _, call in in_flight), return_exceptions=True)
     return answers
 
 

@@ -4,10 +4,12 @@
 #   docker-compose  Debian's Compose 1.29, a second loader for the compose files
 #                   in scripts/check_containers.sh (Compose v2 itself comes from
 #                   PyPI with the dev extra; no Docker engine is needed)
+#   chromium, chromium-driver   the headless browser of the job page's test
+#                   (tests/jobs/test_ui_browser.py, driven by selenium)
 # apt-get runs only when a package is missing, so a ready machine pays nothing.
 set -euo pipefail
 
-PACKAGES=(wrk docker-compose)
+PACKAGES=(wrk docker-compose chromium chromium-driver)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -81,7 +81,7 @@ def test_make_up_writes_env_waits_and_prints_the_urls(make_docker, tmp_path: Pat
     assert result.returncode == 0, result.stderr
     env = (tmp_path / ".env").read_text()
     passwords = re.findall(r"(?m)^\w*PASSWORD=(.*)$", env)
-    assert len(passwords) == 3 and all(len(p) == 32 for p in passwords)
+    assert len(passwords) == 4 and all(len(p) == 32 for p in passwords)
     keys = re.findall(r"(?m)^\w*API_KEY=(.*)$", env)
     assert len(keys) == 2 and all(len(k) == 32 for k in keys) and keys[0] != keys[1]
     assert oct((tmp_path / ".env").stat().st_mode & 0o777) == "0o600"

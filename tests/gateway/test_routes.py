@@ -25,7 +25,7 @@ def client(jobs_settings: JobsSettings):
         ("PUT", "/metrics", "GET, HEAD"),
         ("POST", "/docs", "GET, HEAD"),
         ("POST", "/openapi.json", "GET, HEAD"),
-        ("GET", "/jobs", "POST"),
+        ("PUT", "/jobs", "GET, HEAD, POST"),
         ("POST", "/jobs/abc", "DELETE, GET, HEAD"),
         ("TRACE", "/predict", "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"),
         ("TRACE", "/gateway/health", "GET, HEAD"),

@@ -1,8 +1,11 @@
 """Fixtures of the job tests: both adapter pairs, a gateway and sidecars.
 
-``jobs_settings`` is parametrized over the two pairs: the embedded broker with
-a local folder, and RabbitMQ with an S3 server (moto's, on loopback). The
-RabbitMQ pair is skipped when no broker answers, unless REQUIRE_BROKER=1.
+``jobs_settings`` is parametrized over the deployments: the embedded broker
+with a local folder and SQLite records; the same with PostgreSQL records; and
+RabbitMQ with an S3 server (moto's, on loopback) and PostgreSQL. The RabbitMQ
+ones are skipped when no broker answers, unless REQUIRE_BROKER=1; the
+PostgreSQL ones when no database answers, unless REQUIRE_DATABASE=1. Each
+test gets its own PostgreSQL schema, dropped after it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -27,6 +31,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from jobs.broker import Broker, create_broker
 from jobs.broker_amqp import AmqpBroker
+from jobs.database import create_database
 from jobs.metrics import JobsMetrics
 from jobs.settings import JobsSettings
 from jobs.sidecar import Sidecar
@@ -35,6 +40,7 @@ from tests.jobs.fake_worker import FakeWorker
 from tests.support import free_port, start_process
 
 AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+DATABASE_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,7 @@ def fake_worker() -> Iterator[FakeWorker]:
 def _fresh_fake_worker(request: pytest.FixtureRequest) -> None:
     if "fake_worker" in request.fixturenames:
         worker = request.getfixturevalue("fake_worker")
-        worker.delay_s, worker.rows_seen = 0.0, 0
+        worker.delay_s, worker.rows_seen, worker.calls = 0.0, 0, 0
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +70,40 @@ def amqp_url() -> str:
             pytest.fail(f"REQUIRE_BROKER=1 but no RabbitMQ answers at {AMQP_URL}: {exc!r}")
         pytest.skip(f"no RabbitMQ answers at {AMQP_URL} ({exc!r}); set AMQP_URL, or REQUIRE_BROKER=1 to fail")
     return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    async def probe() -> None:
+        connection = await asyncpg.connect(DATABASE_URL, timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        if os.environ.get("REQUIRE_DATABASE") == "1":
+            pytest.fail(f"REQUIRE_DATABASE=1 but no PostgreSQL answers at {DATABASE_URL}: {exc!r}")
+        pytest.skip(f"no PostgreSQL answers at {DATABASE_URL} ({exc!r}); set DATABASE_URL, or REQUIRE_DATABASE=1 "
+                    "to fail")
+    return DATABASE_URL
+
+
+@pytest.fixture
+def database_url(postgres_server: str) -> Iterator[str]:
+    """A URL on a fresh schema of the test database, dropped after the test."""
+    schema = f"test_jobs_{uuid.uuid4().hex[:12]}"
+
+    async def sql(statement: str) -> None:
+        connection = await asyncpg.connect(postgres_server)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(sql(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in postgres_server else "?"
+    yield f"{postgres_server}{separator}search_path={schema}"
+    asyncio.run(sql(f"DROP SCHEMA {schema} CASCADE"))
 
 
 @pytest.fixture(scope="session")
@@ -87,17 +127,21 @@ def embedded_settings(tmp_path: Path, worker_url: str, **changes: Any) -> JobsSe
     return JobsSettings(**{**values, **changes})
 
 
-@pytest.fixture(params=["embedded", "rabbitmq"])
+@pytest.fixture(params=["embedded", "postgres", "rabbitmq"])
 def jobs_settings(request: pytest.FixtureRequest, tmp_path: Path, fake_worker: FakeWorker) -> Iterator[JobsSettings]:
     if request.param == "embedded":
         yield embedded_settings(tmp_path, fake_worker.url)
+        return
+    database_url = request.getfixturevalue("database_url")
+    if request.param == "postgres":
+        yield embedded_settings(tmp_path, fake_worker.url, database_url=database_url)
         return
     amqp_url, s3 = request.getfixturevalue("amqp_url"), request.getfixturevalue("s3_endpoint")
     run = uuid.uuid4().hex[:12]
     httpx.put(f"{s3}/jobs-{run}").raise_for_status()  # moto creates the bucket
     settings = embedded_settings(
         tmp_path, fake_worker.url, amqp_url=amqp_url, job_queue=f"test-jobs-{run}", s3_endpoint_url=s3,
-        s3_bucket=f"jobs-{run}", aws_access_key_id="test", aws_secret_access_key="test",
+        s3_bucket=f"jobs-{run}", aws_access_key_id="test", aws_secret_access_key="test", database_url=database_url,
     )
     yield settings
     asyncio.run(_delete_queues(settings))
@@ -133,7 +177,7 @@ async def gateway(settings: JobsSettings) -> AsyncIterator[httpx.AsyncClient]:
 async def sidecar(settings: JobsSettings) -> AsyncIterator[Sidecar]:
     """A sidecar in this process; it stops as on SIGTERM when the block ends."""
     runner = Sidecar(settings, ArtifactStore.from_settings(settings), create_broker(settings),
-                     JobsMetrics(CollectorRegistry()))
+                     create_database(settings), JobsMetrics(CollectorRegistry()))
     stop = asyncio.Event()
     running = asyncio.create_task(runner.run(stop))
     try:

@@ -2,8 +2,8 @@
 
 It answers each row with the sum of its input_data, so a result shows which
 row went where; rows whose first value is negative get the worker's 422
-envelope. ``delay_s`` slows every call down (to catch a job mid-run), and
-``rows_seen`` counts the rows it answered.
+envelope. ``delay_s`` slows every call down (to catch a job mid-run),
+``rows_seen`` counts the rows it answered and ``calls`` the calls that answered.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class FakeWorker:
         self.input_shape = list(input_shape)  # published in /metadata, as a real worker does
         self.delay_s = 0.0
         self.rows_seen = 0
+        self.calls = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = Starlette(routes=[
@@ -51,6 +52,7 @@ class FakeWorker:
             return JSONResponse(body, 422)
         await asyncio.sleep(self.delay_s)
         self.rows_seen += len(rows)
+        self.calls += 1
         return JSONResponse([{"prediction": [sum(row["input_data"])], "worker_id": "fake"} for row in rows])
 
     def start(self) -> FakeWorker:
