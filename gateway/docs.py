@@ -251,7 +251,9 @@ def prediction_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> Non
     })
 
 
-OPEN_OPERATIONS = frozenset({"/gateway/health"})
+OPEN_OPERATIONS = frozenset({"/gateway/health", "/v2/health/live", "/v2/health/ready"})
+#: On the Open Inference Protocol's paths errors are its ``{"error": "..."}`` (gateway/protocol.py).
+_PROTOCOL_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 _SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -260,10 +262,11 @@ _SECURITY_SCHEMES = {
 
 def document_access(builder: OpenAPIBuilder, api_keys: bool) -> None:
     """The answers every route can give besides its own: 415 on JSON bodies; with API keys, 401, 429 and security."""
-    error = {"application/json": {"schema": builder.schema(ErrorResponse)}}
+    envelope = {"application/json": {"schema": builder.schema(ErrorResponse)}}
     if api_keys:
         builder.document["components"]["securitySchemes"] = _SECURITY_SCHEMES
     for path, operations in builder.document["paths"].items():
+        error = {"application/json": {"schema": _PROTOCOL_ERROR}} if path.startswith("/v2") else envelope
         for operation in operations.values():
             answers = operation["responses"]
             if "requestBody" in operation:
