@@ -54,4 +54,4 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/live' % os.environ.get('PORT', '8080'), timeout=4)"]
 # gunicorn_conf.py reads HOST, PORT, GATEWAY_PROCESSES and LOG_LEVEL, and keeps the
 # Prometheus multiprocess folder clean; `python:` loads it from the installed package.
-CMD ["gunicorn", "gateway.app:create_app()", "-k", "uvicorn_worker.UvicornWorker", "-c", "python:gateway.gunicorn_conf"]
+CMD ["gunicorn", "gateway.app:create_app()", "-k", "gateway.gunicorn_worker.GatewayWorker", "-c", "python:gateway.gunicorn_conf"]

@@ -1,12 +1,13 @@
 """Gunicorn settings for the gateway in production (the container's command).
 
-    gunicorn "gateway.app:create_app()" -k uvicorn_worker.UvicornWorker -c gateway/gunicorn_conf.py
+    gunicorn "gateway.app:create_app()" -k gateway.gunicorn_worker.GatewayWorker -c gateway/gunicorn_conf.py
 
 (``-c python:gateway.gunicorn_conf`` loads the same file from the installed
 package.) A gunicorn config file is where the process model is read from the
 environment: ``HOST``, ``PORT``, ``GATEWAY_PROCESSES`` (gunicorn workers) and
-``LOG_LEVEL``; the app reads its own settings in ``create_app()``. The
-uvicorn worker picks uvloop and httptools, both installed with the gateway.
+``LOG_LEVEL``, and ``BACKLOG``; the app reads its own settings in ``create_app()``.
+The worker (``gateway/gunicorn_worker.py``) is uvicorn's with the gateway's
+header-limited HTTP protocol; it picks uvloop, both installed with the gateway.
 
 Prometheus: with ``PROMETHEUS_MULTIPROC_DIR`` set, every process writes its
 metrics to files there and /metrics adds them up. The folder is emptied when
@@ -23,7 +24,9 @@ from typing import Any
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("GATEWAY_PROCESSES", "1"))
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "gateway.gunicorn_worker.GatewayWorker"
+# Connections the kernel holds until a worker accepts them (the gateway's BACKLOG setting).
+backlog = int(os.environ.get("BACKLOG", "4096"))
 loglevel = os.environ.get("LOG_LEVEL", "info")
 # The app writes one JSON line per request; gunicorn's own access log would double it.
 accesslog = None

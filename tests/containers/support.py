@@ -14,6 +14,7 @@ except in CI (CI=true), where it fails.
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import re
@@ -136,7 +137,7 @@ def check_command(argv: list[str]) -> None:
         assert _defines(module, factory.removesuffix("()")), f"{module} defines no {factory}"
         worker_class = argv[argv.index("-k") + 1]
         worker_module, _, name = worker_class.rpartition(".")
-        assert hasattr(__import__(worker_module), name), worker_class
+        assert hasattr(importlib.import_module(worker_module), name), worker_class
         config = argv[argv.index("-c") + 1]
         if config.startswith("python:"):
             assert _module_exists(config.removeprefix("python:")), config

@@ -20,7 +20,7 @@ def test_gunicorn_config_reads_the_process_settings(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
     config = runpy.run_path(str(REPO / "gateway/gunicorn_conf.py"))
     assert config["bind"] == "0.0.0.0:9999" and config["workers"] == 3
-    assert config["worker_class"] == "uvicorn_worker.UvicornWorker"
+    assert config["worker_class"] == "gateway.gunicorn_worker.GatewayWorker" and config["backlog"] == 4096
     # Several processes without a folder: the config picks one, before any worker starts.
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"]
 

@@ -132,6 +132,10 @@ def test_gateway_image_command_serves_and_passes_its_healthcheck(gateway_site: P
                                    f"'http://127.0.0.1:{port}/metrics').read().decode())"],
             capture_output=True, text=True, check=True).stdout
         assert "gateway_backend_up" in metrics
+        # The image's gunicorn worker has the gateway's header bound (gateway/gunicorn_worker.py).
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /gateway/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.1 431")
         probe = (f"import sys, gateway; sys.exit(0 if gateway.__file__.startswith({str(gateway_site)!r}) else 1)")
         assert subprocess.run([sys.executable, "-c", probe], env=env, cwd=gateway_site.parent).returncode == 0
     finally:
