@@ -33,6 +33,19 @@ def _json(body: bytes) -> Any:
         raise MalformedRequest(f"body is not valid JSON: {exc}") from None
 
 
+def first_non_finite_row(value: np.ndarray) -> int | None:
+    """The first row of an output holding a NaN or an infinity; None when every row is finite."""
+    if value.dtype.kind != "f":
+        return None
+    finite = np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+    return None if finite.all() else int(np.argmin(finite))
+
+
+def non_finite_output_message(name: str) -> str:
+    return (f"the model's output {name!r} is not finite for this input (it may be far outside the range the "
+            "model was trained on)")
+
+
 class Predictor:
     """Parses, batches and answers predictions for the served model."""
 
@@ -49,7 +62,6 @@ class Predictor:
         self._one = TypeAdapter(request)
         self._many = TypeAdapter(list[request])  # type: ignore[valid-type]
         self.response: type[BaseModel] = response_model(model, outputs)
-        self._float_outputs = [spec.name for spec in outputs if np.issubdtype(np.dtype(spec.dtype), np.floating)]
 
     def parse_one(self, body: bytes) -> PredictRow:
         data = _json(body)
@@ -102,15 +114,12 @@ class Predictor:
             raise InvalidInput(f"input_data: values overflow {self.model.input_dtype}")
         return rows
 
-    def _check_finite(self, outputs: dict[str, np.ndarray], count: int) -> None:
-        for name in self._float_outputs:
-            finite = np.isfinite(outputs[name].reshape(count, -1)).all(axis=1)
-            if not finite.all():
-                where = f"row {int(np.argmin(finite))}: " if count > 1 else ""
-                raise InvalidInput(
-                    f"{where}the model's output {name!r} is not finite for this input (it may be far outside "
-                    "the range the model was trained on)"
-                )
+    @staticmethod
+    def _check_finite(outputs: dict[str, np.ndarray], count: int) -> None:
+        for name, value in outputs.items():
+            row = first_non_finite_row(value)
+            if row is not None:
+                raise InvalidInput((f"row {row}: " if count > 1 else "") + non_finite_output_message(name))
 
     async def predict(self, items: Sequence[PredictRow]) -> list[dict[str, Any]]:
         if not items:

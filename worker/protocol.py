@@ -29,6 +29,7 @@ import orjson
 
 from worker.contract import Model, TensorSpec
 from worker.metadata import datatype
+from worker.predictor import first_non_finite_row, non_finite_output_message
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -193,12 +194,8 @@ class ProtocolCodec:
         tensors, tail = [], []
         for name, binary in request.outputs.items():
             value = np.asarray(outputs[name])
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
-                row = int(np.argmin(np.isfinite(value.reshape(len(value), -1)).all(axis=1)))
-                raise ProtocolError(
-                    f"row {row}: the model's output {name!r} is not finite for this input (it may be far outside "
-                    "the range the model was trained on)"
-                )
+            if (row := first_non_finite_row(value)) is not None:
+                raise ProtocolError(f"row {row}: {non_finite_output_message(name)}")
             tensor: dict[str, Any] = {"name": name, "datatype": datatype(str(value.dtype)), "shape": list(value.shape)}
             if binary:
                 raw = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
