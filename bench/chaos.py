@@ -166,30 +166,19 @@ def request_row(name: str, tally: Tally, recovery: float | None, note: str = "")
                failed == 0 and tally.wrong == 0 and tally.ok > 0)
 
 
-async def worker_kill_9(stack: Stack, clients: int, load_s: float) -> Row:
+async def worker_signalled(stack: Stack, clients: int, load_s: float, sig: signal.Signals, name: str,
+                           note: str) -> Row:
+    """Send ``sig`` to worker 0 under load; recovery is until every worker is healthy again."""
     victim = stack.worker_pid(0)
 
     async def action() -> float | None:
         since = time.monotonic()
-        os.kill(victim, signal.SIGKILL)
+        os.kill(victim, sig)
         await asyncio.sleep(0.5)
         return await whole_again(stack, since)
 
     tally, recovery = await under_load(stack, clients, load_s, action)
-    return request_row("worker kill -9", tally, recovery, "recovery: restarted and warm")
-
-
-async def worker_sigterm(stack: Stack, clients: int, load_s: float) -> Row:
-    victim = stack.worker_pid(0)
-
-    async def action() -> float | None:
-        since = time.monotonic()
-        os.kill(victim, signal.SIGTERM)
-        await asyncio.sleep(0.5)
-        return await whole_again(stack, since)
-
-    tally, recovery = await under_load(stack, clients, load_s, action)
-    return request_row("worker SIGTERM", tally, recovery, "recovery: drained, restarted and warm")
+    return request_row(name, tally, recovery, note)
 
 
 async def hung_worker(stack: Stack, clients: int, load_s: float, stopped_s: float) -> Row:
@@ -387,8 +376,10 @@ async def run(args: argparse.Namespace) -> list[Row]:
         stack = await asyncio.to_thread(start_stack, log_dir, env)
         try:
             scenarios: dict[str, Callable[[], Awaitable[list[Row]]]] = {
-                "kill": lambda: one(worker_kill_9(stack, args.clients, load_s)),
-                "sigterm": lambda: one(worker_sigterm(stack, args.clients, load_s)),
+                "kill": lambda: one(worker_signalled(stack, args.clients, load_s, signal.SIGKILL,
+                                                     "worker kill -9", "recovery: restarted and warm")),
+                "sigterm": lambda: one(worker_signalled(stack, args.clients, load_s, signal.SIGTERM, "worker SIGTERM",
+                                                        "recovery: drained, restarted and warm")),
                 "hang": lambda: one(hung_worker(stack, args.clients, load_s, 2.0 if args.quick else 5.0)),
                 "gateway": lambda: one(gateway_restart(stack, args.clients, load_s)),
                 "overload": lambda: one(overload(stack, args.overload_clients, args.overload_s)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -61,6 +62,16 @@ def wait_ready(client: TestClient) -> None:
             return
         threading.Event().wait(0.01)
     raise AssertionError("worker never became ready")
+
+
+@contextlib.contextmanager
+def ready_client() -> Iterator[TestClient]:
+    """A client of the app on a warm fake runtime, once its /health is 200."""
+    runtime = FakeRuntime()
+    runtime.warm.set()
+    with make_client(runtime) as client:
+        wait_ready(client)
+        yield client
 
 
 def test_health_is_503_until_warm_then_200() -> None:

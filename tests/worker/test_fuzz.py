@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from tests.fakes import SumModel, traced_outputs
-from tests.worker.test_app import FakeRuntime, make_client, wait_ready
+from tests.worker.test_app import ready_client
 from worker.protocol import ProtocolCodec, ProtocolError
 
 json_values = st.recursive(
@@ -27,10 +27,7 @@ predict_like = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    runtime = FakeRuntime()
-    runtime.warm.set()
-    with make_client(runtime) as client:
-        wait_ready(client)
+    with ready_client() as client:
         yield client
 
 

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.fakes import GridModel, traced_outputs
-from tests.worker.test_app import FakeRuntime, make_client, wait_ready
+from tests.worker.test_app import FakeRuntime, make_client, ready_client
 from worker.protocol import HEADER_LENGTH, InferRequest, ProtocolCodec, ProtocolError
 
 
@@ -146,10 +146,7 @@ def test_non_finite_outputs_are_an_error_in_both_encodings(binary: bool) -> None
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    runtime = FakeRuntime()
-    runtime.warm.set()
-    with make_client(runtime) as client:
-        wait_ready(client)
+    with ready_client() as client:
         yield client
 
 
