@@ -186,7 +186,8 @@ def _distribution_closure(requirements: list[str]) -> set[str]:
 #: Entry modules of each image, and whether its processes run every code path
 #: (the worker image runs the job tasks; the gateway only registers them).
 IMAGE_ENTRY_MODULES = {
-    "gateway.Dockerfile": (["gateway.app", "gateway.gunicorn_conf", "gateway.gunicorn_worker", "gateway.__main__"], False),
+    "gateway.Dockerfile": (["gateway.app", "gateway.gunicorn_conf", "gateway.gunicorn_worker", "gateway.__main__"],
+                           False),
     "worker.Dockerfile": (["worker.__main__", "worker.app", "worker.runtime", "worker.model", "worker.train",
                            "jobs.sidecar", "jobs.tasks"], True),
 }
