@@ -186,7 +186,7 @@ class SqliteDatabase(_Lazy):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
+            await self._use_wal(db)
             await db.execute("PRAGMA synchronous=FULL")  # a 202 means the record is on disk
             await db.execute("BEGIN IMMEDIATE")
             await db.execute(_VERSION_TABLE)
@@ -202,6 +202,20 @@ class SqliteDatabase(_Lazy):
             raise
         db.row_factory = aiosqlite.Row
         self._db = db
+
+    @staticmethod
+    async def _use_wal(db: Any) -> None:
+        """Switch a new file to WAL. The switch takes an exclusive lock without waiting on SQLite's busy
+        timeout, so processes opening the same fresh file at once (``make run``'s gateway and sidecars)
+        take turns here, for up to ~5 s, instead of failing with "database is locked"."""
+        for attempt in range(1, 51):
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 50:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def execute(self, sql: str, *args: Any) -> int:
         await self._ensure()
