@@ -13,8 +13,9 @@ how the digest of the attacker's own guess relates to a stored digest; turning
 that into a key would need a SHA-256 preimage, so it tells nothing about the
 keys. The one metrics key is compared with ``hmac.compare_digest``.
 
-Open without a key: ``/gateway/health``, ``/v2/health/live|ready`` (probes) and the docs (``/docs``,
-``/redoc``, ``/openapi.json``, their assets). ``/metrics`` takes only
+Open without a key: ``/gateway/health``, ``/v2/health/live|ready`` (probes), the docs (``/docs``,
+``/redoc``, ``/openapi.json``, their assets) and the job page ``/jobs/ui``: pages that hold no data,
+whose own calls to the API carry a key. ``/metrics`` takes only
 ``METRICS_API_KEY`` when that is set, and is open otherwise (Prometheus scrapes
 it). With no ``API_KEYS`` everything else is open too and nothing is limited.
 """
@@ -40,8 +41,9 @@ from gateway.rate_limit import RateLimiter
 if TYPE_CHECKING:  # the settings import hash_key from here
     from gateway.settings import GatewaySettings
 
-#: Probes (the gateway's own health, the protocol's liveness and readiness) and the docs.
-OPEN_PATHS = frozenset({"/gateway/health", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json"})
+#: Probes (the gateway's own health, the protocol's liveness and readiness), the docs and the job page.
+OPEN_PATHS = frozenset({"/gateway/health", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json",
+                        "/jobs/ui"})
 OPEN_PREFIX = "/docs/assets/"
 METRICS_PATH = "/metrics"
 RATE_LIMITED_MESSAGE = "this API key is over its rate limit; retry after the Retry-After seconds"

@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from common.envelope import ErrorResponse
 from common.rows import PredictRow
+from gateway.auth import OPEN_PATHS
 
 REF = "#/components/schemas/{model}"
 
@@ -251,7 +252,6 @@ def prediction_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> Non
     })
 
 
-OPEN_OPERATIONS = frozenset({"/gateway/health", "/v2/health/live", "/v2/health/ready"})
 #: On the Open Inference Protocol's paths errors are its ``{"error": "..."}`` (gateway/protocol.py).
 _PROTOCOL_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 _SECURITY_SCHEMES = {
@@ -271,7 +271,7 @@ def document_access(builder: OpenAPIBuilder, api_keys: bool) -> None:
             answers = operation["responses"]
             if "requestBody" in operation:
                 answers["415"] = {"description": _ERROR_TEXT[415], "content": error}
-            if not api_keys or path in OPEN_OPERATIONS or path == "/metrics":
+            if not api_keys or path in OPEN_PATHS or path == "/metrics":
                 continue
             operation["security"] = [{"bearer": []}, {"apiKey": []}]
             answers["401"] = {"description": _ERROR_TEXT[401], "content": error}

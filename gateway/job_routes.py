@@ -4,7 +4,7 @@ The gateway only submits, reads and cancels (``jobs.service``); sidecars run job
 
     POST   /jobs               202 + Location once the job is stored and queued
     GET    /jobs               the newest jobs, filtered, a page at a time (keyset cursor)
-    GET    /jobs/ui            a page to watch them (gateway/jobs_ui.html)
+    GET    /jobs/ui            a page to watch them (gateway/jobs_ui.html); open without a key, it holds no data
     GET    /jobs/{id}          its status
     GET    /jobs/{id}/result   the result; 409 until it succeeded; a redirect when large (S3)
     DELETE /jobs/{id}          cancel: 200 if cancelled, 202 if it stops at its next chunk
@@ -15,7 +15,10 @@ id): any other key gets 404 for it, as if it did not exist.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, get_args
@@ -37,6 +40,7 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 LIST_FILTERS = ("status", "task", "model", "limit", "cursor")
 DEFAULT_LIMIT = 50
 UI_PAGE = Path(__file__).with_name("jobs_ui.html")
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
 class JobResult(BaseModel):
@@ -75,6 +79,20 @@ def _owner(request: Request) -> str | None:
     return request.scope["state"].get("key_id")
 
 
+def _page_headers(page: bytes) -> dict[str, str]:
+    """Only the page's own inline script and style run, and it talks only to this origin.
+
+    The page holds an API key (in sessionStorage): injected code or a framing
+    page must not get at it, so the policy lists the inline blocks by hash.
+    """
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+    for tag, text in _INLINE.findall(page):
+        hashes[tag.decode()].append(f"'sha256-{base64.b64encode(hashlib.sha256(text).digest()).decode()}'")
+    policy = (f"default-src 'none'; script-src {' '.join(hashes['script'])}; style-src {' '.join(hashes['style'])}; "
+              "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return {"Cache-Control": "no-cache", "Content-Security-Policy": policy, "Referrer-Policy": "no-referrer"}
+
+
 def job_routes(service: JobService) -> list[Route]:
     def handler(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -109,9 +127,10 @@ def job_routes(service: JobService) -> list[Route]:
         return Response(JobList(jobs=jobs, next_cursor=cursor).model_dump_json(), media_type="application/json")
 
     page = UI_PAGE.read_bytes()
+    headers = _page_headers(page)
 
     async def ui(request: Request) -> Response:
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(page, headers=headers)
 
     async def status(request: Request) -> Response:
         return _json(await service.status(request.path_params["job_id"], _owner(request)), 200)
@@ -169,6 +188,9 @@ def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
     })
     builder.add("/jobs/ui", "get", {
         "summary": "A page listing recent jobs, refreshing by itself, with cancel buttons",
+        "description": "Open without an API key: the page holds no data. With API keys it asks for one, keeps it "
+                       "in the tab's sessionStorage and sends it as Authorization: Bearer on its calls to the "
+                       "job routes, which stay protected and show each key only its own jobs.",
         "tags": ["jobs"],
         "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
     })

@@ -20,7 +20,7 @@ HASHED_B = "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()
 JOB = {"task": "batch_predict", "inputs": [{"input_data": [1.0, 2.0]}]}
 PROTECTED = [
     ("POST", "/predict"), ("POST", "/batch_predict"), ("GET", "/health"), ("GET", "/metadata"), ("GET", "/"),
-    ("GET", "/gateway/info"), ("POST", "/jobs"), ("GET", "/jobs/" + "0" * 32),
+    ("GET", "/gateway/info"), ("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/" + "0" * 32),
     ("DELETE", "/jobs/" + "0" * 32), ("GET", "/jobs/" + "0" * 32 + "/result"), ("GET", "/no-such-route"),
 ]
 
@@ -93,7 +93,7 @@ def test_a_valid_key_gets_through(client: TestClient, headers: dict[str, str]) -
 
 
 @pytest.mark.parametrize("path", ["/gateway/health", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc",
-                                  "/openapi.json", "/metrics"])
+                                  "/openapi.json", "/metrics", "/jobs/ui"])
 def test_probes_docs_and_metrics_stay_open(client: TestClient, path: str) -> None:
     assert client.get(path).status_code in (200, 503)  # /gateway/health is 503: no worker
 
@@ -129,6 +129,25 @@ def test_a_job_is_404_to_another_key(client: TestClient) -> None:
     assert client.get(job["status_url"], headers=bearer(KEY_A)).json()["status"] == "cancelled"
 
 
+def test_the_job_list_shows_each_key_only_its_own_jobs(client: TestClient) -> None:
+    mine = client.post("/jobs", json=JOB, headers=bearer(KEY_A)).json()["job_id"]
+    theirs = client.post("/jobs", json=JOB, headers=bearer(KEY_B)).json()["job_id"]
+    assert [job["job_id"] for job in client.get("/jobs", headers=bearer(KEY_A)).json()["jobs"]] == [mine]
+    assert [job["job_id"] for job in client.get("/jobs", headers=bearer(KEY_B)).json()["jobs"]] == [theirs]
+
+
+def test_the_job_page_is_open_holds_no_jobs_and_lets_only_its_own_code_run(client: TestClient) -> None:
+    job_id = client.post("/jobs", json=JOB, headers=bearer(KEY_A)).json()["job_id"]
+    page = client.get("/jobs/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert job_id not in page.text  # the jobs come from GET /jobs, which takes the key
+    policy = dict(directive.strip().split(" ", 1) for directive in page.headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'" and policy["form-action"] == "'none'"
+    assert policy["script-src"].startswith("'sha256-") and "unsafe" not in policy["script-src"]
+    assert client.get("/jobs").status_code == 401
+
+
 def test_the_same_idempotency_key_from_two_keys_makes_two_jobs(client: TestClient) -> None:
     headers = {"Idempotency-Key": "same"}
     first = client.post("/jobs", json=JOB, headers={**headers, **bearer(KEY_A)}).json()
@@ -150,7 +169,10 @@ def test_the_document_names_the_schemes_and_the_answers_of_access_control(client
     assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     predict = document["paths"]["/predict"]["post"]
     assert {"401", "415", "429"} <= set(predict["responses"]) and predict["security"]
-    assert "401" not in document["paths"]["/gateway/health"]["get"]["responses"]
+    for open_path in ("/gateway/health", "/jobs/ui"):
+        assert "401" not in document["paths"][open_path]["get"]["responses"]
+        assert "security" not in document["paths"][open_path]["get"]
+    assert document["paths"]["/jobs"]["get"]["security"]
 
 
 def test_cors_is_off_by_default_and_answers_only_the_listed_origins(jobs_settings: JobsSettings) -> None:
