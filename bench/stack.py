@@ -190,7 +190,8 @@ class Gateway(Process):
         env: dict[str, str] | None = None, processes: int = 1,
     ) -> None:
         """``workers``: their ``host:port`` addresses; ``module`` runs as ``python -m module``, in ``processes``
-        processes accepting on one socket (each logs at ``info`` at least, so its start-up can be seen)."""
+        processes accepting on one socket (logging at ``info`` unless ``env`` says otherwise: with several,
+        readiness waits for each one's start-up line)."""
         self._socket = listen_socket("127.0.0.1", 0)
         port = self._socket.getsockname()[1]
         self._expected = len(workers)
@@ -205,7 +206,8 @@ class Gateway(Process):
         return response.status_code == 200 and response.json().get("alive_backends") == self._expected
 
     def _copies_ready(self) -> bool:
-        return all(self.STARTED_LINE in path.read_bytes() for path in self._log_paths)
+        # Any one process can answer the readiness probe: the others must have said they started.
+        return self.processes == 1 or all(self.STARTED_LINE in path.read_bytes() for path in self._log_paths)
 
     def start(self) -> Gateway:
         folder = self._metrics.enter_context(metrics_folder(self.processes))
