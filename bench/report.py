@@ -66,8 +66,9 @@ def targets(results: dict) -> list[dict]:
             f"{workers_cpu:.3f} ms, mean batch {_fmt(d64.get('mean_batch_size'))}")
     if d64 and limit:
         add("gateway + 2 workers, c=64: served rows/s / in-process limit at batch 64",
-            d64["rows_per_s"] / limit if "rows_per_s" in d64 else d64["rps"] / limit, ">=", SERVED_SHARE_MIN,
-            f"{d64['rps']:.0f} / {limit:.0f} rows/s")
+            d64.get("rows_per_s", d64["rps"]) / limit, ">=", SERVED_SHARE_MIN,
+            f"{d64.get('rows_per_s', d64['rps']):.0f} / {limit:.0f} rows/s = "
+            f"{d64.get('rows_per_s', d64['rps']) / limit:.1%}")
     if d64:
         add("gateway + 2 workers, c=64: p99 (ms)", d64["p99_ms"], "<", P99_MAX_MS, f"{d64['p99_ms']:.1f} ms")
     if b64 and c64:
