@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NUM_WORKERS ?= 2
+# Gateway processes sharing PORT (the images run as many gunicorn workers).
+GATEWAY_PROCESSES ?= 1
 PORT ?= 8080
 GATEWAY_URL ?= http://127.0.0.1:$(PORT)
 
@@ -20,8 +22,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv and install the project with the CPU worker and dev tools
 
-run: install ## Start gateway + NUM_WORKERS workers (+ sidecars) locally on PORT, in the foreground
-	$(PY) -m launcher --workers $(NUM_WORKERS) --port $(PORT)
+run: install ## Start GATEWAY_PROCESSES gateways + NUM_WORKERS workers (+ sidecars) locally on PORT, in the foreground
+	$(PY) -m launcher --workers $(NUM_WORKERS) --port $(PORT) --gateway-processes $(GATEWAY_PROCESSES)
 
 test: install ## Run the whole test suite
 	$(PY) -m pytest

@@ -1,13 +1,15 @@
 """``python -m bench`` (``make bench``): measure the stack end to end.
 
 For each model (the heavy MLP and the default model) it starts, on loopback:
-(a) one worker with batching off, (b) one worker with batching on, (c) a gateway
-in front of (b)'s worker, (c') the same gateway driven with Open Inference Protocol
-infer requests (one row, JSON) instead of /predict, (d) a gateway in front of two
-workers; and drives each with closed-loop load at several concurrencies. It also measures the in-process
-limit (``bench.inprocess``) and, through the gateway, the proxy client (aiohttp,
-production, against httpx). Results: ``bench/results/latest.json``, the generated
-block of ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+(a) one worker with batching off, (b) one worker with batching on, driven with
+/predict, with Open Inference Protocol infer requests (one row, JSON) and with
+/batch_predict of ``--rows`` rows; (c) a gateway in front of (b)'s worker, driven
+the same three ways; (d) a gateway in front of two workers; (e) the same with
+``--gateway-processes`` gateway processes on one socket (GATEWAY_PROCESSES); and
+drives each with closed-loop load at several concurrencies. It also measures the
+in-process limit (``bench.inprocess``) and, through the gateway, the proxy client
+(aiohttp, production, against httpx). Results: ``bench/results/latest.json``, the
+generated block of ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
 
 ``--quick`` is a short run (heavy MLP, c=1 and 64, written under .cache/bench/);
 ``--url`` measures any running endpoint instead of starting a stack;
@@ -31,12 +33,16 @@ from bench import report
 from bench.inprocess_runner import run_inprocess
 from bench.loadgen import find_wrk, infer_url, request_body, run_load
 from bench.machine import describe
-from bench.stack import Gateway, Worker
+from bench.stack import COMPILATIONS, Gateway, Worker
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {"heavy": "worker.examples.mlp:HeavyMLP", "default": "worker.model"}
-#: gateway_1_v2: (c)'s gateway and worker, one row per Open Inference Protocol infer (JSON) instead of /predict.
-CONFIGS = ("direct_nobatch", "direct_batch", "gateway_1", "gateway_1_v2", "gateway_2")
+#: *_v2: one row per Open Inference Protocol infer (JSON) instead of /predict; *_batch_predict: --rows rows per
+#: /batch_predict; gateway_2_procs: (d) with --gateway-processes gateway processes.
+CONFIGS = ("direct_nobatch", "direct_batch", "direct_v2", "direct_batch_predict", "gateway_1", "gateway_1_v2",
+           "gateway_1_batch_predict", "gateway_2", "gateway_2_procs")
+ONE_WORKER = {"direct_batch", "direct_v2", "direct_batch_predict", "gateway_1", "gateway_1_v2",
+              "gateway_1_batch_predict", "gateway_2", "gateway_2_procs"}
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
@@ -59,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="models to run")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, help="configurations to run")
     parser.add_argument("--concurrency", nargs="+", type=int, help="connections per point")
+    parser.add_argument("--rows", type=int, default=64, help="rows per /batch_predict request")
+    parser.add_argument("--rows-concurrency", nargs="+", type=int, default=[1, 16],
+                        help="connections per /batch_predict point (each holds --rows rows in the worker's queue)")
+    parser.add_argument("--gateway-processes", type=int, default=2, help="gateway processes of gateway_2_procs")
     parser.add_argument("--duration", type=float, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, help="discarded seconds before each point")
     parser.add_argument("--repeat", type=int, help="measured runs per point; the median one is kept")
@@ -73,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, help="PNG plot")
     parser.add_argument("--no-docs", action="store_true", help="write only the JSON")
     args = parser.parse_args(argv)
+    if args.rows < 1 or args.gateway_processes < 1:
+        parser.error("--rows and --gateway-processes must be at least 1")
     quick = args.quick or args.url
     args.models = args.models or (["heavy"] if args.quick else list(MODELS))
     args.configs = args.configs or list(CONFIGS)
@@ -109,15 +121,18 @@ class Runner:
         self.args = args
         self.log_dir = log_dir
         self.runs: list[dict] = []
+        self.workers: list[Worker] = []
 
-    def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Gateway | None = None) -> dict:
+    def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Gateway | None = None,
+                rows: int = 1) -> dict:
         """One point: a warm-up, then ``--repeat`` measured runs; the run of median req/s stands
         for the point (a neighbour's burst on a shared machine spoils one run, not the point),
         and every run's req/s and p99 are kept under ``repeats``."""
         args = self.args
+        body = request_body(url, rows)
         if args.warmup > 0:
-            run_load(url, request_body(url), concurrency, args.warmup, generator=args.loadgen)
-        runs = [self._measure_once(url, concurrency, workers, gateway) for _ in range(args.repeat)]
+            run_load(url, body, concurrency, args.warmup, generator=args.loadgen)
+        runs = [self._measure_once(url, body, rows, concurrency, workers, gateway) for _ in range(args.repeat)]
         chosen = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
         if len(runs) > 1:
             chosen["repeats"] = [{"rps": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
@@ -125,14 +140,19 @@ class Runner:
             chosen["errors"] = sum(r["errors"] for r in runs)  # an error in any run counts
         return chosen
 
-    def _measure_once(self, url: str, concurrency: int, workers, gateway: Gateway | None) -> dict:
+    def _measure_once(self, url: str, body: bytes, rows: int, concurrency: int, workers,
+                      gateway: Gateway | None) -> dict:
         args = self.args
         processes = ([gateway] if gateway else []) + list(workers)
         before = [w.metric_sums() for w in workers]
         cpu_before = [p.cpu_seconds() for p in processes]
-        result = run_load(url, request_body(url), concurrency, args.duration, generator=args.loadgen).to_dict()
+        gateway_before = gateway.cpu_seconds_each() if gateway else []
+        result = run_load(url, body, concurrency, args.duration, generator=args.loadgen).to_dict()
+        gateway_after = gateway.cpu_seconds_each() if gateway else []
         cpu_after = [p.cpu_seconds() for p in processes]
         after = [w.metric_sums() for w in workers]
+        result["rows_per_request"] = rows
+        result["rows_per_s"] = round(result["rps"] * rows, 1)
         if processes and result["requests"]:
             # CPU per request is far steadier than req/s on a shared machine: other
             # processes steal time, but not the work a request needs.
@@ -141,6 +161,10 @@ class Runner:
                 round((a - b) * 1000 / result["requests"], 4)
                 for i, (p, a, b) in enumerate(zip(processes, cpu_after, cpu_before, strict=True))
             }
+        if len(gateway_before) > 1:
+            # How evenly the processes on the shared socket split the work (the kernel picks who accepts).
+            used = [a - b for a, b in zip(gateway_after, gateway_before, strict=True)]
+            result["gateway_cpu_share"] = [round(u / sum(used), 3) if sum(used) else None for u in used]
         if workers:
             rows = sum(a.get("worker_batch_size_sum", 0) - b.get("worker_batch_size_sum", 0)
                        for a, b in zip(after, before, strict=True))
@@ -149,28 +173,36 @@ class Runner:
             result["mean_batch_size"] = round(rows / batches, 2) if batches else None
             # Any compilation while serving is a bug (issue 3): record it.
             result["compilations_during_run"] = sum(
-                a.get("worker_jit_compilations_total", 0) - b.get("worker_jit_compilations_total", 0)
+                a.get(COMPILATIONS, 0) - b.get(COMPILATIONS, 0)
                 for a, b in zip(after, before, strict=True))
         return result
 
     def sweep(
-        self, model: str, config: str, url: str, workers: list[Worker], gateway: Gateway | None = None
+        self, model: str, config: str, url: str, workers: list[Worker], gateway: Gateway | None = None,
+        rows: int = 1,
     ) -> None:
-        for concurrency in self.args.concurrency:
-            result = {"model": model, "config": config, **self.measure(url, concurrency, workers, gateway)}
+        for concurrency in self.args.rows_concurrency if rows > 1 else self.args.concurrency:
+            result = {"model": model, "config": config, **self.measure(url, concurrency, workers, gateway, rows)}
             self.runs.append(result)
-            print(f"  {model:8s} {config:15s} c={concurrency:<4d} {result['rps']:8.0f} req/s  "
+            print(f"  {model:8s} {config:23s} c={concurrency:<4d} {result['rps']:8.0f} req/s  "
+                  f"{result['rows_per_s']:8.0f} rows/s  "
                   f"p50 {result['p50_ms']:7.2f}  p95 {result['p95_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  "
                   f"errors {result['errors']}  batch {result.get('mean_batch_size')}  "
                   f"loadgen cpu {result['loadgen_cpu']}  cpu ms/req {result.get('cpu_ms_per_request')}", flush=True)
 
     def worker(self, name: str, model: str, worker_id: str = "0", **env: str) -> Worker:
-        return Worker(name, MODELS[model], self.log_dir, worker_id=worker_id,
-                      env={**self.args.worker_env, **env})
+        worker = Worker(name, MODELS[model], self.log_dir, worker_id=worker_id,
+                        env={**self.args.worker_env, **env})
+        self.workers.append(worker)
+        return worker
 
-    def gateway(self, name: str, workers: list[Worker], module: str = "gateway") -> Gateway:
+    def gateway(self, name: str, workers: list[Worker], module: str = "gateway", processes: int = 1) -> Gateway:
         return Gateway(name, [w.address for w in workers], self.log_dir, module=module,
-                       env=self.args.gateway_env)
+                       env=self.args.gateway_env, processes=processes)
+
+    def compilations_after_ready(self) -> dict[str, int | None]:
+        """Per worker started: XLA compilations between its readiness and its stop (issue 12: none)."""
+        return {w.name: w.compilations_after_ready for w in self.workers}
 
 
 def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
@@ -178,17 +210,24 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
     if "direct_nobatch" in configs:
         with runner.worker(f"{model}-nobatch", model, MAX_BATCH_SIZE="1") as worker:
             runner.sweep(model, "direct_nobatch", worker.url + "/predict", [worker])
-    if not {"direct_batch", "gateway_1", "gateway_1_v2", "gateway_2"} & set(configs) and args.no_clients:
+    if not ONE_WORKER & set(configs) and args.no_clients:
         return
     with runner.worker(f"{model}-w0", model) as w0:
         if "direct_batch" in configs:
             runner.sweep(model, "direct_batch", w0.url + "/predict", [w0])
-        if {"gateway_1", "gateway_1_v2"} & set(configs):
+        if "direct_v2" in configs:
+            runner.sweep(model, "direct_v2", infer_url(w0.url), [w0])
+        if "direct_batch_predict" in configs:
+            runner.sweep(model, "direct_batch_predict", w0.url + "/batch_predict", [w0], rows=args.rows)
+        if {"gateway_1", "gateway_1_v2", "gateway_1_batch_predict"} & set(configs):
             with runner.gateway(f"{model}-gw1", [w0]) as gw:
                 if "gateway_1" in configs:
                     runner.sweep(model, "gateway_1", gw.url + "/predict", [w0], gw)
                 if "gateway_1_v2" in configs:
                     runner.sweep(model, "gateway_1_v2", infer_url(gw.url), [w0], gw)
+                if "gateway_1_batch_predict" in configs:
+                    runner.sweep(model, "gateway_1_batch_predict", gw.url + "/batch_predict", [w0], gw,
+                                 rows=args.rows)
         if not args.no_clients:
             for client, module in (("aiohttp", "gateway"), ("httpx", "bench.httpx_gateway")):
                 with runner.gateway(f"{model}-gw1-{client}", [w0], module=module) as gw:
@@ -197,10 +236,14 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
                 print(f"  {model:8s} client {client:8s} c=64   {result['rps']:8.0f} req/s  "
                       f"p50 {result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}  "
                       f"cpu ms/req {result.get('cpu_ms_per_request')}", flush=True)
-        if "gateway_2" in configs:
-            with runner.worker(f"{model}-w1", model, worker_id="1") as w1, \
-                    runner.gateway(f"{model}-gw2", [w0, w1]) as gw:
-                runner.sweep(model, "gateway_2", gw.url + "/predict", [w0, w1], gw)
+        if {"gateway_2", "gateway_2_procs"} & set(configs):
+            with runner.worker(f"{model}-w1", model, worker_id="1") as w1:
+                if "gateway_2" in configs:
+                    with runner.gateway(f"{model}-gw2", [w0, w1]) as gw:
+                        runner.sweep(model, "gateway_2", gw.url + "/predict", [w0, w1], gw)
+                if "gateway_2_procs" in configs:
+                    with runner.gateway(f"{model}-gw2-procs", [w0, w1], processes=args.gateway_processes) as gw:
+                        runner.sweep(model, "gateway_2_procs", gw.url + "/predict", [w0, w1], gw)
 
 
 @contextlib.contextmanager
@@ -222,6 +265,8 @@ def meta(args: argparse.Namespace, started: float, started_at: str) -> dict:
         "loadgen": "wrk" if args.loadgen == "wrk" or (args.loadgen == "auto" and find_wrk()) else "python",
         "worker_env": args.worker_env,
         "gateway_env": args.gateway_env,
+        "rows_per_batch_request": args.rows,
+        "gateway_processes": args.gateway_processes,
     }
 
 
@@ -254,9 +299,11 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{model}: HTTP", flush=True)
                 run_model(runner, model, results["client_comparison"])
         results["runs"] = runner.runs
+        results["compilations_after_ready"] = runner.compilations_after_ready()
     results["meta"] = meta(args, started, started_at)
     results["targets"] = report.targets(results) if not args.url else []
     results["protocol"] = report.protocol_ratios(results)
+    results["gateway_capacity"] = report.gateway_capacity(results)
     report.write_json(results, args.out)
     print(f"wrote {args.out}")
     if not args.no_docs:
@@ -264,8 +311,10 @@ def main(argv: list[str] | None = None) -> dict:
         report.plot(results, args.plot)
         print(f"wrote {args.doc} and {args.plot}")
     for r in results["protocol"]:
-        print(f"  {r['model']} c={r['concurrency']}: /v2 infer / /predict through the gateway {r['ratio']} "
+        print(f"  {r['model']} c={r['concurrency']}: /v2 infer / /predict, {r['where']}: {r['ratio']} "
               f"({r['infer_rps']:.0f} / {r['predict_rps']:.0f} req/s)")
+    for line in report.capacity_lines(results):
+        print(f"  {line}")
     for t in results["targets"]:
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]
         print(f"  [{verdict}] {t['target']}: {t['value']} ({t['detail']}) wanted {t['op']} {t['threshold']}")

@@ -28,12 +28,22 @@ import numpy as np
 import orjson
 
 
+def _base(url: str) -> str:
+    """The root of the service that answers ``url`` (a /predict, /batch_predict or /v2 infer URL)."""
+    for route in ("/v2/models/", "/batch_predict", "/predict"):
+        if route in url:
+            return url.rsplit(route, 1)[0]
+    return url
+
+
 @functools.cache
+def _metadata(base: str) -> dict:
+    return httpx.get(f"{base}/metadata", timeout=10).raise_for_status().json()
+
+
 def predict_body(predict_url: str) -> bytes:
     """The served model's example row as a /predict body, from the /metadata beside ``predict_url``."""
-    base = predict_url.rsplit("/predict", 1)[0]
-    example = httpx.get(f"{base}/metadata", timeout=10).raise_for_status().json()["example"]
-    return orjson.dumps({"input_data": example["input_data"]})
+    return orjson.dumps({"input_data": _metadata(_base(predict_url))["example"]["input_data"]})
 
 
 def _flat(value: object) -> list:
@@ -42,19 +52,23 @@ def _flat(value: object) -> list:
 
 def infer_url(base: str) -> str:
     """The Open Inference Protocol infer URL of the model served behind ``base``."""
-    name = httpx.get(f"{base}/metadata", timeout=10).raise_for_status().json()["name"]
-    return f"{base}/v2/models/{name}/infer"
+    return f"{base}/v2/models/{_metadata(base)['name']}/infer"
 
 
-def request_body(url: str) -> bytes:
-    """The example row as the body ``url`` takes: /predict's, or one row of an infer request (JSON data)."""
-    if "/v2/models/" not in url:
-        return predict_body(url)
-    metadata = httpx.get(url.split("/v2/models/", 1)[0] + "/metadata", timeout=10).raise_for_status().json()
-    [tensor] = metadata["inputs"]
-    return orjson.dumps({"inputs": [{"name": tensor["name"], "shape": [1, *tensor["shape"][1:]],
-                                     "datatype": tensor["datatype"],
-                                     "data": _flat(metadata["example"]["input_data"])}]})
+def request_body(url: str, rows: int = 1) -> bytes:
+    """``rows`` copies of the example row as the body ``url`` takes: /predict's (one row), /batch_predict's
+    (a list of rows), or an infer request's (one tensor, JSON data)."""
+    metadata = _metadata(_base(url))
+    row = metadata["example"]["input_data"]
+    if "/v2/models/" in url:
+        [tensor] = metadata["inputs"]
+        return orjson.dumps({"inputs": [{"name": tensor["name"], "shape": [rows, *tensor["shape"][1:]],
+                                         "datatype": tensor["datatype"], "data": _flat(row) * rows}]})
+    if url.endswith("/batch_predict"):
+        return orjson.dumps([{"input_data": row}] * rows)
+    if rows != 1:
+        raise ValueError(f"{url} takes one row per request")
+    return predict_body(url)
 
 # wrk calls done() once at the end: print everything we need as one JSON line.
 _WRK_SCRIPT = """

@@ -10,11 +10,17 @@ from pathlib import Path
 CONFIG_LABELS = {
     "direct_nobatch": "(a) worker direct, batching off",
     "direct_batch": "(b) worker direct, batching on",
+    "direct_v2": "(b') worker direct, /v2 infer",
+    "direct_batch_predict": "(b'') worker direct, /batch_predict",
     "gateway_1": "(c) gateway + 1 worker",
     "gateway_1_v2": "(c') gateway + 1 worker, /v2 infer",
+    "gateway_1_batch_predict": "(c'') gateway + 1 worker, /batch_predict",
     "gateway_2": "(d) gateway + 2 workers",
+    "gateway_2_procs": "(e) gateway processes + 2 workers",
     "target": "target URL",
 }
+#: Issue 12's targets (heavy MLP). The gateway's CPU target is half of the 0.32 ms measured when it was filed.
+SERVED_SHARE_MIN, P99_MAX_MS = 0.12, 100
 MODEL_LABELS = {"heavy": "heavy MLP (4-1024-1024-1024-3)", "default": "default (the model of worker/model.py)"}
 _OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -27,8 +33,18 @@ def _point(results: dict, model: str, config: str, concurrency: int) -> dict | N
     return None
 
 
+def _cpu(run: dict | None, part: str) -> float | None:
+    """CPU ms per request of the gateway (``part="gateway"``) or of all workers together (``"workers"``)."""
+    cpu = (run or {}).get("cpu_ms_per_request") or {}
+    if part == "gateway":
+        return cpu.get("gateway")
+    workers = [v for k, v in cpu.items() if k.startswith("worker")]
+    return sum(workers) if workers else None
+
+
 def targets(results: dict) -> list[dict]:
-    """Issue 3's targets for the heavy MLP, each as a ratio or a difference within this run."""
+    """Issue 12's targets for the heavy MLP, and issue 3's batching checks, each a ratio or a difference
+    within this run."""
     out: list[dict] = []
 
     def add(name: str, value: float | None, op: str, threshold: float, detail: str) -> None:
@@ -42,38 +58,107 @@ def targets(results: dict) -> list[dict]:
     c64 = _point(results, "heavy", "gateway_1", 64)
     a1, b1 = _point(results, "heavy", "direct_nobatch", 1), _point(results, "heavy", "direct_batch", 1)
     c1 = _point(results, "heavy", "gateway_1", 1)
+    if (gateway_cpu := _cpu(d64, "gateway")) is not None:
+        add("gateway CPU per proxied single-row request, gateway + 2 workers, c=64 (ms)", gateway_cpu, "<=", 0.16,
+            f"{gateway_cpu:.3f} ms; half of 0.32")
+    if (workers_cpu := _cpu(d64, "workers")) is not None:
+        add("worker CPU per served row, gateway + 2 workers, c=64 (ms, both workers)", workers_cpu, "<=", 0.08,
+            f"{workers_cpu:.3f} ms, mean batch {_fmt(d64.get('mean_batch_size'))}")
     if d64 and limit:
         add("gateway + 2 workers, c=64: served rows/s / in-process limit at batch 64",
-            d64["rps"] / limit, ">=", 0.08, f"{d64['rps']:.0f} / {limit:.0f} rows/s")
+            d64.get("rows_per_s", d64["rps"]) / limit, ">=", SERVED_SHARE_MIN,
+            f"{d64.get('rows_per_s', d64['rps']):.0f} / {limit:.0f} rows/s = "
+            f"{d64.get('rows_per_s', d64['rps']) / limit:.1%}")
     if d64:
-        add("gateway + 2 workers, c=64: p99 (ms)", d64["p99_ms"], "<", 150, f"{d64['p99_ms']:.1f} ms")
-    if a64 and b64:
-        add("worker direct, c=64: batching on / batching off throughput", b64["rps"] / a64["rps"], ">=", 1.5,
-            f"{b64['rps']:.0f} / {a64['rps']:.0f} req/s")
-    if a1 and b1:
-        add("worker direct, c=1: p50 cost of batching (ms)", b1["p50_ms"] - a1["p50_ms"], "<=", 0.5,
-            f"{b1['p50_ms']:.3f} - {a1['p50_ms']:.3f} ms")
+        add("gateway + 2 workers, c=64: p99 (ms)", d64["p99_ms"], "<", P99_MAX_MS, f"{d64['p99_ms']:.1f} ms")
     if b64 and c64:
-        add("c=64: gateway + 1 worker / that worker direct throughput", c64["rps"] / b64["rps"], ">=", 0.5,
+        add("c=64: gateway + 1 worker / that worker direct throughput", c64["rps"] / b64["rps"], ">=", 0.7,
             f"{c64['rps']:.0f} / {b64['rps']:.0f} req/s")
     if b1 and c1:
-        add("c=1: p50 added by the gateway (ms)", c1["p50_ms"] - b1["p50_ms"], "<=", 1.0,
+        add("c=1: p50 added by the gateway (ms)", c1["p50_ms"] - b1["p50_ms"], "<=", 0.5,
             f"{c1['p50_ms']:.3f} - {b1['p50_ms']:.3f} ms")
     errors = sum(run["errors"] for run in results["runs"])
     add("errors over all runs (non-2xx + socket)", errors, "<=", 0, f"{errors} errors")
+    after_ready = results.get("compilations_after_ready") or {}
+    if after_ready:
+        known = [n for n in after_ready.values() if n is not None]
+        compiled = sum(known) if len(known) == len(after_ready) else None
+        add("XLA compilations after ready, every worker started", compiled, "<=", 0,
+            f"{len(after_ready)} workers" + ("" if compiled is not None else ", some not read"))
+    if a64 and b64:
+        add("worker direct, c=64: batching on / batching off throughput (issue 3)", b64["rps"] / a64["rps"], ">=",
+            1.5, f"{b64['rps']:.0f} / {a64['rps']:.0f} req/s")
+    if a1 and b1:
+        add("worker direct, c=1: p50 cost of batching (ms, issue 3)", b1["p50_ms"] - a1["p50_ms"], "<=", 0.5,
+            f"{b1['p50_ms']:.3f} - {a1['p50_ms']:.3f} ms")
     return out
 
 
 def protocol_ratios(results: dict) -> list[dict]:
-    """Open Inference Protocol infer against /predict, same gateway and worker, per model and concurrency."""
+    """Open Inference Protocol infer against /predict on the same processes, per model and concurrency."""
     out = []
+    pairs = {"direct_v2": ("direct_batch", "worker direct"), "gateway_1_v2": ("gateway_1", "gateway + 1 worker")}
     for run in results["runs"]:
-        if run["config"] == "gateway_1_v2":
-            predict = _point(results, run["model"], "gateway_1", run["concurrency"])
+        if run["config"] in pairs:
+            config, where = pairs[run["config"]]
+            predict = _point(results, run["model"], config, run["concurrency"])
             if predict and predict["rps"]:
-                out.append({"model": run["model"], "concurrency": run["concurrency"], "infer_rps": run["rps"],
-                            "predict_rps": predict["rps"], "ratio": round(run["rps"] / predict["rps"], 3)})
+                out.append({"model": run["model"], "where": where, "concurrency": run["concurrency"],
+                            "infer_rps": run["rps"], "predict_rps": predict["rps"],
+                            "ratio": round(run["rps"] / predict["rps"], 3)})
     return out
+
+
+#: The configurations behind a gateway, and the concurrency their capacity is read at (their highest up to 64).
+_GATEWAYED = ("gateway_1", "gateway_1_v2", "gateway_1_batch_predict", "gateway_2", "gateway_2_procs")
+
+
+def gateway_capacity(results: dict) -> list[dict]:
+    """Per gateway configuration: the gateway tier's CPU per request and per row, and what one core of it
+    proxies at that cost (1000 / CPU ms), at the highest concurrency measured up to 64."""
+    out = []
+    for model in dict.fromkeys(run["model"] for run in results["runs"]):
+        for config in _GATEWAYED:
+            points = [r for r in results["runs"] if (r["model"], r["config"]) == (model, config)
+                      and r["concurrency"] <= 64 and _cpu(r, "gateway")]
+            if not points:
+                continue
+            run = max(points, key=lambda r: r["concurrency"])
+            ms, rows = _cpu(run, "gateway"), run.get("rows_per_request", 1)
+            out.append({
+                "model": model, "config": config, "concurrency": run["concurrency"], "rows_per_request": rows,
+                "rps": run["rps"], "gateway_cpu_ms_per_request": ms, "gateway_cpu_ms_per_row": round(ms / rows, 4),
+                "requests_per_core_s": round(1000 / ms), "rows_per_core_s": round(1000 * rows / ms),
+                "gateway_cores_used": round(run["rps"] * ms / 1000, 2),
+                "cpu_share": run.get("gateway_cpu_share"),
+            })
+    return out
+
+
+def capacity_lines(results: dict) -> list[str]:
+    """The rule for sizing the gateway tier, in words, from this run (heavy MLP if it ran, else the first model)."""
+    capacity = results.get("gateway_capacity") or []
+    if not capacity:
+        return []
+    model = "heavy" if any(r["model"] == "heavy" for r in capacity) else capacity[0]["model"]
+    found = {r["config"]: r for r in capacity if r["model"] == model}
+    lines = []
+    if d := found.get("gateway_2"):
+        ms = d["gateway_cpu_ms_per_request"]
+        lines.append(f"{model}, (d) c={d['concurrency']}: {ms:.3f} ms of gateway CPU per single-row request, so one "
+                     f"gateway core proxies ~{d['requests_per_core_s']:,} requests/s; workers serving W single-row "
+                     f"requests/s need W x {ms:.3f} / 1000 gateway cores, plus headroom")
+    if e := found.get("gateway_2_procs"):
+        split = " / ".join(f"{x:.0%}" for x in e["cpu_share"] or [] if x is not None)
+        lines.append(f"{model}, (e) c={e['concurrency']}, {len(e['cpu_share'] or [1])} processes: "
+                     f"{e['gateway_cpu_ms_per_request']:.3f} ms per request (~{e['requests_per_core_s']:,} requests/s "
+                     f"per core); {e['rps']:,.0f} requests/s used {e['gateway_cores_used']} gateway cores"
+                     + (f", split {split}" if split else ""))
+    if b := found.get("gateway_1_batch_predict"):
+        lines.append(f"{model}, (c'') c={b['concurrency']}: {b['gateway_cpu_ms_per_request']:.3f} ms per "
+                     f"{b['rows_per_request']}-row /batch_predict, so one gateway core carries "
+                     f"~{b['rows_per_core_s']:,} rows/s that way")
+    return lines
 
 
 def write_json(results: dict, path: Path) -> None:
@@ -87,19 +172,34 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def results_table(results: dict) -> str:
     lines = [
-        "| model | configuration | c | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
-        "| CPU ms/req gateway | CPU ms/req workers | wrk CPU |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| model | configuration | c | rows/req | req/s | rows/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
+        "| CPU ms/req gateway | CPU ms/req workers | CPU ms/row workers | wrk CPU |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for run in results["runs"]:
-        cpu = run.get("cpu_ms_per_request") or {}
-        workers_cpu = sum(v for k, v in cpu.items() if k.startswith("worker")) if cpu else None
+        rows = run.get("rows_per_request", 1)
+        workers_cpu = _cpu(run, "workers")
         lines.append(
-            f"| {run['model']} | {CONFIG_LABELS.get(run['config'], run['config'])} | {run['concurrency']} "
-            f"| {_fmt(run['rps'], 0)} | {_fmt(run['p50_ms'], 2)} | {_fmt(run['p95_ms'], 2)} "
+            f"| {run['model']} | {CONFIG_LABELS.get(run['config'], run['config'])} | {run['concurrency']} | {rows} "
+            f"| {_fmt(run['rps'], 0)} | {_fmt(run.get('rows_per_s', run['rps'] * rows), 0)} "
+            f"| {_fmt(run['p50_ms'], 2)} | {_fmt(run['p95_ms'], 2)} "
             f"| {_fmt(run['p99_ms'], 2)} | {run['errors']} | {_fmt(run.get('mean_batch_size'), 1)} "
-            f"| {_fmt(cpu.get('gateway'), 3)} | {_fmt(workers_cpu, 3)} | {_fmt(run.get('loadgen_cpu'), 2)} |"
+            f"| {_fmt(_cpu(run, 'gateway'), 3)} | {_fmt(workers_cpu, 3)} "
+            f"| {_fmt(None if workers_cpu is None else workers_cpu / rows, 4)} | {_fmt(run.get('loadgen_cpu'), 2)} |"
         )
+    return "\n".join(lines)
+
+
+def capacity_table(results: dict) -> str:
+    lines = ["| model | configuration | c | rows/req | req/s | gateway CPU ms/req | ms/row | req/s per gateway core "
+             "| rows/s per gateway core | gateway cores in use | CPU split over processes |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in results.get("gateway_capacity") or []:
+        split = " / ".join(f"{x:.0%}" for x in r["cpu_share"] if x is not None) if r["cpu_share"] else "-"
+        lines.append(f"| {r['model']} | {CONFIG_LABELS.get(r['config'], r['config'])} | {r['concurrency']} "
+                     f"| {r['rows_per_request']} | {_fmt(r['rps'], 0)} | {r['gateway_cpu_ms_per_request']:.3f} "
+                     f"| {r['gateway_cpu_ms_per_row']:.4f} | {r['requests_per_core_s']:,} | {r['rows_per_core_s']:,} "
+                     f"| {r['gateway_cores_used']} | {split} |")
     return "\n".join(lines)
 
 
@@ -117,8 +217,11 @@ def markdown(results: dict) -> str:
         f"- versions: Python {machine['python']}, {versions}; load generator: {machine['wrk'] or meta['loadgen']}",
         f"- each point: {meta['warmup_s']:g} s warm-up (discarded), then {meta.get('repeat', 1)} x "
         f"{meta['duration_s']:g} s measured (the run of median req/s is shown), "
-        f"closed loop, one request = one row (`POST /predict`); worker settings: "
-        f"{', '.join(f'{k}={v}' for k, v in meta['worker_env'].items()) or 'defaults'}",
+        f"closed loop, one request = one row (`POST /predict`) except for /batch_predict "
+        f"({meta.get('rows_per_batch_request', 64)} rows per request); (e) runs "
+        f"{meta.get('gateway_processes', 2)} gateway processes on one socket (`GATEWAY_PROCESSES`); worker settings: "
+        f"{', '.join(f'{k}={v}' for k, v in meta['worker_env'].items()) or 'defaults'}; gateway settings: "
+        f"{', '.join(f'{k}={v}' for k, v in meta.get('gateway_env', {}).items()) or 'defaults'}",
         "",
     ]
     if results.get("inprocess"):
@@ -129,19 +232,24 @@ def markdown(results: dict) -> str:
                          f"{r['jit']['ms_per_call']:.3f} | {_fmt(r['runtime']['rows_per_s'], 0)} |")
         parts.append("")
     if results.get("targets"):
-        parts += ["Targets (heavy MLP, all from this run):", "",
+        parts += ["Targets (heavy MLP, issue 12 and issue 3's batching checks, all from this run):", "",
                   "| target | measured | wanted | |", "|---|--:|--:|---|"]
         for t in results["targets"]:
             verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]
             parts.append(f"| {t['target']} | {t['value']} ({t['detail']}) | {t['op']} {t['threshold']} | {verdict} |")
         parts.append("")
     parts += ["All points:", "", results_table(results), ""]
+    if results.get("gateway_capacity"):
+        parts += ["Gateway capacity (CPU of the gateway tier per request; one core proxies 1000 / that many "
+                  "requests a second):", "", capacity_table(results), ""]
+        parts += [f"- {line}" for line in capacity_lines(results)] + [""]
     if results.get("protocol"):
         parts += ["Open Inference Protocol (`POST /v2/models/{name}/infer`, one row, JSON) against `/predict`, "
-                  "gateway + 1 worker:", "", "| model | c | /v2 infer req/s | /predict req/s | ratio |",
-                  "|---|--:|--:|--:|--:|"]
-        parts += [f"| {r['model']} | {r['concurrency']} | {_fmt(r['infer_rps'], 0)} | {_fmt(r['predict_rps'], 0)} "
-                  f"| {r['ratio']} |" for r in results["protocol"]]
+                  "same processes:", "", "| model | where | c | /v2 infer req/s | /predict req/s | ratio |",
+                  "|---|---|--:|--:|--:|--:|"]
+        parts += [f"| {r['model']} | {r.get('where', 'gateway + 1 worker')} | {r['concurrency']} "
+                  f"| {_fmt(r['infer_rps'], 0)} | {_fmt(r['predict_rps'], 0)} | {r['ratio']} |"
+                  for r in results["protocol"]]
         parts.append("")
     if results.get("client_comparison"):
         parts += ["Proxy client of the gateway (gateway + 1 worker, same worker, back to back):", "",
@@ -183,15 +291,16 @@ def plot(results: dict, path: Path) -> None:
                             key=lambda r: r["concurrency"])
             xs = [p["concurrency"] for p in points]
             label = CONFIG_LABELS.get(config, config)
-            row[0].plot(xs, [p["rps"] for p in points], marker="o", label=label)
+            row[0].plot(xs, [p.get("rows_per_s", p["rps"]) for p in points], marker="o", label=label)
             row[1].plot(xs, [p["p99_ms"] for p in points], marker="o", label=label)
         limit = results.get("inprocess", {}).get(model, {}).get("jit", {}).get("rows_per_s")
         if limit and model == "heavy":
-            row[0].axhline(0.08 * limit, color="grey", ls="--", lw=1, label="8% of in-process limit")
+            row[0].axhline(SERVED_SHARE_MIN * limit, color="grey", ls="--", lw=1,
+                           label=f"{SERVED_SHARE_MIN:.0%} of in-process limit")
         if model == "heavy":
-            row[1].axhline(150, color="grey", ls=":", lw=1, label="150 ms")
+            row[1].axhline(P99_MAX_MS, color="grey", ls=":", lw=1, label=f"{P99_MAX_MS} ms")
         row[0].set_title(f"{MODEL_LABELS.get(model, model)}: throughput")
-        row[0].set_ylabel("requests (rows) / s")
+        row[0].set_ylabel("rows / s")
         row[1].set_title(f"{MODEL_LABELS.get(model, model)}: p99 latency")
         row[1].set_ylabel("p99 ms")
         row[1].set_yscale("log")

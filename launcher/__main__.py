@@ -5,7 +5,8 @@ Workers listen on PORT+1 .. PORT+N, each pinned to its own GPU where
 child that keeps failing right after it starts stops all too, with exit status 1.
 The launcher opens the gateway's listening socket itself and hands it down
 (LISTEN_FD): when the gateway restarts, new connections wait in the socket's
-queue for the next gateway instead of being refused.
+queue for the next gateway instead of being refused. ``GATEWAY_PROCESSES``
+(``--gateway-processes``) gateway processes share that socket (launcher/gateways.py).
 """
 
 from __future__ import annotations
@@ -15,16 +16,25 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
 
 import httpx
 
-from gateway.settings import GatewaySettings
+from launcher.gateways import MULTIPROC_ENV, forget_process, gateway_names, listen_socket, metrics_folder
 from launcher.gpus import device_env, list_gpus
 from launcher.supervisor import Child, Supervisor
+
+
+def _default_gateway_processes() -> int:
+    value = os.environ.get("GATEWAY_PROCESSES", "1")
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"GATEWAY_PROCESSES must be a whole number, got {value!r}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="number of worker processes")
     parser.add_argument("--port", type=int, default=8080, help="gateway port; workers take the next ports")
     parser.add_argument("--host", default="127.0.0.1", help="gateway interface")
+    parser.add_argument("--gateway-processes", type=int, default=_default_gateway_processes(),
+                        help="gateway processes sharing the gateway's port (default: GATEWAY_PROCESSES, else 1)")
     parser.add_argument("--no-sidecars", action="store_true", help="do not start job sidecars")
     parser.add_argument("--max-fast-failures", type=int, default=3,
                         help="give up (exit 1) when a child exits this many times in a row soon after starting")
@@ -40,20 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.gateway_processes < 1:
+        parser.error("--gateway-processes (GATEWAY_PROCESSES) must be at least 1")
     if args.max_fast_failures < 1:
         parser.error("--max-fast-failures must be at least 1")
     return args
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """The gateway's listening socket, inheritable, with the gateway's own backlog setting."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=GatewaySettings().backlog)
-    sock.set_inheritable(True)
-    return sock
-
-
-def build_children(args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None) -> list[Child]:
+def build_children(
+    args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None, metrics_dir: Path | None = None
+) -> list[Child]:
     python = sys.executable
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
     children = [
@@ -75,10 +83,14 @@ def build_children(args: argparse.Namespace, gpus: list[str], listen_fd: int | N
     gateway_env = {"HOST": args.host, "PORT": str(args.port), "WORKERS": workers}
     if listen_fd is not None:
         gateway_env["LISTEN_FD"] = str(listen_fd)
-    children.append(
-        Child("gateway", [python, "-m", "gateway"], gateway_env, stop_rank=0,
-              pass_fds=() if listen_fd is None else (listen_fd,))
-    )
+    if metrics_dir is not None:
+        gateway_env[MULTIPROC_ENV] = str(metrics_dir)
+    children += [
+        Child(name, [python, "-m", "gateway"], gateway_env, stop_rank=0,
+              pass_fds=() if listen_fd is None else (listen_fd,),
+              on_exit=None if metrics_dir is None else partial(forget_process, metrics_dir))
+        for name in gateway_names(args.gateway_processes)
+    ]
     return children
 
 
@@ -128,14 +140,20 @@ async def main_async(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"launcher | cannot listen on {args.host}:{args.port}: {exc.strerror}", flush=True)
         return 1
+    with gateway_socket, metrics_folder(args.gateway_processes) as metrics_dir:
+        return await _supervise(args, gpus, gateway_socket.fileno(), metrics_dir)
+
+
+async def _supervise(args: argparse.Namespace, gpus: list[str], listen_fd: int, metrics_dir: Path | None) -> int:
     supervisor = Supervisor(
-        build_children(args, gpus, gateway_socket.fileno()),
+        build_children(args, gpus, listen_fd, metrics_dir),
         fast_exit_s=args.fast_exit_s, max_fast_failures=args.max_fast_failures,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.stop)
-    supervisor.say(f"starting gateway on :{args.port} and {args.workers} worker(s) on "
+    gateways = "gateway" if args.gateway_processes == 1 else f"{args.gateway_processes} gateway processes"
+    supervisor.say(f"starting {gateways} on :{args.port} and {args.workers} worker(s) on "
                    f"{'GPUs ' + ','.join(gpus) if gpus else 'the CPU'}")
     supervisor.say(access_line(os.environ))
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
@@ -145,7 +163,6 @@ async def main_async(args: argparse.Namespace) -> int:
     ))
     code = await supervisor.run()
     announcer.cancel()
-    gateway_socket.close()
     supervisor.say("stopped" if code == 0 else f"stopped: {supervisor.failure}")
     return code
 

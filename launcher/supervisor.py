@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from launcher.logs import LogPump
@@ -44,6 +45,8 @@ class Child:
     stop_rank: int = 0
     #: File descriptors the child inherits (the gateway's listening socket).
     pass_fds: tuple[int, ...] = ()
+    #: Called with the pid of each of its processes once that process has exited.
+    on_exit: Callable[[int], None] | None = field(default=None, repr=False)
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     logs: LogPump | None = field(default=None, repr=False)
@@ -97,6 +100,8 @@ class Supervisor:
                 await self._terminate(child)
                 return
             code = await child.process.wait()
+            if child.on_exit is not None:
+                child.on_exit(child.process.pid)
             await self._drain_logs(child)
             if self._stopping.is_set():
                 return

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bench import report
-from bench.__main__ import main
+from bench.__main__ import CONFIGS, main
 from bench.inprocess_runner import run_inprocess
 from bench.loadgen import LoadResult, infer_url, predict_body, request_body, run_python
 from bench.stack import Gateway
@@ -48,6 +49,28 @@ def test_python_load_generator_on_the_protocol_route(running_worker: str) -> Non
     assert result.requests > 0 and result.errors == 0, result.error_kinds
 
 
+def test_batch_predict_and_infer_bodies_carry_the_rows_asked_for(running_worker: str) -> None:
+    rows = orjson.loads(request_body(f"{running_worker}/batch_predict", 64))
+    assert len(rows) == 64 and rows[0] == orjson.loads(predict_body(f"{running_worker}/predict"))
+    [tensor] = orjson.loads(request_body(infer_url(running_worker), 3))["inputs"]
+    assert tensor["shape"][0] == 3
+    with pytest.raises(ValueError, match="one row per request"):
+        request_body(f"{running_worker}/predict", 2)
+    result = run_python(f"{running_worker}/batch_predict", request_body(f"{running_worker}/batch_predict", 64), 2, 0.3)
+    assert result.requests > 0 and result.errors == 0, result.error_kinds
+
+
+def test_a_gateway_of_two_processes_starts_both_on_one_port_and_serves(running_worker: str, tmp_path: Path) -> None:
+    address = running_worker.removeprefix("http://")
+    with Gateway("gw", [address], tmp_path, processes=2) as gateway:
+        before = gateway.cpu_seconds_each()
+        result = run_python(f"{gateway.url}/predict", predict_body(f"{running_worker}/predict"), 16, 1.0)
+        used = [a - b for a, b in zip(gateway.cpu_seconds_each(), before, strict=True)]
+    assert result.requests > 0 and result.errors == 0, result.error_kinds
+    assert len(used) == 2
+    assert sorted(tmp_path.glob("gw-*.log")) == [tmp_path / "gw-0.log", tmp_path / "gw-1.log"]
+
+
 @pytest.mark.parametrize("module", ["gateway", "bench.httpx_gateway"])
 def test_gateways_of_the_client_comparison(running_worker: str, tmp_path: Path, module: str) -> None:
     address = running_worker.removeprefix("http://")
@@ -64,12 +87,17 @@ def test_inprocess_limit_runs() -> None:
 
 def _point(model: str, config: str, concurrency: int) -> dict:
     load = LoadResult(concurrency, 1.0, 100, 100.0, 1.0, 2.0, 3.0, 1.5, 4.0, {"non_2xx": 0}, 0, 0.05)
-    return {"model": model, "config": config, "mean_batch_size": 1.0, **load.to_dict()}
+    rows = 64 if config.endswith("batch_predict") else 1
+    cpu = {"worker0": 0.2 * rows} | ({"gateway": 0.25 * rows} if config.startswith("gateway") else {})
+    point = {"model": model, "config": config, "mean_batch_size": 1.0, "rows_per_request": rows,
+             "rows_per_s": 100.0 * rows, "cpu_ms_per_request": cpu, **load.to_dict()}
+    if config == "gateway_2_procs":
+        point["gateway_cpu_share"] = [0.6, 0.4]
+    return point
 
 
 def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
-    runs = [_point("heavy", config, c) for config in ("direct_nobatch", "direct_batch", "gateway_1", "gateway_1_v2",
-                                                      "gateway_2") for c in (1, 64)]
+    runs = [_point("heavy", config, c) for config in CONFIGS for c in (1, 64)]
     machine = {"nproc": 2, "cpu": "cpu", "memory_gib": 1.0, "os": "Linux", "python": "3", "packages": {},
                "wrk": None, "commit": "abc", "tree_dirty": False, "loadavg_at_start": [0.0, 0.0, 0.0]}
     results = {
@@ -81,16 +109,29 @@ def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
                  "duration_s": 1.0, "warmup_s": 0.0, "concurrency": [1, 64], "loadgen": "python",
                  "worker_env": {}, "gateway_env": {}},
     }
+    results["compilations_after_ready"] = {"heavy-w0": 0, "heavy-w1": 0}
     results["targets"] = report.targets(results)
     results["protocol"] = report.protocol_ratios(results)
-    assert [(r["concurrency"], r["ratio"]) for r in results["protocol"]] == [(1, 1.0), (64, 1.0)]
+    results["gateway_capacity"] = report.gateway_capacity(results)
+    assert [(r["where"], r["concurrency"], r["ratio"]) for r in results["protocol"]] == [
+        ("worker direct", 1, 1.0), ("worker direct", 64, 1.0), ("gateway + 1 worker", 1, 1.0),
+        ("gateway + 1 worker", 64, 1.0)]
     assert {t["pass"] for t in results["targets"]} <= {True, False}
-    assert len(results["targets"]) == 7
+    assert len(results["targets"]) == 10
+    by_name = {t["target"].split(",")[0]: t for t in results["targets"]}
+    assert by_name["gateway CPU per proxied single-row request"]["value"] == 0.25
+    assert by_name["XLA compilations after ready"]["pass"] is True
+    capacity = {r["config"]: r for r in results["gateway_capacity"]}
+    assert capacity["gateway_2"]["requests_per_core_s"] == 4000  # 1000 / 0.25 ms
+    assert capacity["gateway_1_batch_predict"]["gateway_cpu_ms_per_row"] == 0.25
+    assert capacity["gateway_2_procs"]["cpu_share"] == [0.6, 0.4]
+    assert len(report.capacity_lines(results)) == 3
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# Benchmarks\n\nprose\n\n{report.BEGIN}\nold\n{report.END}\n\nmore prose\n")
     report.update_doc(doc, report.markdown(results))
     text = doc.read_text()
     assert "prose" in text and "more prose" in text and "old" not in text
     assert "(d) gateway + 2 workers" in text and "/v2 infer req/s" in text
+    assert "(e) gateway processes + 2 workers" in text and "req/s per gateway core" in text and "| 6,400 |" in text
     report.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0

@@ -41,7 +41,7 @@ def test_without_gpus_workers_run_on_the_cpu() -> None:
 
 
 def test_the_launcher_wires_ports_devices_and_the_gateway() -> None:
-    args = argparse.Namespace(workers=2, port=9090, host="127.0.0.1", no_sidecars=False)
+    args = argparse.Namespace(workers=2, port=9090, host="127.0.0.1", no_sidecars=False, gateway_processes=1)
     children = {child.name: child for child in build_children(args, ["0", "1"])}
     assert children["worker-1"].env["PORT"] == "9092"
     assert children["worker-1"].env["CUDA_VISIBLE_DEVICES"] == "1"
