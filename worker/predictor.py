@@ -44,11 +44,11 @@ def _json(body: bytes) -> Any:
 
 
 def first_non_finite_row(value: np.ndarray) -> int | None:
-    """The first row of an output holding a NaN or an infinity; None when every row is finite."""
-    if value.dtype.kind != "f":
+    """The first row of an array holding a NaN or an infinity; None when every row is finite."""
+    if value.dtype.kind != "f" or np.isfinite(value).all():  # one check for the usual case: all finite
         return None
     finite = np.isfinite(value.reshape(len(value), -1)).all(axis=1)
-    return None if finite.all() else int(np.argmin(finite))
+    return int(np.argmin(finite))
 
 
 def non_finite_output_message(name: str) -> str:
@@ -139,7 +139,7 @@ class Predictor:
         if rows.count > self.max_rows_per_request:
             raise PayloadTooLarge(f"{rows.count} rows in one request; the limit is {self.max_rows_per_request}")
         values = np.frombuffer(rows.data, rows.dtype).astype(self._dtype).reshape(rows.count, *self._shape)
-        if rows.count and self._dtype.kind == "f" and (row := first_non_finite_row(values)) is not None:
+        if (row := first_non_finite_row(values)) is not None:
             raise InvalidInput(f"[{row}].input_data: {NON_FINITE_MESSAGE}")
         return Rows(values, rows.return_probabilities)
 
