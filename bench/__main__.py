@@ -29,14 +29,18 @@ from pathlib import Path
 
 from bench import report
 from bench.inprocess_runner import run_inprocess
-from bench.loadgen import find_wrk, infer_url, request_body, run_load
+from bench.loadgen import batch_body, find_wrk, infer_url, request_body, run_load
 from bench.machine import describe
 from bench.stack import Gateway, Worker
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {"heavy": "worker.examples.mlp:HeavyMLP", "default": "worker.model"}
 #: gateway_1_v2: (c)'s gateway and worker, one row per Open Inference Protocol infer (JSON) instead of /predict.
-CONFIGS = ("direct_nobatch", "direct_batch", "gateway_1", "gateway_1_v2", "gateway_2")
+#: batch_json / batch_binary: (b)'s worker, /batch_predict with BATCH_ROWS rows per request, JSON or binary rows.
+CONFIGS = ("direct_nobatch", "direct_batch", "batch_json", "batch_binary", "gateway_1", "gateway_1_v2", "gateway_2")
+BATCH_ROWS = 64
+#: Connections for the /batch_predict configs: 8 x 64 rows keep the batcher full, far below MAX_QUEUE_ROWS.
+BATCH_CONCURRENCY = (1, 8)
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
@@ -110,14 +114,17 @@ class Runner:
         self.log_dir = log_dir
         self.runs: list[dict] = []
 
-    def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Gateway | None = None) -> dict:
+    def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Gateway | None = None,
+                body: tuple[bytes, str, int] | None = None) -> dict:
         """One point: a warm-up, then ``--repeat`` measured runs; the run of median req/s stands
         for the point (a neighbour's burst on a shared machine spoils one run, not the point),
-        and every run's req/s and p99 are kept under ``repeats``."""
+        and every run's req/s and p99 are kept under ``repeats``. ``body``: the request body, its
+        content type and its rows (default: ``url``'s one-row JSON body)."""
         args = self.args
+        body = body or (request_body(url), "application/json", 1)
         if args.warmup > 0:
-            run_load(url, request_body(url), concurrency, args.warmup, generator=args.loadgen)
-        runs = [self._measure_once(url, concurrency, workers, gateway) for _ in range(args.repeat)]
+            run_load(url, body[0], concurrency, args.warmup, generator=args.loadgen, content_type=body[1])
+        runs = [self._measure_once(url, concurrency, workers, gateway, body) for _ in range(args.repeat)]
         chosen = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
         if len(runs) > 1:
             chosen["repeats"] = [{"rps": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
@@ -125,12 +132,15 @@ class Runner:
             chosen["errors"] = sum(r["errors"] for r in runs)  # an error in any run counts
         return chosen
 
-    def _measure_once(self, url: str, concurrency: int, workers, gateway: Gateway | None) -> dict:
+    def _measure_once(self, url: str, concurrency: int, workers, gateway: Gateway | None,
+                      body: tuple[bytes, str, int]) -> dict:
         args = self.args
         processes = ([gateway] if gateway else []) + list(workers)
         before = [w.metric_sums() for w in workers]
         cpu_before = [p.cpu_seconds() for p in processes]
-        result = run_load(url, request_body(url), concurrency, args.duration, generator=args.loadgen).to_dict()
+        result = run_load(url, body[0], concurrency, args.duration, generator=args.loadgen,
+                          content_type=body[1]).to_dict()
+        result["rows_per_request"] = body[2]
         cpu_after = [p.cpu_seconds() for p in processes]
         after = [w.metric_sums() for w in workers]
         if processes and result["requests"]:
@@ -154,15 +164,17 @@ class Runner:
         return result
 
     def sweep(
-        self, model: str, config: str, url: str, workers: list[Worker], gateway: Gateway | None = None
+        self, model: str, config: str, url: str, workers: list[Worker], gateway: Gateway | None = None,
+        body: tuple[bytes, str, int] | None = None, concurrency_levels: tuple[int, ...] | None = None,
     ) -> None:
-        for concurrency in self.args.concurrency:
-            result = {"model": model, "config": config, **self.measure(url, concurrency, workers, gateway)}
+        for concurrency in concurrency_levels or self.args.concurrency:
+            result = {"model": model, "config": config, **self.measure(url, concurrency, workers, gateway, body)}
             self.runs.append(result)
             print(f"  {model:8s} {config:15s} c={concurrency:<4d} {result['rps']:8.0f} req/s  "
                   f"p50 {result['p50_ms']:7.2f}  p95 {result['p95_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  "
                   f"errors {result['errors']}  batch {result.get('mean_batch_size')}  "
-                  f"loadgen cpu {result['loadgen_cpu']}  cpu ms/req {result.get('cpu_ms_per_request')}", flush=True)
+                  f"loadgen cpu {result['loadgen_cpu']}  cpu ms/req {result.get('cpu_ms_per_request')}  "
+                  f"rows/req {result['rows_per_request']}", flush=True)
 
     def worker(self, name: str, model: str, worker_id: str = "0", **env: str) -> Worker:
         return Worker(name, MODELS[model], self.log_dir, worker_id=worker_id,
@@ -178,11 +190,16 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
     if "direct_nobatch" in configs:
         with runner.worker(f"{model}-nobatch", model, MAX_BATCH_SIZE="1") as worker:
             runner.sweep(model, "direct_nobatch", worker.url + "/predict", [worker])
-    if not {"direct_batch", "gateway_1", "gateway_1_v2", "gateway_2"} & set(configs) and args.no_clients:
+    if not set(CONFIGS[1:]) & set(configs) and args.no_clients:
         return
     with runner.worker(f"{model}-w0", model) as w0:
         if "direct_batch" in configs:
             runner.sweep(model, "direct_batch", w0.url + "/predict", [w0])
+        for config, binary in (("batch_json", False), ("batch_binary", True)):
+            if config in configs:
+                body, content_type = batch_body(w0.url + "/predict", BATCH_ROWS, binary)
+                runner.sweep(model, config, w0.url + "/batch_predict", [w0], body=(body, content_type, BATCH_ROWS),
+                             concurrency_levels=BATCH_CONCURRENCY)
         if {"gateway_1", "gateway_1_v2"} & set(configs):
             with runner.gateway(f"{model}-gw1", [w0]) as gw:
                 if "gateway_1" in configs:

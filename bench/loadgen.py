@@ -27,6 +27,8 @@ import httpx
 import numpy as np
 import orjson
 
+from common import binary_rows
+
 
 @functools.cache
 def predict_body(predict_url: str) -> bytes:
@@ -56,10 +58,22 @@ def request_body(url: str) -> bytes:
                                      "datatype": tensor["datatype"],
                                      "data": _flat(metadata["example"]["input_data"])}]})
 
+def batch_body(predict_url: str, rows: int, binary: bool) -> tuple[bytes, str]:
+    """``rows`` copies of the example row as a /batch_predict body: JSON, or binary rows (common/binary_rows.py)."""
+    example = orjson.loads(predict_body(predict_url))["input_data"]
+    if not binary:
+        return orjson.dumps([{"input_data": example}] * rows), "application/json"
+    metadata = httpx.get(predict_url.rsplit("/predict", 1)[0] + "/metadata", timeout=10).raise_for_status().json()
+    [tensor] = metadata["inputs"]
+    shape, datatype = tensor["shape"][1:], tensor["datatype"]
+    row = binary_rows.pack_row(example, datatype, len(shape))
+    return binary_rows.encode([row] * rows, shape, datatype, [False] * rows), binary_rows.CONTENT_TYPE
+
+
 # wrk calls done() once at the end: print everything we need as one JSON line.
 _WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.body = f:read("*a")
 f:close()
@@ -103,7 +117,8 @@ def find_wrk() -> str | None:
 
 
 def run_wrk(
-    url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0
+    url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0,
+    content_type: str = "application/json",
 ) -> LoadResult:
     """One wrk run; wrk counts durations in whole seconds, so ``duration_s`` is rounded up."""
     wrk = find_wrk()
@@ -119,7 +134,7 @@ def run_wrk(
         cpu_before = _children_cpu_seconds()
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
+            env={**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_CONTENT_TYPE": content_type},
         )
         deadline_s = duration_s + timeout_s + 30
         try:
@@ -161,12 +176,13 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _python_load(url: str, body: bytes, concurrency: int, duration_s: float, timeout_s: float):
+async def _python_load(url: str, body: bytes, concurrency: int, duration_s: float, timeout_s: float,
+                       content_type: str):
     import aiohttp
 
     latencies: list[float] = []
     errors = {"non_2xx": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": content_type}
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -197,11 +213,12 @@ async def _python_load(url: str, body: bytes, concurrency: int, duration_s: floa
 
 
 def run_python(
-    url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0
+    url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0,
+    content_type: str = "application/json",
 ) -> LoadResult:
     """The same measurement with aiohttp in this process (when wrk is missing)."""
     cpu_before = time.process_time()
-    latencies, kinds, elapsed = asyncio.run(_python_load(url, body, concurrency, duration_s, timeout_s))
+    latencies, kinds, elapsed = asyncio.run(_python_load(url, body, concurrency, duration_s, timeout_s, content_type))
     cpu = time.process_time() - cpu_before
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     requests = len(latencies) + kinds["non_2xx"]
@@ -223,11 +240,12 @@ def run_python(
 
 
 def run_load(
-    url: str, body: bytes, concurrency: int, duration_s: float, *, generator: str = "auto"
+    url: str, body: bytes, concurrency: int, duration_s: float, *, generator: str = "auto",
+    content_type: str = "application/json",
 ) -> LoadResult:
     """``generator``: "wrk", "python", or "auto" (wrk when installed)."""
     if generator == "auto":
         generator = "wrk" if find_wrk() else "python"
     if generator == "wrk":
-        return run_wrk(url, body, concurrency, duration_s)
-    return run_python(url, body, concurrency, duration_s)
+        return run_wrk(url, body, concurrency, duration_s, content_type=content_type)
+    return run_python(url, body, concurrency, duration_s, content_type=content_type)

@@ -10,6 +10,8 @@ from pathlib import Path
 CONFIG_LABELS = {
     "direct_nobatch": "(a) worker direct, batching off",
     "direct_batch": "(b) worker direct, batching on",
+    "batch_json": "(b64) worker direct, /batch_predict of 64 rows, JSON",
+    "batch_binary": "(b64') worker direct, /batch_predict of 64 rows, binary",
     "gateway_1": "(c) gateway + 1 worker",
     "gateway_1_v2": "(c') gateway + 1 worker, /v2 infer",
     "gateway_2": "(d) gateway + 2 workers",
@@ -76,6 +78,20 @@ def protocol_ratios(results: dict) -> list[dict]:
     return out
 
 
+def batch_rows(results: dict) -> list[dict]:
+    """The /batch_predict points: rows/s and the worker's CPU per row, JSON and binary bodies side by side."""
+    out = []
+    for run in results["runs"]:
+        rows = run.get("rows_per_request", 1)
+        if rows > 1:
+            cpu = run.get("cpu_ms_per_request") or {}
+            worker = sum(v for k, v in cpu.items() if k.startswith("worker")) if cpu else None
+            out.append({"model": run["model"], "config": run["config"], "concurrency": run["concurrency"],
+                        "rows_per_request": rows, "rows_per_s": run["rps"] * rows, "p50_ms": run["p50_ms"],
+                        "p99_ms": run["p99_ms"], "cpu_ms_per_row": None if worker is None else round(worker / rows, 4)})
+    return out
+
+
 def write_json(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")
@@ -136,6 +152,14 @@ def markdown(results: dict) -> str:
             parts.append(f"| {t['target']} | {t['value']} ({t['detail']}) | {t['op']} {t['threshold']} | {verdict} |")
         parts.append("")
     parts += ["All points:", "", results_table(results), ""]
+    if batches := batch_rows(results):
+        parts += ["`/batch_predict` with several rows per request (worker direct): CPU per row", "",
+                  "| model | configuration | c | rows/req | rows/s | p50 ms | p99 ms | CPU ms/row worker |",
+                  "|---|---|--:|--:|--:|--:|--:|--:|"]
+        parts += [f"| {r['model']} | {CONFIG_LABELS.get(r['config'], r['config'])} | {r['concurrency']} "
+                  f"| {r['rows_per_request']} | {_fmt(r['rows_per_s'], 0)} | {_fmt(r['p50_ms'], 2)} "
+                  f"| {_fmt(r['p99_ms'], 2)} | {_fmt(r['cpu_ms_per_row'], 4)} |" for r in batches]
+        parts.append("")
     if results.get("protocol"):
         parts += ["Open Inference Protocol (`POST /v2/models/{name}/infer`, one row, JSON) against `/predict`, "
                   "gateway + 1 worker:", "", "| model | c | /v2 infer req/s | /predict req/s | ratio |",
@@ -177,7 +201,8 @@ def plot(results: dict, path: Path) -> None:
     models = list(dict.fromkeys(run["model"] for run in results["runs"]))
     fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
     for row, model in zip(axes, models, strict=True):
-        configs = list(dict.fromkeys(r["config"] for r in results["runs"] if r["model"] == model))
+        configs = list(dict.fromkeys(r["config"] for r in results["runs"]
+                                     if r["model"] == model and r.get("rows_per_request", 1) == 1))
         for config in configs:
             points = sorted((r for r in results["runs"] if (r["model"], r["config"]) == (model, config)),
                             key=lambda r: r["concurrency"])

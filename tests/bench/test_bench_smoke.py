@@ -13,7 +13,7 @@ import pytest
 from bench import report
 from bench.__main__ import main
 from bench.inprocess_runner import run_inprocess
-from bench.loadgen import LoadResult, infer_url, predict_body, request_body, run_python
+from bench.loadgen import LoadResult, batch_body, infer_url, predict_body, request_body, run_python
 from bench.stack import Gateway
 
 pytestmark = pytest.mark.integration
@@ -48,6 +48,13 @@ def test_python_load_generator_on_the_protocol_route(running_worker: str) -> Non
     assert result.requests > 0 and result.errors == 0, result.error_kinds
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_python_load_generator_on_batches(running_worker: str, binary: bool) -> None:
+    body, content_type = batch_body(f"{running_worker}/predict", 8, binary)
+    result = run_python(f"{running_worker}/batch_predict", body, 2, 0.3, content_type=content_type)
+    assert result.requests > 0 and result.errors == 0, result.error_kinds
+
+
 @pytest.mark.parametrize("module", ["gateway", "bench.httpx_gateway"])
 def test_gateways_of_the_client_comparison(running_worker: str, tmp_path: Path, module: str) -> None:
     address = running_worker.removeprefix("http://")
@@ -70,6 +77,8 @@ def _point(model: str, config: str, concurrency: int) -> dict:
 def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
     runs = [_point("heavy", config, c) for config in ("direct_nobatch", "direct_batch", "gateway_1", "gateway_1_v2",
                                                       "gateway_2") for c in (1, 64)]
+    runs.append({**_point("heavy", "batch_binary", 8), "rows_per_request": 64,
+                 "cpu_ms_per_request": {"worker0": 3.2}})
     machine = {"nproc": 2, "cpu": "cpu", "memory_gib": 1.0, "os": "Linux", "python": "3", "packages": {},
                "wrk": None, "commit": "abc", "tree_dirty": False, "loadavg_at_start": [0.0, 0.0, 0.0]}
     results = {
@@ -92,5 +101,8 @@ def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "prose" in text and "more prose" in text and "old" not in text
     assert "(d) gateway + 2 workers" in text and "/v2 infer req/s" in text
+    assert [(r["config"], r["rows_per_s"], r["cpu_ms_per_row"]) for r in report.batch_rows(results)] == [
+        ("batch_binary", 6400.0, 0.05)]
+    assert "CPU ms/row worker" in text
     report.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
