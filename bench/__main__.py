@@ -31,18 +31,19 @@ from pathlib import Path
 
 from bench import report
 from bench.inprocess_runner import run_inprocess
-from bench.loadgen import find_wrk, infer_url, request_body, run_load
+from bench.loadgen import binary_rows_body, find_wrk, infer_url, request_body, run_load
 from bench.machine import describe
 from bench.stack import COMPILATIONS, Gateway, Worker
+from common import binary_rows
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {"heavy": "worker.examples.mlp:HeavyMLP", "default": "worker.model"}
 #: *_v2: one row per Open Inference Protocol infer (JSON) instead of /predict; *_batch_predict: --rows rows per
-#: /batch_predict; gateway_2_procs: (d) with --gateway-processes gateway processes.
-CONFIGS = ("direct_nobatch", "direct_batch", "direct_v2", "direct_batch_predict", "gateway_1", "gateway_1_v2",
-           "gateway_1_batch_predict", "gateway_2", "gateway_2_procs")
-ONE_WORKER = {"direct_batch", "direct_v2", "direct_batch_predict", "gateway_1", "gateway_1_v2",
-              "gateway_1_batch_predict", "gateway_2", "gateway_2_procs"}
+#: /batch_predict (*_binary: as binary rows, common/binary_rows.py); gateway_2_procs: (d) with
+#: --gateway-processes gateway processes.
+CONFIGS = ("direct_nobatch", "direct_batch", "direct_v2", "direct_batch_predict", "direct_batch_predict_binary",
+           "gateway_1", "gateway_1_v2", "gateway_1_batch_predict", "gateway_2", "gateway_2_procs")
+ONE_WORKER = set(CONFIGS) - {"direct_nobatch"}
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
@@ -124,15 +125,18 @@ class Runner:
         self.workers: list[Worker] = []
 
     def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Gateway | None = None,
-                rows: int = 1) -> dict:
+                rows: int = 1, binary: bool = False) -> dict:
         """One point: a warm-up, then ``--repeat`` measured runs; the run of median req/s stands
         for the point (a neighbour's burst on a shared machine spoils one run, not the point),
-        and every run's req/s and p99 are kept under ``repeats``."""
+        and every run's req/s and p99 are kept under ``repeats``. ``binary``: /batch_predict's
+        rows as binary rows instead of JSON."""
         args = self.args
-        body = request_body(url, rows)
+        body = binary_rows_body(url, rows) if binary else request_body(url, rows)
+        content_type = binary_rows.CONTENT_TYPE if binary else "application/json"
         if args.warmup > 0:
-            run_load(url, body, concurrency, args.warmup, generator=args.loadgen)
-        runs = [self._measure_once(url, body, rows, concurrency, workers, gateway) for _ in range(args.repeat)]
+            run_load(url, body, concurrency, args.warmup, generator=args.loadgen, content_type=content_type)
+        runs = [self._measure_once(url, body, content_type, rows, concurrency, workers, gateway)
+                for _ in range(args.repeat)]
         chosen = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
         if len(runs) > 1:
             chosen["repeats"] = [{"rps": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
@@ -140,14 +144,15 @@ class Runner:
             chosen["errors"] = sum(r["errors"] for r in runs)  # an error in any run counts
         return chosen
 
-    def _measure_once(self, url: str, body: bytes, rows: int, concurrency: int, workers,
+    def _measure_once(self, url: str, body: bytes, content_type: str, rows: int, concurrency: int, workers,
                       gateway: Gateway | None) -> dict:
         args = self.args
         processes = ([gateway] if gateway else []) + list(workers)
         before = [w.metric_sums() for w in workers]
         cpu_before = [p.cpu_seconds() for p in processes]
         gateway_before = gateway.cpu_seconds_each() if gateway else []
-        result = run_load(url, body, concurrency, args.duration, generator=args.loadgen).to_dict()
+        result = run_load(url, body, concurrency, args.duration, generator=args.loadgen,
+                          content_type=content_type).to_dict()
         gateway_after = gateway.cpu_seconds_each() if gateway else []
         cpu_after = [p.cpu_seconds() for p in processes]
         after = [w.metric_sums() for w in workers]
@@ -179,10 +184,11 @@ class Runner:
 
     def sweep(
         self, model: str, config: str, url: str, workers: list[Worker], gateway: Gateway | None = None,
-        rows: int = 1,
+        rows: int = 1, binary: bool = False,
     ) -> None:
         for concurrency in self.args.rows_concurrency if rows > 1 else self.args.concurrency:
-            result = {"model": model, "config": config, **self.measure(url, concurrency, workers, gateway, rows)}
+            result = {"model": model, "config": config,
+                      **self.measure(url, concurrency, workers, gateway, rows, binary)}
             self.runs.append(result)
             print(f"  {model:8s} {config:23s} c={concurrency:<4d} {result['rps']:8.0f} req/s  "
                   f"{result['rows_per_s']:8.0f} rows/s  "
@@ -219,6 +225,9 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
             runner.sweep(model, "direct_v2", infer_url(w0.url), [w0])
         if "direct_batch_predict" in configs:
             runner.sweep(model, "direct_batch_predict", w0.url + "/batch_predict", [w0], rows=args.rows)
+        if "direct_batch_predict_binary" in configs:
+            runner.sweep(model, "direct_batch_predict_binary", w0.url + "/batch_predict", [w0], rows=args.rows,
+                         binary=True)
         if {"gateway_1", "gateway_1_v2", "gateway_1_batch_predict"} & set(configs):
             with runner.gateway(f"{model}-gw1", [w0]) as gw:
                 if "gateway_1" in configs:

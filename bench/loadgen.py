@@ -27,6 +27,8 @@ import httpx
 import numpy as np
 import orjson
 
+from common import binary_rows
+
 
 def _base(url: str) -> str:
     """The root of the service that answers ``url`` (a /predict, /batch_predict or /v2 infer URL)."""
@@ -70,10 +72,19 @@ def request_body(url: str, rows: int = 1) -> bytes:
         raise ValueError(f"{url} takes one row per request")
     return predict_body(url)
 
+def binary_rows_body(url: str, rows: int) -> bytes:
+    """``rows`` copies of the example row as a binary /batch_predict body (common/binary_rows.py)."""
+    metadata = _metadata(_base(url))
+    [tensor] = metadata["inputs"]
+    shape, datatype = tensor["shape"][1:], tensor["datatype"]
+    row = binary_rows.pack_row(metadata["example"]["input_data"], datatype, len(shape))
+    return binary_rows.encode([row] * rows, shape, datatype, [False] * rows)
+
+
 # wrk calls done() once at the end: print everything we need as one JSON line.
 _WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.body = f:read("*a")
 f:close()
@@ -117,7 +128,8 @@ def find_wrk() -> str | None:
 
 
 def run_wrk(
-    url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0
+    url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0,
+    content_type: str = "application/json",
 ) -> LoadResult:
     """One wrk run; wrk counts durations in whole seconds, so ``duration_s`` is rounded up."""
     wrk = find_wrk()
@@ -133,7 +145,7 @@ def run_wrk(
         cpu_before = _children_cpu_seconds()
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
+            env={**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_CONTENT_TYPE": content_type},
         )
         deadline_s = duration_s + timeout_s + 30
         try:
@@ -175,12 +187,13 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _python_load(url: str, body: bytes, concurrency: int, duration_s: float, timeout_s: float):
+async def _python_load(url: str, body: bytes, concurrency: int, duration_s: float, timeout_s: float,
+                       content_type: str):
     import aiohttp
 
     latencies: list[float] = []
     errors = {"non_2xx": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": content_type}
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -211,11 +224,12 @@ async def _python_load(url: str, body: bytes, concurrency: int, duration_s: floa
 
 
 def run_python(
-    url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0
+    url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0,
+    content_type: str = "application/json",
 ) -> LoadResult:
     """The same measurement with aiohttp in this process (when wrk is missing)."""
     cpu_before = time.process_time()
-    latencies, kinds, elapsed = asyncio.run(_python_load(url, body, concurrency, duration_s, timeout_s))
+    latencies, kinds, elapsed = asyncio.run(_python_load(url, body, concurrency, duration_s, timeout_s, content_type))
     cpu = time.process_time() - cpu_before
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     requests = len(latencies) + kinds["non_2xx"]
@@ -237,11 +251,12 @@ def run_python(
 
 
 def run_load(
-    url: str, body: bytes, concurrency: int, duration_s: float, *, generator: str = "auto"
+    url: str, body: bytes, concurrency: int, duration_s: float, *, generator: str = "auto",
+    content_type: str = "application/json",
 ) -> LoadResult:
     """``generator``: "wrk", "python", or "auto" (wrk when installed)."""
     if generator == "auto":
         generator = "wrk" if find_wrk() else "python"
     if generator == "wrk":
-        return run_wrk(url, body, concurrency, duration_s)
-    return run_python(url, body, concurrency, duration_s)
+        return run_wrk(url, body, concurrency, duration_s, content_type=content_type)
+    return run_python(url, body, concurrency, duration_s, content_type=content_type)

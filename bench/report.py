@@ -12,6 +12,7 @@ CONFIG_LABELS = {
     "direct_batch": "(b) worker direct, batching on",
     "direct_v2": "(b') worker direct, /v2 infer",
     "direct_batch_predict": "(b'') worker direct, /batch_predict",
+    "direct_batch_predict_binary": "(b''') worker direct, /batch_predict, binary rows",
     "gateway_1": "(c) gateway + 1 worker",
     "gateway_1_v2": "(c') gateway + 1 worker, /v2 infer",
     "gateway_1_batch_predict": "(c'') gateway + 1 worker, /batch_predict",

@@ -24,14 +24,17 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
+from common import binary_rows
 from common.draining import Drain
 from worker.batcher import Batcher
 from worker.contract import Model, TensorSpec, model_import_path
-from worker.errors import ClientGone, NotReady, PayloadTooLarge, StartFailed, WorkerError
+from worker.errors import NotReady, StartFailed, WorkerError
+from worker.hot_routes import REQUEST_ID_HEADER, HotRoutes, PredictionRoute, read_body
 from worker.metadata import build_metadata
 from worker.metrics import WorkerMetrics
 from worker.predictor import Predictor
@@ -40,7 +43,7 @@ from worker.responses import error_response, json_response, protocol_error
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-REQUEST_ID_HEADER = "x-request-id"
+BINARY_ROWS = binary_rows.CONTENT_TYPE.encode()
 
 
 class Runtime(Protocol):
@@ -71,7 +74,7 @@ class ServingState:
 def create_app(
     settings: WorkerSettings, runtime: Runtime, metrics: WorkerMetrics,
     on_failure: Callable[[], None] | None = None, drain: Drain | None = None,
-) -> Starlette:
+) -> ASGIApp:
     """``drain``: while it is active (after SIGTERM), /health answers 503 "draining"; requests are still served."""
     state = ServingState()
     drain = drain or Drain()
@@ -130,31 +133,24 @@ def create_app(
 
         return endpoint
 
-    async def read_body(request: Request) -> bytes:
+    async def read_request_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise PayloadTooLarge(f"body of {declared} bytes; the limit is {settings.max_body_bytes}")
-        chunks, size = [], 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > settings.max_body_bytes:
-                    raise PayloadTooLarge(f"body over the limit of {settings.max_body_bytes} bytes")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise ClientGone("the client closed the connection before its body arrived") from None
-        return b"".join(chunks)
+        return await read_body(request.receive, declared, settings.max_body_bytes)
 
-    async def predict(request: Request) -> Response:
+    async def predict(body: bytes, content_type: bytes) -> dict[str, Any]:
         predictor = state.require_ready()
-        item = predictor.parse_one(await read_body(request))
-        [answer] = await predictor.predict([item])
-        return json_response(answer)
+        [answer] = await predictor.predict(predictor.parse_one(body))
+        return answer
 
-    async def batch_predict(request: Request) -> Response:
+    async def batch_predict(body: bytes, content_type: bytes) -> list[dict[str, Any]]:
         predictor = state.require_ready()
-        items = predictor.parse_many(await read_body(request))
-        return json_response(await predictor.predict(items))
+        binary = content_type.partition(b";")[0].strip().lower() == BINARY_ROWS
+        return await predictor.predict(predictor.parse_binary(body) if binary else predictor.parse_many(body))
+
+    hot = {
+        "/predict": PredictionRoute("/predict", predict, metrics, settings.max_body_bytes),
+        "/batch_predict": PredictionRoute("/batch_predict", batch_predict, metrics, settings.max_body_bytes),
+    }
 
     async def health(request: Request) -> Response:
         ready = state.predictor is not None and not drain.active
@@ -195,9 +191,9 @@ def create_app(
         Route("/health", handler("/health", health)),
         Route("/metadata", handler("/metadata", metadata)),
         Route("/metrics", metrics_endpoint),
-        Route("/predict", handler("/predict", predict), methods=["POST"]),
-        Route("/batch_predict", handler("/batch_predict", batch_predict), methods=["POST"]),
-        *protocol_routes(model, state, read_body, settings.max_rows_per_request, handler),
+        # POST never reaches these two (HotRoutes takes it); they answer other methods with 405.
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
+        *protocol_routes(model, state, read_request_body, settings.max_rows_per_request, handler),
     ]
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -208,4 +204,5 @@ def create_app(
         error.status_code, error.code = exc.status_code, "not_found" if exc.status_code == 404 else "http_error"
         return error_response(error, request.headers.get(REQUEST_ID_HEADER), headers)
 
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    return HotRoutes(app, hot)

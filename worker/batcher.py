@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,16 +28,18 @@ Outputs = Mapping[str, np.ndarray]
 InferFn = Callable[[np.ndarray], Outputs]
 
 
-@dataclass
 class _Pending:
-    """One caller's rows and the future that gets their outputs."""
+    """One caller's rows and the future that gets their outputs (a plain slotted class: one per request)."""
 
-    rows: np.ndarray
-    future: asyncio.Future[dict[str, np.ndarray]]
-    enqueued_at: float = field(default_factory=time.monotonic)
-    # Outputs gathered so far when the rows span several batches.
-    parts: list[Outputs] = field(default_factory=list)
-    taken: int = 0
+    __slots__ = ("rows", "future", "enqueued_at", "parts", "taken")
+
+    def __init__(self, rows: np.ndarray, future: asyncio.Future[dict[str, np.ndarray]]) -> None:
+        self.rows = rows
+        self.future = future
+        self.enqueued_at = time.monotonic()
+        # Outputs gathered so far when the rows span several batches.
+        self.parts: list[Outputs] = []
+        self.taken = 0
 
 
 class Batcher:

@@ -105,7 +105,7 @@ class Model:
         names = list(row)
         first = np.asarray(row[names[0]])
         if self.labels is not None:
-            best = int(np.argmax(first))
+            best = int(first.argmax())
             scores = first.tolist() if options.get("return_probabilities") else None
             return {"prediction": [best], "label": self.labels[best], names[0]: scores}
         answer = {"prediction": np.atleast_1d(first).tolist()}

@@ -2,9 +2,10 @@
 
     WorkerError
     ├── MalformedRequest   400  the body is not JSON
+    ├── MalformedBody      400  a binary rows body whose header or length is wrong (common/binary_rows.py)
     ├── PayloadTooLarge    413  too many bytes or rows
     ├── ClientGone         499  the client left before its body arrived (logged, never answered)
-    ├── InvalidInput       422  JSON of the wrong shape, type or value, or with NaN / Infinity
+    ├── InvalidInput       422  rows of the wrong shape, type or value, or with NaN / Infinity
     ├── QueueFull          503  the batcher is at its bound (sent with Retry-After)
     ├── NotReady           503  the model is still loading or warming up
     ├── StartFailed        503  the model failed to load or broke the contract (the worker exits)
@@ -29,6 +30,11 @@ class WorkerError(Exception):
 class MalformedRequest(WorkerError):
     status_code = 400
     code = "malformed_json"
+
+
+class MalformedBody(WorkerError):
+    status_code = 400
+    code = "malformed_body"
 
 
 class PayloadTooLarge(WorkerError):

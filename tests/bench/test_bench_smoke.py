@@ -14,8 +14,9 @@ import pytest
 from bench import report
 from bench.__main__ import CONFIGS, main
 from bench.inprocess_runner import run_inprocess
-from bench.loadgen import LoadResult, infer_url, predict_body, request_body, run_python
+from bench.loadgen import LoadResult, binary_rows_body, infer_url, predict_body, request_body, run_python
 from bench.stack import Gateway
+from common import binary_rows
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,12 @@ def test_batch_predict_and_infer_bodies_carry_the_rows_asked_for(running_worker:
     with pytest.raises(ValueError, match="one row per request"):
         request_body(f"{running_worker}/predict", 2)
     result = run_python(f"{running_worker}/batch_predict", request_body(f"{running_worker}/batch_predict", 64), 2, 0.3)
+    assert result.requests > 0 and result.errors == 0, result.error_kinds
+
+
+def test_python_load_generator_on_binary_rows(running_worker: str) -> None:
+    url = f"{running_worker}/batch_predict"
+    result = run_python(url, binary_rows_body(url, 8), 2, 0.3, content_type=binary_rows.CONTENT_TYPE)
     assert result.requests > 0 and result.errors == 0, result.error_kinds
 
 
