@@ -42,6 +42,8 @@ UI_PAGE = Path(__file__).with_name("jobs_ui.html")
 class JobResult(BaseModel):
     job_id: str
     task: str
+    model_name: str | None = Field(None, description="The model that computed the output.")
+    model_version: str | None = Field(None, description="Its version.")
     output: Any
 
 

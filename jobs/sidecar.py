@@ -35,6 +35,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -82,6 +83,8 @@ class Sidecar:
         #: The model of the worker whose queue this sidecar consumes; None before it knows.
         self.model: ModelIdentity | None = None
         self._model_changed = asyncio.Event()
+        #: Why the jobs being cancelled are handed back (the worker's new model), while they are.
+        self._handing_back: str | None = None
         self.coalescer = Coalescer(self.worker, settings.job_chunk_rows, settings.sidecar_worker_calls)
         self._slots = asyncio.Semaphore(settings.sidecar_concurrency)
         self._running: set[asyncio.Task[None]] = set()
@@ -129,15 +132,15 @@ class Sidecar:
             for task in (stopped, watcher, *consumers):
                 task.cancel()
             await asyncio.gather(stopped, watcher, *consumers, return_exceptions=True)
-        if stop.is_set():
+        if stop.is_set() or not watcher.done() or watcher.cancelled():
             return
         # The worker serves another model now: what ran on it since is not this model's answer.
-        log.warning("the worker no longer serves model %s: handing back %d job(s) and rebinding", model.describe(),
-                    len(self._running))
+        self._handing_back = watcher.result()
+        log.warning("%s: handing back %d job(s) and rebinding", self._handing_back, len(self._running))
         for job in list(self._running):
             job.cancel()  # each hands its message back, untouched
         await asyncio.gather(*self._running, return_exceptions=True)
-        self.model = None
+        self.model = self._handing_back = None
 
     async def _identify(self) -> ModelIdentity | None:
         """The worker's model from its /health (its /metadata if /health does not say); None while not ready."""
@@ -168,17 +171,17 @@ class Sidecar:
                 await asyncio.wait_for(stop.wait(), 0.5)
         return None
 
-    async def _watch_model(self, model: ModelIdentity) -> None:
-        """Return once the worker serves another model than ``model``: its /health says so, or an answer did."""
+    async def _watch_model(self, model: ModelIdentity) -> str:
+        """Once the worker serves another model than ``model`` (its /health says so, or an answer did): what."""
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._model_changed.wait(), self.settings.sidecar_model_check_s)
             if self._model_changed.is_set():
-                return
+                return f"the worker's answers are no longer those of model {model.describe()}"
             with contextlib.suppress(httpx.HTTPError):  # a worker restarting: its jobs' attempts fail as before
                 served = await self._identify()
                 if served is not None and served != model:
-                    return
+                    return f"the worker serves model {served.describe()} now, not {model.describe()}"
 
     async def _check_answering_model(self, response: httpx.Response) -> None:
         """Every answer of the worker but /health names the model that computed it: it must be this sidecar's."""
@@ -202,7 +205,7 @@ class Sidecar:
 
     async def _consume(self, model: ModelIdentity) -> None:
         async for delivery in self.broker.consume(model.name, self.settings.sidecar_prefetch):
-            job = asyncio.create_task(self._handle(delivery, model))
+            job = asyncio.create_task(self._handle(_SettledOnce(delivery), model))
             self._running.add(job)
             job.add_done_callback(self._running.discard)
 
@@ -271,6 +274,12 @@ class Sidecar:
             error = ErrorInfo(code="model_changed", message=f"attempt {delivery.attempt}: {exc}; handed back")
             await self.records.save(run.status, status="queued", error=error)
             await delivery.release()
+        except asyncio.CancelledError:
+            if self._handing_back is not None:
+                error = ErrorInfo(code="model_changed",
+                                  message=f"attempt {delivery.attempt}: {self._handing_back}; handed back")
+                await self.records.save(run.status, status="queued", error=error)
+            raise
         except TaskFailed as exc:
             await self._finish(delivery, run.status, "failed", ErrorInfo(code=exc.code, message=exc.message))
         except Exception as exc:
@@ -324,6 +333,30 @@ class Sidecar:
                 self.metrics.count("failed")
                 log.warning("job %s dead-lettered", spec.job_id)
             await delivery.ack()
+
+
+class _SettledOnce:
+    """A delivery settled at most once: a job cancelled while it acks or hands back does not settle it again."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        self._delivery = delivery
+        self.body = delivery.body
+        self.attempt = delivery.attempt
+        self._settled = False
+
+    async def _settle(self, action: Callable[[], Awaitable[None]]) -> None:
+        if not self._settled:
+            self._settled = True
+            await action()
+
+    async def ack(self) -> None:
+        await self._settle(self._delivery.ack)
+
+    async def retry(self) -> None:
+        await self._settle(self._delivery.retry)
+
+    async def release(self) -> None:
+        await self._settle(self._delivery.release)
 
 
 class _Progress:
