@@ -5,7 +5,9 @@ Workers listen on PORT+1 .. PORT+N, each pinned to its own GPU where
 child that keeps failing right after it starts stops all too, with exit status 1.
 The launcher opens the gateway's listening socket itself and hands it down
 (LISTEN_FD): when the gateway restarts, new connections wait in the socket's
-queue for the next gateway instead of being refused.
+queue for the next gateway instead of being refused. Each stack has its own job
+folder (JOBS_DIR, by default ``.run/<port>/jobs``), locked for the launcher's
+lifetime: a second stack on the same folder is refused (launcher/stack_lock.py).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import httpx
 
 from gateway.settings import GatewaySettings
 from launcher.gpus import device_env, list_gpus
+from launcher.stack_lock import FolderInUse, jobs_dir, lock_jobs_dir
 from launcher.supervisor import Child, Supervisor
 
 
@@ -53,7 +57,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_children(args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None) -> list[Child]:
+def build_children(args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None,
+                   jobs_folder: Path | None = None) -> list[Child]:
+    """The stack's processes; ``jobs_folder`` becomes every child's JOBS_DIR."""
     python = sys.executable
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
     children = [
@@ -79,6 +85,9 @@ def build_children(args: argparse.Namespace, gpus: list[str], listen_fd: int | N
         Child("gateway", [python, "-m", "gateway"], gateway_env, stop_rank=0,
               pass_fds=() if listen_fd is None else (listen_fd,))
     )
+    if jobs_folder is not None:
+        for child in children:
+            child.env["JOBS_DIR"] = str(jobs_folder)
     return children
 
 
@@ -123,13 +132,23 @@ def access_line(environ: Mapping[str, str]) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     """Run the stack until Ctrl-C / SIGTERM (0) or until a child keeps failing (1)."""
     gpus = list_gpus()
+    folder = jobs_dir(os.environ, args.port).absolute()
+    try:
+        lock = lock_jobs_dir(folder)
+    except FolderInUse as exc:
+        print(f"launcher | {exc}", flush=True)
+        return 1
+    except OSError as exc:
+        print(f"launcher | cannot use the job folder {folder}: {exc.strerror}", flush=True)
+        return 1
     try:
         gateway_socket = listen_socket(args.host, args.port)
     except OSError as exc:
         print(f"launcher | cannot listen on {args.host}:{args.port}: {exc.strerror}", flush=True)
+        lock.close()
         return 1
     supervisor = Supervisor(
-        build_children(args, gpus, gateway_socket.fileno()),
+        build_children(args, gpus, gateway_socket.fileno(), folder),
         fast_exit_s=args.fast_exit_s, max_fast_failures=args.max_fast_failures,
     )
     loop = asyncio.get_running_loop()
@@ -138,6 +157,7 @@ async def main_async(args: argparse.Namespace) -> int:
     supervisor.say(f"starting gateway on :{args.port} and {args.workers} worker(s) on "
                    f"{'GPUs ' + ','.join(gpus) if gpus else 'the CPU'}")
     supervisor.say(access_line(os.environ))
+    supervisor.say(f"job folder: {folder}")
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     keyed = bool(os.environ.get("API_KEYS", "").strip(", "))
     announcer = asyncio.create_task(announce_when_ready(
@@ -146,6 +166,7 @@ async def main_async(args: argparse.Namespace) -> int:
     code = await supervisor.run()
     announcer.cancel()
     gateway_socket.close()
+    lock.close()
     supervisor.say("stopped" if code == 0 else f"stopped: {supervisor.failure}")
     return code
 
