@@ -232,8 +232,10 @@ class Sidecar:
             return
         record = await self.records.get(spec.job_id)
         if record is None:
-            log.error("dropping job %s: it has no record", spec.job_id)
-            await delivery.ack()
+            # Not ours to drop: most likely another deployment's job, on a broker shared with separate databases.
+            log.error("job %s has no record in this sidecar's database: handing it back", spec.job_id)
+            await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
+            await delivery.retry()
             return
         status = record.status
         if status.finished:
