@@ -178,7 +178,8 @@ class Sidecar:
                 await asyncio.wait_for(self._model_changed.wait(), self.settings.sidecar_model_check_s)
             if self._model_changed.is_set():
                 return f"the worker's answers are no longer those of model {model.describe()}"
-            with contextlib.suppress(httpx.HTTPError):  # a worker restarting: its jobs' attempts fail as before
+            # A worker restarting: its jobs' attempts fail as before. ModelChanged: seen at the top of the loop.
+            with contextlib.suppress(httpx.HTTPError, ModelChanged):
                 served = await self._identify()
                 if served is not None and served != model:
                     return f"the worker serves model {served.describe()} now, not {model.describe()}"
