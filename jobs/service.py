@@ -106,7 +106,11 @@ class JobService:
         if metadata is None:
             raise JobsUnavailable("no worker has reported its model yet, and a job is bound to the model it is "
                                   "checked against; try again once a worker is ready")
-        model = ModelIdentity.from_metadata(metadata)
+        try:
+            model = ModelIdentity.from_metadata(metadata)
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise JobsUnavailable("the workers' model metadata names no model name, version or input shape; "
+                                  "a job cannot be bound to it") from None
         if task.check is not None:
             task.check(submission.inputs or [], submission.options, metadata)
         fingerprint = hashlib.sha256(
