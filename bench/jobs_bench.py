@@ -216,6 +216,7 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, C
         })
     port = _free_port_run(workers + 1)
     url = f"http://127.0.0.1:{port}"
+    served: str | None = None  # the model's name: its queues are the ones to delete
     with open(log_dir / f"stack-{pair}.log", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "launcher", "--workers", str(workers), "--port", str(port)],
@@ -224,6 +225,7 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, C
     try:
         _wait(lambda: httpx.get(f"{url}/gateway/health", timeout=1).json().get("alive_backends") == workers,
               process, 300)
+        served = httpx.get(f"{url}/metadata", timeout=5).raise_for_status().json()["name"]
         yield url, upload
     finally:
         process.send_signal(signal.SIGTERM)
@@ -233,7 +235,7 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, C
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         if pair != "embedded":
-            asyncio.run(_delete_queues(env))
+            asyncio.run(_delete_queues(env, [served] if served is not None else []))
             asyncio.run(_sql(database, f"DROP SCHEMA {schema} CASCADE"))
         if moto is not None:
             moto.terminate()
@@ -263,12 +265,12 @@ def _wait(ready: Callable[[], bool], process: subprocess.Popen, timeout_s: float
     raise TimeoutError(f"{process.args} not ready after {timeout_s}s")
 
 
-async def _delete_queues(env: dict[str, str]) -> None:
+async def _delete_queues(env: dict[str, str], models: list[str]) -> None:
     from jobs.broker_amqp import AmqpBroker
 
     broker = AmqpBroker(env["AMQP_URL"], env["JOB_QUEUE"], 3)
     await broker.start()
-    await broker.delete_queues()
+    await broker.delete_queues(*models)
     await broker.close()
 
 

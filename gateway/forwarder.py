@@ -22,9 +22,14 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from common.model_headers import MODEL_NAME_HEADER, MODEL_VERSION_HEADER
+
 #: Headers passed from the client to the worker, and back (with the protocol's binary tensor header length).
 REQUEST_HEADERS = ("content-type", "accept", "x-request-id", "inference-header-content-length")
-RESPONSE_HEADERS = ("content-type", "retry-after", "allow", "location", "inference-header-content-length")
+RESPONSE_HEADERS = (
+    "content-type", "retry-after", "allow", "location", "inference-header-content-length", MODEL_NAME_HEADER,
+    MODEL_VERSION_HEADER,
+)
 
 
 class TransportError(Exception):

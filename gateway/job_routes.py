@@ -46,6 +46,8 @@ _INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
 class JobResult(BaseModel):
     job_id: str
     task: str
+    model_name: str | None = Field(None, description="The model that computed the output.")
+    model_version: str | None = Field(None, description="Its version.")
     output: Any
 
 

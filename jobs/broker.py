@@ -9,6 +9,10 @@ Two adapters keep the same promises:
   consumer dies it is delivered again, and each delivery is counted;
 - past ``JOB_MAX_DELIVERIES`` deliveries a message moves to the dead-letter
   queue, which ``consume(dead=True)`` reads.
+
+Every call names the model its messages are for: each model name has its own
+queue and dead-letter queue (``jobs.routing.model_queue``), so a sidecar that
+consumes its worker's model never sees another model's jobs.
 """
 
 from __future__ import annotations
@@ -40,14 +44,14 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, body: bytes, priority: int = 0, levels: int = 1) -> None:
-        """Return once the broker holds the message durably; ``priority`` (of ``levels``): higher first."""
+    async def publish(self, model: str, body: bytes, priority: int = 0, levels: int = 1) -> None:
+        """Return once the queue of ``model`` holds the message durably; ``priority`` (of ``levels``): higher first."""
 
-    async def count(self, *, dead: bool = False) -> int:
-        """Messages waiting in the queue (tests, the benchmark, operators)."""
+    async def count(self, model: str, *, dead: bool = False) -> int:
+        """Messages waiting in the queue of ``model`` (tests, the benchmark, operators)."""
 
-    def consume(self, prefetch: int, *, dead: bool = False) -> AsyncIterator[Delivery]:
-        """Yield deliveries, at most ``prefetch`` unacknowledged at a time."""
+    def consume(self, model: str, prefetch: int, *, dead: bool = False) -> AsyncIterator[Delivery]:
+        """Yield deliveries of the queue of ``model``, at most ``prefetch`` unacknowledged at a time."""
         ...
 
 

@@ -1,10 +1,11 @@
 """The RabbitMQ adapter, through aio-pika.
 
-Topology, declared by every process (declarations are idempotent):
+Topology, declared by every process (declarations are idempotent), one pair
+of queues per model name (``jobs.routing``), declared on its first use:
 
-    jobs        durable quorum queue, x-delivery-limit, dead-letters to jobs.dlx
-    jobs.dlx    direct exchange
-    jobs.dead   durable quorum queue bound to jobs.dlx
+    jobs.<model>        durable quorum queue, x-delivery-limit, dead-letters to jobs.dlx
+    jobs.dlx            direct exchange, shared by the models
+    jobs.<model>.dead   durable quorum queue bound to jobs.dlx with the key jobs.<model>
 
 Messages are persistent and published on a channel with publisher confirms
 and ``mandatory``, so ``publish`` returns only once a queue holds the message.
@@ -22,6 +23,8 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from jobs.routing import dead_queue, model_queue
 
 
 def amqp_priority(priority: int, levels: int) -> int:
@@ -53,12 +56,13 @@ class AmqpDelivery:
 class AmqpBroker:
     def __init__(self, url: str, queue: str, max_deliveries: int) -> None:
         self.url = url
+        #: The queues' common prefix (JOB_QUEUE).
         self.queue = queue
-        self.dead_queue = f"{queue}.dead"
         self.exchange = f"{queue}.dlx"
         self.max_deliveries = max_deliveries
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractChannel | None = None
+        self._declared: set[str] = set()  # model queues declared by this process
 
     async def start(self) -> None:
         if self._connection is not None:
@@ -66,7 +70,7 @@ class AmqpBroker:
         connection = await aio_pika.connect_robust(self.url)
         try:
             self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await self._declare(self._publisher)
+            await self._publisher.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
         except BaseException:
             await connection.close()
             raise
@@ -76,55 +80,69 @@ class AmqpBroker:
         if self._connection is not None:
             await self._connection.close()
             self._connection = self._publisher = None
+            self._declared.clear()
 
-    async def _declare(self, channel: AbstractChannel) -> None:
+    def _channel(self) -> AbstractChannel:
+        if self._publisher is None:
+            raise RuntimeError("the AMQP broker is not started")
+        return self._publisher
+
+    async def _queue_of(self, model: str) -> str:
+        """The model's queue, its dead-letter queue declared and bound beside it (once per process)."""
+        queue = model_queue(self.queue, model)
+        if queue in self._declared:
+            return queue
+        channel = self._channel()
         exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-        dead = await channel.declare_queue(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
-        await dead.bind(exchange, routing_key=self.queue)
+        dead = await channel.declare_queue(dead_queue(queue), durable=True, arguments={"x-queue-type": "quorum"})
+        await dead.bind(exchange, routing_key=queue)
         await channel.declare_queue(
-            self.queue,
+            queue,
             durable=True,
             arguments={
                 "x-queue-type": "quorum",
                 # Returns allowed before dead-lettering: N deliveries are N - 1 returns.
                 "x-delivery-limit": self.max_deliveries - 1,
                 "x-dead-letter-exchange": self.exchange,
-                "x-dead-letter-routing-key": self.queue,
+                "x-dead-letter-routing-key": queue,
             },
         )
+        self._declared.add(queue)
+        return queue
 
-    async def publish(self, body: bytes, priority: int = 0, levels: int = 1) -> None:
-        if self._publisher is None:
-            raise RuntimeError("the AMQP broker is not started")
+    async def publish(self, model: str, body: bytes, priority: int = 0, levels: int = 1) -> None:
+        queue = await self._queue_of(model)
         message = aio_pika.Message(
             body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json",
             priority=amqp_priority(priority, levels),
         )
-        await self._publisher.default_exchange.publish(message, routing_key=self.queue, mandatory=True)
+        await self._channel().default_exchange.publish(message, routing_key=queue, mandatory=True)
 
-    async def consume(self, prefetch: int, *, dead: bool = False) -> AsyncIterator[AmqpDelivery]:
+    async def consume(self, model: str, prefetch: int, *, dead: bool = False) -> AsyncIterator[AmqpDelivery]:
         if self._connection is None:
             raise RuntimeError("the AMQP broker is not started")
+        queue = await self._queue_of(model)
         # The channel outlives the iterator: deliveries still running when the consumer
         # stops must be acked on it. Closing the connection closes it.
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(self.dead_queue if dead else self.queue)
-        async with queue.iterator() as messages:  # leaving it cancels the consumer
+        source = await channel.get_queue(dead_queue(queue) if dead else queue)
+        async with source.iterator() as messages:  # leaving it cancels the consumer
             async for message in messages:
                 yield AmqpDelivery(message)
 
-    async def count(self, *, dead: bool = False) -> int:
-        if self._publisher is None:
-            raise RuntimeError("the AMQP broker is not started")
-        queue = await self._publisher.get_queue(self.dead_queue if dead else self.queue)
-        result = await queue.declare()  # passive: answers the message count
+    async def count(self, model: str, *, dead: bool = False) -> int:
+        queue = await self._queue_of(model)
+        source = await self._channel().get_queue(dead_queue(queue) if dead else queue)
+        result = await source.declare()  # passive: answers the message count
         return result.message_count or 0
 
-    async def delete_queues(self) -> None:
-        """Remove the queues and the exchange (tests use a unique queue name per run)."""
-        if self._publisher is None:
-            raise RuntimeError("the AMQP broker is not started")
-        await self._publisher.queue_delete(self.queue)
-        await self._publisher.queue_delete(self.dead_queue)
-        await self._publisher.exchange_delete(self.exchange)
+    async def delete_queues(self, *models: str) -> None:
+        """Remove the queues of ``models`` and the exchange (tests use a unique JOB_QUEUE per run)."""
+        channel = self._channel()
+        for model in models:
+            queue = model_queue(self.queue, model)
+            await channel.queue_delete(queue)
+            await channel.queue_delete(dead_queue(queue))
+            self._declared.discard(queue)
+        await channel.exchange_delete(self.exchange)

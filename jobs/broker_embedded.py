@@ -15,6 +15,9 @@ what RabbitMQ gives the other adapter. Those are a few SQL statements:
   claim delivers the message again, counting the delivery;
 - a message claimed past ``max_deliveries`` moves to ``<queue>.dead``.
 
+Each model name has its own queue (``jobs.routing.model_queue``): the
+``queue`` column of a message.
+
 ``synchronous=FULL`` makes a commit durable before ``publish`` returns.
 Publishes that arrive while one commit is in progress are committed together
 in the next transaction (group commit): one fsync for many jobs.
@@ -34,6 +37,8 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+from jobs.routing import dead_queue, model_queue
 
 T = TypeVar("T")
 
@@ -82,8 +87,8 @@ class EmbeddedBroker:
     def __init__(self, path: Path, queue: str, *, max_deliveries: int, visibility_timeout_s: float,
                  poll_interval_s: float) -> None:
         self.path = path
+        #: The queues' common prefix (JOB_QUEUE).
         self.queue = queue
-        self.dead_queue = f"{queue}.dead"
         self.max_deliveries = max_deliveries
         self.visibility_timeout_s = visibility_timeout_s
         self.poll_interval_s = poll_interval_s
@@ -91,7 +96,7 @@ class EmbeddedBroker:
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._publishing: list[tuple[bytes, int, asyncio.Future[None]]] = []
+        self._publishing: list[tuple[str, bytes, int, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -129,9 +134,9 @@ class EmbeddedBroker:
             self._db = db
         return fn(self._db, *args)
 
-    async def publish(self, body: bytes, priority: int = 0, levels: int = 1) -> None:
+    async def publish(self, model: str, body: bytes, priority: int = 0, levels: int = 1) -> None:
         done = asyncio.get_running_loop().create_future()
-        self._publishing.append((body, priority, done))
+        self._publishing.append((model_queue(self.queue, model), body, priority, done))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_publishes())
         await done
@@ -140,19 +145,19 @@ class EmbeddedBroker:
         while self._publishing:
             batch, self._publishing = self._publishing, []
             try:
-                await self.run(_insert, self.queue, [(body, priority) for body, priority, _ in batch])
+                await self.run(_insert, [(queue, body, priority) for queue, body, priority, _ in batch])
             except Exception as exc:
-                for _, _, done in batch:
+                for *_, done in batch:
                     if not done.done():
                         done.set_exception(exc)
             else:
-                for _, _, done in batch:
+                for *_, done in batch:
                     if not done.done():
                         done.set_result(None)
 
-    async def consume(self, prefetch: int, *, dead: bool = False) -> AsyncIterator[EmbeddedDelivery]:
-        queue = self.dead_queue if dead else self.queue
-        limit = None if dead else self.max_deliveries
+    async def consume(self, model: str, prefetch: int, *, dead: bool = False) -> AsyncIterator[EmbeddedDelivery]:
+        queue = model_queue(self.queue, model)
+        queue, limit = (dead_queue(queue), None) if dead else (queue, self.max_deliveries)
         slots = asyncio.Semaphore(prefetch)
         while True:
             await slots.acquire()
@@ -175,7 +180,7 @@ class EmbeddedBroker:
             while (row := db.execute(ready, (queue, now)).fetchone()) is not None:
                 message_id, body, deliveries = row
                 if limit is not None and deliveries >= limit:  # its holders kept dying: give up
-                    _kill(db, message_id, self.dead_queue)
+                    _kill(db, message_id, dead_queue(queue))
                     continue
                 lease = uuid.uuid4().hex
                 db.execute(
@@ -187,12 +192,12 @@ class EmbeddedBroker:
 
     def requeue_or_kill(self, db: sqlite3.Connection, message_id: int, lease: str) -> None:
         with _transaction(db):
-            query = "SELECT deliveries FROM messages WHERE id = ? AND lease = ?"
+            query = "SELECT deliveries, queue FROM messages WHERE id = ? AND lease = ?"
             row = db.execute(query, (message_id, lease)).fetchone()
             if row is None:
                 return  # the lease expired and someone else holds the message now
             if row[0] >= self.max_deliveries:
-                _kill(db, message_id, self.dead_queue)
+                _kill(db, message_id, dead_queue(row[1]))
             else:
                 db.execute("UPDATE messages SET visible_at = ?, lease = NULL WHERE id = ?", (time.time(), message_id))
 
@@ -202,9 +207,10 @@ class EmbeddedBroker:
             if self.held:
                 await self.run(_renew, list(self.held.items()), time.time() + self.visibility_timeout_s)
 
-    async def count(self, *, dead: bool = False) -> int:
-        """Messages in the queue, held ones included."""
-        queue = self.dead_queue if dead else self.queue
+    async def count(self, model: str, *, dead: bool = False) -> int:
+        """Messages in the queue of ``model``, held ones included."""
+        queue = model_queue(self.queue, model)
+        queue = dead_queue(queue) if dead else queue
         query = "SELECT COUNT(*) FROM messages WHERE queue = ?"
         return await self.run(lambda db: db.execute(query, (queue,)).fetchone()[0])
 
@@ -220,17 +226,17 @@ def _transaction(db: sqlite3.Connection):  # type: ignore[no-untyped-def]
     db.execute("COMMIT")
 
 
-def _insert(db: sqlite3.Connection, queue: str, messages: list[tuple[bytes, int]]) -> None:
+def _insert(db: sqlite3.Connection, messages: list[tuple[str, bytes, int]]) -> None:
     now = time.time()
     with _transaction(db):
         db.executemany("INSERT INTO messages (queue, body, visible_at, priority) VALUES (?, ?, ?, ?)",
-                       [(queue, body, now, priority) for body, priority in messages])
+                       [(queue, body, now, priority) for queue, body, priority in messages])
 
 
-def _kill(db: sqlite3.Connection, message_id: int, dead_queue: str) -> None:
+def _kill(db: sqlite3.Connection, message_id: int, dead: str) -> None:
     db.execute(
         "UPDATE messages SET queue = ?, deliveries = 0, visible_at = 0, lease = NULL WHERE id = ?",
-        (dead_queue, message_id),
+        (dead, message_id),
     )
 
 

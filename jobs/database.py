@@ -63,6 +63,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_status_newest ON jobs (status, created_at DESC, job_id DESC);
     CREATE INDEX jobs_owner_newest ON jobs (owner, created_at DESC, job_id DESC);
     """,
+    # 2: what a job is bound to besides the model's name and version, and the model that computed its result.
+    """
+    ALTER TABLE jobs ADD COLUMN input_shape TEXT;
+    ALTER TABLE jobs ADD COLUMN result_model_name TEXT;
+    ALTER TABLE jobs ADD COLUMN result_model_version TEXT
+    """,
 ]
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

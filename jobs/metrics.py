@@ -1,8 +1,9 @@
 """``jobs_total{state}``: job state changes, counted where they happen.
 
 The gateway counts ``queued`` (accepted) and ``cancel_requested``; each
-sidecar counts ``running``, ``retried``, ``succeeded``, ``failed`` and
-``cancelled`` on its own /metrics (SIDECAR_METRICS_PORT).
+sidecar counts ``running``, ``retried``, ``refused`` (a job for another
+model), ``succeeded``, ``failed`` and ``cancelled`` on its own /metrics
+(SIDECAR_METRICS_PORT).
 """
 
 from __future__ import annotations

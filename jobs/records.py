@@ -1,8 +1,10 @@
 """Job records: one row per job in the database (jobs.database), read and written by the gateway and the sidecars.
 
-The row holds what was asked (task, options, fingerprint, the served model's
-name and version, owner), the status (state, progress, attempts, error,
-timestamps) and, when small, the inline rows and the result. Large inputs and
+The row holds what was asked (task, options, fingerprint, owner, and the model
+it was accepted for: name, version and the input shape its rows were checked
+against), the status (state, progress, attempts, error,
+timestamps), the name and version of the model that computed the result, and,
+when small, the inline rows and the result. Large inputs and
 results are objects in the store (``jobs/<id>/input-<fingerprint>.json``,
 ``jobs/<id>/result.json``); the store keeps artifacts, never status.
 
@@ -77,6 +79,7 @@ class NewJob:
     owner: str | None = None
     model_name: str | None = None
     model_version: str | None = None
+    input_shape: tuple[int, ...] | None = None
 
 
 def _status(row: dict[str, Any]) -> JobStatus:
@@ -89,8 +92,10 @@ def _status(row: dict[str, Any]) -> JobStatus:
         created_at=_moment(row["created_at"]), started_at=_moment(row["started_at"]),
         finished_at=_moment(row["finished_at"]), updated_at=_moment(row["updated_at"]),
         status_url=f"/jobs/{job_id}", result_url=f"/jobs/{job_id}/result",
-        model_name=row["model_name"], model_version=row["model_version"], owner=row["owner"],
-        priority=row["priority"],
+        model_name=row["model_name"], model_version=row["model_version"],
+        input_shape=None if row["input_shape"] is None else orjson.loads(row["input_shape"]),
+        result_model_name=row["result_model_name"], result_model_version=row["result_model_version"],
+        owner=row["owner"], priority=row["priority"],
     )
 
 
@@ -100,7 +105,8 @@ def _text(value: Any) -> bytes | None:
 
 _STATUS_COLUMNS = (
     "job_id, task, status, progress_done, progress_total, attempts, error_code, error_message, "
-    "cancel_requested, created_at, started_at, finished_at, updated_at, model_name, model_version, owner, priority"
+    "cancel_requested, created_at, started_at, finished_at, updated_at, model_name, model_version, owner, priority, "
+    "input_shape, result_model_name, result_model_version"
 )
 
 
@@ -130,20 +136,22 @@ class JobRecords:
         """Insert ``job`` as queued: its status, and the record already there if its id was taken."""
         now = _micros(utc_now())
         spec = job.spec
+        shape = None if job.input_shape is None else orjson.dumps(list(job.input_shape)).decode()
         status = _status({
             "job_id": spec.job_id, "task": spec.task, "status": "queued", "progress_done": 0,
             "progress_total": job.total, "attempts": 0, "error_code": None, "error_message": None,
             "cancel_requested": 0, "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
             "model_name": job.model_name, "model_version": job.model_version, "owner": job.owner,
-            "priority": spec.priority,
+            "priority": spec.priority, "input_shape": shape, "result_model_name": None, "result_model_version": None,
         })
         inserted = await self.db.execute(
             "INSERT INTO jobs (job_id, task, status, fingerprint, options, input_key, input_data, progress_total, "
-            "owner, model_name, model_version, created_at, updated_at, priority) "
-            "VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) ON CONFLICT (job_id) DO NOTHING",
+            "owner, model_name, model_version, created_at, updated_at, priority, input_shape) "
+            "VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13) "
+            "ON CONFLICT (job_id) DO NOTHING",
             spec.job_id, spec.task, spec.fingerprint, orjson.dumps(spec.options).decode(), spec.input_key,
             None if job.input_data is None else job.input_data.decode(), job.total, job.owner, job.model_name,
-            job.model_version, now, spec.priority,
+            job.model_version, now, spec.priority, shape,
         )
         if inserted:
             return status, None
@@ -188,27 +196,35 @@ class JobRecords:
         return bool(await self.db.execute(
             "UPDATE jobs SET status = $2, progress_done = $3, progress_total = $4, attempts = $5, error_code = $6, "
             "error_message = $7, started_at = $8, finished_at = $9, updated_at = $10, "
-            "result = COALESCE($11, result), result_key = COALESCE($12, result_key) "
+            "result = COALESCE($11, result), result_key = COALESCE($12, result_key), "
+            "result_model_name = $13, result_model_version = $14 "
             f"WHERE job_id = $1 AND {_NOT_FINISHED}",
             status.job_id, status.status, status.progress.done, status.progress.total, status.attempts,
             None if error is None else error.code, None if error is None else error.message,
             _stamp(status.started_at), _stamp(status.finished_at), _stamp(status.updated_at),
-            None if result is None else result.decode(), result_key,
+            None if result is None else result.decode(), result_key, status.result_model_name,
+            status.result_model_version,
         ))
 
     async def fail(self, status: JobStatus, code: str, message: str) -> JobStatus | None:
         return await self.save(status, status="failed", error=ErrorInfo(code=code, message=message),
                                finished_at=utc_now())
 
-    async def succeed(self, status: JobStatus, spec: JobSpec, output: Any) -> JobStatus | None:
-        """The result and the succeeded state, in one write (the result via the store when large)."""
-        body = orjson.dumps({"job_id": spec.job_id, "task": spec.task, "output": output},
-                            option=orjson.OPT_SERIALIZE_NUMPY)
+    async def succeed(self, status: JobStatus, spec: JobSpec, output: Any,
+                      computed_by: tuple[str, str] | None = None) -> JobStatus | None:
+        """The result and the succeeded state, in one write (the result via the store when large).
+
+        ``computed_by``: the (name, version) of the model that computed ``output``, kept with the result.
+        """
+        name, version = computed_by or (None, None)
+        body = orjson.dumps({"job_id": spec.job_id, "task": spec.task, "model_name": name, "model_version": version,
+                             "output": output}, option=orjson.OPT_SERIALIZE_NUMPY)
         now = utc_now()
         total = status.progress.total
         done = status.model_validate({
             **status.model_dump(), "status": "succeeded", "finished_at": now, "updated_at": now, "error": None,
             "progress": {"done": total if total is not None else status.progress.done, "total": total},
+            "result_model_name": name, "result_model_version": version,
         })
         if len(body) <= self.inline_result_bytes:
             written = await self._write(done, result=body)

@@ -80,8 +80,13 @@ class JobStatus(BaseModel):
     updated_at: datetime
     status_url: str
     result_url: str
-    model_name: str | None = Field(None, description="The served model the job was accepted for.")
+    model_name: str | None = Field(
+        None, description="The model the job was accepted for: only sidecars of this model run it."
+    )
     model_version: str | None = Field(None, description="Its version at acceptance.")
+    input_shape: list[int] | None = Field(None, description="The per-row input shape the rows were checked against.")
+    result_model_name: str | None = Field(None, description="The model that computed the result (once succeeded).")
+    result_model_version: str | None = Field(None, description="Its version.")
     owner: str | None = Field(None, description="Who submitted it (an API key id), when known.")
     priority: int = Field(0, description="Its priority; higher ones run first.")
 

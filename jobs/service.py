@@ -7,6 +7,12 @@ gets 422 with nothing stored or queued. Then one database write (the record,
 one confirmed publish, and only then 202. The broker and the database are
 connected on first use, so the gateway starts and serves predictions while
 they are still coming up.
+
+A job is bound to the model the gateway's workers serve when it is accepted
+(name, version, and the input shape its rows are checked against) and
+published to that model's queue, which only sidecars of that model consume.
+While no worker has reported its model, ``POST /jobs`` is 503: there is
+nothing to check the rows against, nor a queue to put them on.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from jobs.errors import (
 )
 from jobs.metrics import JobsMetrics
 from jobs.records import JobRecords, NewJob, check_job_id
+from jobs.routing import ModelIdentity
 from jobs.schema import JobSpec, JobState, JobStatus, JobSubmission, validate
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, job_key
@@ -79,12 +86,12 @@ class JobService:
             await self.broker.close()
         await self.database.close()
 
-    async def _publish(self, body: bytes, priority: int) -> None:
+    async def _publish(self, model: str, body: bytes, priority: int) -> None:
         async with self._broker_lock:
             if not self._broker_started:
                 await self.broker.start()
                 self._broker_started = True
-        await self.broker.publish(body, priority, self.settings.job_priority_levels)
+        await self.broker.publish(model, body, priority, self.settings.job_priority_levels)
 
     async def submit(self, body: bytes, idempotency_key: str | None, owner: str | None = None) -> Submitted:
         submission = self._parse(body)
@@ -96,7 +103,15 @@ class JobService:
         if not 0 <= submission.priority < self.settings.job_priority_levels:
             raise InvalidJob(f"priority: from 0 to {self.settings.job_priority_levels - 1}")
         metadata = self.served_model()
-        if task.check is not None and metadata is not None:
+        if metadata is None:
+            raise JobsUnavailable("no worker has reported its model yet, and a job is bound to the model it is "
+                                  "checked against; try again once a worker is ready")
+        try:
+            model = ModelIdentity.from_metadata(metadata)
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise JobsUnavailable("the workers' model metadata names no model name, version or input shape; "
+                                  "a job cannot be bound to it") from None
+        if task.check is not None:
             task.check(submission.inputs or [], submission.options, metadata)
         fingerprint = hashlib.sha256(
             orjson.dumps(submission.model_dump(exclude_none=True), option=orjson.OPT_SORT_KEYS)
@@ -119,8 +134,7 @@ class JobService:
                 input_data = None
         spec = JobSpec(job_id=job_id, task=task.name, input_key=input_key,
                        options=options.model_dump(), fingerprint=fingerprint, priority=submission.priority)
-        model = metadata or {}
-        job = NewJob(spec, total, input_data, owner, model.get("name"), model.get("version"))
+        job = NewJob(spec, total, input_data, owner, model.name, model.version, model.input_shape)
 
         status, existing = await self.records.create(job)
         if existing is not None:
@@ -128,10 +142,10 @@ class JobService:
                 raise InvalidJob("Idempotency-Key: already used for a different job")
             if not (existing.status.error and existing.status.error.code == "not_queued"):
                 return Submitted(existing.status, replayed=True)
-            # The first submission failed to publish: queue it again here.
+            # The first submission failed to publish: queue it again here, for the model it was bound to.
             status = await self.records.requeue_unpublished(job_id) or status
         try:
-            await self._publish(spec.model_dump_json().encode(), spec.priority)
+            await self._publish(status.model_name or model.name, spec.model_dump_json().encode(), spec.priority)
         except Exception as exc:
             log.exception("publishing job %s failed", job_id)
             await self.records.fail(status, "not_queued", "the broker did not accept the job; submit it again")

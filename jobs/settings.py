@@ -21,7 +21,11 @@ class JobsSettings(BaseSettings):
     amqp_url: str | None = Field(
         None, description="RabbitMQ URL (amqp://user:pass@host:5672/); unset: the embedded broker."
     )
-    job_queue: str = Field("jobs", description="Queue name; the dead-letter queue is '<name>.dead'.")
+    job_queue: str = Field(
+        "jobs", min_length=1, max_length=128,
+        description="Prefix of the job queues: one per model name, '<prefix>.<model name>', dead letters in "
+        "'<prefix>.<model name>.dead'.",
+    )
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (MinIO, moto); unset with S3_BUCKET set: AWS S3."
     )
@@ -83,6 +87,10 @@ class JobsSettings(BaseSettings):
     sidecar_metrics_port: int = Field(0, ge=0, description="Port of the sidecar's /metrics; 0: none.")
     sidecar_metrics_host: str = Field(
         "127.0.0.1", description="Interface of the sidecar's /metrics (0.0.0.0 in containers, for Prometheus)."
+    )
+    sidecar_model_check_s: float = Field(
+        2.0, gt=0, description="How often a sidecar reads its worker's /health to notice it now serves another "
+        "model (it then hands its jobs back and consumes the new model's queue).",
     )
     worker_url: str = Field("http://127.0.0.1:8000", description="The worker this sidecar runs jobs on.")
     worker_api_key: str | None = Field(

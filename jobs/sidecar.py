@@ -12,6 +12,18 @@ A failing attempt is retried (after JOB_RETRY_DELAY_S times its number) until
 the broker dead-letters the message; the sidecar also reads the dead-letter
 queue and marks those jobs failed with their last error.
 
+Jobs are bound to a model (jobs.routing). Before it consumes, the sidecar
+learns its worker's model from the worker's /health and consumes only that
+model's queue. A job whose record names another model, or an input shape the
+worker does not take, is refused without running: the reason is recorded and
+the delivery counted as a failed attempt, so past JOB_MAX_DELIVERIES it is
+dead-lettered and failed with that reason; it is never marked succeeded. A job
+accepted for another version of the same model runs, and its result records
+the version that computed it. The worker's /health is read again every
+SIDECAR_MODEL_CHECK_S, and every answer of the worker names its model
+(common.model_headers): once the worker serves another model (or version) the
+sidecar hands back every job it holds, untouched, and binds to the new model.
+
 SIGTERM or SIGINT: stop taking jobs, give running ones SIDECAR_SHUTDOWN_GRACE_S
 to finish, hand back the rest to the broker, exit.
 """
@@ -23,6 +35,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -30,12 +43,14 @@ import orjson
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import BaseModel, ValidationError
 
+from common.model_headers import answering_model
 from jobs.broker import Broker, Delivery, create_broker
 from jobs.coalesce import Coalescer
 from jobs.database import Database, create_database
 from jobs.errors import InvalidJob, JobCancelled, TaskFailed
 from jobs.metrics import JobsMetrics
 from jobs.records import JobRecord, JobRecords
+from jobs.routing import ModelIdentity
 from jobs.schema import ErrorInfo, JobSpec, JobStatus, Progress, utc_now, validate
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore
@@ -44,6 +59,10 @@ from jobs.tasks import TASKS, TaskContext, import_task_modules
 log = logging.getLogger("jobs.sidecar")
 #: Progress is written at most this often; a cancel is looked for at every checkpoint.
 PROGRESS_INTERVAL_S = 0.5
+
+
+class ModelChanged(Exception):
+    """The worker answered as another model than the one this sidecar is bound to."""
 
 
 class Sidecar:
@@ -59,7 +78,13 @@ class Sidecar:
         self.worker = httpx.AsyncClient(
             base_url=settings.worker_url, timeout=settings.worker_timeout_s, headers=key,
             limits=httpx.Limits(max_connections=settings.sidecar_worker_calls + 4),
+            event_hooks={"response": [self._check_answering_model]},
         )
+        #: The model of the worker whose queue this sidecar consumes; None before it knows.
+        self.model: ModelIdentity | None = None
+        self._model_changed = asyncio.Event()
+        #: Why the jobs being cancelled are handed back (the worker's new model), while they are.
+        self._handing_back: str | None = None
         self.coalescer = Coalescer(self.worker, settings.job_chunk_rows, settings.sidecar_worker_calls)
         self._slots = asyncio.Semaphore(settings.sidecar_concurrency)
         self._running: set[asyncio.Task[None]] = set()
@@ -67,25 +92,13 @@ class Sidecar:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then shut down as the module docstring says."""
-        await self._wait_for_worker(stop)
-        await self.broker.start()
-        consumers = [
-            asyncio.create_task(self._consume(), name="jobs"),
-            asyncio.create_task(self._consume_dead_letters(), name="dead-letters"),
-        ]
-        log.info("consuming jobs for %s", self.settings.worker_url)
-        stopped = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait([stopped, *consumers], return_when=asyncio.FIRST_COMPLETED)
-            for consumer in consumers:
-                if consumer.done() and consumer.exception() is not None:
-                    # Without a consumer the process would idle forever: exit, to be restarted.
-                    raise RuntimeError("a consumer stopped") from consumer.exception()
+            while not stop.is_set():
+                model = await self._wait_for_worker(stop)
+                if model is None:
+                    break
+                await self._serve(model, stop)
         finally:
-            stopped.cancel()
-            for consumer in consumers:
-                consumer.cancel()
-            await asyncio.gather(*consumers, return_exceptions=True)
             if self._running:
                 log.info("waiting for %d running job(s)", len(self._running))
                 _, late = await asyncio.wait(self._running, timeout=self.settings.sidecar_shutdown_grace_s)
@@ -97,30 +110,110 @@ class Sidecar:
             await self.coalescer.close()
             await self.worker.aclose()
 
-    async def _wait_for_worker(self, stop: asyncio.Event) -> None:
-        """Take no job before the worker is warm: each failed attempt would cost a delivery."""
+    async def _serve(self, model: ModelIdentity, stop: asyncio.Event) -> None:
+        """Consume ``model``'s queues until ``stop``, or until the worker serves another model."""
+        self.model = model
+        self._model_changed.clear()
+        await self.broker.start()
+        consumers = [
+            asyncio.create_task(self._consume(model), name="jobs"),
+            asyncio.create_task(self._consume_dead_letters(model), name="dead-letters"),
+        ]
+        watcher = asyncio.create_task(self._watch_model(model), name="model-watch")
+        log.info("consuming jobs of model %s for %s", model.describe(), self.settings.worker_url)
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([stopped, watcher, *consumers], return_when=asyncio.FIRST_COMPLETED)
+            for consumer in consumers:
+                if consumer.done() and consumer.exception() is not None:
+                    # Without a consumer the process would idle forever: exit, to be restarted.
+                    raise RuntimeError("a consumer stopped") from consumer.exception()
+        finally:
+            for task in (stopped, watcher, *consumers):
+                task.cancel()
+            await asyncio.gather(stopped, watcher, *consumers, return_exceptions=True)
+        if stop.is_set() or not watcher.done() or watcher.cancelled():
+            return
+        # The worker serves another model now: what ran on it since is not this model's answer.
+        self._handing_back = watcher.result()
+        log.warning("%s: handing back %d job(s) and rebinding", self._handing_back, len(self._running))
+        for job in list(self._running):
+            job.cancel()  # each hands its message back, untouched
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self.model = self._handing_back = None
+
+    async def _identify(self) -> ModelIdentity | None:
+        """The worker's model from its /health (its /metadata if /health does not say); None while not ready."""
+        response = await self.worker.get("/health")
+        if response.status_code != 200:
+            return None
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return ModelIdentity.from_health(response.json())
+        try:
+            return ModelIdentity.from_metadata((await self.worker.get("/metadata")).raise_for_status().json())
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RuntimeError(f"worker {self.settings.worker_url} names no model (name, version, input shape) "
+                               "in its /health nor its /metadata") from exc
+
+    async def _wait_for_worker(self, stop: asyncio.Event) -> ModelIdentity | None:
+        """Take no job before the worker is warm (each failed attempt would cost a delivery); its model, or None
+        once ``stop`` is set."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.worker_ready_timeout_s
         while not stop.is_set():
             with contextlib.suppress(httpx.HTTPError):
-                if (await self.worker.get("/health")).status_code == 200:
-                    return
+                if (model := await self._identify()) is not None:
+                    return model
             if loop.time() > deadline:
                 raise RuntimeError(f"worker {self.settings.worker_url} not ready after "
                                    f"{self.settings.worker_ready_timeout_s}s")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+        return None
 
-    async def _consume(self) -> None:
-        async for delivery in self.broker.consume(self.settings.sidecar_prefetch):
-            job = asyncio.create_task(self._handle(delivery))
+    async def _watch_model(self, model: ModelIdentity) -> str:
+        """Once the worker serves another model than ``model`` (its /health says so, or an answer did): what."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._model_changed.wait(), self.settings.sidecar_model_check_s)
+            if self._model_changed.is_set():
+                return f"the worker's answers are no longer those of model {model.describe()}"
+            # A worker restarting: its jobs' attempts fail as before. ModelChanged: seen at the top of the loop.
+            with contextlib.suppress(httpx.HTTPError, ModelChanged):
+                served = await self._identify()
+                if served is not None and served != model:
+                    return f"the worker serves model {served.describe()} now, not {model.describe()}"
+
+    async def _check_answering_model(self, response: httpx.Response) -> None:
+        """Every answer of the worker but /health names the model that computed it: it must be this sidecar's."""
+        answering = answering_model(response.headers)
+        if self.model is None or answering is None or response.request.url.path == "/health":
+            return
+        if answering != (self.model.name, self.model.version):
+            self._model_changed.set()
+            raise ModelChanged(f"the worker answered as model {answering[0]!r} version {answering[1]!r}, "
+                               f"not {self.model.describe()}")
+
+    def _refusal(self, status: JobStatus, model: ModelIdentity) -> str | None:
+        """Why a job cannot run on ``model``, or None. Another version of the same model may run it."""
+        if status.model_name != model.name:
+            return (f"the job was accepted for model {status.model_name!r} but reached a sidecar whose worker "
+                    f"serves {model.describe()}; refused without running it")
+        if status.input_shape is not None and tuple(status.input_shape) != model.input_shape:
+            return (f"the job's rows were checked against input shape {status.input_shape}, but the worker of "
+                    f"{model.describe()} takes another; refused without running it")
+        return None
+
+    async def _consume(self, model: ModelIdentity) -> None:
+        async for delivery in self.broker.consume(model.name, self.settings.sidecar_prefetch):
+            job = asyncio.create_task(self._handle(_SettledOnce(delivery), model))
             self._running.add(job)
             job.add_done_callback(self._running.discard)
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, delivery: Delivery, model: ModelIdentity) -> None:
         try:
             async with self._slots:
-                await self._process(delivery)
+                await self._process(delivery, model)
         except asyncio.CancelledError:
             await asyncio.shield(delivery.release())
             raise
@@ -131,7 +224,7 @@ class Sidecar:
                 await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
                 await delivery.retry()
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery, model: ModelIdentity) -> None:
         try:
             spec = JobSpec.model_validate_json(delivery.body)
         except ValidationError:
@@ -140,8 +233,10 @@ class Sidecar:
             return
         record = await self.records.get(spec.job_id)
         if record is None:
-            log.error("dropping job %s: it has no record", spec.job_id)
-            await delivery.ack()
+            # Not ours to drop: most likely another deployment's job, on a broker shared with separate databases.
+            log.error("job %s has no record in this sidecar's database: handing it back", spec.job_id)
+            await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
+            await delivery.retry()
             return
         status = record.status
         if status.finished:
@@ -149,6 +244,14 @@ class Sidecar:
             return
         if status.cancel_requested:
             await self._finish(delivery, status, "cancelled")
+            return
+        if (refusal := self._refusal(status, model)) is not None:
+            log.warning("job %s attempt %d: %s", spec.job_id, delivery.attempt, refusal)
+            await self.records.save(status, status="queued", attempts=delivery.attempt,
+                                    error=ErrorInfo(code="model_mismatch", message=refusal))
+            self.metrics.count("refused")
+            await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
+            await delivery.retry()
             return
         task = TASKS.get(spec.task)
         if task is None:
@@ -169,6 +272,17 @@ class Sidecar:
             output = await task.run(context, rows)
         except JobCancelled:
             await self._finish(delivery, run.status, "cancelled")
+        except ModelChanged as exc:
+            log.warning("job %s handed back: %s", spec.job_id, exc)
+            error = ErrorInfo(code="model_changed", message=f"attempt {delivery.attempt}: {exc}; handed back")
+            await self.records.save(run.status, status="queued", error=error)
+            await delivery.release()
+        except asyncio.CancelledError:
+            if self._handing_back is not None:
+                error = ErrorInfo(code="model_changed",
+                                  message=f"attempt {delivery.attempt}: {self._handing_back}; handed back")
+                await self.records.save(run.status, status="queued", error=error)
+            raise
         except TaskFailed as exc:
             await self._finish(delivery, run.status, "failed", ErrorInfo(code=exc.code, message=exc.message))
         except Exception as exc:
@@ -179,7 +293,7 @@ class Sidecar:
             await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
             await delivery.retry()
         else:
-            await self.records.succeed(run.status, record.spec, output)
+            await self.records.succeed(run.status, record.spec, output, (model.name, model.version))
             await delivery.ack()
             self.metrics.count("succeeded")
             log.info("job %s succeeded", spec.job_id)
@@ -205,8 +319,8 @@ class Sidecar:
         self.metrics.count(state)
         log.info("job %s %s", status.job_id, state)
 
-    async def _consume_dead_letters(self) -> None:
-        async for delivery in self.broker.consume(1, dead=True):
+    async def _consume_dead_letters(self, model: ModelIdentity) -> None:
+        async for delivery in self.broker.consume(model.name, 1, dead=True):
             try:
                 spec = JobSpec.model_validate_json(delivery.body)
             except ValidationError:
@@ -216,10 +330,36 @@ class Sidecar:
             if status is not None and not status.finished:
                 last = status.error.message if status.error else "its sidecar stopped each time"
                 message = f"gave up after {self.settings.job_max_deliveries} deliveries; last error: {last}"
-                await self.records.fail(status, "delivery_limit", message)
+                # A job no sidecar would run keeps saying why; others failed by the limit.
+                refused = status.error is not None and status.error.code == "model_mismatch"
+                await self.records.fail(status, "model_mismatch" if refused else "delivery_limit", message)
                 self.metrics.count("failed")
                 log.warning("job %s dead-lettered", spec.job_id)
             await delivery.ack()
+
+
+class _SettledOnce:
+    """A delivery settled at most once: a job cancelled while it acks or hands back does not settle it again."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        self._delivery = delivery
+        self.body = delivery.body
+        self.attempt = delivery.attempt
+        self._settled = False
+
+    async def _settle(self, action: Callable[[], Awaitable[None]]) -> None:
+        if not self._settled:
+            self._settled = True
+            await action()
+
+    async def ack(self) -> None:
+        await self._settle(self._delivery.ack)
+
+    async def retry(self) -> None:
+        await self._settle(self._delivery.retry)
+
+    async def release(self) -> None:
+        await self._settle(self._delivery.release)
 
 
 class _Progress:

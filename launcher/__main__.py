@@ -7,6 +7,9 @@ The launcher opens the gateway's listening socket itself and hands it down
 (LISTEN_FD): when the gateway restarts, new connections wait in the socket's
 queue for the next gateway instead of being refused. ``GATEWAY_PROCESSES``
 (``--gateway-processes``) gateway processes share that socket (launcher/gateways.py).
+Each stack has its own job folder (JOBS_DIR, by default ``.run/<port>/jobs``), locked
+for the launcher's lifetime: a second stack on the same folder is refused
+(launcher/stack_lock.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import httpx
 
 from launcher.gateways import MULTIPROC_ENV, forget_process, gateway_names, listen_socket, metrics_folder
 from launcher.gpus import device_env, list_gpus
+from launcher.stack_lock import FolderInUse, jobs_dir, lock_jobs_dir
 from launcher.supervisor import Child, Supervisor
 
 
@@ -60,8 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_children(
-    args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None, metrics_dir: Path | None = None
+    args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None,
+    metrics_dir: Path | None = None, jobs_folder: Path | None = None,
 ) -> list[Child]:
+    """The stack's processes; ``jobs_folder`` becomes every child's JOBS_DIR."""
     python = sys.executable
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
     children = [
@@ -91,6 +97,9 @@ def build_children(
               on_exit=None if metrics_dir is None else partial(forget_process, metrics_dir))
         for name in gateway_names(args.gateway_processes)
     ]
+    if jobs_folder is not None:
+        for child in children:
+            child.env["JOBS_DIR"] = str(jobs_folder)
     return children
 
 
@@ -135,18 +144,30 @@ def access_line(environ: Mapping[str, str]) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     """Run the stack until Ctrl-C / SIGTERM (0) or until a child keeps failing (1)."""
     gpus = list_gpus()
+    folder = jobs_dir(os.environ, args.port).absolute()
+    try:
+        lock = lock_jobs_dir(folder)
+    except FolderInUse as exc:
+        print(f"launcher | {exc}", flush=True)
+        return 1
+    except OSError as exc:
+        print(f"launcher | cannot use the job folder {folder}: {exc.strerror}", flush=True)
+        return 1
     try:
         gateway_socket = listen_socket(args.host, args.port)
     except OSError as exc:
         print(f"launcher | cannot listen on {args.host}:{args.port}: {exc.strerror}", flush=True)
+        lock.close()
         return 1
-    with gateway_socket, metrics_folder(args.gateway_processes) as metrics_dir:
-        return await _supervise(args, gpus, gateway_socket.fileno(), metrics_dir)
+    with lock, gateway_socket, metrics_folder(args.gateway_processes) as metrics_dir:
+        return await _supervise(args, gpus, gateway_socket.fileno(), metrics_dir, folder)
 
 
-async def _supervise(args: argparse.Namespace, gpus: list[str], listen_fd: int, metrics_dir: Path | None) -> int:
+async def _supervise(
+    args: argparse.Namespace, gpus: list[str], listen_fd: int, metrics_dir: Path | None, folder: Path
+) -> int:
     supervisor = Supervisor(
-        build_children(args, gpus, listen_fd, metrics_dir),
+        build_children(args, gpus, listen_fd, metrics_dir, folder),
         fast_exit_s=args.fast_exit_s, max_fast_failures=args.max_fast_failures,
     )
     loop = asyncio.get_running_loop()
@@ -156,6 +177,7 @@ async def _supervise(args: argparse.Namespace, gpus: list[str], listen_fd: int, 
     supervisor.say(f"starting {gateways} on :{args.port} and {args.workers} worker(s) on "
                    f"{'GPUs ' + ','.join(gpus) if gpus else 'the CPU'}")
     supervisor.say(access_line(os.environ))
+    supervisor.say(f"job folder: {folder}")
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     keyed = bool(os.environ.get("API_KEYS", "").strip(", "))
     announcer = asyncio.create_task(announce_when_ready(

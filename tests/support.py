@@ -57,10 +57,10 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def start_process(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO) -> subprocess.Popen:
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
             start_new_session=True,
         )
 

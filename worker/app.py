@@ -31,6 +31,7 @@ from starlette.types import ASGIApp
 
 from common import binary_rows
 from common.draining import Drain
+from common.model_headers import model_headers
 from worker.batcher import Batcher
 from worker.contract import Model, TensorSpec, model_import_path
 from worker.errors import NotReady, StartFailed, WorkerError
@@ -114,6 +115,8 @@ def create_app(
             start_task.cancel()
             await batcher.stop()
 
+    identity = model_headers(str(model.name), str(model.version))  # which model answered (jobs check it)
+
     def handler(route: str, fn: Callable[[Request], Awaitable[Response]]):
         async def endpoint(request: Request) -> Response:
             request_id = request.headers.get(REQUEST_ID_HEADER)
@@ -127,6 +130,7 @@ def create_app(
                 response = error_response(WorkerError("unexpected error, see the worker log"), request_id)
             if request_id:
                 response.headers[REQUEST_ID_HEADER] = request_id
+            response.headers.update(identity)
             metrics.requests.labels(route, str(response.status_code)).inc()
             metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
             return response

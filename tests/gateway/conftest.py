@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common.model_headers import model_headers
 from gateway.app import create_app
 from gateway.http_protocol import header_limited_protocol
 from gateway.settings import GatewaySettings
@@ -47,7 +48,8 @@ class StandInWorker:
     async def _predict(self, request: Request) -> JSONResponse:
         self.requests.append((request.method, request.url.path))
         await asyncio.sleep(self.delay_s)
-        return JSONResponse({"prediction": [1], "seen_request_id": request.headers.get("x-request-id")}, self.status)
+        return JSONResponse({"prediction": [1], "seen_request_id": request.headers.get("x-request-id")}, self.status,
+                            headers=model_headers("stand-in model", "7"))
 
     async def _long_header(self, request: Request) -> Response:
         return Response(b"{}", headers={"x-padding": "p" * 9000}, media_type="application/json")

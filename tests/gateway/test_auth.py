@@ -14,6 +14,7 @@ from gateway.app import create_app
 from gateway.auth import hash_key, presented_key
 from gateway.settings import GatewaySettings
 from jobs.settings import JobsSettings
+from tests.jobs.fake_worker import FakeWorker
 
 KEY_A, KEY_B, METRICS_KEY = "key-a-0123456789", "key-b-9876543210", "scrape-me"
 HASHED_B = "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()
@@ -39,6 +40,18 @@ def client_for(jobs_settings: JobsSettings, **overrides: object) -> TestClient:
 def client(jobs_settings: JobsSettings) -> Iterator[TestClient]:
     with client_for(jobs_settings) as client:
         yield client
+
+
+@pytest.fixture
+def jobs_client(jobs_settings: JobsSettings) -> Iterator[TestClient]:
+    """With a worker that publishes its model: a job is accepted only for a served model."""
+    worker = FakeWorker(input_shape=(2,)).start()
+    settings = GatewaySettings(workers=[worker.url.removeprefix("http://")], api_keys=[KEY_A, HASHED_B])
+    try:
+        with TestClient(create_app(settings, jobs_settings)) as client:
+            yield client
+    finally:
+        worker.stop()
 
 
 def test_plain_keys_are_kept_only_as_digests() -> None:
@@ -117,7 +130,8 @@ def test_an_empty_bucket_is_429_with_retry_after_and_other_keys_are_unaffected(j
         assert client.get("/gateway/health").status_code == 503  # open routes are not counted
 
 
-def test_a_job_is_404_to_another_key(client: TestClient) -> None:
+def test_a_job_is_404_to_another_key(jobs_client: TestClient) -> None:
+    client = jobs_client
     submitted = client.post("/jobs", json=JOB, headers=bearer(KEY_A))
     assert submitted.status_code == 202
     job = submitted.json()
@@ -129,14 +143,16 @@ def test_a_job_is_404_to_another_key(client: TestClient) -> None:
     assert client.get(job["status_url"], headers=bearer(KEY_A)).json()["status"] == "cancelled"
 
 
-def test_the_job_list_shows_each_key_only_its_own_jobs(client: TestClient) -> None:
+def test_the_job_list_shows_each_key_only_its_own_jobs(jobs_client: TestClient) -> None:
+    client = jobs_client
     mine = client.post("/jobs", json=JOB, headers=bearer(KEY_A)).json()["job_id"]
     theirs = client.post("/jobs", json=JOB, headers=bearer(KEY_B)).json()["job_id"]
     assert [job["job_id"] for job in client.get("/jobs", headers=bearer(KEY_A)).json()["jobs"]] == [mine]
     assert [job["job_id"] for job in client.get("/jobs", headers=bearer(KEY_B)).json()["jobs"]] == [theirs]
 
 
-def test_the_job_page_is_open_holds_no_jobs_and_lets_only_its_own_code_run(client: TestClient) -> None:
+def test_the_job_page_is_open_holds_no_jobs_and_lets_only_its_own_code_run(jobs_client: TestClient) -> None:
+    client = jobs_client
     job_id = client.post("/jobs", json=JOB, headers=bearer(KEY_A)).json()["job_id"]
     page = client.get("/jobs/ui")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -148,7 +164,8 @@ def test_the_job_page_is_open_holds_no_jobs_and_lets_only_its_own_code_run(clien
     assert client.get("/jobs").status_code == 401
 
 
-def test_the_same_idempotency_key_from_two_keys_makes_two_jobs(client: TestClient) -> None:
+def test_the_same_idempotency_key_from_two_keys_makes_two_jobs(jobs_client: TestClient) -> None:
+    client = jobs_client
     headers = {"Idempotency-Key": "same"}
     first = client.post("/jobs", json=JOB, headers={**headers, **bearer(KEY_A)}).json()
     second = client.post("/jobs", json=JOB, headers={**headers, **bearer(KEY_B)}).json()

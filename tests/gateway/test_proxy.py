@@ -10,6 +10,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from common.model_headers import answering_model
 from gateway.forwarder import ConnectTimedOut, WorkerClient
 from gateway.settings import GatewaySettings
 from tests.gateway.conftest import StandInWorker, gateway_settings, serve_gateway
@@ -35,6 +36,12 @@ async def test_an_8_kb_request_id_is_replaced_and_the_answer_is_the_workers(work
         response = await call(url, "POST", "/predict", json=ROW, headers={"x-request-id": "a" * 8200})
     assert response.status_code == 200
     assert response.json()["seen_request_id"] == response.headers["x-request-id"] != "a" * 8200
+
+
+async def test_the_answer_names_the_model_that_computed_it(worker, jobs_settings) -> None:
+    async with serve_gateway(gateway_settings(worker), jobs_settings) as url:
+        response = await call(url, "POST", "/predict", json=ROW)
+    assert answering_model(response.headers) == ("stand-in model", "7")
 
 
 async def test_an_answer_that_is_not_valid_http_is_named_so(worker, jobs_settings) -> None:

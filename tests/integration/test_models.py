@@ -47,23 +47,43 @@ def readme_snippet() -> str:
 
 
 @contextlib.contextmanager
-def launched_stack(model: str, folder: Path) -> Iterator[str]:
-    """``python -m launcher`` with one worker and its sidecar serving ``model``, on free ports; yields its URL.
+def launched_stacks(models: list[str], folder: Path, env: dict[str, str] | None = None,
+                    jobs_dir: bool = True) -> Iterator[list[str]]:
+    """``python -m launcher`` per model, one worker and its sidecar each, on free ports, started together from
+    ``folder``; yields their URLs once all are ready.
 
-    The worker's port is the gateway's plus one.
+    A worker's port is its gateway's plus one. Each stack has JOBS_DIR ``folder/jobs-<i>``, or with
+    ``jobs_dir=False`` the launcher's default (``.run/<port>/jobs`` in ``folder``).
     """
     (folder / "readme_model.py").write_text(readme_snippet())
-    port = free_port_run(2)
-    env = {"MODEL": model, "PYTHONPATH": f"{folder}:{REPO}", "JAX_CACHE_DIR": str(JAX_CACHE_DIR),
-           "JOBS_DIR": str(folder / "jobs"), "HEALTH_INTERVAL_S": "0.5", "MAX_BATCH_SIZE": "8"}
-    log = folder / "launcher.log"
-    launcher = start_process([sys.executable, "-m", "launcher", "--workers", "1", "--port", str(port)], env, log)
+    ports: list[int] = []
+    while len(ports) < len(models):
+        port = free_port_run(2)
+        if all(abs(port - other) > 1 for other in ports):  # a gateway's and its worker's ports: no overlap
+            ports.append(port)
+    launchers = []
     try:
-        wait_until(lambda: launcher.poll() is not None or "ready in" in log.read_text(), 180, "the stack")
-        assert launcher.poll() is None, log.read_text()
-        yield f"http://127.0.0.1:{port}"
+        for i, (model, port) in enumerate(zip(models, ports, strict=True)):
+            stack_env = {"MODEL": model, "PYTHONPATH": f"{folder}:{REPO}", "JAX_CACHE_DIR": str(JAX_CACHE_DIR),
+                         "JOBS_DIR": str(folder / f"jobs-{i}") if jobs_dir else "", "HEALTH_INTERVAL_S": "0.5",
+                         "MAX_BATCH_SIZE": "8", **(env or {})}
+            log = folder / f"launcher-{i}.log"
+            argv = [sys.executable, "-m", "launcher", "--workers", "1", "--port", str(port)]
+            launchers.append((start_process(argv, stack_env, log, cwd=folder), log))
+        for launcher, log in launchers:
+            wait_until(lambda p=launcher, f=log: p.poll() is not None or "ready in" in f.read_text(), 180, "the stack")
+            assert launcher.poll() is None, log.read_text()
+        yield [f"http://127.0.0.1:{port}" for port in ports]
     finally:
-        stop_process(launcher, timeout_s=20)
+        for launcher, _ in launchers:
+            stop_process(launcher, timeout_s=20)
+
+
+@contextlib.contextmanager
+def launched_stack(model: str, folder: Path) -> Iterator[str]:
+    """One stack of ``launched_stacks``; yields its URL."""
+    with launched_stacks([model], folder) as [url]:
+        yield url
 
 
 @pytest.fixture(scope="module", params=MODELS)

@@ -36,7 +36,7 @@ from jobs.metrics import JobsMetrics
 from jobs.settings import JobsSettings
 from jobs.sidecar import Sidecar
 from jobs.store import ArtifactStore
-from tests.jobs.fake_worker import FakeWorker
+from tests.jobs.fake_worker import FAKE_MODEL, FakeWorker
 from tests.support import free_port, start_process
 
 AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
@@ -55,6 +55,7 @@ def _fresh_fake_worker(request: pytest.FixtureRequest) -> None:
     if "fake_worker" in request.fixturenames:
         worker = request.getfixturevalue("fake_worker")
         worker.delay_s, worker.rows_seen, worker.calls = 0.0, 0, 0
+        worker.model_name, worker.model_version = FAKE_MODEL, "1"
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +152,7 @@ async def _delete_queues(settings: JobsSettings) -> None:
     broker = create_broker(settings)
     assert isinstance(broker, AmqpBroker)
     await broker.start()
-    await broker.delete_queues()
+    await broker.delete_queues(FAKE_MODEL)
     await broker.close()
 
 

@@ -2,7 +2,9 @@
 
 It answers each row with the sum of its input_data, so a result shows which
 row went where; rows whose first value is negative get the worker's 422
-envelope. ``delay_s`` slows every call down (to catch a job mid-run),
+envelope. It serves model ``model_name`` version ``model_version`` (in /health,
+/metadata and, as a real worker does, in every answer's headers): change them to
+play a worker restarted with another model. ``delay_s`` slows every call down (to catch a job mid-run),
 ``rows_seen`` counts the rows it answered and ``calls`` the calls that answered.
 """
 
@@ -17,12 +19,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from common.model_headers import model_headers
 from tests.support import free_port
+
+FAKE_MODEL = "fake"
 
 
 class FakeWorker:
     def __init__(self, input_shape: tuple[int, ...] = (4,)) -> None:
         self.input_shape = list(input_shape)  # published in /metadata, as a real worker does
+        self.model_name, self.model_version = FAKE_MODEL, "1"
         self.delay_s = 0.0
         self.rows_seen = 0
         self.calls = 0
@@ -37,23 +43,28 @@ class FakeWorker:
         self._thread = threading.Thread(target=self._server.run, name="fake-worker", daemon=True)
 
     async def _health(self, request: Request) -> JSONResponse:
-        return JSONResponse({"status": "healthy", "model_name": "fake", "model_version": "1",
-                             "input_shape": self.input_shape})
+        return JSONResponse({"status": "healthy", "model_name": self.model_name, "model_version": self.model_version,
+                             "input_shape": self.input_shape}, headers=self._identity())
+
+    def _identity(self) -> dict[str, str]:
+        return model_headers(self.model_name, self.model_version)
 
     async def _metadata(self, request: Request) -> JSONResponse:
         tensor = {"name": "input_data", "datatype": "FP32", "shape": [-1, *self.input_shape]}
-        return JSONResponse({"name": "fake", "version": "1", "inputs": [tensor], "outputs": [], "training": None,
-                             "example": {"input_data": [1.0] * self.input_shape[0]}})
+        return JSONResponse({"name": self.model_name, "version": self.model_version, "inputs": [tensor], "outputs": [],
+                             "training": None, "example": {"input_data": [1.0] * self.input_shape[0]}},
+                            headers=self._identity())
 
     async def _batch_predict(self, request: Request) -> JSONResponse:
         rows = await request.json()
         if any(row["input_data"][0] < 0 for row in rows):
             body = {"error": {"code": "invalid_input", "message": "input_data: negative"}, "request_id": None}
-            return JSONResponse(body, 422)
+            return JSONResponse(body, 422, headers=self._identity())
         await asyncio.sleep(self.delay_s)
         self.rows_seen += len(rows)
         self.calls += 1
-        return JSONResponse([{"prediction": [sum(row["input_data"])], "worker_id": "fake"} for row in rows])
+        answers = [{"prediction": [sum(row["input_data"])], "worker_id": "fake"} for row in rows]
+        return JSONResponse(answers, headers=self._identity())
 
     def start(self) -> FakeWorker:
         self._thread.start()

@@ -11,7 +11,7 @@ import pytest
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore
 from tests.jobs.conftest import broker_of, embedded_settings, finished, gateway, sidecar, wait_for_job
-from tests.jobs.fake_worker import FakeWorker
+from tests.jobs.fake_worker import FAKE_MODEL, FakeWorker
 
 ROWS = [{"input_data": [float(i), 1.0, 2.0, 3.0]} for i in range(5)]
 
@@ -85,7 +85,7 @@ async def test_bad_input_is_refused_before_anything_is_queued(
                                        headers=json_type)
         assert non_finite.status_code == 422 and "non-finite numbers are refused" in non_finite.text
     async with broker_of(jobs_settings) as broker:
-        assert await broker.count() == 0
+        assert await broker.count(FAKE_MODEL) == 0
 
 
 async def test_rows_of_the_wrong_shape_for_the_served_model_are_refused(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ async def test_rows_of_the_wrong_shape_for_the_served_model_are_refused(tmp_path
             assert answer.status_code == 422
             assert answer.json()["error"]["message"] == "task: model 'fake' has no fit(): it cannot be trained by a job"
         async with broker_of(settings) as broker:
-            assert await broker.count() == 0
+            assert await broker.count(FAKE_MODEL) == 0
     finally:
         worker.stop()
 
@@ -116,7 +116,7 @@ async def test_a_body_over_the_inline_limit_is_413_with_a_hint(tmp_path: Path) -
         assert answer.json()["error"]["code"] == "payload_too_large"
         assert "input_uri" in answer.json()["error"]["message"]
     async with broker_of(settings) as broker:
-        assert await broker.count() == 0
+        assert await broker.count(FAKE_MODEL) == 0
 
 
 async def test_path_traversal_in_input_uri_is_refused(jobs_settings: JobsSettings) -> None:
@@ -142,7 +142,7 @@ async def test_idempotent_resubmission_returns_the_same_job(jobs_settings: JobsS
         other = await client.post("/jobs", json={**body, "inputs": ROWS[:1]}, headers={"Idempotency-Key": "order-42"})
         assert other.status_code == 422 and "Idempotency-Key" in other.json()["error"]["message"]
         async with broker_of(jobs_settings) as broker:
-            assert await broker.count() == 1
+            assert await broker.count(FAKE_MODEL) == 1
 
 
 async def test_cancel_a_queued_job_and_it_never_runs(jobs_settings: JobsSettings, fake_worker: FakeWorker) -> None:
@@ -194,7 +194,7 @@ async def test_a_poison_job_is_dead_lettered_and_failed(jobs_settings: JobsSetti
         assert status["error"]["code"] == "delivery_limit"
         assert "this task always fails" in status["error"]["message"]
         async with broker_of(jobs_settings) as broker:
-            assert await broker.count() == 0 and await broker.count(dead=True) == 0
+            assert await broker.count(FAKE_MODEL) == 0 and await broker.count(FAKE_MODEL, dead=True) == 0
 
 
 async def test_unknown_job_is_404(jobs_settings: JobsSettings) -> None:

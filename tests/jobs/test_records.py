@@ -102,3 +102,28 @@ async def test_the_schema_is_migrated_once_however_many_processes_open_it(jobs_s
     finally:
         for db in databases:
             await db.close()
+
+
+async def test_a_database_of_the_first_schema_is_migrated_keeping_its_jobs(jobs_settings: JobsSettings) -> None:
+    """Migration 2 adds the input shape and the result's model; jobs recorded before keep all they had."""
+    first = create_database(jobs_settings)
+    await first.execute("SELECT 1")  # migrates to the latest schema; go back to the first one
+    for column in ("input_shape", "result_model_name", "result_model_version"):
+        await first.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+    await first.execute("DELETE FROM schema_version WHERE version > 1")
+    await first.execute(
+        "INSERT INTO jobs (job_id, task, status, fingerprint, options, model_name, model_version, created_at, "
+        "updated_at) VALUES ($1, 'batch_predict', 'succeeded', 'f', '{}', 'm', '1', 1, 1)", "cd" * 16,
+    )
+    await first.close()
+    database = create_database(jobs_settings)
+    try:
+        records = JobRecords(database, ArtifactStore.from_settings(jobs_settings), jobs_settings)
+        status = await records.status("cd" * 16)
+        assert status is not None
+        assert (status.model_name, status.model_version, status.status) == ("m", "1", "succeeded")
+        assert status.input_shape is None and status.result_model_name is None
+        versions = await database.fetch("SELECT version FROM schema_version")
+        assert sorted(row["version"] for row in versions) == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        await database.close()

@@ -302,7 +302,10 @@ def test_gateway_processes_fit_the_cpu_limit(overlay: str) -> None:
 
 @overlays
 def test_autoscalers_target_the_deployments(overlay: str) -> None:
+    from jobs.routing import model_queue
     from jobs.settings import JobsSettings
+    from worker.contract import load_model_class
+    from worker.settings import WorkerSettings
 
     objects = render(overlay)
     (hpa,) = by_kind(objects, "HorizontalPodAutoscaler")
@@ -315,7 +318,9 @@ def test_autoscalers_target_the_deployments(overlay: str) -> None:
     assert scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
     (trigger,) = scaled["spec"]["triggers"]
     sidecar_env = environment(objects, _worker_pod(objects)["sidecar"])
-    queue = sidecar_env.get("JOB_QUEUE", JobsSettings.model_fields["job_queue"].default)
+    worker_env = environment(objects, _worker_pod(objects)["worker"])
+    served = load_model_class(worker_env.get("MODEL", WorkerSettings.model_fields["model"].default)).name
+    queue = model_queue(sidecar_env.get("JOB_QUEUE", JobsSettings.model_fields["job_queue"].default), served)
     assert trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == queue
     one(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     # KEDA reads the queue with the same URL the sidecars consume from.

@@ -264,3 +264,12 @@ def test_while_draining_health_is_503_draining_and_predictions_are_still_served(
     assert health.status_code == 503 and health.json()["status"] == "draining"
     assert health.json()["model_loaded"] is True
     assert predicted.status_code == 200
+
+
+def test_every_answer_names_the_model_that_computed_it(client: TestClient) -> None:
+    wait_ready(client)
+    answers = [client.post("/predict", json={"input_data": [1, 2, 3, 4]}),
+               client.post("/batch_predict", json=[{"input_data": [1, 2]}]), client.get("/metadata")]
+    assert [answer.status_code for answer in answers] == [200, 422, 200]
+    for answer in answers:
+        assert (answer.headers["x-model-name"], answer.headers["x-model-version"]) == (SumModel.name, SumModel.version)
