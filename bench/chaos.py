@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.chaos_jobs import sidecar_kill_9
+from bench.chaos_jobs import outage, sidecar_kill_9
 from bench.hammer import Tally, comparable, hammer
+from bench.outage_servers import RabbitNode, S3Server
 from bench.stack import REPO, terminate
 
 DOC = REPO / "docs" / "reliability.md"
@@ -338,6 +340,69 @@ async def sidecar_kill(args: argparse.Namespace, env: dict[str, str], jobs: int)
                lost=counts["lost"])
 
 
+#: Rows of each job in the outage scenarios: enough that a backlog is queued and running when the outage begins.
+ROWS_PER_JOB = 200
+
+
+def outage_row(name: str, counts: dict, jobs: int, detail: str) -> Row:
+    """A job outage's row: recovery is from the restart to the last job done; 503s are expected, bad ones not."""
+    bad = counts["failed"] + counts["lost"] + counts["wrong"] + counts["duplicated"] + counts["bad_503"]
+    note = (f"{detail}, down {counts['down_s']:.1f} s in all; {counts['backlog']} jobs queued or running as it "
+            f"went down; {counts['duplicated']} duplicated; {counts['post_503']} POST /jobs and {counts['get_503']} "
+            f"GET answered 503 ({counts['bad_503']} without Retry-After or the error body); "
+            f"{counts['redelivered']} jobs started twice; first job accepted {counts['first_s']:.1f} s after the "
+            f"restart began; recovery: restart to last job done"
+            + (f"; e.g. {', '.join(map(str, counts['examples']))}" if counts["examples"] else ""))
+    return Row(name, jobs, counts["failed"], counts["wrong"], counts["last_s"], note, bad == 0, lost=counts["lost"])
+
+
+async def broker_restart(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
+                         down_s: float) -> Row:
+    """A stack on a RabbitMQ node of its own (never the shared one): ``stop_app``, ``down_s``, ``start_app``."""
+    log_dir = Path(args.log_dir)
+    with tempfile.TemporaryDirectory(prefix="chaos-rabbitmq-") as folder:
+        node = RabbitNode(Path(folder))
+        await asyncio.to_thread(node.start)
+        try:
+            env = {**env, "AMQP_URL": f"{node.url}?reconnect_interval=1", "JOB_QUEUE": f"chaos-{time.time_ns()}",
+                   "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}")}
+            stack = await asyncio.to_thread(start_stack, log_dir, env, True)
+            try:
+                counts = await outage(stack.url, jobs, spread_s, down_s, node.stop_app, node.start_app,
+                                      timeout_s=120, rows_per_job=ROWS_PER_JOB)
+            finally:
+                terminate(stack.launcher, timeout_s=30)
+        finally:
+            await asyncio.to_thread(node.close)
+    return outage_row("broker restart (jobs)", counts, jobs,
+                      f"own RabbitMQ node; {ROWS_PER_JOB}-row jobs, {jobs // 2} at once and {jobs - jobs // 2} over "
+                      f"{spread_s:g} s; stop_app, {down_s:g} s, start_app")
+
+
+async def store_restart(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
+                        down_s: float) -> Row:
+    """A stack whose every job input and result is an S3 object (s3rver, on disk): the server stopped, restarted."""
+    log_dir = Path(args.log_dir)
+    with tempfile.TemporaryDirectory(prefix="chaos-s3-") as folder:
+        server = S3Server(Path(folder))
+        await asyncio.to_thread(server.start)
+        try:
+            env = {**env, **server.env, "JOB_INLINE_INPUT_BYTES": "0", "JOB_INLINE_RESULT_BYTES": "0",
+                   "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}")}
+            stack = await asyncio.to_thread(start_stack, log_dir, env, True)
+            try:
+                counts = await outage(stack.url, jobs, spread_s, down_s, server.stop, server.start,
+                                      timeout_s=120, rows_per_job=ROWS_PER_JOB)
+            finally:
+                terminate(stack.launcher, timeout_s=30)
+        finally:
+            await asyncio.to_thread(server.stop)
+    return outage_row("store restart (jobs)", counts, jobs,
+                      f"s3rver (objects on disk), every input and result in it, embedded broker; {ROWS_PER_JOB}-row "
+                      f"jobs, {jobs // 2} at once and {jobs - jobs // 2} over {spread_s:g} s; s3rver stopped, "
+                      f"{down_s:g} s, started")
+
+
 def render(rows: list[Row]) -> str:
     lines = ["| scenario | requests | failed | lost | wrong | recovery s | notes |", "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -355,7 +420,9 @@ def write_doc(table: str, args: argparse.Namespace) -> None:
 
 
 QUICK = ["kill", "sigterm", "hang", "gateway"]
-SCENARIOS = [*QUICK, "overload", "balancers", "sidecar"]
+SCENARIOS = [*QUICK, "overload", "balancers", "sidecar", "broker", "store"]
+#: Scenarios that start stacks of their own.
+JOB_SCENARIOS = ("sidecar", "broker", "store")
 
 
 async def one(row: Awaitable[Row]) -> list[Row]:
@@ -371,7 +438,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
     chosen = args.scenarios or (QUICK if args.quick else SCENARIOS)
     rows: list[Row] = []
     load_s = 3.0 if args.quick else 8.0
-    on_requests = [name for name in chosen if name != "sidecar"]
+    on_requests = [name for name in chosen if name not in JOB_SCENARIOS]
     if on_requests:
         stack = await asyncio.to_thread(start_stack, log_dir, env)
         try:
@@ -392,8 +459,14 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 await whole_again(stack, time.monotonic())
         finally:
             terminate(stack.launcher, timeout_s=30)
-    if "sidecar" in chosen:
-        rows.append(await sidecar_kill(args, env, 60 if args.quick else 300))
+    jobs, spread_s, down_s = (60, 6.0, 3.0) if args.quick else (300, 20.0, 8.0)
+    job_scenarios: dict[str, Callable[[], Awaitable[Row]]] = {
+        "sidecar": lambda: sidecar_kill(args, env, jobs),
+        "broker": lambda: broker_restart(args, env, jobs, spread_s, down_s),
+        "store": lambda: store_restart(args, env, jobs, spread_s, down_s),
+    }
+    for name in (name for name in chosen if name in JOB_SCENARIOS):
+        rows.append(await job_scenarios[name]())
         print(render(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
