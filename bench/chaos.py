@@ -30,7 +30,7 @@ import httpx
 
 from bench.chaos_jobs import outage, sidecar_kill_9
 from bench.hammer import Tally, comparable, hammer
-from bench.outage_servers import RabbitNode, S3Server
+from bench.outage_servers import RabbitNode, S3Server, rabbitmq_bin, s3rver_bin
 from bench.stack import REPO, terminate
 
 DOC = REPO / "docs" / "reliability.md"
@@ -340,6 +340,7 @@ async def sidecar_kill(args: argparse.Namespace, env: dict[str, str], jobs: int)
                lost=counts["lost"])
 
 
+BROKER_ROW, STORE_ROW = "broker restart (jobs)", "store restart (jobs)"
 #: Rows of each job in the outage scenarios: enough that a backlog is queued and running when the outage begins.
 ROWS_PER_JOB = 200
 
@@ -374,7 +375,7 @@ async def broker_restart(args: argparse.Namespace, env: dict[str, str], jobs: in
                 terminate(stack.launcher, timeout_s=30)
         finally:
             await asyncio.to_thread(node.close)
-    return outage_row("broker restart (jobs)", counts, jobs,
+    return outage_row(BROKER_ROW, counts, jobs,
                       f"own RabbitMQ node; {ROWS_PER_JOB}-row jobs, {jobs // 2} at once and {jobs - jobs // 2} over "
                       f"{spread_s:g} s; stop_app, {down_s:g} s, start_app")
 
@@ -397,14 +398,15 @@ async def store_restart(args: argparse.Namespace, env: dict[str, str], jobs: int
                 terminate(stack.launcher, timeout_s=30)
         finally:
             await asyncio.to_thread(server.stop)
-    return outage_row("store restart (jobs)", counts, jobs,
+    return outage_row(STORE_ROW, counts, jobs,
                       f"s3rver (objects on disk), every input and result in it, embedded broker; {ROWS_PER_JOB}-row "
                       f"jobs, {jobs // 2} at once and {jobs - jobs // 2} over {spread_s:g} s; s3rver stopped, "
                       f"{down_s:g} s, started")
 
 
 def render(rows: list[Row]) -> str:
-    lines = ["| scenario | requests | failed | lost | wrong | recovery s | notes |", "|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | requests / jobs | failed | lost | wrong | recovery s | notes |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         recovery = "-" if row.recovery_s is None else f"{row.recovery_s:.1f}"
         lost = "-" if row.lost is None else str(row.lost)
@@ -465,8 +467,14 @@ async def run(args: argparse.Namespace) -> list[Row]:
         "broker": lambda: broker_restart(args, env, jobs, spread_s, down_s),
         "store": lambda: store_restart(args, env, jobs, spread_s, down_s),
     }
+    missing = {"broker": (BROKER_ROW, "rabbitmq-server") if rabbitmq_bin() is None else None,
+               "store": (STORE_ROW, "s3rver (scripts/install-system-deps.sh)") if s3rver_bin() is None else None}
     for name in (name for name in chosen if name in JOB_SCENARIOS):
-        rows.append(await job_scenarios[name]())
+        if missing.get(name):
+            scenario, program = missing[name]
+            rows.append(Row(scenario, 0, 0, 0, None, f"not run: {program} is not installed", False))
+        else:
+            rows.append(await job_scenarios[name]())
         print(render(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
@@ -508,9 +516,13 @@ served model's `/metadata` example), breaks one thing per scenario under that lo
 *failed* is every request that did not get the right answer (a shed 503 counts as failed except
 in the overload scenario, where shedding is the point); *wrong* is a 200 with another answer;
 *recovery* is the seconds until `/gateway/health` reports every worker healthy again (a killed
-worker: restarted by the launcher and warm). The job scenario (bench/chaos_jobs.py) submits one-row
-jobs with Idempotency-Keys and checks each result: *failed* is a job that ended failed, *lost* one
-accepted and never finished, *wrong* a result that is not the model's answer.
+worker: restarted by the launcher and warm). The job scenarios (bench/chaos_jobs.py) submit jobs with
+Idempotency-Keys, submit again after `Retry-After` when answered 503 (as `inference_client` does),
+and check each result: *failed* is a job that ended failed (or a submission answered anything but
+202 or 503), *lost* one accepted and never finished, *wrong* a result that is not the model's
+answer, *duplicated* two submissions given one job id. The outage rows also count the 503s (each
+must carry `Retry-After` and the JSON error body) and their *recovery* runs from the restart's
+start to the last job done.
 The stack runs with `HEALTH_INTERVAL_S=0.5`, `TRY_TIMEOUT_S=1` and `MAX_IN_FLIGHT_PER_WORKER=100`.
 """
 
@@ -554,10 +566,28 @@ DOC_TAIL = """
   gets them; the launcher restarts the killed one. A job may run twice (at-least-once delivery); its
   result is the same, and the job record is one.
 
-Not covered here yet: the broker restart (RabbitMQ `stop_app` / `start_app`) and store restart (S3
-server) scenarios. The RabbitMQ here is shared by everyone working on this machine, so stopping it
-is not something a benchmark may do; they need a broker of their own (a container, or a second
-`rabbitmq-server` node on another port).
+- **Broker restart** (`rabbitmqctl stop_app`, a pause, `start_app`) on a RabbitMQ node of the
+  scenario's own (bench/outage_servers.py: the installed `rabbitmq-server` with its own node name,
+  ports, Erlang cookie and data folder, no plugins; the machine's shared broker on 5672 is never
+  touched). While it is down, a publish fails at once on the closed channel: `POST /jobs` answers
+  503 with `Retry-After` and the job is recorded `not_queued`, so the client's retry with the same
+  `Idempotency-Key` queues it once the broker is back. aio-pika's robust connection reconnects the
+  gateway and the sidecars (`AMQP_URL=...?reconnect_interval=1` here; 5 s by default) and their
+  consumers resume. Jobs running as it went down finish on their workers and their results are
+  written; their acks fail, so the broker delivers them again and the sidecar skips them as
+  finished. Queued messages are durable (quorum queue) and outlive the restart. *down in all*
+  includes `stop_app` and `start_app` themselves, which take seconds on this loaded machine.
+- **Store restart**: s3rver (npm, installed by scripts/install-system-deps.sh), an S3 server that
+  keeps buckets and objects as files, is stopped (its port refuses) and started again on the same
+  folder, with every job's input and result kept in the store (`JOB_INLINE_*_BYTES=0`). It is a
+  real restart with the data kept, which moto's in-memory server could not give. While it is down,
+  a submission that must write its rows answers 503 with `Retry-After` (nothing is recorded, the
+  retry writes them), and so does reading a result kept there. A sidecar's store calls retry at
+  least every second for `SIDECAR_STORE_RETRY_S` (60 s), so a shorter outage only delays jobs and
+  spends none of their deliveries; a longer one fails attempts, which are retried up to
+  `JOB_MAX_DELIVERIES` and then fail the job with `delivery_limit` and the store's error (never
+  silently). The gateway's own store calls fail within a second or so, for a quick 503. s3rver
+  ignores `If-None-Match`, which the job path does not use.
 """
 
 
