@@ -97,10 +97,10 @@ def _free(port: int) -> bool:
     return True
 
 
-def start_stack(log_dir: Path, env: dict[str, str], sidecars: bool = False) -> Stack:
+def start_stack(log_dir: Path, env: dict[str, str], sidecars: bool = False, log_name: str = "") -> Stack:
     port = free_port_run(3)
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / ("launcher-jobs.log" if sidecars else "launcher.log")
+    log_path = log_dir / (log_name or ("launcher-jobs.log" if sidecars else "launcher.log"))
     with open(log_path, "wb") as log:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "launcher", "--workers", "2", "--port", str(port),
@@ -348,12 +348,17 @@ ROWS_PER_JOB = 200
 def outage_row(name: str, counts: dict, jobs: int, detail: str) -> Row:
     """A job outage's row: recovery is from the restart to the last job done; 503s are expected, bad ones not."""
     bad = counts["failed"] + counts["lost"] + counts["wrong"] + counts["duplicated"] + counts["bad_503"]
-    note = (f"{detail}, down {counts['down_s']:.1f} s in all; {counts['backlog']} jobs queued or running as it "
-            f"went down; {counts['duplicated']} duplicated; {counts['post_503']} POST /jobs and {counts['get_503']} "
-            f"GET answered 503 ({counts['bad_503']} without Retry-After or the error body); "
-            f"{counts['redelivered']} jobs started twice; first job accepted {counts['first_s']:.1f} s after the "
-            f"restart began; recovery: restart to last job done"
-            + (f"; e.g. {', '.join(map(str, counts['examples']))}" if counts["examples"] else ""))
+    note = "; ".join([
+        f"{detail} (stopping took {counts['stop_s']:.1f} s, starting {counts['start_s']:.1f} s)",
+        f"{counts['backlog']} jobs queued or running as it went down",
+        f"{counts['duplicated']} duplicated",
+        f"{counts['post_503']} POST /jobs and {counts['get_503']} GET answered 503 "
+        f"({counts['bad_503']} without Retry-After or the error body)",
+        f"{counts['redelivered']} jobs started twice",
+        f"first job accepted {counts['first_s']:.1f} s after the restart began",
+        "recovery: restart to last job done",
+        *([f"e.g. {', '.join(map(str, counts['examples']))}"] if counts["examples"] else []),
+    ])
     return Row(name, jobs, counts["failed"], counts["wrong"], counts["last_s"], note, bad == 0, lost=counts["lost"])
 
 
@@ -367,7 +372,7 @@ async def broker_restart(args: argparse.Namespace, env: dict[str, str], jobs: in
         try:
             env = {**env, "AMQP_URL": f"{node.url}?reconnect_interval=1", "JOB_QUEUE": f"chaos-{time.time_ns()}",
                    "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}")}
-            stack = await asyncio.to_thread(start_stack, log_dir, env, True)
+            stack = await asyncio.to_thread(start_stack, log_dir, env, True, "launcher-broker.log")
             try:
                 counts = await outage(stack.url, jobs, spread_s, down_s, node.stop_app, node.start_app,
                                       timeout_s=120, rows_per_job=ROWS_PER_JOB)
@@ -390,7 +395,7 @@ async def store_restart(args: argparse.Namespace, env: dict[str, str], jobs: int
         try:
             env = {**env, **server.env, "JOB_INLINE_INPUT_BYTES": "0", "JOB_INLINE_RESULT_BYTES": "0",
                    "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}")}
-            stack = await asyncio.to_thread(start_stack, log_dir, env, True)
+            stack = await asyncio.to_thread(start_stack, log_dir, env, True, "launcher-store.log")
             try:
                 counts = await outage(stack.url, jobs, spread_s, down_s, server.stop, server.start,
                                       timeout_s=120, rows_per_job=ROWS_PER_JOB)
@@ -575,8 +580,8 @@ DOC_TAIL = """
   gateway and the sidecars (`AMQP_URL=...?reconnect_interval=1` here; 5 s by default) and their
   consumers resume. Jobs running as it went down finish on their workers and their results are
   written; their acks fail, so the broker delivers them again and the sidecar skips them as
-  finished. Queued messages are durable (quorum queue) and outlive the restart. *down in all*
-  includes `stop_app` and `start_app` themselves, which take seconds on this loaded machine.
+  finished. Queued messages are durable (quorum queue) and outlive the restart.
+  `stop_app` and `start_app` themselves take seconds on this loaded machine (the notes say how long).
 - **Store restart**: s3rver (npm, installed by scripts/install-system-deps.sh), an S3 server that
   keeps buckets and objects as files, is stopped (its port refuses) and started again on the same
   folder, with every job's input and result kept in the store (`JOB_INLINE_*_BYTES=0`). It is a

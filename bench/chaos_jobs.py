@@ -130,9 +130,9 @@ async def outage(url: str, jobs: int, spread_s: float, down_s: float, stop: Call
     """``stop()`` once a quarter of the jobs is accepted (the first half is sent at once: a backlog is queued
     and running), ``start()`` ``down_s`` later, while the second half is sent over ``spread_s``.
 
-    Answers the counts with ``backlog`` (jobs queued or running as the outage began), ``down_s`` (from ``stop()``
-    called to ``start()`` returned), ``first_s`` and ``last_s`` (from ``start()`` called to the first job
-    accepted after it, and to the last job done).
+    Answers the counts with ``backlog`` (jobs queued or running as the outage began), ``stop_s`` and
+    ``start_s`` (how long ``stop()`` and ``start()`` took), ``first_s`` and ``last_s`` (from ``start()`` called
+    to the first job accepted after it, and to the last job done).
     """
     quarter = asyncio.Event()
     checking = asyncio.create_task(submit_and_check(url, jobs, quarter, timeout_s, spread_s, rows_per_job, 0.25))
@@ -140,13 +140,14 @@ async def outage(url: str, jobs: int, spread_s: float, down_s: float, stop: Call
     backlog = await _unfinished(url)
     stopped_at = time.monotonic()
     await asyncio.to_thread(stop)
+    stop_s = time.monotonic() - stopped_at
     await asyncio.sleep(down_s)
     back_at = time.monotonic()  # the restart begins: the service may answer before start() returns
     await asyncio.to_thread(start)
-    down = time.monotonic() - stopped_at
+    start_s = time.monotonic() - back_at
     counts = await checking
     first = min((at for at in counts["accepted_at"] if at > back_at), default=float("nan"))
-    return {**counts, "backlog": backlog, "down_s": down, "first_s": first - back_at,
+    return {**counts, "backlog": backlog, "stop_s": stop_s, "start_s": start_s, "first_s": first - back_at,
             "last_s": time.monotonic() - back_at}
 
 
