@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.chaos_jobs import sidecar_kill_9
+from bench.chaos_jobs import outage, sidecar_kill_9
 from bench.hammer import Tally, comparable, hammer
+from bench.outage_servers import RabbitNode, S3Server, rabbitmq_bin, s3rver_bin
 from bench.stack import REPO, terminate
 
 DOC = REPO / "docs" / "reliability.md"
@@ -95,10 +97,10 @@ def _free(port: int) -> bool:
     return True
 
 
-def start_stack(log_dir: Path, env: dict[str, str], sidecars: bool = False) -> Stack:
+def start_stack(log_dir: Path, env: dict[str, str], sidecars: bool = False, log_name: str = "") -> Stack:
     port = free_port_run(3)
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / ("launcher-jobs.log" if sidecars else "launcher.log")
+    log_path = log_dir / (log_name or ("launcher-jobs.log" if sidecars else "launcher.log"))
     with open(log_path, "wb") as log:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "launcher", "--workers", "2", "--port", str(port),
@@ -338,8 +340,78 @@ async def sidecar_kill(args: argparse.Namespace, env: dict[str, str], jobs: int)
                lost=counts["lost"])
 
 
+BROKER_ROW, STORE_ROW = "broker restart (jobs)", "store restart (jobs)"
+#: Rows of each job in the outage scenarios: enough that a backlog is queued and running when the outage begins.
+ROWS_PER_JOB = 200
+
+
+def outage_row(name: str, counts: dict, jobs: int, detail: str) -> Row:
+    """A job outage's row: recovery is from the restart to the last job done; 503s are expected, bad ones not."""
+    bad = counts["failed"] + counts["lost"] + counts["wrong"] + counts["duplicated"] + counts["bad_503"]
+    note = "; ".join([
+        f"{detail} (stopping took {counts['stop_s']:.1f} s, starting {counts['start_s']:.1f} s)",
+        f"{counts['backlog']} jobs queued or running as it went down",
+        f"{counts['duplicated']} duplicated",
+        f"{counts['post_503']} POST /jobs and {counts['get_503']} GET answered 503 "
+        f"({counts['bad_503']} without Retry-After or the error body)",
+        f"{counts['redelivered']} jobs started twice",
+        f"first job accepted {counts['first_s']:.1f} s after the restart began",
+        "recovery: restart to last job done",
+        *([f"e.g. {', '.join(map(str, counts['examples']))}"] if counts["examples"] else []),
+    ])
+    return Row(name, jobs, counts["failed"], counts["wrong"], counts["last_s"], note, bad == 0, lost=counts["lost"])
+
+
+async def broker_restart(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
+                         down_s: float) -> Row:
+    """A stack on a RabbitMQ node of its own (never the shared one): ``stop_app``, ``down_s``, ``start_app``."""
+    log_dir = Path(args.log_dir)
+    with tempfile.TemporaryDirectory(prefix="chaos-rabbitmq-") as folder:
+        node = RabbitNode(Path(folder))
+        await asyncio.to_thread(node.start)
+        try:
+            env = {**env, "AMQP_URL": f"{node.url}?reconnect_interval=1", "JOB_QUEUE": f"chaos-{time.time_ns()}",
+                   "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}")}
+            stack = await asyncio.to_thread(start_stack, log_dir, env, True, "launcher-broker.log")
+            try:
+                counts = await outage(stack.url, jobs, spread_s, down_s, node.stop_app, node.start_app,
+                                      timeout_s=120, rows_per_job=ROWS_PER_JOB)
+            finally:
+                terminate(stack.launcher, timeout_s=30)
+        finally:
+            await asyncio.to_thread(node.close)
+    return outage_row(BROKER_ROW, counts, jobs,
+                      f"own RabbitMQ node; {ROWS_PER_JOB}-row jobs, {jobs // 2} at once and {jobs - jobs // 2} over "
+                      f"{spread_s:g} s; stop_app, {down_s:g} s, start_app")
+
+
+async def store_restart(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
+                        down_s: float) -> Row:
+    """A stack whose every job input and result is an S3 object (s3rver, on disk): the server stopped, restarted."""
+    log_dir = Path(args.log_dir)
+    with tempfile.TemporaryDirectory(prefix="chaos-s3-") as folder:
+        server = S3Server(Path(folder))
+        await asyncio.to_thread(server.start)
+        try:
+            env = {**env, **server.env, "JOB_INLINE_INPUT_BYTES": "0", "JOB_INLINE_RESULT_BYTES": "0",
+                   "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}")}
+            stack = await asyncio.to_thread(start_stack, log_dir, env, True, "launcher-store.log")
+            try:
+                counts = await outage(stack.url, jobs, spread_s, down_s, server.stop, server.start,
+                                      timeout_s=120, rows_per_job=ROWS_PER_JOB)
+            finally:
+                terminate(stack.launcher, timeout_s=30)
+        finally:
+            await asyncio.to_thread(server.stop)
+    return outage_row(STORE_ROW, counts, jobs,
+                      f"s3rver (objects on disk), every input and result in it, embedded broker; {ROWS_PER_JOB}-row "
+                      f"jobs, {jobs // 2} at once and {jobs - jobs // 2} over {spread_s:g} s; s3rver stopped, "
+                      f"{down_s:g} s, started")
+
+
 def render(rows: list[Row]) -> str:
-    lines = ["| scenario | requests | failed | lost | wrong | recovery s | notes |", "|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | requests / jobs | failed | lost | wrong | recovery s | notes |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         recovery = "-" if row.recovery_s is None else f"{row.recovery_s:.1f}"
         lost = "-" if row.lost is None else str(row.lost)
@@ -355,7 +427,9 @@ def write_doc(table: str, args: argparse.Namespace) -> None:
 
 
 QUICK = ["kill", "sigterm", "hang", "gateway"]
-SCENARIOS = [*QUICK, "overload", "balancers", "sidecar"]
+SCENARIOS = [*QUICK, "overload", "balancers", "sidecar", "broker", "store"]
+#: Scenarios that start stacks of their own.
+JOB_SCENARIOS = ("sidecar", "broker", "store")
 
 
 async def one(row: Awaitable[Row]) -> list[Row]:
@@ -371,7 +445,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
     chosen = args.scenarios or (QUICK if args.quick else SCENARIOS)
     rows: list[Row] = []
     load_s = 3.0 if args.quick else 8.0
-    on_requests = [name for name in chosen if name != "sidecar"]
+    on_requests = [name for name in chosen if name not in JOB_SCENARIOS]
     if on_requests:
         stack = await asyncio.to_thread(start_stack, log_dir, env)
         try:
@@ -392,8 +466,20 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 await whole_again(stack, time.monotonic())
         finally:
             terminate(stack.launcher, timeout_s=30)
-    if "sidecar" in chosen:
-        rows.append(await sidecar_kill(args, env, 60 if args.quick else 300))
+    jobs, spread_s, down_s = (60, 6.0, 3.0) if args.quick else (300, 20.0, 8.0)
+    job_scenarios: dict[str, Callable[[], Awaitable[Row]]] = {
+        "sidecar": lambda: sidecar_kill(args, env, jobs),
+        "broker": lambda: broker_restart(args, env, jobs, spread_s, down_s),
+        "store": lambda: store_restart(args, env, jobs, spread_s, down_s),
+    }
+    missing = {"broker": (BROKER_ROW, "rabbitmq-server") if rabbitmq_bin() is None else None,
+               "store": (STORE_ROW, "s3rver (scripts/install-system-deps.sh)") if s3rver_bin() is None else None}
+    for name in (name for name in chosen if name in JOB_SCENARIOS):
+        if missing.get(name):
+            scenario, program = missing[name]
+            rows.append(Row(scenario, 0, 0, 0, None, f"not run: {program} is not installed", False))
+        else:
+            rows.append(await job_scenarios[name]())
         print(render(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
@@ -435,9 +521,13 @@ served model's `/metadata` example), breaks one thing per scenario under that lo
 *failed* is every request that did not get the right answer (a shed 503 counts as failed except
 in the overload scenario, where shedding is the point); *wrong* is a 200 with another answer;
 *recovery* is the seconds until `/gateway/health` reports every worker healthy again (a killed
-worker: restarted by the launcher and warm). The job scenario (bench/chaos_jobs.py) submits one-row
-jobs with Idempotency-Keys and checks each result: *failed* is a job that ended failed, *lost* one
-accepted and never finished, *wrong* a result that is not the model's answer.
+worker: restarted by the launcher and warm). The job scenarios (bench/chaos_jobs.py) submit jobs with
+Idempotency-Keys, submit again after `Retry-After` when answered 503 (as `inference_client` does),
+and check each result: *failed* is a job that ended failed (or a submission answered anything but
+202 or 503), *lost* one accepted and never finished, *wrong* a result that is not the model's
+answer, *duplicated* two submissions given one job id. The outage rows also count the 503s (each
+must carry `Retry-After` and the JSON error body) and their *recovery* runs from the restart's
+start to the last job done.
 The stack runs with `HEALTH_INTERVAL_S=0.5`, `TRY_TIMEOUT_S=1` and `MAX_IN_FLIGHT_PER_WORKER=100`.
 """
 
@@ -481,10 +571,28 @@ DOC_TAIL = """
   gets them; the launcher restarts the killed one. A job may run twice (at-least-once delivery); its
   result is the same, and the job record is one.
 
-Not covered here yet: the broker restart (RabbitMQ `stop_app` / `start_app`) and store restart (S3
-server) scenarios. The RabbitMQ here is shared by everyone working on this machine, so stopping it
-is not something a benchmark may do; they need a broker of their own (a container, or a second
-`rabbitmq-server` node on another port).
+- **Broker restart** (`rabbitmqctl stop_app`, a pause, `start_app`) on a RabbitMQ node of the
+  scenario's own (bench/outage_servers.py: the installed `rabbitmq-server` with its own node name,
+  ports, Erlang cookie and data folder, no plugins; the machine's shared broker on 5672 is never
+  touched). While it is down, a publish fails at once on the closed channel: `POST /jobs` answers
+  503 with `Retry-After` and the job is recorded `not_queued`, so the client's retry with the same
+  `Idempotency-Key` queues it once the broker is back. aio-pika's robust connection reconnects the
+  gateway and the sidecars (`AMQP_URL=...?reconnect_interval=1` here; 5 s by default) and their
+  consumers resume. Jobs running as it went down finish on their workers and their results are
+  written; their acks fail, so the broker delivers them again and the sidecar skips them as
+  finished. Queued messages are durable (quorum queue) and outlive the restart.
+  `stop_app` and `start_app` themselves take seconds on this loaded machine (the notes say how long).
+- **Store restart**: s3rver (npm, installed by scripts/install-system-deps.sh), an S3 server that
+  keeps buckets and objects as files, is stopped (its port refuses) and started again on the same
+  folder, with every job's input and result kept in the store (`JOB_INLINE_*_BYTES=0`). It is a
+  real restart with the data kept, which moto's in-memory server could not give. While it is down,
+  a submission that must write its rows answers 503 with `Retry-After` (nothing is recorded, the
+  retry writes them), and so does reading a result kept there. A sidecar's store calls retry at
+  least every second for `SIDECAR_STORE_RETRY_S` (60 s), so a shorter outage only delays jobs and
+  spends none of their deliveries; a longer one fails attempts, which are retried up to
+  `JOB_MAX_DELIVERIES` and then fail the job with `delivery_limit` and the store's error (never
+  silently). The gateway's own store calls fail within a second or so, for a quick 503. s3rver
+  ignores `If-None-Match`, which the job path does not use.
 """
 
 

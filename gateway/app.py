@@ -177,7 +177,7 @@ def create_app(
         Route("/metrics", metrics_endpoint),
         *docs_routes(LiveDocument(functools.partial(build_document, api_keys=bool(settings.api_keys)),
                                   pool.served_model)),
-        *job_routes(jobs),
+        *job_routes(jobs, settings.retry_after_s),
         *protocol_health_routes(pool),
     ]
 

@@ -95,13 +95,16 @@ def _page_headers(page: bytes) -> dict[str, str]:
     return {"Cache-Control": "no-cache", "Content-Security-Policy": policy, "Referrer-Policy": "no-referrer"}
 
 
-def job_routes(service: JobService) -> list[Route]:
+def job_routes(service: JobService, retry_after_s: int) -> list[Route]:
     def handler(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
                 return await fn(request)
             except (JobError, GatewayError) as exc:
-                return error_response(exc.status_code, exc.code, exc.message, request.scope["state"].get("request_id"))
+                # A 503 (the broker, the store or the database did not answer) is worth a retry.
+                retry_after = retry_after_s if exc.status_code == 503 else None
+                return error_response(exc.status_code, exc.code, exc.message, request.scope["state"].get("request_id"),
+                                      retry_after)
             except Exception:
                 log.exception("job route %s failed", request.url.path)
                 return error_response(500, "internal_error", "unexpected error, see the gateway log",

@@ -147,7 +147,7 @@ class JobService:
         try:
             await self._publish(status.model_name or model.name, spec.model_dump_json().encode(), spec.priority)
         except Exception as exc:
-            log.exception("publishing job %s failed", job_id)
+            log.warning("publishing job %s failed: %r", job_id, exc)  # an outage: one line per job, no traceback
             await self.records.fail(status, "not_queued", "the broker did not accept the job; submit it again")
             raise JobsUnavailable("the job broker is unavailable; try again") from exc
         self.metrics.count("queued")

@@ -84,6 +84,10 @@ class JobsSettings(BaseSettings):
     sidecar_shutdown_grace_s: float = Field(
         20.0, ge=0, description="On SIGTERM, time to finish running jobs before they are requeued."
     )
+    sidecar_store_retry_s: float = Field(
+        60.0, gt=0, description="How long a sidecar retries an S3 store that does not answer before the job's "
+        "attempt fails (the gateway answers 503 at once).",
+    )
     sidecar_metrics_port: int = Field(0, ge=0, description="Port of the sidecar's /metrics; 0: none.")
     sidecar_metrics_host: str = Field(
         "127.0.0.1", description="Interface of the sidecar's /metrics (0.0.0.0 in containers, for Prometheus)."

@@ -388,7 +388,8 @@ def main() -> None:
     registry = CollectorRegistry()
     if settings.sidecar_metrics_port:
         start_http_server(settings.sidecar_metrics_port, addr=settings.sidecar_metrics_host, registry=registry)
-    sidecar = Sidecar(settings, ArtifactStore.from_settings(settings), create_broker(settings),
+    store = ArtifactStore.from_settings(settings, retry_s=settings.sidecar_store_retry_s)
+    sidecar = Sidecar(settings, store, create_broker(settings),
                       create_database(settings), JobsMetrics(registry))
 
     async def serve() -> None:

@@ -25,8 +25,17 @@ from obstore.store import LocalStore, S3Store
 from jobs.errors import InvalidJob, JobsUnavailable
 from jobs.settings import JobsSettings
 
-# Store calls fail fast enough for an HTTP request to answer 503 instead of hanging.
-_RETRY = {"max_retries": 3, "retry_timeout": timedelta(seconds=10)}
+# The gateway's store calls fail fast enough for an HTTP request to answer 503 instead of hanging.
+_FAIL_FAST = {"max_retries": 3, "retry_timeout": timedelta(seconds=10)}
+
+
+def _patient(seconds: float) -> dict:
+    """A sidecar's: a store that does not answer is retried, at least every second, for ``seconds``.
+
+    An outage shorter than that costs the jobs time, not one of their JOB_MAX_DELIVERIES each.
+    """
+    backoff = {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=1), "base": 2}
+    return {"max_retries": int(seconds) + 10, "retry_timeout": timedelta(seconds=seconds), "backoff": backoff}
 
 
 def job_key(job_id: str, name: str) -> str:
@@ -45,7 +54,8 @@ class ArtifactStore:
         self._root = root  # the local folder, None for S3
 
     @classmethod
-    def from_settings(cls, settings: JobsSettings) -> ArtifactStore:
+    def from_settings(cls, settings: JobsSettings, *, retry_s: float | None = None) -> ArtifactStore:
+        """``retry_s``: retry an unanswering S3 store this long (a sidecar); None: fail fast (the gateway)."""
         if settings.s3_bucket:
             store = S3Store(
                 settings.s3_bucket,
@@ -54,7 +64,7 @@ class ArtifactStore:
                 secret_access_key=settings.aws_secret_access_key,
                 region=settings.aws_region,
                 client_options={"allow_http": True},
-                retry_config=_RETRY,
+                retry_config=_FAIL_FAST if retry_s is None else _patient(retry_s),
             )
             return cls(store, f"s3://{settings.s3_bucket}/")
         root = (settings.jobs_dir / "store").resolve()

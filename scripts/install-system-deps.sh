@@ -6,10 +6,30 @@
 #                   PyPI with the dev extra; no Docker engine is needed)
 #   chromium, chromium-driver   the headless browser of the job page's test
 #                   (tests/jobs/test_ui_browser.py, driven by selenium)
+#   npm             installs s3rver (below)
+# and from npm:
+#   s3rver          an S3 server that keeps objects on disk: the store outage of
+#                   make chaos stops and restarts it (bench/outage_servers.py)
 # apt-get runs only when a package is missing, so a ready machine pays nothing.
 set -euo pipefail
 
 PACKAGES=(wrk docker-compose chromium chromium-driver)
+S3RVER=s3rver@3.7.1
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    sudo=(sudo)
+fi
+
+install_s3rver() {
+    if command -v s3rver >/dev/null 2>&1; then
+        return
+    fi
+    echo "installing $S3RVER (npm, global)"
+    "${sudo[@]}" npm install --global --no-audit --no-fund --silent "$S3RVER" >/dev/null
+}
+if ! command -v npm >/dev/null 2>&1; then
+    PACKAGES+=(npm)
+fi
 
 missing=()
 for package in "${PACKAGES[@]}"; do
@@ -19,16 +39,14 @@ for package in "${PACKAGES[@]}"; do
 done
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "system packages present: ${PACKAGES[*]}"
+    install_s3rver
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "missing ${missing[*]}: install them with your package manager" >&2
     exit 1
 fi
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-    sudo=(sudo)
-fi
 echo "installing ${missing[*]}"
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+install_s3rver

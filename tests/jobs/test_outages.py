@@ -1,0 +1,161 @@
+"""Broker and store outages: 503 + Retry-After while they are down, every job done once when they are back.
+
+The RabbitMQ here is a node of the test's own (bench/outage_servers.py), never the shared one on :5672;
+the S3 server is s3rver, which keeps its objects on disk across a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bench.outage_servers import RabbitNode, S3Server, rabbitmq_bin, s3rver_bin
+from jobs.broker import create_broker
+from jobs.database import create_database
+from jobs.metrics import JobsMetrics
+from jobs.settings import JobsSettings
+from jobs.sidecar import Sidecar
+from jobs.store import ArtifactStore
+from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, wait_for_job
+from tests.jobs.fake_worker import FakeWorker
+from tests.support import free_port
+
+ROWS = [{"input_data": [1.0, 2.0, 3.0, float(i)]} for i in range(6)]  # 3 chunks of 2
+REQUIRED = os.environ.get("REQUIRE_BROKER") == "1"
+
+
+@pytest.fixture
+def rabbit_node(tmp_path: Path) -> Iterator[RabbitNode]:
+    if rabbitmq_bin() is None:
+        pytest.skip("rabbitmq-server is not installed: the broker outage needs a RabbitMQ node of its own")
+    node = RabbitNode(tmp_path / "rabbitmq")
+    try:
+        node.start()
+    except RuntimeError as exc:
+        if REQUIRED:
+            raise
+        pytest.skip(f"a RabbitMQ node of our own did not start ({exc}); REQUIRE_BROKER=1 to fail")
+    yield node
+    node.close()
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path) -> Iterator[S3Server]:
+    if s3rver_bin() is None:
+        if REQUIRED:
+            pytest.fail("REQUIRE_BROKER=1 but s3rver is not installed (scripts/install-system-deps.sh installs it)")
+        pytest.skip("s3rver is not installed (scripts/install-system-deps.sh installs it); REQUIRE_BROKER=1 to fail")
+    with S3Server(tmp_path / "s3") as server:
+        yield server
+
+
+def assert_retry_later(answer: httpx.Response) -> None:
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"
+    assert answer.json()["error"]["code"] == "jobs_unavailable" and answer.json()["request_id"]
+
+
+async def submit_until_accepted(client: httpx.AsyncClient, body: dict, key: str, timeout_s: float = 60) -> dict:
+    """POST /jobs again after each 503's Retry-After, as a client does, with the same Idempotency-Key."""
+    async def attempt() -> dict:
+        while True:
+            answer = await client.post("/jobs", json=body, headers={"Idempotency-Key": key})
+            if answer.status_code != 503:
+                assert answer.status_code == 202, answer.text
+                return answer.json()
+            assert_retry_later(answer)
+            await asyncio.sleep(float(answer.headers["retry-after"]))
+
+    return await asyncio.wait_for(attempt(), timeout_s)
+
+
+async def test_a_broker_that_refuses_gets_503_with_retry_after(fake_worker: FakeWorker, tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, fake_worker.url, amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    async with gateway(settings) as client:
+        answer = await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS},
+                                   headers={"Idempotency-Key": "refused"})
+        assert_retry_later(answer)
+        listed = (await client.get("/jobs")).json()["jobs"]
+    # Recorded, and marked so that the same key queues it again: never accepted and then lost.
+    assert [(job["status"], job["error"]["code"]) for job in listed] == [("failed", "not_queued")]
+
+
+async def test_a_store_that_refuses_gets_503_with_retry_after(fake_worker: FakeWorker, tmp_path: Path) -> None:
+    settings = embedded_settings(
+        tmp_path, fake_worker.url, s3_endpoint_url=f"http://127.0.0.1:{free_port()}", s3_bucket="jobs",
+        aws_access_key_id="test", aws_secret_access_key="test", job_inline_input_bytes=0,
+    )
+    async with gateway(settings) as client:
+        assert_retry_later(await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS}))
+        assert (await client.get("/jobs")).json()["jobs"] == []  # the input is written before the record
+
+
+async def test_jobs_survive_a_broker_restart(rabbit_node: RabbitNode, fake_worker: FakeWorker,
+                                             tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, fake_worker.url, amqp_url=f"{rabbit_node.url}?reconnect_interval=0.5")
+    fake_worker.delay_s = 1.0  # the first job runs for about 2 s: through stop_app
+    body = {"task": "batch_predict", "inputs": ROWS}
+    async with gateway(settings) as client, sidecar(settings):
+        before = await submit_until_accepted(client, body, "before")
+        await wait_for_job(client, before["job_id"], lambda s: s["status"] == "running")
+        await asyncio.to_thread(rabbit_node.stop_app)  # the running job's ack will find no connection
+        assert_retry_later(await client.post("/jobs", json=body, headers={"Idempotency-Key": "during"}))
+        restart = asyncio.create_task(asyncio.to_thread(rabbit_node.start_app))
+        during = await submit_until_accepted(client, body, "during")
+        await restart
+        fake_worker.delay_s = 0.0
+        after = await submit_until_accepted(client, body, "after")
+        statuses = [await wait_for_job(client, job["job_id"], finished) for job in (before, during, after)]
+        results = [(await client.get(status["result_url"])).json() for status in statuses]
+    assert [status["status"] for status in statuses] == ["succeeded"] * 3, statuses
+    assert len({status["job_id"] for status in statuses}) == 3
+    for result in results:
+        assert [row["prediction"] for row in result["output"]] == [[sum(r["input_data"])] for r in ROWS]
+    # Each job ran once: a redelivery of the one that finished while its ack could not be sent is skipped.
+    assert fake_worker.rows_seen == 3 * len(ROWS)
+
+
+@contextlib.asynccontextmanager
+async def patient_sidecar(settings: JobsSettings) -> AsyncIterator[Sidecar]:
+    """A sidecar as ``python -m jobs.sidecar`` builds it: its store retries for SIDECAR_STORE_RETRY_S."""
+    runner = Sidecar(settings, ArtifactStore.from_settings(settings, retry_s=settings.sidecar_store_retry_s),
+                     create_broker(settings), create_database(settings), JobsMetrics(CollectorRegistry()))
+    stop = asyncio.Event()
+    running = asyncio.create_task(runner.run(stop))
+    try:
+        yield runner
+    finally:
+        stop.set()
+        await running
+
+
+async def test_a_store_restart_delays_jobs_without_spending_their_deliveries(
+    s3_server: S3Server, fake_worker: FakeWorker, tmp_path: Path
+) -> None:
+    settings = embedded_settings(
+        tmp_path, fake_worker.url, s3_endpoint_url=s3_server.url, s3_bucket=s3_server.bucket,
+        aws_access_key_id=S3Server.ACCESS_KEY, aws_secret_access_key=S3Server.ACCESS_KEY,
+        job_inline_input_bytes=0, job_inline_result_bytes=0, sidecar_store_retry_s=30.0,
+    )
+    body = {"task": "batch_predict", "inputs": ROWS}
+    async with gateway(settings) as client:
+        queued = await submit_until_accepted(client, body, "queued")  # its rows are an object in the store
+        await asyncio.to_thread(s3_server.stop)
+        assert_retry_later(await client.post("/jobs", json=body, headers={"Idempotency-Key": "during"}))
+        async with patient_sidecar(settings):
+            await wait_for_job(client, queued["job_id"], lambda s: s["status"] == "running")
+            await asyncio.sleep(1.0)  # the sidecar is retrying the store meanwhile
+            await asyncio.to_thread(s3_server.start)
+            during = await submit_until_accepted(client, body, "during")
+            statuses = [await wait_for_job(client, job["job_id"], finished) for job in (queued, during)]
+        results = [(await client.get(status["result_url"])).json() for status in statuses]
+    assert [(status["status"], status["attempts"]) for status in statuses] == [("succeeded", 1)] * 2, statuses
+    for result in results:
+        assert [row["prediction"] for row in result["output"]] == [[sum(r["input_data"])] for r in ROWS]
