@@ -1,6 +1,6 @@
 """Request id, metrics and one JSON access-log line per request, for every path.
 
-A plain ASGI middleware, the outermost layer of the gateway (Starlette's
+A plain ASGI middleware, the outermost layer of the app (Starlette's
 BaseHTTPMiddleware costs a task and a stream copy per request). The request id
 comes from ``X-Request-ID`` when it fits the pattern (by default at most 128 of
 ``A-Za-z0-9._:-``), else it is generated: a client's header goes into the log
