@@ -8,7 +8,7 @@ the same three ways; (d) a gateway in front of two workers; (e) the same with
 ``--gateway-processes`` gateway processes on one socket (GATEWAY_PROCESSES); and
 drives each with closed-loop load at several concurrencies. It also measures the
 in-process limit (``bench.inprocess``) and, through the gateway, the proxy client
-(aiohttp, production, against httpx). Results: ``bench/results/latest.json``, the
+(the gateway's own, production, against httpx). Results: ``bench/results/latest.json``, the
 generated block of ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
 
 ``--quick`` is a short run (heavy MLP, c=1 and 64, written under .cache/bench/);
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="discarded seconds before each point")
     parser.add_argument("--repeat", type=int, help="measured runs per point; the median one is kept")
     parser.add_argument("--inprocess-duration", type=float, help="seconds of the in-process loop")
-    parser.add_argument("--no-clients", action="store_true", help="skip the aiohttp vs httpx comparison")
+    parser.add_argument("--no-clients", action="store_true", help="skip the proxy-client comparison (own vs httpx)")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra worker settings")
     parser.add_argument("--gateway-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra gateway settings")
@@ -238,7 +238,7 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
                     runner.sweep(model, "gateway_1_batch_predict", gw.url + "/batch_predict", [w0], gw,
                                  rows=args.rows)
         if not args.no_clients:
-            for client, module in (("aiohttp", "gateway"), ("httpx", "bench.httpx_gateway")):
+            for client, module in (("own", "gateway"), ("httpx", "bench.httpx_gateway")):
                 with runner.gateway(f"{model}-gw1-{client}", [w0], module=module) as gw:
                     result = runner.measure(gw.url + "/predict", 64, [w0], gw)
                 clients.append({"model": model, "client": client, **result})

@@ -2,7 +2,7 @@
 
 Only the benchmark runs this, to compare proxy clients through the same
 gateway (``--clients``); production uses ``gateway.forwarder.WorkerClient``
-(aiohttp). The class keeps that client's interface and error mapping.
+(its own, on httptools). The class keeps that client's interface and error mapping.
 """
 
 from __future__ import annotations

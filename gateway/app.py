@@ -1,16 +1,16 @@
-"""The gateway app: its own routes, the docs, and a catch-all proxy to the workers.
+"""The gateway app: its own routes, the docs, and the proxy to the workers.
 
 ``create_app(settings)`` builds everything; the lifespan opens the worker
 client and starts the health checks, and closes them on shutdown. No module
 globals, no JAX.
 
 A path the gateway answers itself (``/gateway/*``, ``/metrics``, the docs,
-``/jobs``, ``/v2/health/*``) is never proxied: another method on it is 405 with
-``Allow``. Only the workers' known routes are proxied (the rest of ``/v2``, the
-Open Inference Protocol, with that protocol's error body); any other path is 404
-without touching a worker. Middleware, outermost first: request context, CORS
-(when origins are set), access control (gateway/auth.py), JSON content type
-(gateway/content_type.py).
+``/jobs``, ``/v2/health/*``) is a Starlette route, never proxied: another
+method on it is 405 with ``Allow``. Only the workers' known routes are proxied
+(gateway/proxied_routes.py, plain ASGI beside Starlette, for speed); any other
+path is 404 without touching a worker. Plain ASGI middleware around both,
+outermost first: request context, CORS (when origins are set), access control
+(gateway/auth.py), JSON content type (gateway/content_type.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,10 +27,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
-from starlette.types import Scope
+from starlette.types import ASGIApp, Scope
 
 from common.draining import Drain
 from gateway import __version__
+from gateway.access_log import AccessLog
 from gateway.auth import access_middleware
 from gateway.backends import BackendPool
 from gateway.content_type import RequireJson
@@ -44,36 +44,14 @@ from gateway.job_routes import job_routes, jobs_openapi
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import is_protocol_path, protocol_body, protocol_error_response, protocol_health_routes
 from gateway.protocol_docs import protocol_api
+from gateway.proxied_routes import ProxiedRoutes
 from gateway.proxy import Proxy
 from gateway.request_context import RequestContext, request_id_pattern
 from gateway.settings import GatewaySettings
 from jobs.service import JobService
 from jobs.settings import JobsSettings
 
-#: The worker routes the gateway proxies (a trailing slash too: the worker redirects it); ``/v2`` and below is
-#: the Open Inference Protocol.
-WORKER_PATHS = frozenset({"/", "/predict", "/batch_predict", "/health", "/metadata", "/v2"})
-WORKER_PREFIXES = ("/v2/",)
-PROXIED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-class ProxyRoute(Route):
-    """The proxy to the workers' known routes; never ``/gateway/*`` or a path one of the gateway's own routes has."""
-
-    def __init__(self, owned: list[BaseRoute], endpoint: Any) -> None:
-        super().__init__("/{path:path}", endpoint, methods=PROXIED_METHODS)
-        # One regex for every owned path (their parameters unnamed): a route's own matches() costs ~1.5 us each.
-        patterns = ["^/gateway/", *(re.sub(r"\(\?P<\w+>", "(?:", r.path_regex.pattern) for r in owned)]
-        self._owned = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and (
-            self._owned.match(scope["path"])
-            or not ((scope["path"].rstrip("/") or "/") in WORKER_PATHS or scope["path"].startswith(WORKER_PREFIXES))
-        ):
-            return Match.NONE, {}
-        return super().matches(scope)
 
 
 def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
@@ -122,9 +100,11 @@ def create_app(
     )
     proxy = Proxy(pool, client, metrics, settings)
     protocol_proxy = Proxy(pool, client, metrics, settings, errors=protocol_error_response)
+    access_log = AccessLog(flush_s=settings.access_log_flush_s, max_lines=settings.access_log_max_lines)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        access_log.open()
         await client.start()
         await checker.probe_all()  # a restarted gateway knows its workers before it takes a request
         health_task = asyncio.create_task(checker.run(), name="health-checks")
@@ -137,6 +117,7 @@ def create_app(
             await checker.aclose()
             await client.aclose()
             await jobs.close()
+            access_log.close()
 
     async def gateway_health(request: Request) -> Response:
         alive, total = pool.summary()
@@ -163,7 +144,7 @@ def create_app(
         assert isinstance(exc, HTTPException)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(routes, request.scope))
+            headers["Allow"] = ", ".join(allowed_methods(owned, request.scope))
         if is_protocol_path(request.scope["path"]):
             return protocol_body(exc.status_code, str(exc.detail), headers)
         return error_response(
@@ -181,21 +162,17 @@ def create_app(
         *protocol_health_routes(pool),
     ]
 
-    async def forward(request: Request) -> Response:
-        # /v2 and /v2/...: the Open Inference Protocol's routes, proxied with its error body.
-        chosen = protocol_proxy if is_protocol_path(request.scope["path"]) else proxy
-        return await chosen.handle(request)
-
-    routes = [*owned, ProxyRoute(owned, forward)]
     accepted_id = request_id_pattern(settings.request_id_chars, settings.request_id_max_length)
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        middleware=[
-            Middleware(RequestContext, metrics=metrics, log_requests=settings.access_log,
-                       request_id_pattern=accepted_id),
-            *access_middleware(settings),
-            Middleware(RequireJson),
-        ],
-        exception_handlers={HTTPException: http_error},
+    app: ASGIApp = ProxiedRoutes(
+        Starlette(routes=owned, lifespan=lifespan, exception_handlers={HTTPException: http_error}),
+        owned, proxy, protocol_proxy,
     )
+    middleware = [
+        Middleware(RequestContext, metrics=metrics, request_id_pattern=accepted_id,
+                   access_log=access_log if settings.access_log else None),
+        *access_middleware(settings),
+        Middleware(RequireJson),
+    ]
+    for cls, args, kwargs in reversed(middleware):
+        app = cls(app, *args, **kwargs)
+    return app

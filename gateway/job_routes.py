@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from gateway.docs import OpenAPIBuilder
 from gateway.errors import GatewayError, PayloadTooLarge, error_response
-from gateway.proxy import read_body
+from gateway.request_body import read_body
 from jobs.errors import InvalidJob, JobError, JobTooLarge
 from jobs.schema import JobState, JobStatus, JobSubmission
 from jobs.service import JobService
@@ -114,7 +114,7 @@ def job_routes(service: JobService, retry_after_s: int) -> list[Route]:
 
     async def read_job_body(request: Request) -> bytes:
         try:
-            return await read_body(request, service.settings.job_max_inline_bytes)
+            return await read_body(request.scope, request.receive, service.settings.job_max_inline_bytes)
         except PayloadTooLarge as exc:
             raise JobTooLarge(f"{exc.message}: put the rows in the store and send input_uri") from None
 

@@ -19,17 +19,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.backends import AllBackendsBusy, Backend, BackendPool, NoHealthyBackend
 from gateway.errors import (
-    ClientClosedRequest,
     GatewayError,
-    MalformedRequest,
     NoWorkerAvailable,
     Overloaded,
-    PayloadTooLarge,
     UpstreamBadResponse,
     UpstreamFailed,
     UpstreamTimeout,
@@ -46,36 +43,48 @@ from gateway.forwarder import (
     WorkerClient,
 )
 from gateway.metrics import GatewayMetrics
+from gateway.request_body import read_body
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({502, 503})
+#: Passed on as the client sent them; X-Request-ID is the gateway's (gateway/request_context.py).
+_FORWARDED = frozenset(name.encode() for name in REQUEST_HEADERS if name != "x-request-id")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise MalformedRequest("invalid Content-Length")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"body of {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"body over the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientClosedRequest(f"the client closed the connection after {size} bytes of the body") from None
-    return b"".join(chunks)
+def forwarded_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The headers passed on to the worker, the first of each name."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        if name in _FORWARDED:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return headers
+
+
+def target(scope: Scope) -> str:
+    """The path and query to forward, as the client sent them (request.url would re-parse the Host header)."""
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    if scope["query_string"]:
+        path += "?" + scope["query_string"].decode("latin-1")
+    return path
+
+
+async def send_upstream(send: Send, upstream: UpstreamResponse) -> None:
+    """The worker's answer to the client, with a Content-Length as Starlette's Response would set it."""
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in upstream.headers.items()]
+    if upstream.status >= 200 and upstream.status not in (204, 304):
+        headers.append((b"content-length", str(len(upstream.body)).encode()))
+    await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+    await send({"type": "http.response.body", "body": upstream.body})
 
 
 ErrorResponder = Callable[[GatewayError, str | None, int], Response]
 
 
 class Proxy:
-    """Forwards requests; ``errors`` renders the gateway's own errors (the project's envelope by default)."""
+    """Forwards requests, a plain ASGI app; ``errors`` renders the gateway's own errors (the project's
+    envelope by default). Runs inside gateway/request_context.py, which set the request id."""
 
     def __init__(
         self, pool: BackendPool, client: WorkerClient, metrics: GatewayMetrics, settings: GatewaySettings,
@@ -87,25 +96,20 @@ class Proxy:
         self._metrics = metrics
         self._settings = settings
 
-    async def handle(self, request: Request) -> Response:
-        state = request.scope["state"]
-        request_id = state.get("request_id")
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["state"]
+        request_id = state["request_id"]
         try:
-            body = await read_body(request, self._settings.max_body_bytes)
-            headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
+            body = await read_body(scope, receive, self._settings.max_body_bytes)
+            headers = forwarded_headers(scope["headers"])
             headers["x-request-id"] = request_id
-            # Straight from the scope: request.url re-parses the Host header and the URL per request.
-            scope = request.scope
-            raw_path = scope.get("raw_path")
-            path = raw_path.decode("latin-1") if raw_path else scope["path"]
-            if scope["query_string"]:
-                path += "?" + scope["query_string"].decode("latin-1")
-            upstream = await self._forward(request.method, path, headers, body, state)
+            upstream = await self._forward(scope["method"], target(scope), headers, body, state)
         except GatewayError as exc:
             if exc.status_code == 503:
                 self._metrics.shed.labels(exc.code).inc()
-            return self._errors(exc, request_id, self._settings.retry_after_s)
-        return Response(upstream.body, upstream.status, upstream.headers)
+            await self._errors(exc, request_id, self._settings.retry_after_s)(scope, receive, send)
+            return
+        await send_upstream(send, upstream)
 
     def _record_try(self, backend: Backend, ok: bool, error: str) -> None:
         if backend.record_try(ok, error, self._settings.outlier_failures_to_eject):

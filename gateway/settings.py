@@ -103,6 +103,13 @@ class GatewaySettings(BaseSettings):
     )
     log_level: str = Field("info", description="Python log level.")
     access_log: bool = Field(True, description="One JSON line per request.")
+    access_log_flush_s: float = Field(
+        0.2, gt=0, le=10,
+        description="Access lines are written in batches: at most this long after a request (and at exit).",
+    )
+    access_log_max_lines: int = Field(
+        1000, ge=1, description="Access lines held in memory before they are written, whatever the time.",
+    )
 
     @model_validator(mode="after")
     def _pool_covers_in_flight(self) -> GatewaySettings:

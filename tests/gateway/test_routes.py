@@ -40,6 +40,13 @@ def test_other_methods_on_a_path_are_405_with_allow(client: TestClient, method: 
     }
 
 
+def test_another_method_on_a_protocol_route_is_405_in_the_protocol_s_body(client: TestClient) -> None:
+    response = client.request("TRACE", "/v2/models/m/infer")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+    assert response.json() == {"error": "Method Not Allowed"} and response.headers["x-request-id"]
+
+
 def test_paths_under_gateway_are_never_proxied(client: TestClient) -> None:
     response = client.post("/gateway/anything")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
