@@ -46,6 +46,7 @@ from gateway.forwarder import (
     WorkerClient,
 )
 from gateway.metrics import GatewayMetrics
+from gateway.row_batching import RowBatcher
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,21 @@ ErrorResponder = Callable[[GatewayError, str | None, int], Response]
 
 
 class Proxy:
-    """Forwards requests; ``errors`` renders the gateway's own errors (the project's envelope by default)."""
+    """Forwards requests; ``errors`` renders the gateway's own errors (the project's envelope by default).
+
+    With ``batch_rows``, single-row ``POST /predict`` requests go through gateway/row_batching.py.
+    """
 
     def __init__(
         self, pool: BackendPool, client: WorkerClient, metrics: GatewayMetrics, settings: GatewaySettings,
-        errors: ErrorResponder = gateway_error_response,
+        errors: ErrorResponder = gateway_error_response, batch_rows: bool = False,
     ) -> None:
         self._errors = errors
         self._pool = pool
         self._client = client
         self._metrics = metrics
         self._settings = settings
+        self._rows = RowBatcher(self._forward, pool, metrics, settings) if batch_rows else None
 
     async def handle(self, request: Request) -> Response:
         state = request.scope["state"]
@@ -100,7 +105,10 @@ class Proxy:
             path = raw_path.decode("latin-1") if raw_path else scope["path"]
             if scope["query_string"]:
                 path += "?" + scope["query_string"].decode("latin-1")
-            upstream = await self._forward(request.method, path, headers, body, state)
+            if self._rows is not None and path == "/predict" and request.method == "POST":
+                upstream = await self._rows.predict(headers, body, state)
+            else:
+                upstream = await self._forward(request.method, path, headers, body, state)
         except GatewayError as exc:
             if exc.status_code == 503:
                 self._metrics.shed.labels(exc.code).inc()
@@ -128,9 +136,12 @@ class Proxy:
             raise Overloaded(str(exc)) from None
 
     async def _forward(
-        self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict
+        self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict,
+        deadline: float | None = None,
     ) -> UpstreamResponse:
-        deadline = time.monotonic() + self._settings.request_timeout_s
+        """``deadline`` (monotonic): of a request that waited to be batched; None: REQUEST_TIMEOUT_S from now."""
+        if deadline is None:
+            deadline = time.monotonic() + self._settings.request_timeout_s
         tried: set[Backend] = set()
         failure = "no attempt made"
         for attempt in range(1, self._settings.max_attempts + 1):
