@@ -53,7 +53,7 @@ class GatewayMetrics:
             ["reason"], registry=self.registry,
         )
         self.batch_rows = Histogram(
-            "gateway_batch_rows", "Rows per worker call made for gathered /predict requests (1: a row alone).",
+            "gateway_batch_rows", "Rows per worker call of gathered /predict rows (not those that went at once).",
             buckets=_BATCH_BUCKETS, registry=self.registry,
         )
         self.batch_waiting_rows = Gauge(
