@@ -14,18 +14,19 @@ as the load, as in the worker's own batcher. Waiting rows are bounded like reque
 flight (MAX_IN_FLIGHT_PER_WORKER per healthy worker), past that 503.
 
 Which rows are gathered. Only a body that is exactly a plain row of the served model
-(gateway/health.py fetches its metadata): ``{"input_data": ..., "return_probabilities":
-bool?}``, of the model's input shape, every number finite and within the input dtype.
-Every other request (wrong shape, a boolean, an unknown field, unreadable JSON, no
-metadata yet) goes to a worker alone and unchanged, so its 4xx is the worker's own,
-written in one place. Options ride along per row (``/batch_predict`` takes them per row).
+(gateway/health.py fetches its metadata; re-read from the pool every 0.25 s): ``{"input_data":
+..., "return_probabilities": bool?}``, of the model's input shape, every number finite and
+within the input dtype. Every other request (wrong shape, a boolean, an unknown field,
+unreadable JSON, no metadata yet) goes to a worker alone and unchanged, so its 4xx is the
+worker's own, written in one place. Options ride along per row (``/batch_predict`` takes them per row).
 A batch the worker still refuses (e.g. one row's non-finite output is 422 for the whole
 batch) is sent again row by row, so a bad row fails only its own request; a 503 (busy,
 loading) is every row's answer, with its own request id, rather than a retry storm.
 
 Retries, deadlines, outlier ejection and in-flight accounting are the proxy's: every call
-here goes through its ``forward``. The encoding of the worker call is
-:func:`encode_rows` / :func:`decode_answers`, and nothing else knows it.
+here goes through its ``forward`` (a gathered call is one request in flight to its worker; its
+deadline is that of its oldest row); it carries the first row's X-Request-ID. The encoding
+of the worker call is :func:`encode_rows` / :func:`decode_answers`, and nothing else knows it.
 """
 
 from __future__ import annotations

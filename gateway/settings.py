@@ -55,7 +55,7 @@ class GatewaySettings(BaseSettings):
         "request waits for a connection (the in-flight bound sheds first).",
     )
     gateway_batching: bool = Field(
-        False,
+        True,
         description="Gather concurrent single-row POST /predict requests into one worker /batch_predict call "
         "(a lone request goes at once, as it is).",
     )
