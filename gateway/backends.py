@@ -84,12 +84,15 @@ class Backend:
             self.state = BackendState.UNHEALTHY
             self.last_error = error
 
-    def record_try(self, ok: bool, error: str, failures_to_eject: int) -> bool:
-        """A proxied try's outcome; True when this failure ejects the backend (an outlier)."""
+    def record_try(self, ok: bool, error: str, failures_to_eject: int, requests: int = 1) -> bool:
+        """A proxied try's outcome; True when this failure ejects the backend (an outlier).
+
+        ``requests``: the client requests the try carried (a batch gathered by the gateway fails them all).
+        """
         if ok:
             self.failed_tries = 0
             return False
-        self.failed_tries += 1
+        self.failed_tries += requests
         if self.healthy and self.failed_tries >= failures_to_eject:
             self.eject(f"{self.failed_tries} failed requests in a row, the last: {error}")
             return True

@@ -115,8 +115,8 @@ class Proxy:
             return self._errors(exc, request_id, self._settings.retry_after_s)
         return Response(upstream.body, upstream.status, upstream.headers)
 
-    def _record_try(self, backend: Backend, ok: bool, error: str) -> None:
-        if backend.record_try(ok, error, self._settings.outlier_failures_to_eject):
+    def _record_try(self, backend: Backend, ok: bool, error: str, requests: int) -> None:
+        if backend.record_try(ok, error, self._settings.outlier_failures_to_eject, requests):
             self._metrics.outlier_ejections.labels(backend.url).inc()
             self._metrics.backend_up.labels(backend.url).set(0)
             log.warning("worker %s leaves rotation until a probe passes: %s", backend.url, backend.last_error)
@@ -137,9 +137,12 @@ class Proxy:
 
     async def _forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict,
-        deadline: float | None = None,
+        deadline: float | None = None, requests: int = 1,
     ) -> UpstreamResponse:
-        """``deadline`` (monotonic): of a request that waited to be batched; None: REQUEST_TIMEOUT_S from now."""
+        """``deadline`` (monotonic): of a request that waited to be batched; None: REQUEST_TIMEOUT_S from now.
+
+        ``requests``: the client requests this call carries (a gathered batch); each counts for outlier ejection.
+        """
         if deadline is None:
             deadline = time.monotonic() + self._settings.request_timeout_s
         tried: set[Backend] = set()
@@ -163,9 +166,9 @@ class Proxy:
                 failure, reason = str(exc), "connect_timeout"
             except TransportError as exc:
                 failure, reason = str(exc), "connection_dropped"
-                self._record_try(backend, False, failure)
+                self._record_try(backend, False, failure, requests)
             except DeadlineExceeded as exc:
-                self._record_try(backend, False, str(exc))
+                self._record_try(backend, False, str(exc), requests)
                 if try_timeout >= remaining:
                     raise UpstreamTimeout(str(exc)) from None
                 failure, reason = str(exc), "try_timeout"
@@ -173,7 +176,7 @@ class Proxy:
                 raise UpstreamBadResponse(str(exc)) from None
             else:
                 failed = upstream.status >= 500 and upstream.status != 503
-                self._record_try(backend, not failed, f"{backend.url} answered {upstream.status}")
+                self._record_try(backend, not failed, f"{backend.url} answered {upstream.status}", requests)
                 if upstream.status not in RETRYABLE_STATUS or attempt == self._settings.max_attempts:
                     return upstream
                 failure, reason = f"{backend.url} answered {upstream.status}", f"status_{upstream.status}"

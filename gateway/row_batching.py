@@ -61,11 +61,12 @@ _INT_BITS = {"INT8": 8, "INT16": 16, "INT32": 32, "INT64": 64, "UINT8": 8, "UINT
 
 
 class Forward(Protocol):
-    """The proxy's forward: one request to a worker, with retries, within ``deadline`` (None: from now)."""
+    """The proxy's forward: one call to a worker, with retries, within ``deadline`` (None: from now),
+    carrying ``requests`` client requests (each a failure for outlier ejection when the call fails)."""
 
     def __call__(
         self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict,
-        deadline: float | None = None,
+        deadline: float | None = None, requests: int = 1,
     ) -> Awaitable[UpstreamResponse]: ...
 
 
@@ -273,7 +274,7 @@ class RowBatcher:
         self._metrics.batched_calls.inc()
         try:
             upstream = await self._forward(
-                "POST", "/batch_predict", headers, body, state, min(row.deadline for row in batch)
+                "POST", "/batch_predict", headers, body, state, min(row.deadline for row in batch), len(batch)
             )
         except GatewayError as exc:  # no worker, overloaded, timed out: every row's answer, as unbatched
             for row in batch:

@@ -51,8 +51,9 @@ class FakeWorkers:
 
     async def forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict,
-        deadline: float | None = None,
+        deadline: float | None = None, requests: int = 1,
     ) -> UpstreamResponse:
+        assert requests == (len(orjson.loads(body)) if path == "/batch_predict" else 1)
         self.calls.append((path, body, headers, deadline))
         state["backend"], state["attempts"] = "http://fake", 1
         if len(self.calls) <= self.hold:
