@@ -55,9 +55,9 @@ log = logging.getLogger(__name__)
 ROW_FIELDS = frozenset(PredictRow.model_fields)
 #: The largest finite magnitude of each float input datatype; a number past it is inf in the worker.
 _FLOAT_LIMITS = {"FP16": 65504.0, "FP32": 3.4028234663852886e38, "FP64": sys.float_info.max}
+_INT_BITS = {"INT8": 8, "INT16": 16, "INT32": 32, "INT64": 64, "UINT8": 8, "UINT16": 16, "UINT32": 32, "UINT64": 64}
 #: How often the served model's metadata and the healthy workers are re-read from the pool.
 POOL_READ_INTERVAL_S = 0.25
-_INT_BITS = {"INT8": 8, "INT16": 16, "INT32": 32, "INT64": 64, "UINT8": 8, "UINT16": 16, "UINT32": 32, "UINT64": 64}
 
 
 class Forward(Protocol):
