@@ -29,6 +29,7 @@ CATEGORIES = {
     "request middleware (gateway/request_context.py)": r"gateway/request_context\.py",
     "access logging": r"logging/__init__\.py",
     "proxy (gateway/proxy.py)": r"gateway/proxy\.py",
+    "row batching (gateway/row_batching.py)": r"gateway/row_batching\.py",
     "HTTP client (aiohttp)": r"aiohttp/",
     "HTTP client (httpx)": r"httpx/|httpcore/",
     "metrics (prometheus_client)": r"prometheus_client/",
