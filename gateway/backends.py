@@ -150,12 +150,14 @@ class BackendPool:
         known = {backend.url: backend for backend in self._backends}
         self._backends = [known.get(url) or Backend(url=url, source=source) for url, source in wanted]
 
-    def choose(self, exclude: frozenset[Backend] | set[Backend] = frozenset()) -> Backend:
-        """The next healthy backend with room, by the balancer; raises if there is none."""
+    def choose(
+        self, exclude: frozenset[Backend] | set[Backend] = frozenset(), least_outstanding: bool = False
+    ) -> Backend:
+        """The next healthy backend with room, by the balancer (or least outstanding when asked); raises if none."""
         candidates = [b for b in self._backends if b.healthy and b not in exclude]
         if not candidates:
             raise NoHealthyBackend("no healthy worker")
-        if self._least_outstanding:
+        if self._least_outstanding or least_outstanding:
             start = self._next % len(candidates)
             self._next += 1
             backend = min(candidates[start:] + candidates[:start], key=lambda b: b.in_flight)

@@ -121,15 +121,15 @@ class Proxy:
             self._metrics.backend_up.labels(backend.url).set(0)
             log.warning("worker %s leaves rotation until a probe passes: %s", backend.url, backend.last_error)
 
-    def _choose(self, tried: set[Backend]) -> Backend:
+    def _choose(self, tried: set[Backend], least_outstanding: bool) -> Backend:
         try:
-            return self._pool.choose(exclude=tried)
+            return self._pool.choose(exclude=tried, least_outstanding=least_outstanding)
         except NoHealthyBackend:
             if not tried:
                 raise NoWorkerAvailable("no healthy worker; try again shortly") from None
             # Every healthy worker was tried once: one may still take a second try.
             try:
-                return self._pool.choose()
+                return self._pool.choose(least_outstanding=least_outstanding)
             except NoHealthyBackend:
                 raise NoWorkerAvailable("no healthy worker; try again shortly") from None
         except AllBackendsBusy as exc:
@@ -137,11 +137,13 @@ class Proxy:
 
     async def _forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict,
-        deadline: float | None = None, requests: int = 1,
+        deadline: float | None = None, requests: int = 1, least_outstanding: bool = False,
     ) -> UpstreamResponse:
         """``deadline`` (monotonic): of a request that waited to be batched; None: REQUEST_TIMEOUT_S from now.
 
-        ``requests``: the client requests this call carries (a gathered batch); each counts for outlier ejection.
+        ``requests``: the client requests this call carries (a gathered batch); each counts for outlier
+        ejection. ``least_outstanding``: to the worker with the fewest calls in flight, whatever BALANCER
+        says (the row batcher's calls: round robin would put one on a busy or hung worker while another idles).
         """
         if deadline is None:
             deadline = time.monotonic() + self._settings.request_timeout_s
@@ -151,7 +153,7 @@ class Proxy:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UpstreamTimeout(f"no answer within {self._settings.request_timeout_s:.1f}s")
-            backend = self._choose(tried)
+            backend = self._choose(tried, least_outstanding)
             tried.add(backend)
             state["backend"], state["attempts"] = backend.url, attempt
             backend.in_flight += 1

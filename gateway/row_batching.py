@@ -25,7 +25,9 @@ loading) is every row's answer, with its own request id, rather than a retry sto
 
 Retries, deadlines, outlier ejection and in-flight accounting are the proxy's: every call
 here goes through its ``forward`` (a gathered call is one request in flight to its worker; its
-deadline is that of its oldest row); it carries the first row's X-Request-ID. The encoding
+deadline is that of its oldest row); it carries the first row's X-Request-ID. Its calls go to the
+worker with the fewest in flight, whatever BALANCER says: the call budget above assumes they spread,
+and round robin would queue a call behind a busy (or hung) worker while another one idles. The encoding
 of the worker call is :func:`encode_rows` / :func:`decode_answers`, and nothing else knows it.
 """
 
@@ -62,11 +64,12 @@ POOL_READ_INTERVAL_S = 0.25
 
 class Forward(Protocol):
     """The proxy's forward: one call to a worker, with retries, within ``deadline`` (None: from now),
-    carrying ``requests`` client requests (each a failure for outlier ejection when the call fails)."""
+    carrying ``requests`` client requests (each a failure for outlier ejection when the call fails),
+    to the least loaded worker when ``least_outstanding``."""
 
     def __call__(
         self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict,
-        deadline: float | None = None, requests: int = 1,
+        deadline: float | None = None, requests: int = 1, least_outstanding: bool = False,
     ) -> Awaitable[UpstreamResponse]: ...
 
 
@@ -199,7 +202,7 @@ class RowBatcher:
         if not self._waiting and self._calls < self._calls_per_worker * healthy:
             self._calls += 1
             try:
-                return await self._forward("POST", "/predict", headers, body, state)
+                return await self._forward("POST", "/predict", headers, body, state, least_outstanding=True)
             finally:
                 self._calls -= 1
                 self._flush()
@@ -260,7 +263,8 @@ class RowBatcher:
 
     async def _send_alone(self, row: GatheredRow) -> None:
         try:
-            answer = await self._forward("POST", "/predict", row.headers, row.body, row.state, row.deadline)
+            answer = await self._forward("POST", "/predict", row.headers, row.body, row.state, row.deadline,
+                                         least_outstanding=True)
         except GatewayError as exc:
             _settle(row, exc)
         else:
@@ -274,7 +278,8 @@ class RowBatcher:
         self._metrics.batched_calls.inc()
         try:
             upstream = await self._forward(
-                "POST", "/batch_predict", headers, body, state, min(row.deadline for row in batch), len(batch)
+                "POST", "/batch_predict", headers, body, state, min(row.deadline for row in batch), len(batch),
+                least_outstanding=True,
             )
         except GatewayError as exc:  # no worker, overloaded, timed out: every row's answer, as unbatched
             for row in batch:

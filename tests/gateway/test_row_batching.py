@@ -44,6 +44,7 @@ class FakeWorkers:
 
     def __init__(self, hold: int = 0) -> None:
         self.calls: list[tuple[str, bytes, dict[str, str], float | None]] = []
+        self.least_outstanding: list[bool] = []
         self.release = asyncio.Event()
         self.hold = hold
         self.batch_status = 200
@@ -51,9 +52,10 @@ class FakeWorkers:
 
     async def forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict,
-        deadline: float | None = None, requests: int = 1,
+        deadline: float | None = None, requests: int = 1, least_outstanding: bool = False,
     ) -> UpstreamResponse:
         assert requests == (len(orjson.loads(body)) if path == "/batch_predict" else 1)
+        self.least_outstanding.append(least_outstanding)
         self.calls.append((path, body, headers, deadline))
         state["backend"], state["attempts"] = "http://fake", 1
         if len(self.calls) <= self.hold:
@@ -110,6 +112,7 @@ async def test_a_lone_row_goes_at_once_as_the_predict_it_is() -> None:
     answer = await rows.predict({"x-request-id": "a"}, body, {})
     assert answer.status == 200 and orjson.loads(answer.body) == {"total": 10}
     assert fake.calls == [("/predict", body, {"x-request-id": "a"}, None)]
+    assert fake.least_outstanding == [True]  # the batcher's calls spread over the workers
     assert metrics.batched_calls._value.get() == 0
 
 
@@ -175,6 +178,7 @@ async def test_a_row_that_is_not_plain_goes_alone_and_unchanged(body: bytes) -> 
     odd = predict(rows, body, "odd")
     await settle()
     assert fake.calls[1][:2] == ("/predict", body)  # not held back by the call in flight
+    assert fake.least_outstanding == [True, False]  # an ordinary request: the configured balancer
     fake.release.set()
     await asyncio.gather(first, odd)
 
