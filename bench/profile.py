@@ -31,6 +31,7 @@ CATEGORIES = {
     "proxied routes (gateway/proxied_routes.py)": r"gateway/proxied_routes\.py",
     "proxy (gateway/proxy.py)": r"gateway/proxy\.py",
     "HTTP client (gateway/forwarder.py)": r"gateway/forwarder\.py",
+    "row batching (gateway/row_batching.py)": r"gateway/row_batching\.py",
     "HTTP client (aiohttp)": r"aiohttp/",
     "HTTP client (httpx)": r"httpx/|httpcore/",
     "metrics (prometheus_client)": r"prometheus_client/",

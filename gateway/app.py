@@ -98,7 +98,7 @@ def create_app(
         misses_to_eject=settings.health_misses_to_eject,
         resolve_interval_s=settings.workers_resolve_interval_s,
     )
-    proxy = Proxy(pool, client, metrics, settings)
+    proxy = Proxy(pool, client, metrics, settings, batch_rows=settings.gateway_batching)
     protocol_proxy = Proxy(pool, client, metrics, settings, errors=protocol_error_response)
     access_log = AccessLog(flush_s=settings.access_log_flush_s, max_lines=settings.access_log_max_lines)
 

@@ -84,12 +84,15 @@ class Backend:
             self.state = BackendState.UNHEALTHY
             self.last_error = error
 
-    def record_try(self, ok: bool, error: str, failures_to_eject: int) -> bool:
-        """A proxied try's outcome; True when this failure ejects the backend (an outlier)."""
+    def record_try(self, ok: bool, error: str, failures_to_eject: int, requests: int = 1) -> bool:
+        """A proxied try's outcome; True when this failure ejects the backend (an outlier).
+
+        ``requests``: the client requests the try carried (a batch gathered by the gateway fails them all).
+        """
         if ok:
             self.failed_tries = 0
             return False
-        self.failed_tries += 1
+        self.failed_tries += requests
         if self.healthy and self.failed_tries >= failures_to_eject:
             self.eject(f"{self.failed_tries} failed requests in a row, the last: {error}")
             return True
@@ -147,12 +150,14 @@ class BackendPool:
         known = {backend.url: backend for backend in self._backends}
         self._backends = [known.get(url) or Backend(url=url, source=source) for url, source in wanted]
 
-    def choose(self, exclude: frozenset[Backend] | set[Backend] = frozenset()) -> Backend:
-        """The next healthy backend with room, by the balancer; raises if there is none."""
+    def choose(
+        self, exclude: frozenset[Backend] | set[Backend] = frozenset(), least_outstanding: bool = False
+    ) -> Backend:
+        """The next healthy backend with room, by the balancer (or least outstanding when asked); raises if none."""
         candidates = [b for b in self._backends if b.healthy and b not in exclude]
         if not candidates:
             raise NoHealthyBackend("no healthy worker")
-        if self._least_outstanding:
+        if self._least_outstanding or least_outstanding:
             start = self._next % len(candidates)
             self._next += 1
             backend = min(candidates[start:] + candidates[:start], key=lambda b: b.in_flight)

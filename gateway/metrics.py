@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -50,6 +51,22 @@ class GatewayMetrics:
         self.shed = Counter(
             "gateway_shed", "Requests the gateway itself answered 503 (no healthy worker, all busy), by reason.",
             ["reason"], registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "gateway_batch_rows", "Rows per worker call of gathered /predict rows (not those that went at once).",
+            buckets=_BATCH_BUCKETS, registry=self.registry,
+        )
+        self.batch_waiting_rows = Gauge(
+            "gateway_batch_waiting_rows", "/predict rows waiting for a worker call to be gathered into.",
+            registry=self.registry, multiprocess_mode="livesum",
+        )
+        self.batched_calls = Counter(
+            "gateway_batched_calls", "Worker /batch_predict calls carrying gathered /predict requests.",
+            registry=self.registry,
+        )
+        self.batch_fallbacks = Counter(
+            "gateway_batch_fallbacks", "Batches a worker refused (by its status), sent again one row at a time.",
+            ["status"], registry=self.registry,
         )
 
     def exposition(self) -> tuple[bytes, str]:

@@ -44,6 +44,7 @@ from gateway.forwarder import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.request_body import read_body
+from gateway.row_batching import RowBatcher
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -84,17 +85,21 @@ ErrorResponder = Callable[[GatewayError, str | None, int], Response]
 
 class Proxy:
     """Forwards requests, a plain ASGI app; ``errors`` renders the gateway's own errors (the project's
-    envelope by default). Runs inside gateway/request_context.py, which set the request id."""
+    envelope by default). Runs inside gateway/request_context.py, which set the request id.
+
+    With ``batch_rows``, single-row ``POST /predict`` requests go through gateway/row_batching.py.
+    """
 
     def __init__(
         self, pool: BackendPool, client: WorkerClient, metrics: GatewayMetrics, settings: GatewaySettings,
-        errors: ErrorResponder = gateway_error_response,
+        errors: ErrorResponder = gateway_error_response, batch_rows: bool = False,
     ) -> None:
         self._errors = errors
         self._pool = pool
         self._client = client
         self._metrics = metrics
         self._settings = settings
+        self._rows = RowBatcher(self._forward, pool, metrics, settings) if batch_rows else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["state"]
@@ -103,7 +108,11 @@ class Proxy:
             body = await read_body(scope, receive, self._settings.max_body_bytes)
             headers = forwarded_headers(scope["headers"])
             headers["x-request-id"] = request_id
-            upstream = await self._forward(scope["method"], target(scope), headers, body, state)
+            path = target(scope)
+            if self._rows is not None and path == "/predict" and scope["method"] == "POST":
+                upstream = await self._rows.predict(headers, body, state)
+            else:
+                upstream = await self._forward(scope["method"], path, headers, body, state)
         except GatewayError as exc:
             if exc.status_code == 503:
                 self._metrics.shed.labels(exc.code).inc()
@@ -111,37 +120,45 @@ class Proxy:
             return
         await send_upstream(send, upstream)
 
-    def _record_try(self, backend: Backend, ok: bool, error: str) -> None:
-        if backend.record_try(ok, error, self._settings.outlier_failures_to_eject):
+    def _record_try(self, backend: Backend, ok: bool, error: str, requests: int) -> None:
+        if backend.record_try(ok, error, self._settings.outlier_failures_to_eject, requests):
             self._metrics.outlier_ejections.labels(backend.url).inc()
             self._metrics.backend_up.labels(backend.url).set(0)
             log.warning("worker %s leaves rotation until a probe passes: %s", backend.url, backend.last_error)
 
-    def _choose(self, tried: set[Backend]) -> Backend:
+    def _choose(self, tried: set[Backend], least_outstanding: bool) -> Backend:
         try:
-            return self._pool.choose(exclude=tried)
+            return self._pool.choose(exclude=tried, least_outstanding=least_outstanding)
         except NoHealthyBackend:
             if not tried:
                 raise NoWorkerAvailable("no healthy worker; try again shortly") from None
             # Every healthy worker was tried once: one may still take a second try.
             try:
-                return self._pool.choose()
+                return self._pool.choose(least_outstanding=least_outstanding)
             except NoHealthyBackend:
                 raise NoWorkerAvailable("no healthy worker; try again shortly") from None
         except AllBackendsBusy as exc:
             raise Overloaded(str(exc)) from None
 
     async def _forward(
-        self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict
+        self, method: str, path: str, headers: dict[str, str], body: bytes, state: dict,
+        deadline: float | None = None, requests: int = 1, least_outstanding: bool = False,
     ) -> UpstreamResponse:
-        deadline = time.monotonic() + self._settings.request_timeout_s
+        """``deadline`` (monotonic): of a request that waited to be batched; None: REQUEST_TIMEOUT_S from now.
+
+        ``requests``: the client requests this call carries (a gathered batch); each counts for outlier
+        ejection. ``least_outstanding``: to the worker with the fewest calls in flight, whatever BALANCER
+        says (the row batcher's calls: round robin would put one on a busy or hung worker while another idles).
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self._settings.request_timeout_s
         tried: set[Backend] = set()
         failure = "no attempt made"
         for attempt in range(1, self._settings.max_attempts + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UpstreamTimeout(f"no answer within {self._settings.request_timeout_s:.1f}s")
-            backend = self._choose(tried)
+            backend = self._choose(tried, least_outstanding)
             tried.add(backend)
             state["backend"], state["attempts"] = backend.url, attempt
             backend.in_flight += 1
@@ -156,9 +173,9 @@ class Proxy:
                 failure, reason = str(exc), "connect_timeout"
             except TransportError as exc:
                 failure, reason = str(exc), "connection_dropped"
-                self._record_try(backend, False, failure)
+                self._record_try(backend, False, failure, requests)
             except DeadlineExceeded as exc:
-                self._record_try(backend, False, str(exc))
+                self._record_try(backend, False, str(exc), requests)
                 if try_timeout >= remaining:
                     raise UpstreamTimeout(str(exc)) from None
                 failure, reason = str(exc), "try_timeout"
@@ -166,7 +183,7 @@ class Proxy:
                 raise UpstreamBadResponse(str(exc)) from None
             else:
                 failed = upstream.status >= 500 and upstream.status != 503
-                self._record_try(backend, not failed, f"{backend.url} answered {upstream.status}")
+                self._record_try(backend, not failed, f"{backend.url} answered {upstream.status}", requests)
                 if upstream.status not in RETRYABLE_STATUS or attempt == self._settings.max_attempts:
                     return upstream
                 failure, reason = f"{backend.url} answered {upstream.status}", f"status_{upstream.status}"

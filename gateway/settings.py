@@ -54,6 +54,19 @@ class GatewaySettings(BaseSettings):
         description="Pooled keep-alive connections to one worker; at least MAX_IN_FLIGHT_PER_WORKER, so no "
         "request waits for a connection (the in-flight bound sheds first).",
     )
+    gateway_batching: bool = Field(
+        True,
+        description="Gather concurrent single-row POST /predict requests into one worker /batch_predict call "
+        "(a lone request goes at once, as it is).",
+    )
+    gateway_max_batch_rows: int = Field(
+        64, ge=2, description="Most rows in one gathered call; at most the workers' MAX_ROWS_PER_REQUEST."
+    )
+    gateway_batch_calls_per_worker: int = Field(
+        1, ge=1,
+        description="Gathered calls in flight per healthy worker; past them rows wait and leave together "
+        "in the next call.",
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 answers.")
     header_timeout_s: float = Field(
         10.0, gt=0,

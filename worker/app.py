@@ -152,8 +152,9 @@ def create_app(
         return await predictor.predict(predictor.parse_binary(body) if binary else predictor.parse_many(body))
 
     hot = {
-        "/predict": PredictionRoute("/predict", predict, metrics, settings.max_body_bytes),
-        "/batch_predict": PredictionRoute("/batch_predict", batch_predict, metrics, settings.max_body_bytes),
+        "/predict": PredictionRoute("/predict", predict, metrics, settings.max_body_bytes, identity),
+        "/batch_predict": PredictionRoute("/batch_predict", batch_predict, metrics, settings.max_body_bytes,
+                                          identity),
     }
 
     async def health(request: Request) -> Response:

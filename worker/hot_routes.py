@@ -50,10 +50,16 @@ async def read_body(receive: Receive, declared: str | bytes | None, limit: int) 
 
 
 class PredictionRoute:
-    """One POST route as an ASGI app: body within the limit, ``handle``, a JSON answer, counted."""
+    """One POST route as an ASGI app: body within the limit, ``handle``, a JSON answer, counted.
 
-    def __init__(self, route: str, handle: Handle, metrics: WorkerMetrics, max_body_bytes: int) -> None:
+    ``identity``: headers every answer carries (the model that computed it, common/model_headers.py).
+    """
+
+    def __init__(self, route: str, handle: Handle, metrics: WorkerMetrics, max_body_bytes: int,
+                 identity: Mapping[str, str]) -> None:
         self._route = route
+        self._identity = dict(identity)
+        self._identity_raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in identity.items()]
         self._handle = handle
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
@@ -76,7 +82,8 @@ class PredictionRoute:
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the envelope
             await self._error(exc, request_id, started, scope, receive, send)
             return
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                   *self._identity_raw]
         if request_id:
             headers.append((b"x-request-id", request_id))
         self._ok.inc()
@@ -93,6 +100,7 @@ class PredictionRoute:
         response = error_response(exc, rid)
         if rid:
             response.headers[REQUEST_ID_HEADER] = rid
+        response.headers.update(self._identity)
         self._metrics.requests.labels(self._route, str(response.status_code)).inc()
         self._seconds.observe(time.perf_counter() - started)
         await response(scope, receive, send)

@@ -129,3 +129,22 @@ def test_failed_tries_in_a_row_eject_until_a_probe_passes() -> None:
     assert not backend.record_try(False, "answered 500", failures_to_eject=3)  # ejected once, counted once
     backend.record_probe(True)
     assert backend.healthy and backend.failed_tries == 0
+
+
+def test_a_failed_batch_counts_every_request_it_carried() -> None:
+    backend = Backend(url="http://a")
+    backend.record_probe(True)
+    assert not backend.record_try(False, "answered 500", failures_to_eject=5, requests=4)
+    assert backend.record_try(False, "no answer within 1.0s", failures_to_eject=5, requests=2)
+    assert "6 failed requests in a row" in backend.last_error
+
+
+def test_a_caller_may_ask_for_the_least_outstanding_backend_under_round_robin() -> None:
+    pool = BackendPool(max_in_flight=4)
+    pool.replace([("http://a", "a"), ("http://b", "b")])
+    for backend in pool.backends:
+        backend.record_probe(True)
+    busy = pool.choose()
+    busy.in_flight = 1
+    assert pool.choose(least_outstanding=True) is not busy
+    assert pool.choose(least_outstanding=True) is not busy

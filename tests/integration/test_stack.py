@@ -99,6 +99,31 @@ def test_batch_predict_answers_in_order(stack: Stack) -> None:
     assert [answer["prediction"] for answer in response.json()] == [answer["prediction"] for answer in one_by_one]
 
 
+async def test_concurrent_rows_are_gathered_and_each_gets_its_own_answer(stack: Stack) -> None:
+    """Gateway-side batching (GATEWAY_BATCHING, on by default): concurrent rows share /batch_predict calls."""
+    rows = stack.rows(24)
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=len(rows))) as client:
+        alone = [(await client.post(f"{stack.url}/predict", json=row)).json() for row in rows]
+
+        async def gathered_calls() -> float:
+            text = (await client.get(f"{stack.url}/metrics")).text
+            return next((float(line.split()[-1]) for line in text.splitlines()
+                         if line.startswith("gateway_batched_calls_total ")), 0.0)
+
+        before = await gathered_calls()
+        for burst in range(20):  # until a burst arrived while calls were in flight, as bursts nearly always do
+            answers = await asyncio.gather(*(
+                client.post(f"{stack.url}/predict", json=row, headers={"X-Request-ID": f"b{burst}-r{i}"})
+                for i, row in enumerate(rows)))
+            assert [(a.status_code, a.headers["x-request-id"]) for a in answers] == [
+                (200, f"b{burst}-r{i}") for i in range(len(rows))]
+            assert [a.json()["prediction"] for a in answers] == [a["prediction"] for a in alone]
+            assert [set(a.json()) for a in answers] == [set(a) for a in alone]
+            if await gathered_calls() > before:
+                return
+    pytest.fail("no burst of concurrent rows was gathered into one worker call")
+
+
 def test_requests_alternate_between_the_two_workers(stack: Stack) -> None:
     with httpx.Client() as client:
         ids = [client.post(f"{stack.url}/predict", json=stack.example).json()["worker_id"] for _ in range(6)]
