@@ -132,7 +132,11 @@ def two_gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     try:
         wait_until(lambda: launcher.poll() is not None or "ready in" in log.read_text(), 180, "the stack")
         assert launcher.poll() is None, log.read_text()
-        yield f"http://127.0.0.1:{port}", launcher.pid, log
+        url = f"http://127.0.0.1:{port}"
+        # "ready" came from whichever process answered; the other may have probed the worker while it loaded.
+        wait_until(lambda: all(httpx.get(f"{url}/gateway/health", timeout=5).json()["alive_backends"] == 1
+                               for _ in range(10)), 30, "both gateway processes see the worker")
+        yield url, launcher.pid, log
     finally:
         stop_process(launcher, timeout_s=30)
 
