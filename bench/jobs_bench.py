@@ -39,8 +39,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
+import orjson
+import uvloop
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = ["embedded", "rabbitmq-postgres", "rabbitmq-s3"]
@@ -48,9 +51,9 @@ PAIRS = ["embedded", "rabbitmq-postgres", "rabbitmq-s3"]
 ROW_VARIANTS = 8
 
 
-async def example_rows(client: httpx.AsyncClient) -> list[Any]:
+async def example_rows(session: aiohttp.ClientSession, gateway: str) -> list[Any]:
     """``ROW_VARIANTS`` rows of the served model's shape, made from the example its workers publish."""
-    example = (await client.get("/metadata")).raise_for_status().json()["example"]["input_data"]
+    example = (await _request(session, "GET", f"{gateway}/metadata"))["example"]["input_data"]
     return [(np.asarray(example, dtype=float) * (1 + 0.1 * i)).tolist() for i in range(ROW_VARIANTS)]
 
 
@@ -59,51 +62,63 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def _request(session: aiohttp.ClientSession, method: str, url: str, body: Any = None,
+                   headers: dict[str, str] | None = None) -> Any:
+    """One call's JSON answer; an error status raises. A pooled connection the server closed as idle
+    fails the next request: it is tried again (safe for POST /jobs too, thanks to its Idempotency-Key)."""
+    data = None if body is None else orjson.dumps(body)
+    headers = {**(headers or {}), **({"Content-Type": "application/json"} if data is not None else {})}
+    for attempt in range(3):
+        try:
+            async with session.request(method, url, data=data, headers=headers) as response:
+                payload = await response.read()
+                if response.status >= 400:
+                    raise RuntimeError(f"{method} {url}: {response.status} {payload[:200]!r}")
+                return orjson.loads(payload)
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _session(connections: int, timeout_s: float) -> aiohttp.ClientSession:
+    # aiohttp, not httpx: with hundreds of pooled connections httpx's pool costs the client a core
+    # (it scans every connection on each request), which the stack under test would be short of.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
+                                 timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+
 async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200, poll_s: float = 1.0,
                          timeout_s: float = 600.0) -> dict[str, Any]:
     """Submit ``jobs`` one-row jobs through ``gateway``, wait for all, check every result.
 
     Each job's status is polled after ``poll_s``, then less and less often (up to 8x), so
-    that polling loads the store little; the latency is taken from ``finished_at``, so it
+    that polling loads the gateway little; the latency is taken from ``finished_at``, so it
     does not depend on the polling.
     """
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=gateway, timeout=60, limits=limits) as client:
-        rows = await example_rows(client)
-        reference = (await client.post("/batch_predict", json=[{"input_data": row} for row in rows]))
-        reference.raise_for_status()
-        expected = [answer["prediction"] for answer in reference.json()]
-        gate = asyncio.Semaphore(concurrency)
+    async with _session(concurrency, 60) as session:
+        rows = await example_rows(session, gateway)
+        reference = await _request(session, "POST", f"{gateway}/batch_predict",
+                                   [{"input_data": row} for row in rows])
+        expected = [answer["prediction"] for answer in reference]
         run = uuid.uuid4().hex[:8]
-
-        async def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
-            # A pooled connection the server closed as idle fails the next request: try again.
-            # Safe for POST /jobs too, thanks to its Idempotency-Key.
-            async def send() -> httpx.Response:
-                async with gate:
-                    return (await client.request(method, path, **kwargs)).raise_for_status()
-
-            for _ in range(2):
-                with contextlib.suppress(httpx.TransportError):
-                    return await send()
-            return await send()
 
         async def one(i: int) -> tuple[float, float]:
             submitted = time.time()
-            answer = await call("POST", "/jobs", headers={"Idempotency-Key": f"bench-{run}-{i}"}, json={
+            answer = await _request(session, "POST", f"{gateway}/jobs", {
                 "task": "batch_predict", "inputs": [{"input_data": rows[i % len(rows)]}],
-            })
-            job_id = answer.json()["job_id"]
+            }, {"Idempotency-Key": f"bench-{run}-{i}"})
+            job_id = answer["job_id"]
             wait_s = poll_s
             while True:  # backing off: a long queue is not polled into the ground
                 await asyncio.sleep(wait_s)
                 wait_s = min(wait_s * 2, poll_s * 8)
-                status = (await call("GET", f"/jobs/{job_id}")).json()
+                status = await _request(session, "GET", f"{gateway}/jobs/{job_id}")
                 if status["status"] in ("succeeded", "failed", "cancelled"):
                     break
             if status["status"] != "succeeded":
                 raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
-            output = (await call("GET", f"/jobs/{job_id}/result")).json()["output"]
+            output = (await _request(session, "GET", f"{gateway}/jobs/{job_id}/result"))["output"]
             if [row["prediction"] for row in output] != [expected[i % len(rows)]]:
                 raise RuntimeError(f"job {job_id}: wrong result {output}")
             return submitted, datetime.fromisoformat(status["finished_at"]).timestamp()
@@ -125,27 +140,26 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
 async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows_count: int, workers: int,
                                chunk_rows: int = 256, timeout_s: float = 600.0) -> dict[str, Any]:
     """One ``rows_count``-row job (rows stored by ``upload``, which returns the input_uri) against /batch_predict."""
-    async with httpx.AsyncClient(base_url=gateway, timeout=120) as client:
-        variants = await example_rows(client)
+    async with _session(2 * workers, 120) as session:
+        variants = await example_rows(session, gateway)
         rows = [{"input_data": variants[i % len(variants)]} for i in range(rows_count)]
         gate = asyncio.Semaphore(2 * workers)
 
         async def chunk(start: int) -> int:
             async with gate:
-                answer = await client.post("/batch_predict", json=rows[start:start + chunk_rows])
-                return len(answer.raise_for_status().json())
+                return len(await _request(session, "POST", f"{gateway}/batch_predict", rows[start:start + chunk_rows]))
 
         started = time.time()
         answered = sum(await asyncio.gather(*(chunk(i) for i in range(0, rows_count, chunk_rows))))
         direct_s = time.time() - started
         assert answered == rows_count
 
-        uri = upload(json.dumps(rows).encode())
+        uri = upload(orjson.dumps(rows))
         submitted = time.time()
-        answer = await client.post("/jobs", json={"task": "batch_predict", "input_uri": uri})
-        job_id = answer.raise_for_status().json()["job_id"]
+        job_id = (await _request(session, "POST", f"{gateway}/jobs", {"task": "batch_predict", "input_uri": uri}))[
+            "job_id"]
         deadline = time.monotonic() + timeout_s
-        while (status := (await client.get(f"/jobs/{job_id}")).json())["status"] not in (
+        while (status := await _request(session, "GET", f"{gateway}/jobs/{job_id}"))["status"] not in (
                 "succeeded", "failed", "cancelled"):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} not finished after {timeout_s}s")
@@ -153,7 +167,7 @@ async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows
         if status["status"] != "succeeded":
             raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
         job_s = datetime.fromisoformat(status["finished_at"]).timestamp() - submitted
-        output = (await client.get(f"/jobs/{job_id}/result", follow_redirects=True)).json()["output"]
+        output = (await _request(session, "GET", f"{gateway}/jobs/{job_id}/result"))["output"]
         assert len(output) == rows_count
     return {
         "rows": rows_count,
@@ -285,16 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.gateway:
-        results = {"gateway": asyncio.run(run_jobs_bench(args.gateway, args.jobs, args.concurrency))}
+        results = {"gateway": uvloop.run(run_jobs_bench(args.gateway, args.jobs, args.concurrency))}
     else:
         results = {}
         pairs = PAIRS if args.stack == "all" else [args.stack]
         with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
             for pair in pairs:
                 with local_stack(pair, args.workers, Path(tmp)) as (url, upload):
-                    results[pair] = asyncio.run(run_jobs_bench(url, args.jobs, args.concurrency))
+                    results[pair] = uvloop.run(run_jobs_bench(url, args.jobs, args.concurrency))
                     if args.large_rows:
-                        results[pair]["large_job"] = asyncio.run(
+                        results[pair]["large_job"] = uvloop.run(
                             run_large_job_bench(url, upload, args.large_rows, args.workers))
                 print(f"{pair}: {json.dumps(results[pair])}", flush=True)
     print(json.dumps(results, indent=2))
