@@ -38,6 +38,13 @@ class JobsSettings(BaseSettings):
         "unset: SQLite in JOBS_DIR (one machine only).",
     )
     database_pool_size: int = Field(10, ge=1, description="PostgreSQL connections per process.")
+    database_batch_rows: int = Field(
+        64, ge=1, description="Most jobs one database statement reads or writes: reads and writes of jobs arriving "
+        "while earlier statements are in flight go together in the next one.",
+    )
+    database_batch_calls: int = Field(
+        2, ge=1, description="Statements of one kind (job inserts, status writes, reads) one process has in flight.",
+    )
     job_inline_input_bytes: int = Field(
         256 * 1024, ge=0, description="Inline rows up to this size live in the job's database record; "
         "larger ones go to the store.",
