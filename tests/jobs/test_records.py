@@ -102,3 +102,32 @@ async def test_the_schema_is_migrated_once_however_many_processes_open_it(jobs_s
     finally:
         for db in databases:
             await db.close()
+
+
+async def test_jobs_written_together_share_a_statement_and_each_gets_its_own_answer(
+        jobs_settings: JobsSettings) -> None:
+    """Concurrent inserts and status writes are batched (jobs.batching): a taken id, a finished job and two
+    writes of one job in the same batch still behave as if written one at a time."""
+    database = create_database(jobs_settings)
+    records = JobRecords(database, ArtifactStore.from_settings(jobs_settings), jobs_settings)
+    try:
+        created = await asyncio.gather(*(records.create(_job(n, None)) for n in [0, 1, 2, 1]))
+        assert [existing is None for _, existing in created] == [True, True, True, False]
+        assert created[3][1] is not None and created[3][1].spec.job_id == _job(1, None).spec.job_id
+        statuses = [status for status, _ in created[:3]]
+        assert await records.save(statuses[2], status="cancelled") is not None
+        written = await asyncio.gather(
+            records.save(statuses[0], status="running", attempts=1),
+            records.save(statuses[0], status="running", attempts=2),
+            records.succeed(statuses[1], _job(1, None).spec, ["answer"]),
+            records.save(statuses[2], status="running"),  # finished: not written
+        )
+        assert [status is not None for status in written] == [True, True, True, False]
+        now = await asyncio.gather(*(records.status(status.job_id) for status in statuses))
+        assert [(status.status, status.attempts) for status in now] == [
+            ("running", 2), ("succeeded", 0), ("cancelled", 0)]
+        record = await records.get(statuses[1].job_id)
+        assert record is not None and record.result is not None and b'"answer"' in record.result
+        assert await records.status("0" * 32) is None
+    finally:
+        await database.close()
