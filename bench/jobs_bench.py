@@ -10,10 +10,13 @@ default guest@127.0.0.1; PostgreSQL at DATABASE_URL, default
 postgres@127.0.0.1/test, in a schema of its own, dropped after; local folder)
 and ``rabbitmq-s3`` (the same with an S3 server, moto's, started here).
 Each job is one ``batch_predict`` row of the served model; its answer must
-equal what ``/batch_predict`` answers for that row. Reported: jobs/s from the
-first submit to the last job finished, and p50 / p99 of submit -> result,
-where a job's result time is its ``finished_at`` (written with the result),
-so the client's polling interval does not add to it. Then one job of
+equal what ``/batch_predict`` answers for that row. Each job is submitted and
+its result asked for with ``GET /jobs/<id>/result?wait=...`` (one request that
+returns when the job finished). Reported: jobs/s from the first submit to the
+last result in the client's hands, and p50 / p99 of submit -> result there.
+``--poll`` measures a gateway without ``wait=`` instead: each job's status is
+polled (after 1 s, then backing off), and a job's result time is its
+``finished_at``, so the polling interval does not add to it. Then one job of
 ``--large-rows`` rows (default 100,000; 0: skip), put in the store and
 submitted by ``input_uri``: its rows/s from submit to ``finished_at``, against
 the rows/s of the same rows sent to ``/batch_predict`` through the gateway in
@@ -89,26 +92,32 @@ def _session(connections: int, timeout_s: float) -> aiohttp.ClientSession:
 
 
 async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200, poll_s: float = 1.0,
-                         timeout_s: float = 600.0) -> dict[str, Any]:
+                         timeout_s: float = 600.0, wait: bool = True) -> dict[str, Any]:
     """Submit ``jobs`` one-row jobs through ``gateway``, wait for all, check every result.
 
-    Each job's status is polled after ``poll_s``, then less and less often (up to 8x), so
-    that polling loads the gateway little; the latency is taken from ``finished_at``, so it
-    does not depend on the polling.
+    ``wait``: each result is asked for with ``wait=`` and timed when it arrives. Otherwise each
+    job's status is polled after ``poll_s``, then less and less often (up to 8x), so that polling
+    loads the gateway little, and the time is the job's ``finished_at``.
     """
-    async with _session(concurrency, 60) as session:
+    # Waiting result requests hold a connection each, so they have their own: ``concurrency`` bounds the others.
+    async with _session(concurrency, 60) as session, _session(jobs, 60 + timeout_s) as waits:
         rows = await example_rows(session, gateway)
         reference = await _request(session, "POST", f"{gateway}/batch_predict",
                                    [{"input_data": row} for row in rows])
         expected = [answer["prediction"] for answer in reference]
         run = uuid.uuid4().hex[:8]
 
-        async def one(i: int) -> tuple[float, float]:
-            submitted = time.time()
-            answer = await _request(session, "POST", f"{gateway}/jobs", {
-                "task": "batch_predict", "inputs": [{"input_data": rows[i % len(rows)]}],
-            }, {"Idempotency-Key": f"bench-{run}-{i}"})
-            job_id = answer["job_id"]
+        async def waited(job_id: str) -> tuple[Any, float]:
+            while True:
+                try:
+                    output = await _request(waits, "GET", f"{gateway}/jobs/{job_id}/result?wait={timeout_s}")
+                    return output["output"], time.time()
+                except RuntimeError as exc:  # 409: not finished yet, or failed
+                    status = await _request(session, "GET", f"{gateway}/jobs/{job_id}")
+                    if status["status"] in ("failed", "cancelled"):
+                        raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}") from exc
+
+        async def polled(job_id: str) -> tuple[Any, float]:
             wait_s = poll_s
             while True:  # backing off: a long queue is not polled into the ground
                 await asyncio.sleep(wait_s)
@@ -119,9 +128,17 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
             if status["status"] != "succeeded":
                 raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
             output = (await _request(session, "GET", f"{gateway}/jobs/{job_id}/result"))["output"]
+            return output, datetime.fromisoformat(status["finished_at"]).timestamp()
+
+        async def one(i: int) -> tuple[float, float]:
+            submitted = time.time()
+            answer = await _request(session, "POST", f"{gateway}/jobs", {
+                "task": "batch_predict", "inputs": [{"input_data": rows[i % len(rows)]}],
+            }, {"Idempotency-Key": f"bench-{run}-{i}"})
+            output, finished = await (waited if wait else polled)(answer["job_id"])
             if [row["prediction"] for row in output] != [expected[i % len(rows)]]:
-                raise RuntimeError(f"job {job_id}: wrong result {output}")
-            return submitted, datetime.fromisoformat(status["finished_at"]).timestamp()
+                raise RuntimeError(f"job {answer['job_id']}: wrong result {output}")
+            return submitted, finished
 
         started = time.time()
         times = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(jobs))), timeout_s)
@@ -294,19 +311,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1000, help="jobs submitted (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=200, help="HTTP requests in flight")
     parser.add_argument("--workers", type=int, default=2, help="workers (and sidecars) of --stack")
+    parser.add_argument("--poll", action="store_true",
+                        help="poll each job's status instead of GET /jobs/<id>/result?wait= (older gateways)")
     parser.add_argument("--large-rows", type=int, default=100_000,
                         help="rows of the one large job measured per --stack deployment (0: none)")
     args = parser.parse_args(argv)
 
     if args.gateway:
-        results = {"gateway": uvloop.run(run_jobs_bench(args.gateway, args.jobs, args.concurrency))}
+        results = {"gateway": uvloop.run(run_jobs_bench(args.gateway, args.jobs, args.concurrency, wait=not args.poll))}
     else:
         results = {}
         pairs = PAIRS if args.stack == "all" else [args.stack]
         with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
             for pair in pairs:
                 with local_stack(pair, args.workers, Path(tmp)) as (url, upload):
-                    results[pair] = uvloop.run(run_jobs_bench(url, args.jobs, args.concurrency))
+                    results[pair] = uvloop.run(run_jobs_bench(url, args.jobs, args.concurrency, wait=not args.poll))
                     if args.large_rows:
                         results[pair]["large_job"] = uvloop.run(
                             run_large_job_bench(url, upload, args.large_rows, args.workers))

@@ -185,7 +185,8 @@ class JobRecords:
         redirect = settings.job_result_redirect_bytes if store.presigns else settings.job_inline_result_bytes
         self.inline_result_bytes = min(settings.job_inline_result_bytes, redirect)
         # Concurrent reads and writes of many jobs share statements (jobs.batching).
-        rows, calls = settings.database_batch_rows, settings.database_batch_calls
+        self.batch_rows = rows = settings.database_batch_rows
+        calls = settings.database_batch_calls
         self._inserts: Batcher[NewJob, bool] = Batcher(self._insert_many, rows, calls)
         self._writes: Batcher[tuple[JobStatus, str | None, str | None], bool] = Batcher(self._write_many, rows, calls)
         self._statuses: Batcher[str, JobStatus | None] = Batcher(self._statuses_of, rows, calls)
@@ -254,10 +255,18 @@ class JobRecords:
         found = {row["job_id"]: _status(row) for row in await self._rows(_STATUS_COLUMNS, job_ids)}
         return [found.get(job_id) for job_id in job_ids]
 
-    async def _rows(self, columns: str, job_ids: list[str]) -> list[dict[str, Any]]:
+    async def finished_among(self, job_ids: list[str]) -> set[str]:
+        """Those of ``job_ids`` that finished, ``DATABASE_BATCH_ROWS`` per statement."""
+        done: set[str] = set()
+        for start in range(0, len(job_ids), self.batch_rows):
+            rows = await self._rows("job_id", job_ids[start:start + self.batch_rows], f"AND NOT {_NOT_FINISHED}")
+            done.update(row["job_id"] for row in rows)
+        return done
+
+    async def _rows(self, columns: str, job_ids: list[str], condition: str = "") -> list[dict[str, Any]]:
         padded = _padded(job_ids)
         marks = ", ".join(f"${n}" for n in range(1, len(padded) + 1))
-        return await self.db.fetch(f"SELECT {columns} FROM jobs WHERE job_id IN ({marks})", *padded)
+        return await self.db.fetch(f"SELECT {columns} FROM jobs WHERE job_id IN ({marks}) {condition}", *padded)
 
     async def save(self, current: JobStatus, /, **changes: Any) -> JobStatus | None:
         """Write ``current`` with ``changes`` and a fresh ``updated_at``; None if the job finished meanwhile."""

@@ -58,6 +58,13 @@ class JobsSettings(BaseSettings):
         2, ge=1, description="Priority levels of jobs (priority 0 to this minus 1); a higher one overtakes queued "
         "lower ones.",
     )
+    job_result_max_wait_s: float = Field(
+        60.0, ge=0, description="Longest wait= a GET /jobs/<id>/result may ask for (the job finishing meanwhile).",
+    )
+    job_result_poll_s: float = Field(
+        0.1, gt=0, description="How often the gateway looks for finished jobs while result requests wait "
+        "(one read for all of them).",
+    )
     job_chunk_rows: int = Field(256, ge=1, description="Rows per /batch_predict call a job makes to its worker.")
     job_max_rows: int = Field(100_000, ge=1, description="Rows one job may carry, inline or by input_uri.")
     job_max_inline_bytes: int = Field(
