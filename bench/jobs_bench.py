@@ -16,7 +16,10 @@ returns when the job finished). Reported: jobs/s from the first submit to the
 last result in the client's hands, and p50 / p99 of submit -> result there.
 ``--poll`` measures a gateway without ``wait=`` instead: each job's status is
 polled (after 1 s, then backing off), and a job's result time is its
-``finished_at``, so the polling interval does not add to it. Then one job of
+``finished_at``, so the polling interval does not add to it. With ``--stack``,
+also the CPU milliseconds per job of the gateway, the sidecars and the workers
+(summed over the run of the small jobs): a measure of the work per job that
+other load on the machine moves much less than the wall-clock rates. Then one job of
 ``--large-rows`` rows (default 100,000; 0: skip), put in the store and
 submitted by ``input_uri``: its rows/s from submit to ``finished_at``, against
 the rows/s of the same rows sent to ``/batch_predict`` through the gateway in
@@ -52,6 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 PAIRS = ["embedded", "rabbitmq-postgres", "rabbitmq-s3"]
 #: Different rows per job: the served model's example, scaled by 1.0, 1.1, ... 1.7.
 ROW_VARIANTS = 8
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 async def example_rows(session: aiohttp.ClientSession, gateway: str) -> list[Any]:
@@ -210,9 +214,13 @@ def _free_port_run(length: int) -> int:
     raise RuntimeError(f"no run of {length} free ports")
 
 
+CpuSeconds = Callable[[], dict[str, float]]
+
+
 @contextlib.contextmanager
-def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, Callable[[bytes], str]]]:
-    """Gateway + workers + sidecars via the launcher, one deployment; yields the gateway URL and an uploader."""
+def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, Callable[[bytes], str], CpuSeconds]]:
+    """Gateway + workers + sidecars via the launcher, one deployment; yields the gateway URL, an uploader and
+    a function answering the CPU seconds its processes used so far, by role."""
     run = uuid.uuid4().hex[:8]
     jobs_dir = log_dir / f"jobs-{pair}"
     env = {"JOBS_DIR": str(jobs_dir), "ACCESS_LOG": "false"}
@@ -255,7 +263,7 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, C
     try:
         _wait(lambda: httpx.get(f"{url}/gateway/health", timeout=1).json().get("alive_backends") == workers,
               process, 300)
-        yield url, upload
+        yield url, upload, lambda: stack_cpu_seconds(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -269,6 +277,21 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, C
         if moto is not None:
             moto.terminate()
             moto.wait()
+
+
+def stack_cpu_seconds(launcher: int) -> dict[str, float]:
+    """User + system CPU seconds of the launcher's children (all their threads), summed by role: ``gateway``,
+    ``sidecar``, ``worker`` (Linux /proc). Other work on the machine moves it less than wall time."""
+    totals: dict[str, float] = {}
+    for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:  # exited meanwhile
+            continue
+        role = argv[2].decode().removeprefix("jobs.") if len(argv) > 2 and argv[1] == b"-m" else "other"
+        totals[role] = totals.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return totals
 
 
 async def _sql(url: str, statement: str) -> None:
@@ -324,8 +347,13 @@ def main(argv: list[str] | None = None) -> None:
         pairs = PAIRS if args.stack == "all" else [args.stack]
         with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
             for pair in pairs:
-                with local_stack(pair, args.workers, Path(tmp)) as (url, upload):
+                with local_stack(pair, args.workers, Path(tmp)) as (url, upload, cpu):
+                    before = cpu()
                     results[pair] = uvloop.run(run_jobs_bench(url, args.jobs, args.concurrency, wait=not args.poll))
+                    after = cpu()
+                    results[pair]["cpu_ms_per_job"] = {
+                        role: round((seconds - before.get(role, 0.0)) * 1000 / args.jobs, 2)
+                        for role, seconds in sorted(after.items())}
                     if args.large_rows:
                         results[pair]["large_job"] = uvloop.run(
                             run_large_job_bench(url, upload, args.large_rows, args.workers))
