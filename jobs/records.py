@@ -187,7 +187,7 @@ class JobRecords:
         # Concurrent reads and writes of many jobs share statements (jobs.batching).
         self.batch_rows = rows = settings.database_batch_rows
         calls = settings.database_batch_calls
-        self._inserts: Batcher[NewJob, bool] = Batcher(self._insert_many, rows, calls)
+        self._inserts: Batcher[tuple[NewJob, int], bool] = Batcher(self._insert_many, rows, calls)
         self._writes: Batcher[tuple[JobStatus, str | None, str | None], bool] = Batcher(self._write_many, rows, calls)
         self._statuses: Batcher[str, JobStatus | None] = Batcher(self._statuses_of, rows, calls)
         self._records: Batcher[str, JobRecord | None] = Batcher(self._records_of, rows, calls)
@@ -203,7 +203,7 @@ class JobRecords:
             "model_name": job.model_name, "model_version": job.model_version, "owner": job.owner,
             "priority": spec.priority,
         })
-        inserted = await self._inserts(job)
+        inserted = await self._inserts((job, now))
         if inserted:
             return status, None
         existing = await self.get(spec.job_id)
@@ -211,12 +211,12 @@ class JobRecords:
             raise JobNotFound(f"job {spec.job_id} was taken and is gone")
         return status, existing
 
-    async def _insert_many(self, jobs: list[NewJob]) -> list[bool]:
-        """One INSERT for ``jobs``: whether each was new (an id taken before, or earlier in the batch, is not)."""
-        now = _micros(utc_now())
+    async def _insert_many(self, jobs: list[tuple[NewJob, int]]) -> list[bool]:
+        """One INSERT for ``jobs`` (each with its creation time): whether each was new (an id taken before, or
+        earlier in the batch, is not)."""
         padded = _padded(jobs)
         args: list[Any] = []
-        for job in padded:
+        for job, now in padded:
             spec = job.spec
             args += [spec.job_id, spec.task, "queued", spec.fingerprint, orjson.dumps(spec.options).decode(),
                      spec.input_key, None if job.input_data is None else job.input_data.decode(), job.total,
@@ -227,7 +227,7 @@ class JobRecords:
         )
         new = {row["job_id"] for row in rows}
         answers = []
-        for job in jobs:
+        for job, _ in jobs:
             answers.append(job.spec.job_id in new)
             new.discard(job.spec.job_id)
         return answers
