@@ -197,7 +197,7 @@ def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
         "parameters": [job_id],
         "responses": builder.responses(JobStatus, 404, 409, 503),
     })
-    result = builder.responses(JobResult, 404, 409, 503)
+    result = builder.responses(JobResult, 404, 409, 422, 503)
     result["307"] = {"description": "A large result: fetch it from the presigned URL in Location"}
     wait = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "default": 0},
             "description": "Seconds to wait for the job to finish before answering (cut to JOB_RESULT_MAX_WAIT_S): "
