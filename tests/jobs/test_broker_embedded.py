@@ -90,3 +90,17 @@ async def test_prefetch_bounds_the_messages_held(broker: EmbeddedBroker) -> None
     assert not third.done()
     await held[0].ack()
     assert (await asyncio.wait_for(third, 5)).body == b"2"
+
+
+async def test_a_consumer_holds_at_most_its_prefetch_and_acks_commit_together(broker: EmbeddedBroker) -> None:
+    await asyncio.gather(*(broker.publish(f"job-{n}".encode()) for n in range(5)))
+    deliveries = broker.consume(3)
+    held = [await first(deliveries) for _ in range(3)]
+    assert [delivery.body for delivery in held] == [b"job-0", b"job-1", b"job-2"]
+    fourth = asyncio.ensure_future(anext(deliveries))
+    await asyncio.sleep(0.2)
+    assert not fourth.done()  # the prefetch is full
+    await asyncio.gather(*(delivery.ack() for delivery in held))
+    assert await broker.count() == 2
+    rest = [await asyncio.wait_for(fourth, 5), await first(deliveries)]
+    assert sorted(delivery.body for delivery in rest) == [b"job-3", b"job-4"]
