@@ -56,6 +56,9 @@ class FinishedWatch:
             except JobsUnavailable as exc:  # the waiters answer from the record when their time is up
                 log.warning("looking for finished jobs failed: %s", exc)
                 continue
+            except Exception:  # a bug here must not leave every waiter to its timeout from now on
+                log.exception("looking for finished jobs failed")
+                continue
             for job_id in done:
                 for future in self._waiting.pop(job_id, ()):
                     if not future.done():
