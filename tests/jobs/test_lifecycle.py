@@ -215,3 +215,24 @@ async def test_a_large_result_is_a_redirect_where_the_store_can_sign(jobs_settin
             assert answer.status_code == 307
             answer = await client.get(answer.headers["location"])
         assert answer.status_code == 200 and answer.json()["job_id"] == job["job_id"]
+
+
+async def test_a_result_request_with_wait_answers_once_the_job_finishes(jobs_settings: JobsSettings) -> None:
+    async with gateway(jobs_settings) as client:
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()["job_id"]
+        short = await client.get(f"/jobs/{job_id}/result", params={"wait": "0.2"})
+        assert short.status_code == 409 and short.json()["error"]["code"] == "job_not_finished"
+
+        waiting = asyncio.ensure_future(client.get(f"/jobs/{job_id}/result", params={"wait": "30"}))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        async with sidecar(jobs_settings):
+            result = await asyncio.wait_for(waiting, 30)
+        assert result.status_code == 200, result.text
+        assert [row["prediction"] for row in result.json()["output"]] == expected(ROWS)
+
+        for bad in ("-1", "soon", "nan", "inf"):
+            answer = await client.get(f"/jobs/{job_id}/result", params={"wait": bad})
+            assert answer.status_code == 422 and answer.json()["error"]["message"].startswith("wait")
+        missing = await client.get(f"/jobs/{'0' * 32}/result", params={"wait": "5"})
+        assert missing.status_code == 404
