@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from jobs.settings import JobsSettings
+from jobs.sidecar import Sidecar
 from jobs.store import ArtifactStore
 from tests.jobs.conftest import broker_of, embedded_settings, finished, gateway, sidecar, wait_for_job
 from tests.jobs.fake_worker import FAKE_MODEL, FakeWorker
@@ -143,6 +144,37 @@ async def test_idempotent_resubmission_returns_the_same_job(jobs_settings: JobsS
         assert other.status_code == 422 and "Idempotency-Key" in other.json()["error"]["message"]
         async with broker_of(jobs_settings) as broker:
             assert await broker.count(FAKE_MODEL) == 1
+
+
+def jobs_counted(runner: Sidecar, state: str) -> float:
+    """The sidecar's ``jobs_total{state}``."""
+    return sum(sample.value for metric in runner.metrics.jobs.collect() for sample in metric.samples
+               if sample.name == "jobs_total" and sample.labels == {"state": state})
+
+
+async def test_two_deliveries_of_one_job_on_one_sidecar_run_it_once(tmp_path: Path, fake_worker: FakeWorker) -> None:
+    """A duplicated message (a publish sent again after a lost confirm) held together with the first copy: the
+    second waits for the first's run, then finds the job finished and is acked."""
+    settings = embedded_settings(tmp_path, fake_worker.url)
+    fake_worker.delay_s = 0.3  # the run is still going when the copy is handled
+    async with gateway(settings) as client:
+        job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()
+        async with broker_of(settings) as broker:
+            deliveries = broker.consume(FAKE_MODEL, 1)
+            message = await anext(deliveries)
+            await message.release()
+            await deliveries.aclose()
+            await broker.publish(FAKE_MODEL, message.body)  # the same body twice, claimed together
+            async with sidecar(settings) as runner:
+                status = await wait_for_job(client, job["job_id"], finished)
+                for _ in range(200):  # the copy is settled once the run ended
+                    if await broker.count(FAKE_MODEL) == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await broker.count(FAKE_MODEL) == 0
+    assert status["status"] == "succeeded" and status["attempts"] == 1, status
+    assert fake_worker.rows_seen == len(ROWS)
+    assert jobs_counted(runner, "running") == jobs_counted(runner, "succeeded") == 1
 
 
 async def test_cancel_a_queued_job_and_it_never_runs(jobs_settings: JobsSettings, fake_worker: FakeWorker) -> None:
