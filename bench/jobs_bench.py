@@ -10,10 +10,16 @@ default guest@127.0.0.1; PostgreSQL at DATABASE_URL, default
 postgres@127.0.0.1/test, in a schema of its own, dropped after; local folder)
 and ``rabbitmq-s3`` (the same with an S3 server, moto's, started here).
 Each job is one ``batch_predict`` row of the served model; its answer must
-equal what ``/batch_predict`` answers for that row. Reported: jobs/s from the
-first submit to the last job finished, and p50 / p99 of submit -> result,
-where a job's result time is its ``finished_at`` (written with the result),
-so the client's polling interval does not add to it. Then one job of
+equal what ``/batch_predict`` answers for that row. Each job is submitted and
+its result asked for with ``GET /jobs/<id>/result?wait=...`` (one request that
+returns when the job finished). Reported: jobs/s from the first submit to the
+last result in the client's hands, and p50 / p99 of submit -> result there.
+``--poll`` measures a gateway without ``wait=`` instead: each job's status is
+polled (after 1 s, then backing off), and a job's result time is its
+``finished_at``, so the polling interval does not add to it. With ``--stack``,
+also the CPU milliseconds per job of the gateway, the sidecars and the workers
+(summed over the run of the small jobs): a measure of the work per job that
+other load on the machine moves much less than the wall-clock rates. Then one job of
 ``--large-rows`` rows (default 100,000; 0: skip), put in the store and
 submitted by ``input_uri``: its rows/s from submit to ``finished_at``, against
 the rows/s of the same rows sent to ``/batch_predict`` through the gateway in
@@ -39,18 +45,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
+import orjson
+import uvloop
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = ["embedded", "rabbitmq-postgres", "rabbitmq-s3"]
 #: Different rows per job: the served model's example, scaled by 1.0, 1.1, ... 1.7.
 ROW_VARIANTS = 8
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-async def example_rows(client: httpx.AsyncClient) -> list[Any]:
+async def example_rows(session: aiohttp.ClientSession, gateway: str) -> list[Any]:
     """``ROW_VARIANTS`` rows of the served model's shape, made from the example its workers publish."""
-    example = (await client.get("/metadata")).raise_for_status().json()["example"]["input_data"]
+    example = (await _request(session, "GET", f"{gateway}/metadata"))["example"]["input_data"]
     return [(np.asarray(example, dtype=float) * (1 + 0.1 * i)).tolist() for i in range(ROW_VARIANTS)]
 
 
@@ -59,54 +69,80 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def _request(session: aiohttp.ClientSession, method: str, url: str, body: Any = None,
+                   headers: dict[str, str] | None = None) -> Any:
+    """One call's JSON answer; an error status raises. A pooled connection the server closed as idle
+    fails the next request: it is tried again (safe for POST /jobs too, thanks to its Idempotency-Key)."""
+    data = None if body is None else orjson.dumps(body)
+    headers = {**(headers or {}), **({"Content-Type": "application/json"} if data is not None else {})}
+    for attempt in range(3):
+        try:
+            async with session.request(method, url, data=data, headers=headers) as response:
+                payload = await response.read()
+                if response.status >= 400:
+                    raise RuntimeError(f"{method} {url}: {response.status} {payload[:200]!r}")
+                return orjson.loads(payload)
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _session(connections: int, timeout_s: float) -> aiohttp.ClientSession:
+    # aiohttp, not httpx: with hundreds of pooled connections httpx's pool costs the client a core
+    # (it scans every connection on each request), which the stack under test would be short of.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
+                                 timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+
 async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200, poll_s: float = 1.0,
-                         timeout_s: float = 600.0) -> dict[str, Any]:
+                         timeout_s: float = 600.0, wait: bool = True) -> dict[str, Any]:
     """Submit ``jobs`` one-row jobs through ``gateway``, wait for all, check every result.
 
-    Each job's status is polled after ``poll_s``, then less and less often (up to 8x), so
-    that polling loads the store little; the latency is taken from ``finished_at``, so it
-    does not depend on the polling.
+    ``wait``: each result is asked for with ``wait=`` and timed when it arrives. Otherwise each
+    job's status is polled after ``poll_s``, then less and less often (up to 8x), so that polling
+    loads the gateway little, and the time is the job's ``finished_at``.
     """
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=gateway, timeout=60, limits=limits) as client:
-        rows = await example_rows(client)
-        reference = (await client.post("/batch_predict", json=[{"input_data": row} for row in rows]))
-        reference.raise_for_status()
-        expected = [answer["prediction"] for answer in reference.json()]
-        gate = asyncio.Semaphore(concurrency)
+    # Waiting result requests hold a connection each, so they have their own: ``concurrency`` bounds the others.
+    async with _session(concurrency, 60) as session, _session(jobs, 60 + timeout_s) as waits:
+        rows = await example_rows(session, gateway)
+        reference = await _request(session, "POST", f"{gateway}/batch_predict",
+                                   [{"input_data": row} for row in rows])
+        expected = [answer["prediction"] for answer in reference]
         run = uuid.uuid4().hex[:8]
 
-        async def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
-            # A pooled connection the server closed as idle fails the next request: try again.
-            # Safe for POST /jobs too, thanks to its Idempotency-Key.
-            async def send() -> httpx.Response:
-                async with gate:
-                    return (await client.request(method, path, **kwargs)).raise_for_status()
+        async def waited(job_id: str) -> tuple[Any, float]:
+            while True:
+                try:
+                    output = await _request(waits, "GET", f"{gateway}/jobs/{job_id}/result?wait={timeout_s}")
+                    return output["output"], time.time()
+                except RuntimeError as exc:  # 409: not finished yet, or failed
+                    status = await _request(session, "GET", f"{gateway}/jobs/{job_id}")
+                    if status["status"] in ("failed", "cancelled"):
+                        raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}") from exc
 
-            for _ in range(2):
-                with contextlib.suppress(httpx.TransportError):
-                    return await send()
-            return await send()
-
-        async def one(i: int) -> tuple[float, float]:
-            submitted = time.time()
-            answer = await call("POST", "/jobs", headers={"Idempotency-Key": f"bench-{run}-{i}"}, json={
-                "task": "batch_predict", "inputs": [{"input_data": rows[i % len(rows)]}],
-            })
-            job_id = answer.json()["job_id"]
+        async def polled(job_id: str) -> tuple[Any, float]:
             wait_s = poll_s
             while True:  # backing off: a long queue is not polled into the ground
                 await asyncio.sleep(wait_s)
                 wait_s = min(wait_s * 2, poll_s * 8)
-                status = (await call("GET", f"/jobs/{job_id}")).json()
+                status = await _request(session, "GET", f"{gateway}/jobs/{job_id}")
                 if status["status"] in ("succeeded", "failed", "cancelled"):
                     break
             if status["status"] != "succeeded":
                 raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
-            output = (await call("GET", f"/jobs/{job_id}/result")).json()["output"]
+            output = (await _request(session, "GET", f"{gateway}/jobs/{job_id}/result"))["output"]
+            return output, datetime.fromisoformat(status["finished_at"]).timestamp()
+
+        async def one(i: int) -> tuple[float, float]:
+            submitted = time.time()
+            answer = await _request(session, "POST", f"{gateway}/jobs", {
+                "task": "batch_predict", "inputs": [{"input_data": rows[i % len(rows)]}],
+            }, {"Idempotency-Key": f"bench-{run}-{i}"})
+            output, finished = await (waited if wait else polled)(answer["job_id"])
             if [row["prediction"] for row in output] != [expected[i % len(rows)]]:
-                raise RuntimeError(f"job {job_id}: wrong result {output}")
-            return submitted, datetime.fromisoformat(status["finished_at"]).timestamp()
+                raise RuntimeError(f"job {answer['job_id']}: wrong result {output}")
+            return submitted, finished
 
         started = time.time()
         times = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(jobs))), timeout_s)
@@ -125,27 +161,26 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
 async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows_count: int, workers: int,
                                chunk_rows: int = 256, timeout_s: float = 600.0) -> dict[str, Any]:
     """One ``rows_count``-row job (rows stored by ``upload``, which returns the input_uri) against /batch_predict."""
-    async with httpx.AsyncClient(base_url=gateway, timeout=120) as client:
-        variants = await example_rows(client)
+    async with _session(2 * workers, 120) as session:
+        variants = await example_rows(session, gateway)
         rows = [{"input_data": variants[i % len(variants)]} for i in range(rows_count)]
         gate = asyncio.Semaphore(2 * workers)
 
         async def chunk(start: int) -> int:
             async with gate:
-                answer = await client.post("/batch_predict", json=rows[start:start + chunk_rows])
-                return len(answer.raise_for_status().json())
+                return len(await _request(session, "POST", f"{gateway}/batch_predict", rows[start:start + chunk_rows]))
 
         started = time.time()
         answered = sum(await asyncio.gather(*(chunk(i) for i in range(0, rows_count, chunk_rows))))
         direct_s = time.time() - started
         assert answered == rows_count
 
-        uri = upload(json.dumps(rows).encode())
+        uri = upload(orjson.dumps(rows))
         submitted = time.time()
-        answer = await client.post("/jobs", json={"task": "batch_predict", "input_uri": uri})
-        job_id = answer.raise_for_status().json()["job_id"]
+        job_id = (await _request(session, "POST", f"{gateway}/jobs", {"task": "batch_predict", "input_uri": uri}))[
+            "job_id"]
         deadline = time.monotonic() + timeout_s
-        while (status := (await client.get(f"/jobs/{job_id}")).json())["status"] not in (
+        while (status := await _request(session, "GET", f"{gateway}/jobs/{job_id}"))["status"] not in (
                 "succeeded", "failed", "cancelled"):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} not finished after {timeout_s}s")
@@ -153,7 +188,7 @@ async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows
         if status["status"] != "succeeded":
             raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
         job_s = datetime.fromisoformat(status["finished_at"]).timestamp() - submitted
-        output = (await client.get(f"/jobs/{job_id}/result", follow_redirects=True)).json()["output"]
+        output = (await _request(session, "GET", f"{gateway}/jobs/{job_id}/result"))["output"]
         assert len(output) == rows_count
     return {
         "rows": rows_count,
@@ -179,9 +214,13 @@ def _free_port_run(length: int) -> int:
     raise RuntimeError(f"no run of {length} free ports")
 
 
+CpuSeconds = Callable[[], dict[str, float]]
+
+
 @contextlib.contextmanager
-def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, Callable[[bytes], str]]]:
-    """Gateway + workers + sidecars via the launcher, one deployment; yields the gateway URL and an uploader."""
+def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, Callable[[bytes], str], CpuSeconds]]:
+    """Gateway + workers + sidecars via the launcher, one deployment; yields the gateway URL, an uploader and
+    a function answering the CPU seconds its processes used so far, by role."""
     run = uuid.uuid4().hex[:8]
     jobs_dir = log_dir / f"jobs-{pair}"
     env = {"JOBS_DIR": str(jobs_dir), "ACCESS_LOG": "false"}
@@ -226,7 +265,7 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, C
         _wait(lambda: httpx.get(f"{url}/gateway/health", timeout=1).json().get("alive_backends") == workers,
               process, 300)
         served = httpx.get(f"{url}/metadata", timeout=5).raise_for_status().json()["name"]
-        yield url, upload
+        yield url, upload, lambda: stack_cpu_seconds(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -240,6 +279,21 @@ def local_stack(pair: str, workers: int, log_dir: Path) -> Iterator[tuple[str, C
         if moto is not None:
             moto.terminate()
             moto.wait()
+
+
+def stack_cpu_seconds(launcher: int) -> dict[str, float]:
+    """User + system CPU seconds of the launcher's children (all their threads), summed by role: ``gateway``,
+    ``sidecar``, ``worker`` (Linux /proc). Other work on the machine moves it less than wall time."""
+    totals: dict[str, float] = {}
+    for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:  # exited meanwhile
+            continue
+        role = argv[2].decode().removeprefix("jobs.") if len(argv) > 2 and argv[1] == b"-m" else "other"
+        totals[role] = totals.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return totals
 
 
 async def _sql(url: str, statement: str) -> None:
@@ -282,21 +336,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1000, help="jobs submitted (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=200, help="HTTP requests in flight")
     parser.add_argument("--workers", type=int, default=2, help="workers (and sidecars) of --stack")
+    parser.add_argument("--poll", action="store_true",
+                        help="poll each job's status instead of GET /jobs/<id>/result?wait= (older gateways)")
     parser.add_argument("--large-rows", type=int, default=100_000,
                         help="rows of the one large job measured per --stack deployment (0: none)")
     args = parser.parse_args(argv)
 
     if args.gateway:
-        results = {"gateway": asyncio.run(run_jobs_bench(args.gateway, args.jobs, args.concurrency))}
+        results = {"gateway": uvloop.run(run_jobs_bench(args.gateway, args.jobs, args.concurrency, wait=not args.poll))}
     else:
         results = {}
         pairs = PAIRS if args.stack == "all" else [args.stack]
         with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
             for pair in pairs:
-                with local_stack(pair, args.workers, Path(tmp)) as (url, upload):
-                    results[pair] = asyncio.run(run_jobs_bench(url, args.jobs, args.concurrency))
+                with local_stack(pair, args.workers, Path(tmp)) as (url, upload, cpu):
+                    before = cpu()
+                    results[pair] = uvloop.run(run_jobs_bench(url, args.jobs, args.concurrency, wait=not args.poll))
+                    after = cpu()
+                    results[pair]["cpu_ms_per_job"] = {
+                        role: round((seconds - before.get(role, 0.0)) * 1000 / args.jobs, 2)
+                        for role, seconds in sorted(after.items())}
                     if args.large_rows:
-                        results[pair]["large_job"] = asyncio.run(
+                        results[pair]["large_job"] = uvloop.run(
                             run_large_job_bench(url, upload, args.large_rows, args.workers))
                 print(f"{pair}: {json.dumps(results[pair])}", flush=True)
     print(json.dumps(results, indent=2))

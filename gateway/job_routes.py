@@ -6,7 +6,7 @@ The gateway only submits, reads and cancels (``jobs.service``); sidecars run job
     GET    /jobs               the newest jobs, filtered, a page at a time (keyset cursor)
     GET    /jobs/ui            a page to watch them (gateway/jobs_ui.html); open without a key, it holds no data
     GET    /jobs/{id}          its status
-    GET    /jobs/{id}/result   the result; 409 until it succeeded; a redirect when large (S3)
+    GET    /jobs/{id}/result   the result; 409 until it succeeded (?wait=s: wait for it); a redirect when large (S3)
     DELETE /jobs/{id}          cancel: 200 if cancelled, 202 if it stops at its next chunk
 
 With API keys, a job belongs to the key that submitted it (``owner``, the key's
@@ -70,6 +70,19 @@ def _list_arguments(request: Request, max_limit: int) -> dict[str, Any]:
         raise InvalidJob(f"limit: a whole number from 1 to {max_limit}")
     arguments["limit"] = int(limit)
     return arguments
+
+
+def _wait_s(request: Request) -> float:
+    """GET /jobs/<id>/result's wait=: seconds, 0 (the default) to answer at once."""
+    raw = request.query_params.get("wait", "0")
+    try:
+        wait_s = float(raw)
+    except ValueError:
+        wait_s = -1.0
+    if not 0 <= wait_s < float("inf"):
+        raise InvalidJob(f"wait: seconds, a number from 0 (got {raw!r}); waits longer than "
+                         "JOB_RESULT_MAX_WAIT_S are cut to it")
+    return wait_s
 
 
 def _json(status: JobStatus, status_code: int, headers: dict[str, str] | None = None) -> Response:
@@ -141,7 +154,7 @@ def job_routes(service: JobService, retry_after_s: int) -> list[Route]:
         return _json(await service.status(request.path_params["job_id"], _owner(request)), 200)
 
     async def result(request: Request) -> Response:
-        answer = await service.result(request.path_params["job_id"], _owner(request))
+        answer = await service.result(request.path_params["job_id"], _owner(request), _wait_s(request))
         if isinstance(answer, str):
             return RedirectResponse(answer, 307)
         return Response(answer, media_type="application/json")
@@ -211,11 +224,14 @@ def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
         "parameters": [job_id],
         "responses": builder.responses(JobStatus, 404, 409, 503),
     })
-    result = builder.responses(JobResult, 404, 409, 503)
+    result = builder.responses(JobResult, 404, 409, 422, 503)
     result["307"] = {"description": "A large result: fetch it from the presigned URL in Location"}
+    wait = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "default": 0},
+            "description": "Seconds to wait for the job to finish before answering (cut to JOB_RESULT_MAX_WAIT_S): "
+                           "one request instead of polling its status."}
     builder.add("/jobs/{job_id}/result", "get", {
-        "summary": "A succeeded job's result (rows in input order); 409 before",
+        "summary": "A succeeded job's result (rows in input order); 409 before; wait= waits for it",
         "tags": ["jobs"],
-        "parameters": [job_id],
+        "parameters": [job_id, wait],
         "responses": result,
     })

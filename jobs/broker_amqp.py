@@ -19,12 +19,17 @@ RabbitMQ 4.0 on (two levels; see ``amqp_priority``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from jobs.routing import dead_queue, model_queue
+
+#: Tries of a publish the broker nacks before giving up (503).
+NACKED_PUBLISH_TRIES = 3
 
 
 def amqp_priority(priority: int, levels: int) -> int:
@@ -116,7 +121,17 @@ class AmqpBroker:
             body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json",
             priority=amqp_priority(priority, levels),
         )
-        await self._channel().default_exchange.publish(message, routing_key=queue, mandatory=True)
+        for attempt in range(1, NACKED_PUBLISH_TRIES + 1):
+            try:
+                await self._channel().default_exchange.publish(message, routing_key=queue, mandatory=True)
+                return
+            except aiormq.exceptions.DeliveryError as exc:
+                # A nack: the queue could not take it, e.g. a quorum queue declared a moment ago whose
+                # leader is still starting (RabbitMQ 3.x answers noproc then). Not queued, so try again; a
+                # duplicate at worst, which a finished job's redelivery already handles.
+                if attempt == NACKED_PUBLISH_TRIES or not isinstance(exc.frame, aiormq.spec.Basic.Nack):
+                    raise
+                await asyncio.sleep(0.05 * attempt)
 
     async def consume(self, model: str, prefetch: int, *, dead: bool = False) -> AsyncIterator[AmqpDelivery]:
         if self._connection is None:

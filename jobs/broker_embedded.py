@@ -20,7 +20,9 @@ Each model name has its own queue (``jobs.routing.model_queue``): the
 
 ``synchronous=FULL`` makes a commit durable before ``publish`` returns.
 Publishes that arrive while one commit is in progress are committed together
-in the next transaction (group commit): one fsync for many jobs.
+in the next transaction (group commit): one fsync for many jobs; so are acks,
+and a consumer claims as many waiting messages as its prefetch has room for
+in one transaction.
 Times are wall-clock seconds because leases are shared between processes
 and must survive a restart of any of them. All SQLite work runs on one
 thread per broker object, off the event loop.
@@ -38,9 +40,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from jobs.batching import Batcher
 from jobs.routing import dead_queue, model_queue
 
 T = TypeVar("T")
+#: Most acks one transaction deletes.
+ACKS_PER_COMMIT = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -74,7 +79,11 @@ class EmbeddedDelivery:
             self._settled()
 
     async def ack(self) -> None:
-        await self._settle(_ack)
+        self._broker.held.pop(self._lease, None)
+        try:
+            await self._broker.acks((self._id, self._lease))
+        finally:
+            self._settled()
 
     async def retry(self) -> None:
         await self._settle(self._broker.requeue_or_kill)
@@ -98,6 +107,8 @@ class EmbeddedBroker:
         self._heartbeat: asyncio.Task[None] | None = None
         self._publishing: list[tuple[str, bytes, int, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
+        #: Acks arriving while one commit is in progress go together in the next (one fsync for many jobs).
+        self.acks: Batcher[tuple[int, str], None] = Batcher(self._ack_many, ACKS_PER_COMMIT, 1)
 
     async def start(self) -> None:
         if self._executor is not None:
@@ -156,39 +167,67 @@ class EmbeddedBroker:
                         done.set_result(None)
 
     async def consume(self, model: str, prefetch: int, *, dead: bool = False) -> AsyncIterator[EmbeddedDelivery]:
+        """Up to ``prefetch`` held at a time; as many as are free and waiting are claimed in one transaction."""
         queue = model_queue(self.queue, model)
         queue, limit = (dead_queue(queue), None) if dead else (queue, self.max_deliveries)
-        slots = asyncio.Semaphore(prefetch)
+        free = prefetch
+        settled = asyncio.Event()
+
+        def release() -> None:
+            nonlocal free
+            free += 1
+            settled.set()
+
         while True:
-            await slots.acquire()
-            claimed = await self.run(self._claim, queue, limit)
-            if claimed is None:
-                slots.release()
+            if free == 0:
+                settled.clear()
+                await settled.wait()
+                continue
+            claimed = await self._claim_or_hand_back(queue, limit, free)
+            if not claimed:
                 await asyncio.sleep(self.poll_interval_s)
                 continue
-            message_id, lease, body, attempt = claimed
-            self.held[lease] = message_id
-            yield EmbeddedDelivery(self, message_id, lease, body, attempt, slots.release)
+            for message_id, lease, body, attempt in claimed:
+                free -= 1
+                self.held[lease] = message_id
+                yield EmbeddedDelivery(self, message_id, lease, body, attempt, release)
 
-    def _claim(self, db: sqlite3.Connection, queue: str, limit: int | None) -> tuple[int, str, bytes, int] | None:
+    async def _claim_or_hand_back(self, queue: str, limit: int | None, most: int) -> list[tuple[int, str, bytes, int]]:
+        """Claim; a consumer stopped meanwhile hands the claimed messages straight back (uncounted)."""
+        claim = asyncio.ensure_future(self.run(self._claim, queue, limit, most))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            claimed = await claim
+            for message_id, lease, _, _ in claimed:
+                await self.run(_release, message_id, lease)
+            raise
+
+    def _claim(self, db: sqlite3.Connection, queue: str, limit: int | None,
+               most: int) -> list[tuple[int, str, bytes, int]]:
         now = time.time()
         ready = ("SELECT id, body, deliveries FROM messages WHERE queue = ? AND visible_at <= ? "
-                 "ORDER BY priority DESC, id LIMIT 1")
-        if db.execute(ready, (queue, now)).fetchone() is None:  # idle: no write lock taken
-            return None
+                 "ORDER BY priority DESC, id LIMIT ?")
+        if db.execute(ready, (queue, now, 1)).fetchone() is None:  # idle: no write lock taken
+            return []
+        claimed: list[tuple[int, str, bytes, int]] = []
         with _transaction(db):
-            while (row := db.execute(ready, (queue, now)).fetchone()) is not None:
-                message_id, body, deliveries = row
-                if limit is not None and deliveries >= limit:  # its holders kept dying: give up
-                    _kill(db, message_id, dead_queue(queue))
-                    continue
-                lease = uuid.uuid4().hex
-                db.execute(
-                    "UPDATE messages SET deliveries = deliveries + 1, visible_at = ?, lease = ? WHERE id = ?",
-                    (now + self.visibility_timeout_s, lease, message_id),
-                )
-                return message_id, lease, bytes(body), deliveries + 1
-        return None
+            while len(claimed) < most and (rows := db.execute(ready, (queue, now, most - len(claimed))).fetchall()):
+                for message_id, body, deliveries in rows:
+                    if limit is not None and deliveries >= limit:  # its holders kept dying: give up
+                        _kill(db, message_id, dead_queue(queue))
+                        continue
+                    lease = uuid.uuid4().hex
+                    db.execute(
+                        "UPDATE messages SET deliveries = deliveries + 1, visible_at = ?, lease = ? WHERE id = ?",
+                        (now + self.visibility_timeout_s, lease, message_id),
+                    )
+                    claimed.append((message_id, lease, bytes(body), deliveries + 1))
+        return claimed
+
+    async def _ack_many(self, acks: list[tuple[int, str]]) -> list[None]:
+        await self.run(_ack, acks)
+        return [None] * len(acks)
 
     def requeue_or_kill(self, db: sqlite3.Connection, message_id: int, lease: str) -> None:
         with _transaction(db):
@@ -240,8 +279,10 @@ def _kill(db: sqlite3.Connection, message_id: int, dead: str) -> None:
     )
 
 
-def _ack(db: sqlite3.Connection, message_id: int, lease: str) -> None:
-    db.execute("DELETE FROM messages WHERE id = ? AND lease = ?", (message_id, lease))
+def _ack(db: sqlite3.Connection, acks: list[tuple[int, str]]) -> None:
+    """Delete acked messages (those still leased to their acker: an expired lease's holder lost it)."""
+    with _transaction(db):
+        db.executemany("DELETE FROM messages WHERE id = ? AND lease = ?", acks)
 
 
 def _release(db: sqlite3.Connection, message_id: int, lease: str) -> None:

@@ -114,7 +114,7 @@ class Coalescer:
             if _refused(response):
                 raise WorkerRefused(response)
             response.raise_for_status()
-            answers = response.json()
+            answers = orjson.loads(response.content)
         except Exception as exc:
             for call in batch:
                 if not call.answer.done():

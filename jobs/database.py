@@ -119,6 +119,10 @@ class _Lazy(abc.ABC):
         """Open the connection(s) and bring the schema up to date."""
 
 
+async def _keep_session(connection: Any) -> None:
+    """What a connection needs on its way back to the pool besides the rollback asyncpg always does: nothing."""
+
+
 class PostgresDatabase(_Lazy):
     def __init__(self, url: str, pool_size: int) -> None:
         super().__init__()
@@ -129,7 +133,10 @@ class PostgresDatabase(_Lazy):
     async def _connect(self) -> None:
         import asyncpg
 
-        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, timeout=10)
+        # No reset query when a connection goes back to the pool (asyncpg's default costs a round trip per
+        # statement): these connections keep no session state, and an open transaction is still rolled back.
+        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, timeout=10,
+                                         reset=_keep_session)
         try:
             async with pool.acquire() as connection, connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock(4711001)")  # one migrator at a time

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
+from jobs.batching import Batcher
 from jobs.database import Database
 from jobs.errors import InvalidJob, JobNotFound
 from jobs.schema import ErrorInfo, JobSpec, JobState, JobStatus, utc_now
@@ -108,6 +110,70 @@ _STATUS_COLUMNS = (
     "cancel_requested, created_at, started_at, finished_at, updated_at, model_name, model_version, owner, priority, "
     "input_shape, result_model_name, result_model_version"
 )
+_RECORD_COLUMNS = f"{_STATUS_COLUMNS}, fingerprint, options, input_key, input_data, result, result_key"
+_INSERT_COLUMNS = (
+    "job_id, task, status, fingerprint, options, input_key, input_data, progress_total, owner, model_name, "
+    "model_version, created_at, updated_at, priority, input_shape"
+)
+_INSERT_WIDTH = _INSERT_COLUMNS.count(",") + 1
+#: A status write's values, in the order of the VALUES rows of ``_write_many``, with the types PostgreSQL needs
+#: to read parameters there (CAST reads the same in SQLite).
+_WRITE_COLUMNS = (
+    ("job_id", "TEXT"), ("status", "TEXT"), ("progress_done", "BIGINT"), ("progress_total", "BIGINT"),
+    ("attempts", "INTEGER"), ("error_code", "TEXT"), ("error_message", "TEXT"), ("started_at", "BIGINT"),
+    ("finished_at", "BIGINT"), ("updated_at", "BIGINT"), ("result", "TEXT"), ("result_key", "TEXT"),
+    ("result_model_name", "TEXT"), ("result_model_version", "TEXT"),
+)
+_CASTS = tuple(kind for _, kind in _WRITE_COLUMNS)
+#: Columns of a VALUES row are column1, column2, ... in both engines; a result is kept if the write has none.
+_WRITE_SETS = ", ".join(
+    f"{name} = COALESCE(v.column{n}, {name})" if name in ("result", "result_key") else f"{name} = v.column{n}"
+    for n, (name, _) in enumerate(_WRITE_COLUMNS, start=1) if name != "job_id"
+)
+_T = TypeVar("_T")
+
+
+def _padded(items: list[_T]) -> list[_T]:
+    """``items`` with the last repeated up to a power of two: a batch statement has a few shapes only, each
+    prepared once per connection (asyncpg caches prepared statements by their text)."""
+    return items + [items[-1]] * ((1 << (len(items) - 1).bit_length()) - len(items))
+
+
+def _placeholders(rows: int, columns: int, casts: tuple[str, ...] | None = None) -> str:
+    """``($1, $2), ($3, $4)``: ``rows`` VALUES rows of ``columns`` parameters, each CAST when ``casts`` name types."""
+    def one(n: int, column: int) -> str:
+        return f"CAST(${n} AS {casts[column]})" if casts else f"${n}"
+
+    return ", ".join(
+        "(" + ", ".join(one(row * columns + column + 1, column) for column in range(columns)) + ")"
+        for row in range(rows)
+    )
+
+
+def _unique_rounds(items: list[_T], key: Callable[[_T], str]) -> list[list[int]]:
+    """Indexes of ``items`` in rounds without a repeated ``key``: two writes of one job never share a statement."""
+    rounds: list[list[int]] = []
+    keys: list[set[str]] = []
+    for index, item in enumerate(items):
+        k = key(item)
+        free = next((n for n, taken in enumerate(keys) if k not in taken), len(keys))
+        if free == len(keys):
+            keys.append(set())
+            rounds.append([])
+        keys[free].add(k)
+        rounds[free].append(index)
+    return rounds
+
+
+def _shape(job: NewJob) -> str | None:
+    """The input shape ``job`` was accepted for, as the JSON the record keeps."""
+    return None if job.input_shape is None else orjson.dumps(list(job.input_shape)).decode()
+
+
+def _record(row: dict[str, Any]) -> JobRecord:
+    spec = JobSpec(job_id=row["job_id"], task=row["task"], input_key=row["input_key"],
+                   options=orjson.loads(row["options"]), fingerprint=row["fingerprint"], priority=row["priority"])
+    return JobRecord(_status(row), spec, _text(row["input_data"]), _text(row["result"]), row["result_key"])
 
 
 def encode_cursor(status: JobStatus) -> str:
@@ -131,34 +197,54 @@ class JobRecords:
         # A result the gateway would redirect to a presigned URL must be in the store.
         redirect = settings.job_result_redirect_bytes if store.presigns else settings.job_inline_result_bytes
         self.inline_result_bytes = min(settings.job_inline_result_bytes, redirect)
+        # Concurrent reads and writes of many jobs share statements (jobs.batching).
+        self.batch_rows = rows = settings.database_batch_rows
+        calls = settings.database_batch_calls
+        self._inserts: Batcher[tuple[NewJob, int], bool] = Batcher(self._insert_many, rows, calls)
+        self._writes: Batcher[tuple[JobStatus, str | None, str | None], bool] = Batcher(self._write_many, rows, calls)
+        self._statuses: Batcher[str, JobStatus | None] = Batcher(self._statuses_of, rows, calls)
+        self._records: Batcher[str, JobRecord | None] = Batcher(self._records_of, rows, calls)
 
     async def create(self, job: NewJob) -> tuple[JobStatus, JobRecord | None]:
         """Insert ``job`` as queued: its status, and the record already there if its id was taken."""
         now = _micros(utc_now())
         spec = job.spec
-        shape = None if job.input_shape is None else orjson.dumps(list(job.input_shape)).decode()
         status = _status({
             "job_id": spec.job_id, "task": spec.task, "status": "queued", "progress_done": 0,
             "progress_total": job.total, "attempts": 0, "error_code": None, "error_message": None,
             "cancel_requested": 0, "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
             "model_name": job.model_name, "model_version": job.model_version, "owner": job.owner,
-            "priority": spec.priority, "input_shape": shape, "result_model_name": None, "result_model_version": None,
+            "priority": spec.priority, "input_shape": _shape(job),
+            "result_model_name": None, "result_model_version": None,
         })
-        inserted = await self.db.execute(
-            "INSERT INTO jobs (job_id, task, status, fingerprint, options, input_key, input_data, progress_total, "
-            "owner, model_name, model_version, created_at, updated_at, priority, input_shape) "
-            "VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13) "
-            "ON CONFLICT (job_id) DO NOTHING",
-            spec.job_id, spec.task, spec.fingerprint, orjson.dumps(spec.options).decode(), spec.input_key,
-            None if job.input_data is None else job.input_data.decode(), job.total, job.owner, job.model_name,
-            job.model_version, now, spec.priority, shape,
-        )
+        inserted = await self._inserts((job, now))
         if inserted:
             return status, None
         existing = await self.get(spec.job_id)
         if existing is None:
             raise JobNotFound(f"job {spec.job_id} was taken and is gone")
         return status, existing
+
+    async def _insert_many(self, jobs: list[tuple[NewJob, int]]) -> list[bool]:
+        """One INSERT for ``jobs`` (each with its creation time): whether each was new (an id taken before, or
+        earlier in the batch, is not)."""
+        padded = _padded(jobs)
+        args: list[Any] = []
+        for job, now in padded:
+            spec = job.spec
+            args += [spec.job_id, spec.task, "queued", spec.fingerprint, orjson.dumps(spec.options).decode(),
+                     spec.input_key, None if job.input_data is None else job.input_data.decode(), job.total,
+                     job.owner, job.model_name, job.model_version, now, now, spec.priority, _shape(job)]
+        rows = await self.db.fetch(
+            f"INSERT INTO jobs ({_INSERT_COLUMNS}) VALUES {_placeholders(len(padded), _INSERT_WIDTH)} "
+            "ON CONFLICT (job_id) DO NOTHING RETURNING job_id", *args,
+        )
+        new = {row["job_id"] for row in rows}
+        answers = []
+        for job, _ in jobs:
+            answers.append(job.spec.job_id in new)
+            new.discard(job.spec.job_id)
+        return answers
 
     async def requeue_unpublished(self, job_id: str) -> JobStatus | None:
         """A job whose first publish failed, queued again for a retried submission."""
@@ -170,19 +256,31 @@ class JobRecords:
         return await self.status(job_id)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        row = await self.db.fetchrow(
-            f"SELECT {_STATUS_COLUMNS}, fingerprint, options, input_key, input_data, result, result_key "
-            "FROM jobs WHERE job_id = $1", job_id,
-        )
-        if row is None:
-            return None
-        spec = JobSpec(job_id=job_id, task=row["task"], input_key=row["input_key"],
-                       options=orjson.loads(row["options"]), fingerprint=row["fingerprint"], priority=row["priority"])
-        return JobRecord(_status(row), spec, _text(row["input_data"]), _text(row["result"]), row["result_key"])
+        return await self._records(job_id)
 
     async def status(self, job_id: str) -> JobStatus | None:
-        row = await self.db.fetchrow(f"SELECT {_STATUS_COLUMNS} FROM jobs WHERE job_id = $1", job_id)
-        return None if row is None else _status(row)
+        return await self._statuses(job_id)
+
+    async def _records_of(self, job_ids: list[str]) -> list[JobRecord | None]:
+        found = {row["job_id"]: _record(row) for row in await self._rows(_RECORD_COLUMNS, job_ids)}
+        return [found.get(job_id) for job_id in job_ids]
+
+    async def _statuses_of(self, job_ids: list[str]) -> list[JobStatus | None]:
+        found = {row["job_id"]: _status(row) for row in await self._rows(_STATUS_COLUMNS, job_ids)}
+        return [found.get(job_id) for job_id in job_ids]
+
+    async def finished_among(self, job_ids: list[str]) -> set[str]:
+        """Those of ``job_ids`` that finished, ``DATABASE_BATCH_ROWS`` per statement."""
+        done: set[str] = set()
+        for start in range(0, len(job_ids), self.batch_rows):
+            rows = await self._rows("job_id", job_ids[start:start + self.batch_rows], f"AND NOT {_NOT_FINISHED}")
+            done.update(row["job_id"] for row in rows)
+        return done
+
+    async def _rows(self, columns: str, job_ids: list[str], condition: str = "") -> list[dict[str, Any]]:
+        padded = _padded(job_ids)
+        marks = ", ".join(f"${n}" for n in range(1, len(padded) + 1))
+        return await self.db.fetch(f"SELECT {columns} FROM jobs WHERE job_id IN ({marks}) {condition}", *padded)
 
     async def save(self, current: JobStatus, /, **changes: Any) -> JobStatus | None:
         """Write ``current`` with ``changes`` and a fresh ``updated_at``; None if the job finished meanwhile."""
@@ -192,19 +290,28 @@ class JobRecords:
         return status
 
     async def _write(self, status: JobStatus, result: bytes | None = None, result_key: str | None = None) -> bool:
-        error = status.error
-        return bool(await self.db.execute(
-            "UPDATE jobs SET status = $2, progress_done = $3, progress_total = $4, attempts = $5, error_code = $6, "
-            "error_message = $7, started_at = $8, finished_at = $9, updated_at = $10, "
-            "result = COALESCE($11, result), result_key = COALESCE($12, result_key), "
-            "result_model_name = $13, result_model_version = $14 "
-            f"WHERE job_id = $1 AND {_NOT_FINISHED}",
-            status.job_id, status.status, status.progress.done, status.progress.total, status.attempts,
-            None if error is None else error.code, None if error is None else error.message,
-            _stamp(status.started_at), _stamp(status.finished_at), _stamp(status.updated_at),
-            None if result is None else result.decode(), result_key, status.result_model_name,
-            status.result_model_version,
-        ))
+        return await self._writes((status, None if result is None else result.decode(), result_key))
+
+    async def _write_many(self, writes: list[tuple[JobStatus, str | None, str | None]]) -> list[bool]:
+        """Each write applied unless its job finished: one UPDATE per round of distinct jobs (usually one)."""
+        applied = [False] * len(writes)
+        for indexes in _unique_rounds(writes, lambda write: write[0].job_id):
+            batch = _padded([writes[index] for index in indexes])
+            args: list[Any] = []
+            for status, result, result_key in batch:
+                error = status.error
+                args += [status.job_id, status.status, status.progress.done, status.progress.total, status.attempts,
+                         None if error is None else error.code, None if error is None else error.message,
+                         _stamp(status.started_at), _stamp(status.finished_at), _stamp(status.updated_at),
+                         result, result_key, status.result_model_name, status.result_model_version]
+            rows = await self.db.fetch(
+                f"UPDATE jobs SET {_WRITE_SETS} FROM (VALUES {_placeholders(len(batch), len(_WRITE_COLUMNS), _CASTS)}) "
+                f"AS v WHERE jobs.job_id = v.column1 AND jobs.{_NOT_FINISHED} RETURNING job_id", *args,
+            )
+            done = {row["job_id"] for row in rows}
+            for index in indexes:
+                applied[index] = writes[index][0].job_id in done
+        return applied
 
     async def fail(self, status: JobStatus, code: str, message: str) -> JobStatus | None:
         return await self.save(status, status="failed", error=ErrorInfo(code=code, message=message),
@@ -245,8 +352,8 @@ class JobRecords:
         )
 
     async def cancel_requested(self, job_id: str) -> bool:
-        row = await self.db.fetchrow("SELECT cancel_requested FROM jobs WHERE job_id = $1", job_id)
-        return row is not None and bool(row["cancel_requested"])
+        status = await self.status(job_id)
+        return status is not None and status.cancel_requested
 
     async def list(
         self, *, status: JobState | None = None, task: str | None = None, model: str | None = None,

@@ -46,6 +46,7 @@ from jobs.schema import JobSpec, JobState, JobStatus, JobSubmission, validate
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, job_key
 from jobs.tasks import TASKS, TaskType, import_task_modules
+from jobs.waiting import FinishedWatch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class JobService:
         self.store = store
         self.database = database
         self.records = JobRecords(database, store, settings)
+        self.finished = FinishedWatch(self.records.finished_among, settings.job_result_poll_s)
         self.broker = broker
         self.metrics = metrics
         self._broker_started = False
@@ -82,6 +84,7 @@ class JobService:
         return cls(settings, store, broker, create_database(settings), JobsMetrics(registry), served_model)
 
     async def close(self) -> None:
+        await self.finished.close()
         if self._broker_started:
             await self.broker.close()
         await self.database.close()
@@ -200,8 +203,13 @@ class JobService:
         """Newest first; the next page's cursor, None on the last page."""
         return await self.records.list(status=status, task=task, model=model, owner=owner, limit=limit, cursor=cursor)
 
-    async def result(self, job_id: str, owner: str | None = None) -> bytes | str:
-        """The result's JSON, or a presigned URL when it is large and the store can sign."""
+    async def result(self, job_id: str, owner: str | None = None, wait_s: float = 0.0) -> bytes | str:
+        """The result's JSON, or a presigned URL when it is large and the store can sign.
+
+        With ``wait_s``, an unfinished job is waited for that long (at most JOB_RESULT_MAX_WAIT_S) first.
+        """
+        if wait_s > 0 and not (await self.status(job_id, owner)).finished:
+            await self.finished.wait(job_id, min(wait_s, self.settings.job_result_max_wait_s))
         record = await self.records.get(check_job_id(job_id))
         if record is None or (owner is not None and record.status.owner != owner):
             raise JobNotFound(f"no job {job_id!r}")

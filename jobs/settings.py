@@ -42,6 +42,13 @@ class JobsSettings(BaseSettings):
         "unset: SQLite in JOBS_DIR (one machine only).",
     )
     database_pool_size: int = Field(10, ge=1, description="PostgreSQL connections per process.")
+    database_batch_rows: int = Field(
+        64, ge=1, description="Most jobs one database statement reads or writes: reads and writes of jobs arriving "
+        "while earlier statements are in flight go together in the next one.",
+    )
+    database_batch_calls: int = Field(
+        2, ge=1, description="Statements of one kind (job inserts, status writes, reads) one process has in flight.",
+    )
     job_inline_input_bytes: int = Field(
         256 * 1024, ge=0, description="Inline rows up to this size live in the job's database record; "
         "larger ones go to the store.",
@@ -54,6 +61,13 @@ class JobsSettings(BaseSettings):
     job_priority_levels: int = Field(
         2, ge=1, description="Priority levels of jobs (priority 0 to this minus 1); a higher one overtakes queued "
         "lower ones.",
+    )
+    job_result_max_wait_s: float = Field(
+        60.0, ge=0, description="Longest wait= a GET /jobs/<id>/result may ask for (the job finishing meanwhile).",
+    )
+    job_result_poll_s: float = Field(
+        0.1, gt=0, description="How often the gateway looks for finished jobs while result requests wait "
+        "(one read for all of them).",
     )
     job_chunk_rows: int = Field(256, ge=1, description="Rows per /batch_predict call a job makes to its worker.")
     job_max_rows: int = Field(100_000, ge=1, description="Rows one job may carry, inline or by input_uri.")

@@ -8,6 +8,14 @@ only then ack. A crash anywhere before the ack
 means the message is delivered again, and a finished job is never run twice:
 at-least-once delivery, exactly one visible result.
 
+A job's message can be duplicated (a publish whose confirm was lost in a broker
+outage is sent again; a redelivery after a lost ack), and one sidecar may hold
+both copies at once, while the record still says running. A sidecar keeps the
+ids of the jobs it is running: a second delivery of one of them waits for that
+run to end, then is settled as any delivery (the job finished: ack). Two
+sidecars holding the two copies can still both run the job; its result is
+written once (a finished record is never written again).
+
 A failing attempt is retried (after JOB_RETRY_DELAY_S times its number) until
 the broker dead-letters the message; the sidecar also reads the dead-letter
 queue and marks those jobs failed with their last error.
@@ -40,6 +48,7 @@ from typing import Any
 
 import httpx
 import orjson
+import uvloop
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import BaseModel, ValidationError
 
@@ -88,6 +97,8 @@ class Sidecar:
         self.coalescer = Coalescer(self.worker, settings.job_chunk_rows, settings.sidecar_worker_calls)
         self._slots = asyncio.Semaphore(settings.sidecar_concurrency)
         self._running: set[asyncio.Task[None]] = set()
+        #: Job id -> set when this sidecar's run of that job ends: a duplicate delivery waits for it.
+        self._runs: dict[str, asyncio.Event] = {}
         import_task_modules(settings.job_task_modules)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -231,6 +242,16 @@ class Sidecar:
             log.error("dropping a message that is not a job: %r", delivery.body[:200])
             await delivery.ack()
             return
+        while (other := self._runs.get(spec.job_id)) is not None:  # a duplicate of a job running here
+            await other.wait()
+        self._runs[spec.job_id] = ended = asyncio.Event()
+        try:
+            await self._process_job(delivery, spec, model)
+        finally:
+            del self._runs[spec.job_id]
+            ended.set()
+
+    async def _process_job(self, delivery: Delivery, spec: JobSpec, model: ModelIdentity) -> None:
         record = await self.records.get(spec.job_id)
         if record is None:
             # Not ours to drop: most likely another deployment's job, on a broker shared with separate databases.
@@ -296,7 +317,7 @@ class Sidecar:
             await self.records.succeed(run.status, record.spec, output, (model.name, model.version))
             await delivery.ack()
             self.metrics.count("succeeded")
-            log.info("job %s succeeded", spec.job_id)
+            log.debug("job %s succeeded", spec.job_id)  # one line per job would cost more than the job
 
     async def _rows(self, record: JobRecord, row_model: type[BaseModel]) -> list[Any]:
         data = record.input_data
@@ -399,7 +420,7 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await sidecar.run(stop)
 
-    asyncio.run(serve())
+    uvloop.run(serve())
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.jobs_bench import run_jobs_bench
 from jobs.settings import JobsSettings
 from tests.jobs.conftest import gateway, sidecar
 
 
-async def test_the_jobs_benchmark_runs(jobs_settings: JobsSettings) -> None:
+@pytest.mark.parametrize("wait", [True, False], ids=["result-wait", "status-polls"])
+async def test_the_jobs_benchmark_runs(jobs_settings: JobsSettings, wait: bool) -> None:
     async with gateway(jobs_settings) as client, sidecar(jobs_settings):
-        result = await run_jobs_bench(str(client.base_url), jobs=20, concurrency=10, poll_s=0.1, timeout_s=60)
+        result = await run_jobs_bench(str(client.base_url), jobs=20, concurrency=10, poll_s=0.1, timeout_s=60,
+                                      wait=wait)
     assert result["succeeded"] == 20 and result["jobs_per_s"] > 0 and result["p99_ms"] >= result["p50_ms"]

@@ -107,3 +107,17 @@ async def test_each_model_has_its_own_queue_and_dead_letter_queue(broker: Embedd
     assert await broker.count("mlp") == 0 and await broker.count("mlp", dead=True) == 1
     assert await broker.count("iris") == 1 and await broker.count("iris", dead=True) == 0
     assert (await first(broker.consume("iris", 1))).body == b"for iris"
+
+
+async def test_a_consumer_holds_at_most_its_prefetch_and_acks_commit_together(broker: EmbeddedBroker) -> None:
+    await asyncio.gather(*(broker.publish(MODEL, f"job-{n}".encode()) for n in range(5)))
+    deliveries = broker.consume(MODEL, 3)
+    held = [await first(deliveries) for _ in range(3)]
+    assert [delivery.body for delivery in held] == [b"job-0", b"job-1", b"job-2"]
+    fourth = asyncio.ensure_future(anext(deliveries))
+    await asyncio.sleep(0.2)
+    assert not fourth.done()  # the prefetch is full
+    await asyncio.gather(*(delivery.ack() for delivery in held))
+    assert await broker.count(MODEL) == 2
+    rest = [await asyncio.wait_for(fourth, 5), await first(deliveries)]
+    assert sorted(delivery.body for delivery in rest) == [b"job-3", b"job-4"]

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from jobs.settings import JobsSettings
+from jobs.sidecar import Sidecar
 from jobs.store import ArtifactStore
 from tests.jobs.conftest import broker_of, embedded_settings, finished, gateway, sidecar, wait_for_job
 from tests.jobs.fake_worker import FAKE_MODEL, FakeWorker
@@ -145,6 +146,37 @@ async def test_idempotent_resubmission_returns_the_same_job(jobs_settings: JobsS
             assert await broker.count(FAKE_MODEL) == 1
 
 
+def jobs_counted(runner: Sidecar, state: str) -> float:
+    """The sidecar's ``jobs_total{state}``."""
+    return sum(sample.value for metric in runner.metrics.jobs.collect() for sample in metric.samples
+               if sample.name == "jobs_total" and sample.labels == {"state": state})
+
+
+async def test_two_deliveries_of_one_job_on_one_sidecar_run_it_once(tmp_path: Path, fake_worker: FakeWorker) -> None:
+    """A duplicated message (a publish sent again after a lost confirm) held together with the first copy: the
+    second waits for the first's run, then finds the job finished and is acked."""
+    settings = embedded_settings(tmp_path, fake_worker.url)
+    fake_worker.delay_s = 0.3  # the run is still going when the copy is handled
+    async with gateway(settings) as client:
+        job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()
+        async with broker_of(settings) as broker:
+            deliveries = broker.consume(FAKE_MODEL, 1)
+            message = await anext(deliveries)
+            await message.release()
+            await deliveries.aclose()
+            await broker.publish(FAKE_MODEL, message.body)  # the same body twice, claimed together
+            async with sidecar(settings) as runner:
+                status = await wait_for_job(client, job["job_id"], finished)
+                for _ in range(200):  # the copy is settled once the run ended
+                    if await broker.count(FAKE_MODEL) == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await broker.count(FAKE_MODEL) == 0
+    assert status["status"] == "succeeded" and status["attempts"] == 1, status
+    assert fake_worker.rows_seen == len(ROWS)
+    assert jobs_counted(runner, "running") == jobs_counted(runner, "succeeded") == 1
+
+
 async def test_cancel_a_queued_job_and_it_never_runs(jobs_settings: JobsSettings, fake_worker: FakeWorker) -> None:
     async with gateway(jobs_settings) as client:
         job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()
@@ -215,3 +247,24 @@ async def test_a_large_result_is_a_redirect_where_the_store_can_sign(jobs_settin
             assert answer.status_code == 307
             answer = await client.get(answer.headers["location"])
         assert answer.status_code == 200 and answer.json()["job_id"] == job["job_id"]
+
+
+async def test_a_result_request_with_wait_answers_once_the_job_finishes(jobs_settings: JobsSettings) -> None:
+    async with gateway(jobs_settings) as client:
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()["job_id"]
+        short = await client.get(f"/jobs/{job_id}/result", params={"wait": "0.2"})
+        assert short.status_code == 409 and short.json()["error"]["code"] == "job_not_finished"
+
+        waiting = asyncio.ensure_future(client.get(f"/jobs/{job_id}/result", params={"wait": "30"}))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        async with sidecar(jobs_settings):
+            result = await asyncio.wait_for(waiting, 30)
+        assert result.status_code == 200, result.text
+        assert [row["prediction"] for row in result.json()["output"]] == expected(ROWS)
+
+        for bad in ("-1", "soon", "nan", "inf"):
+            answer = await client.get(f"/jobs/{job_id}/result", params={"wait": bad})
+            assert answer.status_code == 422 and answer.json()["error"]["message"].startswith("wait")
+        missing = await client.get(f"/jobs/{'0' * 32}/result", params={"wait": "5"})
+        assert missing.status_code == 404

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 
 import pytest
 
@@ -125,5 +126,38 @@ async def test_a_database_of_the_first_schema_is_migrated_keeping_its_jobs(jobs_
         assert status.input_shape is None and status.result_model_name is None
         versions = await database.fetch("SELECT version FROM schema_version")
         assert sorted(row["version"] for row in versions) == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        await database.close()
+
+
+async def test_jobs_written_together_share_a_statement_and_each_gets_its_own_answer(
+        jobs_settings: JobsSettings) -> None:
+    """Concurrent inserts and status writes are batched (jobs.batching): a taken id, a finished job and two
+    writes of one job in the same batch still behave as if written one at a time, input shape and result model
+    included."""
+    database = create_database(jobs_settings)
+    records = JobRecords(database, ArtifactStore.from_settings(jobs_settings), jobs_settings)
+    try:
+        jobs = [replace(_job(n, None), input_shape=(4,)) for n in [0, 1, 2, 1]]
+        created = await asyncio.gather(*(records.create(job) for job in jobs))
+        assert [existing is None for _, existing in created] == [True, True, True, False]
+        assert created[3][1] is not None and created[3][1].spec.job_id == _job(1, None).spec.job_id
+        statuses = [status for status, _ in created[:3]]
+        assert await records.save(statuses[2], status="cancelled") is not None
+        written = await asyncio.gather(
+            records.save(statuses[0], status="running", attempts=1),
+            records.save(statuses[0], status="running", attempts=2),
+            records.succeed(statuses[1], _job(1, None).spec, ["answer"], computed_by=("m", "2")),
+            records.save(statuses[2], status="running"),  # finished: not written
+        )
+        assert [status is not None for status in written] == [True, True, True, False]
+        now = await asyncio.gather(*(records.status(status.job_id) for status in statuses))
+        assert [(status.status, status.attempts) for status in now] == [
+            ("running", 2), ("succeeded", 0), ("cancelled", 0)]
+        assert all(tuple(status.input_shape or ()) == (4,) for status in now)
+        assert (now[1].result_model_name, now[1].result_model_version) == ("m", "2")
+        record = await records.get(statuses[1].job_id)
+        assert record is not None and record.result is not None and b'"answer"' in record.result
+        assert await records.status("0" * 32) is None
     finally:
         await database.close()
