@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.asgi_body import BodyAborted, BodyTooLarge, read_asgi_body
 from worker.errors import ClientGone, PayloadTooLarge, WorkerError
 from worker.metrics import WorkerMetrics
 from worker.responses import error_response
@@ -32,21 +33,14 @@ Handle = Callable[[bytes, bytes], Awaitable[Any]]
 
 async def read_body(receive: Receive, declared: str | bytes | None, limit: int) -> bytes:
     """The request body, at most ``limit`` bytes (413 otherwise, before reading when declared larger)."""
-    if declared and declared.isdigit() and int(declared) > limit:
-        declared = declared.decode() if isinstance(declared, bytes) else declared
-        raise PayloadTooLarge(f"body of {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone("the client closed the connection before its body arrived")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if isinstance(declared, str):
+        declared = declared.encode("latin-1")
+    try:
+        return await read_asgi_body(receive, declared if declared and declared.isdigit() else None, limit)
+    except BodyTooLarge as exc:
+        raise PayloadTooLarge(str(exc)) from None
+    except BodyAborted:
+        raise ClientGone("the client closed the connection before its body arrived") from None
 
 
 class PredictionRoute:
