@@ -362,22 +362,27 @@ def outage_row(name: str, counts: dict, jobs: int, detail: str) -> Row:
     return Row(name, jobs, counts["failed"], counts["wrong"], counts["last_s"], note, bad == 0, lost=counts["lost"])
 
 
+async def _outage_of(args: argparse.Namespace, env: dict[str, str], log_name: str, jobs: int, spread_s: float,
+                     down_s: float, stop: Callable[[], None], start: Callable[[], None]) -> dict:
+    """A stack of its own with ``env``, under job load, while ``stop`` ... ``down_s`` ... ``start`` break a server."""
+    env = {**env, "JOBS_DIR": str(Path(args.log_dir) / f"jobs-{time.time_ns()}")}
+    stack = await asyncio.to_thread(start_stack, Path(args.log_dir), env, True, log_name)
+    try:
+        return await outage(stack.url, jobs, spread_s, down_s, stop, start, timeout_s=120, rows_per_job=ROWS_PER_JOB)
+    finally:
+        terminate(stack.launcher, timeout_s=30)
+
+
 async def broker_restart(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
                          down_s: float) -> Row:
     """A stack on a RabbitMQ node of its own (never the shared one): ``stop_app``, ``down_s``, ``start_app``."""
-    log_dir = Path(args.log_dir)
     with tempfile.TemporaryDirectory(prefix="chaos-rabbitmq-") as folder:
         node = RabbitNode(Path(folder))
         await asyncio.to_thread(node.start)
         try:
-            env = {**env, "AMQP_URL": f"{node.url}?reconnect_interval=1", "JOB_QUEUE": f"chaos-{time.time_ns()}",
-                   "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}")}
-            stack = await asyncio.to_thread(start_stack, log_dir, env, True, "launcher-broker.log")
-            try:
-                counts = await outage(stack.url, jobs, spread_s, down_s, node.stop_app, node.start_app,
-                                      timeout_s=120, rows_per_job=ROWS_PER_JOB)
-            finally:
-                terminate(stack.launcher, timeout_s=30)
+            env = {**env, "AMQP_URL": f"{node.url}?reconnect_interval=1", "JOB_QUEUE": f"chaos-{time.time_ns()}"}
+            counts = await _outage_of(args, env, "launcher-broker.log", jobs, spread_s, down_s,
+                                      node.stop_app, node.start_app)
         finally:
             await asyncio.to_thread(node.close)
     return outage_row(BROKER_ROW, counts, jobs,
@@ -388,19 +393,13 @@ async def broker_restart(args: argparse.Namespace, env: dict[str, str], jobs: in
 async def store_restart(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
                         down_s: float) -> Row:
     """A stack whose every job input and result is an S3 object (s3rver, on disk): the server stopped, restarted."""
-    log_dir = Path(args.log_dir)
     with tempfile.TemporaryDirectory(prefix="chaos-s3-") as folder:
         server = S3Server(Path(folder))
         await asyncio.to_thread(server.start)
         try:
-            env = {**env, **server.env, "JOB_INLINE_INPUT_BYTES": "0", "JOB_INLINE_RESULT_BYTES": "0",
-                   "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}")}
-            stack = await asyncio.to_thread(start_stack, log_dir, env, True, "launcher-store.log")
-            try:
-                counts = await outage(stack.url, jobs, spread_s, down_s, server.stop, server.start,
-                                      timeout_s=120, rows_per_job=ROWS_PER_JOB)
-            finally:
-                terminate(stack.launcher, timeout_s=30)
+            env = {**env, **server.env, "JOB_INLINE_INPUT_BYTES": "0", "JOB_INLINE_RESULT_BYTES": "0"}
+            counts = await _outage_of(args, env, "launcher-store.log", jobs, spread_s, down_s,
+                                      server.stop, server.start)
         finally:
             await asyncio.to_thread(server.stop)
     return outage_row(STORE_ROW, counts, jobs,

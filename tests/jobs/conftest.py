@@ -175,10 +175,12 @@ async def gateway(settings: JobsSettings, **gateway_changes: Any) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
-async def sidecar(settings: JobsSettings) -> AsyncIterator[Sidecar]:
-    """A sidecar in this process; it stops as on SIGTERM when the block ends."""
-    runner = Sidecar(settings, ArtifactStore.from_settings(settings), create_broker(settings),
-                     create_database(settings), JobsMetrics(CollectorRegistry()))
+async def sidecar(settings: JobsSettings, *, patient_store: bool = False) -> AsyncIterator[Sidecar]:
+    """A sidecar in this process; it stops as on SIGTERM when the block ends. ``patient_store``: its store
+    retries for SIDECAR_STORE_RETRY_S, as ``python -m jobs.sidecar`` builds it."""
+    store = ArtifactStore.from_settings(settings, retry_s=settings.sidecar_store_retry_s if patient_store else None)
+    runner = Sidecar(settings, store, create_broker(settings), create_database(settings),
+                     JobsMetrics(CollectorRegistry()))
     stop = asyncio.Event()
     running = asyncio.create_task(runner.run(stop))
     try:

@@ -7,22 +7,14 @@ the S3 server is s3rver, which keeps its objects on disk across a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
 from bench.outage_servers import RabbitNode, S3Server, rabbitmq_bin, s3rver_bin
-from jobs.broker import create_broker
-from jobs.database import create_database
-from jobs.metrics import JobsMetrics
-from jobs.settings import JobsSettings
-from jobs.sidecar import Sidecar
-from jobs.store import ArtifactStore
 from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, wait_for_job
 from tests.jobs.fake_worker import FakeWorker
 from tests.support import free_port
@@ -122,20 +114,6 @@ async def test_jobs_survive_a_broker_restart(rabbit_node: RabbitNode, fake_worke
     assert fake_worker.rows_seen == 3 * len(ROWS)
 
 
-@contextlib.asynccontextmanager
-async def patient_sidecar(settings: JobsSettings) -> AsyncIterator[Sidecar]:
-    """A sidecar as ``python -m jobs.sidecar`` builds it: its store retries for SIDECAR_STORE_RETRY_S."""
-    runner = Sidecar(settings, ArtifactStore.from_settings(settings, retry_s=settings.sidecar_store_retry_s),
-                     create_broker(settings), create_database(settings), JobsMetrics(CollectorRegistry()))
-    stop = asyncio.Event()
-    running = asyncio.create_task(runner.run(stop))
-    try:
-        yield runner
-    finally:
-        stop.set()
-        await running
-
-
 async def test_a_store_restart_delays_jobs_without_spending_their_deliveries(
     s3_server: S3Server, fake_worker: FakeWorker, tmp_path: Path
 ) -> None:
@@ -149,7 +127,7 @@ async def test_a_store_restart_delays_jobs_without_spending_their_deliveries(
         queued = await submit_until_accepted(client, body, "queued")  # its rows are an object in the store
         await asyncio.to_thread(s3_server.stop)
         assert_retry_later(await client.post("/jobs", json=body, headers={"Idempotency-Key": "during"}))
-        async with patient_sidecar(settings):
+        async with sidecar(settings, patient_store=True):
             await wait_for_job(client, queued["job_id"], lambda s: s["status"] == "running")
             await asyncio.sleep(1.0)  # the sidecar is retrying the store meanwhile
             await asyncio.to_thread(s3_server.start)
