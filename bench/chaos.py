@@ -573,6 +573,10 @@ DOC_TAIL = """
   the slow worker does not take queues on the fast ones. Over runs on this shared 2-core machine
   the gain in throughput varied (from none to about 1.5x); the share to the slow worker was always
   far lower (7-13 % against 33 %).
+  With `GATEWAY_BATCHING` on (the default) single-row `/predict` load goes through the batcher,
+  which always picks the worker with the fewest in flight, so both rows above send the slow
+  worker almost nothing; `BALANCER` decides for requests that go alone (other routes, rows that
+  are not plain, batching off), which is where those shares were measured.
 
 - **Sidecar kill -9** (embedded broker): the jobs the sidecar held stay leased until their lease
   expires without its heartbeat (`EMBEDDED_VISIBILITY_TIMEOUT_S`, 3 s here), then another sidecar
