@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jobs.batching import Batcher
+from jobs.database import use_wal
 from jobs.routing import dead_queue, model_queue
 
 T = TypeVar("T")
@@ -137,7 +138,7 @@ class EmbeddedBroker:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            use_wal(db)
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
             if "priority" not in {column[1] for column in db.execute("PRAGMA table_info(messages)")}:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +74,24 @@ MIGRATIONS: list[str] = [
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+#: The switch to WAL takes an exclusive lock without waiting on SQLite's busy timeout, so processes and
+#: threads opening the same fresh file at once (``make run``'s gateway and sidecars, two sidecars in one
+#: test) take turns, for up to ~5 s, instead of failing with "database is locked".
+WAL_TRIES, WAL_WAIT_S = 50, 0.1
+
+
+def use_wal(db: sqlite3.Connection) -> None:
+    """Switch a new file to WAL, taking turns with other openers (blocking: for a connection's own thread)."""
+    for attempt in range(1, WAL_TRIES + 1):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_TRIES:
+                raise
+            time.sleep(WAL_WAIT_S)
 
 
 class Database(Protocol):
@@ -218,17 +237,15 @@ class SqliteDatabase(_Lazy):
 
     @staticmethod
     async def _use_wal(db: Any) -> None:
-        """Switch a new file to WAL. The switch takes an exclusive lock without waiting on SQLite's busy
-        timeout, so processes opening the same fresh file at once (``make run``'s gateway and sidecars)
-        take turns here, for up to ~5 s, instead of failing with "database is locked"."""
-        for attempt in range(1, 51):
+        """Switch a new file to WAL, taking turns with other openers (see :func:`use_wal`)."""
+        for attempt in range(1, WAL_TRIES + 1):
             try:
                 await db.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 50:
+                if "locked" not in str(exc) or attempt == WAL_TRIES:
                     raise
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(WAL_WAIT_S)
 
     async def execute(self, sql: str, *args: Any) -> int:
         await self._ensure()

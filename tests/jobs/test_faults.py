@@ -18,7 +18,7 @@ ROWS = [{"input_data": [1.0, 2.0, 3.0, float(i)]} for i in range(20)]  # 10 chun
 async def test_a_job_survives_its_sidecar_killed_mid_run(
     jobs_settings: JobsSettings, fake_worker: FakeWorker, tmp_path: Path
 ) -> None:
-    fake_worker.delay_s = 0.3
+    fake_worker.delay_s = 1.0  # 10 chunks, 2 calls at a time: ~5 s, so the kill lands mid-run on a loaded machine
     async with gateway(jobs_settings) as client:
         job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()
         doomed = sidecar_process(jobs_settings, tmp_path / "doomed.log")
