@@ -315,8 +315,8 @@ class Sidecar:
             await delivery.retry()
         else:
             await self.records.succeed(run.status, record.spec, output, (model.name, model.version))
+            self.metrics.count("succeeded")  # counted as recorded: a client may see the record before the ack
             await delivery.ack()
-            self.metrics.count("succeeded")
             log.debug("job %s succeeded", spec.job_id)  # one line per job would cost more than the job
 
     async def _rows(self, record: JobRecord, row_model: type[BaseModel]) -> list[Any]:
@@ -336,8 +336,8 @@ class Sidecar:
 
     async def _finish(self, delivery: Delivery, status: JobStatus, state: str, error: ErrorInfo | None = None) -> None:
         await self.records.save(status, status=state, finished_at=utc_now(), error=error)
-        await delivery.ack()
         self.metrics.count(state)
+        await delivery.ack()
         log.info("job %s %s", status.job_id, state)
 
     async def _consume_dead_letters(self, model: ModelIdentity) -> None:
