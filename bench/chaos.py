@@ -31,7 +31,7 @@ import httpx
 from bench.chaos_jobs import outage, sidecar_kill_9
 from bench.hammer import Tally, comparable, hammer
 from bench.outage_servers import RabbitNode, S3Server, rabbitmq_bin, s3rver_bin
-from bench.stack import REPO, terminate
+from bench.stack import REPO, children_running, terminate
 
 DOC = REPO / "docs" / "reliability.md"
 
@@ -61,16 +61,8 @@ class Stack:
 
     def child_pid(self, module: bytes) -> int:
         """The first child of the launcher running ``python -m <module>``."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == self.launcher.pid and module in argv:
-                return int(entry.name)
+        for pid in children_running(self.launcher.pid, module):
+            return pid
         raise RuntimeError(f"no {module.decode()} process under the launcher")
 
     def worker_pid(self, index: int) -> int:

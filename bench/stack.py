@@ -52,6 +52,22 @@ def terminate(process: subprocess.Popen, timeout_s: float = 15.0, *, signalled: 
     return process.returncode
 
 
+def children_running(parent_pid: int, module: bytes) -> list[int]:
+    """The pids of ``parent_pid``'s children running ``python -m <module>`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        if ppid == parent_pid and module in argv and b"-m" in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, all its threads (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.stack import children_running
 from launcher.__main__ import build_children, parse_args
 from launcher.gateways import metrics_folder
 from tests.support import JAX_CACHE_DIR, free_port_run, start_process, stop_process, wait_until
@@ -62,18 +63,7 @@ def test_the_metrics_folder_is_temporary_unless_given(tmp_path: Path) -> None:
 
 def _gateway_pids(launcher_pid: int) -> set[int]:
     """The launcher's children running ``python -m gateway``."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if ppid == launcher_pid and b"gateway" in argv and b"-m" in argv:
-            pids.add(int(entry.name))
-    return pids
+    return set(children_running(launcher_pid, b"gateway"))
 
 
 def _two_gateways_without(launcher_pid: int, gone: set[int]) -> set[int] | None:
