@@ -3,8 +3,8 @@
 A queue is ``<JOB_QUEUE>.<model name>``, its dead letters ``<that>.dead``. Model names
 are the model's own (any text), queue names are not: RabbitMQ takes at most 255 bytes
 and the ``.`` separates the suffixes. So a name is percent-encoded to
-``[A-Za-z0-9_-]`` and ``%XX`` (injective: two names never share a queue, and ``iris``
-stays ``jobs.iris``); an encoding too long to fit with ``.dead`` is cut and ends in
+``[A-Za-z0-9_-]`` and ``%XX`` (injective: two names never share a queue, and a
+plain name such as ``my-model`` stays ``jobs.my-model``); an encoding too long to fit with ``.dead`` is cut and ends in
 ``~`` and a hash of the name (``~`` is never part of an encoding, so a cut name cannot
 equal a whole one).
 
