@@ -97,7 +97,20 @@ class RabbitNode:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
         return result.stdout
 
-    def start(self) -> RabbitNode:
+    def start(self, tries: int = 3) -> RabbitNode:
+        """Start the node; a port taken between picking it and the node's bind gets new ports, ``tries`` times."""
+        for _ in range(tries - 1):
+            try:
+                return self._start_once()
+            except RuntimeError:
+                if "eaddrinuse" not in self.log_tail():
+                    raise
+                self.port = free_port()
+                self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+                self._env = self._environment()
+        return self._start_once()
+
+    def _start_once(self) -> RabbitNode:
         with open(self.folder / "server.out", "wb") as log:  # the child keeps its own descriptor
             self._process = subprocess.Popen([str(self._server)], env=self._env, stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
