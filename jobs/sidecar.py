@@ -50,7 +50,7 @@ import httpx
 import orjson
 import uvloop
 from prometheus_client import CollectorRegistry, start_http_server
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from common.model_headers import answering_model
 from jobs.broker import Broker, Delivery, create_broker
@@ -63,7 +63,7 @@ from jobs.routing import ModelIdentity
 from jobs.schema import ErrorInfo, JobSpec, JobStatus, Progress, utc_now, validate
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore
-from jobs.tasks import TASKS, TaskContext, import_task_modules
+from jobs.tasks import TASKS, TaskContext, TaskType, import_task_modules
 
 log = logging.getLogger("jobs.sidecar")
 #: Progress is written at most this often; a cancel is looked for at every checkpoint.
@@ -289,7 +289,7 @@ class Sidecar:
         context = TaskContext(spec.job_id, task.options.model_validate(record.spec.options), self.settings,
                               self.store, self.worker, run.checkpoint, self.coalescer.predict)
         try:
-            rows = await self._rows(record, task.row)
+            rows = await self._rows(record, task)
             output = await task.run(context, rows)
         except JobCancelled:
             await self._finish(delivery, run.status, "cancelled")
@@ -319,7 +319,7 @@ class Sidecar:
             await delivery.ack()
             log.debug("job %s succeeded", spec.job_id)  # one line per job would cost more than the job
 
-    async def _rows(self, record: JobRecord, row_model: type[BaseModel]) -> list[Any]:
+    async def _rows(self, record: JobRecord, task: TaskType) -> list[Any]:
         data = record.input_data
         if data is None and record.spec.input_key is not None:
             data = await self.store.get(record.spec.input_key)
@@ -328,7 +328,10 @@ class Sidecar:
         if data is None:
             return []
         try:
-            return validate(list[row_model], orjson.loads(data), "inputs")  # type: ignore[valid-type]
+            decoded = orjson.loads(data)
+            if task.plain is not None and (rows := task.plain(decoded)) is not None:
+                return rows
+            return validate(list[task.row], decoded, "inputs")  # type: ignore[name-defined]
         except orjson.JSONDecodeError as exc:
             raise TaskFailed("invalid_input", f"the input is not JSON: {exc}") from None
         except InvalidJob as exc:

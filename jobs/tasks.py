@@ -84,6 +84,9 @@ class TaskType:
     options: type[BaseModel]
     inputs: Literal["required", "optional"]
     check: CheckFn | None = None
+    #: ``plain(data)``: the decoded rows as they are when each is exactly what ``row`` accepts unchanged,
+    #: else None (then ``row`` validates them and words the refusal). Spares a model object per row.
+    plain: Callable[[Any], list[Any] | None] | None = None
 
 
 TASKS: dict[str, TaskType] = {}
@@ -92,13 +95,14 @@ TASKS: dict[str, TaskType] = {}
 def task(
     name: str, *, row: type[BaseModel], options: type[BaseModel] = NoOptions,
     inputs: Literal["required", "optional"] = "required", check: CheckFn | None = None,
+    plain: Callable[[Any], list[Any] | None] | None = None,
 ) -> Callable[[TaskFn], TaskFn]:
     """Register the decorated function as the task type ``name``."""
 
     def register(fn: TaskFn) -> TaskFn:
         if name in TASKS:
             raise ValueError(f"task type {name!r} is registered twice")
-        TASKS[name] = TaskType(name, fn, row, options, inputs, check)
+        TASKS[name] = TaskType(name, fn, row, options, inputs, check, plain)
         return fn
 
     return register
@@ -125,8 +129,36 @@ def _check_predict_rows(rows: list[Any], options: dict[str, Any], metadata: dict
     check_shapes(rows, "input_data", input_shape(metadata))
 
 
-@task("batch_predict", row=PredictRow, check=_check_predict_rows)
-async def batch_predict(ctx: TaskContext, rows: list[PredictRow]) -> list[dict[str, Any]]:
+_ROW_KEYS = frozenset(PredictRow.model_fields)
+_NUMBERS = frozenset({int, float})
+
+
+def _plain_numbers(value: Any) -> bool:
+    """A number (not a bool) or lists nested to any depth of them, as ``NestedNumbers`` accepts (orjson's
+    numbers are finite already)."""
+    if type(value) is list:
+        kinds = set(map(type, value))
+        return kinds <= _NUMBERS or all(map(_plain_numbers, value))
+    return type(value) in _NUMBERS
+
+
+def plain_predict_rows(data: Any) -> list[dict[str, Any]] | None:
+    """``data`` itself when every item is a row PredictRow takes unchanged; None otherwise.
+
+    A 100,000-row job spent a third of its sidecar's CPU building and dumping a PredictRow per row.
+    """
+    if type(data) is not list:
+        return None
+    for row in data:
+        if (type(row) is not dict or not row.keys() <= _ROW_KEYS or "input_data" not in row
+                or type(row.get("return_probabilities", False)) is not bool
+                or not _plain_numbers(row["input_data"])):
+            return None
+    return data
+
+
+@task("batch_predict", row=PredictRow, check=_check_predict_rows, plain=plain_predict_rows)
+async def batch_predict(ctx: TaskContext, rows: list[PredictRow | dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows through the worker's /batch_predict, JOB_CHUNK_ROWS at a time; answers in input order.
 
     Up to SIDECAR_WORKER_CALLS chunks are in flight, so a large job keeps its worker's batches full; small
@@ -146,7 +178,7 @@ async def batch_predict(ctx: TaskContext, rows: list[PredictRow]) -> list[dict[s
 
     try:
         for start in range(0, len(rows), size):
-            chunk = [row.model_dump() for row in rows[start:start + size]]
+            chunk = [row if type(row) is dict else row.model_dump() for row in rows[start:start + size]]
             in_flight.append((start, len(chunk), asyncio.create_task(ctx.predict(chunk, ctx.job_id))))
             if len(in_flight) >= ctx.settings.sidecar_worker_calls:
                 await collect()
