@@ -5,13 +5,18 @@ As in the Clipper serving system: rows that arrive together leave together, as o
 ``/predict`` answer (same status, body and headers). The worker's HTTP cost and the
 gateway's upstream client cost are then paid once per batch instead of once per row.
 
-When a row goes. A row leaves at once while fewer than GATEWAY_BATCH_CALLS_PER_WORKER x
-(healthy workers) gathered calls are in flight, and it leaves alone, as the very
-``/predict`` it is: a lone request is never delayed and never re-encoded. Past that, rows
-wait, and as soon as a call comes back every waiting row (up to GATEWAY_MAX_BATCH_ROWS,
-and MAX_BODY_BYTES of body) leaves in the next one. There is no timer: a batch is as large
-as the load, as in the worker's own batcher. Waiting rows are bounded like requests in
-flight (MAX_IN_FLIGHT_PER_WORKER per healthy worker), past that 503.
+When a row goes. With no call in flight a row leaves at once, alone, as the very ``/predict``
+it is: a lone request is never delayed and never re-encoded. While calls are in flight, rows
+wait, and as soon as a call comes back every waiting row (up to GATEWAY_MAX_BATCH_ROWS, and
+MAX_BODY_BYTES of body) leaves in the next one: a batch is as large as the load, as in the
+worker's own batcher. At most GATEWAY_BATCH_CALLS_PER_WORKER x (healthy workers) calls are in
+flight, and a call beside one already in flight opens only once GATEWAY_BATCH_MIN_ROWS rows
+wait, or the oldest has waited GATEWAY_BATCH_HOLD_MS (the only timer, armed only while rows
+are held with a call free; it also keeps a hung worker's call from holding rows back). So at
+moderate load the calls are few and full instead of one per worker and small (a worker pays
+a fixed cost per call: its HTTP, the thread hand-off, XLA's dispatch, the padding to a
+bucket), and they spread over the workers as the load rises. Waiting rows are bounded like
+requests in flight (MAX_IN_FLIGHT_PER_WORKER per healthy worker), past that 503.
 
 Which rows are gathered. Only a body that is exactly a plain row of the served model
 (gateway/health.py fetches its metadata; re-read from the pool every 0.25 s): ``{"input_data":
@@ -167,6 +172,9 @@ class RowBatcher:
         self._calls_per_worker = settings.gateway_batch_calls_per_worker
         self._max_waiting_per_worker = settings.max_in_flight_per_worker
         self._timeout_s = settings.request_timeout_s
+        self._min_rows = settings.gateway_batch_min_rows
+        self._hold_s = settings.gateway_batch_hold_ms / 1000
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._waiting: deque[GatheredRow] = deque()
         self._calls = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -199,7 +207,7 @@ class RowBatcher:
         if item is None:
             return await self._forward("POST", "/predict", headers, body, state)
         healthy = self._healthy
-        if not self._waiting and self._calls < self._calls_per_worker * healthy:
+        if not self._waiting and self._may_open(1):
             self._calls += 1
             try:
                 return await self._forward("POST", "/predict", headers, body, state, least_outstanding=True)
@@ -216,9 +224,19 @@ class RowBatcher:
         self._flush()
         return await row.future
 
+    def _may_open(self, rows: int) -> bool:
+        """Whether a call may go now with ``rows`` rows: a free call, and either none in flight or enough rows."""
+        if self._calls >= self._calls_per_worker * self._healthy:
+            return False
+        return self._calls == 0 or rows >= self._min_rows or self._held_long()
+
+    def _held_long(self) -> bool:
+        """The oldest waiting row has waited GATEWAY_BATCH_HOLD_MS (its deadline is its arrival + the timeout)."""
+        return bool(self._waiting) and time.monotonic() - (self._waiting[0].deadline - self._timeout_s) >= self._hold_s
+
     def _flush(self) -> None:
         """Send what waits, a batch per free call."""
-        while self._waiting and self._calls < self._calls_per_worker * self._healthy:
+        while self._waiting and self._may_open(len(self._waiting)):
             batch = self._take()
             if not batch:
                 return
@@ -226,6 +244,14 @@ class RowBatcher:
             task = asyncio.get_running_loop().create_task(self._send(batch), name="row-batch")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self._waiting and self._hold_timer is None and self._calls < self._calls_per_worker * self._healthy:
+            # Held for an in-flight call although a worker is free: go after all once the oldest waited long enough.
+            wait = self._waiting[0].deadline - self._timeout_s + self._hold_s - time.monotonic()
+            self._hold_timer = asyncio.get_running_loop().call_later(max(wait, 0.0), self._hold_over)
+
+    def _hold_over(self) -> None:
+        self._hold_timer = None
+        self._flush()
 
     def _take(self) -> list[GatheredRow]:
         batch: list[GatheredRow] = []

@@ -67,6 +67,14 @@ class GatewaySettings(BaseSettings):
         description="Gathered calls in flight per healthy worker; past them rows wait and leave together "
         "in the next call.",
     )
+    gateway_batch_min_rows: int = Field(
+        32, ge=1,
+        description="While a gathered call is in flight, a call to another worker opens only once this many rows "
+        "wait (or the oldest waited GATEWAY_BATCH_HOLD_MS); 1: at once. A lone request always goes at once.",
+    )
+    gateway_batch_hold_ms: float = Field(
+        2.0, ge=0, description="Longest a row waits for an in-flight call while another worker is free."
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 answers.")
     header_timeout_s: float = Field(
         10.0, gt=0,

@@ -153,12 +153,55 @@ async def test_a_batch_holds_at_most_the_configured_rows() -> None:
 
 async def test_calls_per_worker_scale_with_the_healthy_workers() -> None:
     fake = FakeWorkers(hold=3)
-    rows, _ = batcher(fake, pool=healthy_pool(workers=2), gateway_batch_calls_per_worker=1)
+    rows, _ = batcher(fake, pool=healthy_pool(workers=2), gateway_batch_calls_per_worker=1, gateway_batch_min_rows=1)
     tasks = [predict(rows, row_body(i, 0, 0, 0), f"r{i}") for i in range(3)]
     await settle()
     assert fake.paths() == ["/predict", "/predict"]  # two workers: two calls in flight, the third row waits
     fake.release.set()
     await asyncio.gather(*tasks)
+
+
+async def test_another_worker_gets_a_call_only_once_enough_rows_wait() -> None:
+    fake = FakeWorkers(hold=2)
+    rows, _ = batcher(fake, pool=healthy_pool(workers=2), gateway_batch_min_rows=3, gateway_batch_hold_ms=60_000)
+    first = predict(rows, row_body(9, 0, 0, 0), "first")
+    await settle()
+    assert fake.paths() == ["/predict"]  # nothing in flight: a lone row goes at once, with a second worker too
+    held = [predict(rows, row_body(i, 0, 0, 0), f"r{i}") for i in range(2)]
+    await settle()
+    assert fake.paths() == ["/predict"]  # a worker is free, but two rows are too few for a call of their own
+    third = predict(rows, row_body(2, 0, 0, 0), "r2")
+    await settle()
+    assert fake.paths() == ["/predict", "/batch_predict"] and len(orjson.loads(fake.calls[1][1])) == 3
+    fake.release.set()
+    answers = await asyncio.gather(first, *held, third)
+    assert [orjson.loads(a.body)["total"] for a in answers] == [9, 0, 1, 2]
+
+
+async def test_held_rows_leave_when_the_call_in_flight_comes_back() -> None:
+    fake = FakeWorkers(hold=1)
+    rows, _ = batcher(fake, pool=healthy_pool(workers=2), gateway_batch_min_rows=64, gateway_batch_hold_ms=60_000)
+    first = predict(rows, row_body(9, 0, 0, 0), "first")
+    await settle()
+    held = [predict(rows, row_body(i, 0, 0, 0), f"r{i}") for i in range(2)]
+    await settle()
+    assert fake.paths() == ["/predict"]
+    fake.release.set()
+    answers = await asyncio.gather(first, *held)
+    assert [orjson.loads(a.body)["total"] for a in answers] == [9, 0, 1]
+    assert fake.paths() == ["/predict", "/batch_predict"]
+
+
+async def test_a_held_row_goes_to_a_free_worker_once_it_waited_the_hold() -> None:
+    fake = FakeWorkers(hold=1)  # the first call does not come back (a hung worker) until released
+    rows, _ = batcher(fake, pool=healthy_pool(workers=2), gateway_batch_min_rows=64, gateway_batch_hold_ms=1)
+    first = predict(rows, row_body(9, 0, 0, 0), "first")
+    await settle()
+    late = await asyncio.wait_for(predict(rows, row_body(2, 0, 0, 0), "late"), timeout=10)
+    assert orjson.loads(late.body) == {"total": 2} and fake.paths() == ["/predict", "/predict"]
+    assert not first.done()
+    fake.release.set()
+    await first
 
 
 @pytest.mark.parametrize("body", [
