@@ -36,6 +36,17 @@ class PredictRow(BaseModel):
     )
 
 
+#: Keys of a plain row: what ``/predict`` and an item of ``/batch_predict`` both take.
+ROW_FIELDS = frozenset(PredictRow.model_fields)
+
+
+def is_plain_row_envelope(item: Any) -> bool:
+    """Whether ``item`` is a dict of PredictRow's fields with ``input_data`` and a boolean (or no)
+    ``return_probabilities``: the fast paths' first check, before they look at the numbers."""
+    return (type(item) is dict and item.keys() <= ROW_FIELDS and "input_data" in item
+            and type(item.get("return_probabilities", False)) is bool)
+
+
 #: Nesting deeper than this is refused as "ragged" (no model row has 32 axes; recursion stays bounded).
 MAX_RANK = 32
 

@@ -37,7 +37,7 @@ import httpx
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.rows import NestedNumbers, PredictRow, nested_shape
+from common.rows import NestedNumbers, PredictRow, is_plain_row_envelope, nested_shape
 from jobs.coalesce import WorkerRefused
 from jobs.errors import InvalidJob, TaskFailed
 from jobs.settings import JobsSettings
@@ -129,7 +129,6 @@ def _check_predict_rows(rows: list[Any], options: dict[str, Any], metadata: dict
     check_shapes(rows, "input_data", input_shape(metadata))
 
 
-_ROW_KEYS = frozenset(PredictRow.model_fields)
 _NUMBERS = frozenset({int, float})
 
 
@@ -150,9 +149,7 @@ def plain_predict_rows(data: Any) -> list[dict[str, Any]] | None:
     if type(data) is not list:
         return None
     for row in data:
-        if (type(row) is not dict or not row.keys() <= _ROW_KEYS or "input_data" not in row
-                or type(row.get("return_probabilities", False)) is not bool
-                or not _plain_numbers(row["input_data"])):
+        if not is_plain_row_envelope(row) or not _plain_numbers(row["input_data"]):
             return None
     return data
 

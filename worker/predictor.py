@@ -30,7 +30,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from common import binary_rows
 from common.json_errors import NON_FINITE_MESSAGE, has_non_finite_numbers
-from common.rows import PredictRow, nested_shape, validation_message
+from common.rows import PredictRow, is_plain_row_envelope, nested_shape, validation_message
 from worker.batcher import Batcher
 from worker.contract import ContractError, Model, TensorSpec, example_row
 from worker.errors import InvalidInput, MalformedBody, MalformedRequest, PayloadTooLarge
@@ -66,7 +66,6 @@ class Rows(NamedTuple):
     return_probabilities: list[bool]
 
 
-_ROW_KEYS = frozenset({"input_data", "return_probabilities"})
 _NUMBERS = frozenset({int, float})
 
 
@@ -146,11 +145,11 @@ class Predictor:
     def _fast(self, item: Any) -> Rows | None:
         """The row of an item the pydantic path would accept unchanged, or None to let that path decide."""
         limit = self._fast_limit
-        if limit is None or type(item) is not dict or not item.keys() <= _ROW_KEYS:
+        if limit is None or not is_plain_row_envelope(item):
             return None
         flag = item.get("return_probabilities", False)
-        value = item.get("input_data")
-        if type(flag) is not bool or not _plain_numbers(value, len(self._shape), limit):
+        value = item["input_data"]
+        if not _plain_numbers(value, len(self._shape), limit):
             return None
         try:
             values = np.array([value], self._dtype)
