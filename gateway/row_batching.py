@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from common.rows import PredictRow
+from common.rows import is_plain_row_envelope
 from gateway.backends import BackendPool
 from gateway.errors import GatewayError, Overloaded
 from gateway.forwarder import UpstreamResponse
@@ -58,8 +58,6 @@ from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
-#: Keys of a plain row: what ``/predict`` and an item of ``/batch_predict`` both take.
-ROW_FIELDS = frozenset(PredictRow.model_fields)
 #: The largest finite magnitude of each float input datatype; a number past it is inf in the worker.
 _FLOAT_LIMITS = {"FP16": 65504.0, "FP32": 3.4028234663852886e38, "FP64": sys.float_info.max}
 _INT_BITS = {"INT8": 8, "INT16": 16, "INT32": 32, "INT64": 64, "UINT8": 8, "UINT16": 16, "UINT32": 32, "UINT64": 64}
@@ -151,11 +149,7 @@ class RowSpec:
             item = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        if type(item) is not dict or not ROW_FIELDS.issuperset(item) or "input_data" not in item:
-            return None
-        if type(item.get("return_probabilities", False)) is not bool or not self.fits(item["input_data"]):
-            return None
-        return item
+        return item if is_plain_row_envelope(item) and self.fits(item["input_data"]) else None
 
 
 class RowBatcher:
@@ -226,13 +220,18 @@ class RowBatcher:
 
     def _may_open(self, rows: int) -> bool:
         """Whether a call may go now with ``rows`` rows: a free call, and either none in flight or enough rows."""
-        if self._calls >= self._calls_per_worker * self._healthy:
+        if not self._call_free():
             return False
-        return self._calls == 0 or rows >= self._min_rows or self._held_long()
+        held_long = bool(self._waiting) and time.monotonic() >= self._hold_ends()
+        return self._calls == 0 or rows >= self._min_rows or held_long
 
-    def _held_long(self) -> bool:
-        """The oldest waiting row has waited GATEWAY_BATCH_HOLD_MS (its deadline is its arrival + the timeout)."""
-        return bool(self._waiting) and time.monotonic() - (self._waiting[0].deadline - self._timeout_s) >= self._hold_s
+    def _call_free(self) -> bool:
+        """Fewer than GATEWAY_BATCH_CALLS_PER_WORKER x (healthy workers) gathered calls are in flight."""
+        return self._calls < self._calls_per_worker * self._healthy
+
+    def _hold_ends(self) -> float:
+        """When the oldest waiting row has waited GATEWAY_BATCH_HOLD_MS (its deadline is its arrival + the timeout)."""
+        return self._waiting[0].deadline - self._timeout_s + self._hold_s
 
     def _flush(self) -> None:
         """Send what waits, a batch per free call."""
@@ -244,9 +243,9 @@ class RowBatcher:
             task = asyncio.get_running_loop().create_task(self._send(batch), name="row-batch")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if self._waiting and self._hold_timer is None and self._calls < self._calls_per_worker * self._healthy:
+        if self._waiting and self._hold_timer is None and self._call_free():
             # Held for an in-flight call although a worker is free: go after all once the oldest waited long enough.
-            wait = self._waiting[0].deadline - self._timeout_s + self._hold_s - time.monotonic()
+            wait = self._hold_ends() - time.monotonic()
             self._hold_timer = asyncio.get_running_loop().call_later(max(wait, 0.0), self._hold_over)
 
     def _hold_over(self) -> None:
