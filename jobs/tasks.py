@@ -37,7 +37,7 @@ import httpx
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.rows import NestedNumbers, PredictRow, is_plain_row_envelope, nested_shape
+from common.rows import MAX_RANK, NestedNumbers, PredictRow, is_plain_row_envelope, nested_shape
 from jobs.coalesce import WorkerRefused
 from jobs.errors import InvalidJob, TaskFailed
 from jobs.settings import JobsSettings
@@ -132,12 +132,13 @@ def _check_predict_rows(rows: list[Any], options: dict[str, Any], metadata: dict
 _NUMBERS = frozenset({int, float})
 
 
-def _plain_numbers(value: Any) -> bool:
-    """A number (not a bool) or lists nested to any depth of them, as ``NestedNumbers`` accepts (orjson's
-    numbers are finite already)."""
+def _plain_numbers(value: Any, depth: int = 0) -> bool:
+    """A number (not a bool) or lists of them nested at most MAX_RANK deep, as ``NestedNumbers`` accepts
+    (orjson's numbers are finite already); deeper goes to pydantic, which refuses it without recursing here."""
     if type(value) is list:
-        kinds = set(map(type, value))
-        return kinds <= _NUMBERS or all(map(_plain_numbers, value))
+        if depth >= MAX_RANK:
+            return False
+        return set(map(type, value)) <= _NUMBERS or all(_plain_numbers(item, depth + 1) for item in value)
     return type(value) in _NUMBERS
 
 

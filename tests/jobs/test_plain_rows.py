@@ -37,3 +37,10 @@ def test_other_rows_go_to_pydantic_which_refuses_them(rows: Any) -> None:
     assert plain_predict_rows(rows) is None
     with pytest.raises(ValidationError):
         ROWS.validate_python(rows)
+
+
+def test_rows_nested_past_the_rank_bound_go_to_pydantic_without_recursing_here() -> None:
+    value: Any = 1.0
+    for _ in range(990):  # near orjson's own depth limit, past Python's recursion limit
+        value = [value]
+    assert plain_predict_rows([{"input_data": value}]) is None
