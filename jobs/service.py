@@ -90,11 +90,19 @@ class JobService:
         await self.database.close()
 
     async def _publish(self, model: str, body: bytes, priority: int) -> None:
-        async with self._broker_lock:
-            if not self._broker_started:
-                await self.broker.start()
-                self._broker_started = True
-        await self.broker.publish(model, body, priority, self.settings.job_priority_levels)
+        """Queue one job, within JOB_PUBLISH_TIMEOUT_S: a broker that takes the bytes but never confirms them
+        (RabbitMQ blocks publishing connections on a memory or disk alarm) must not hold the request forever.
+
+        A publish cut off here may still be confirmed later. Its job is marked not_queued by then, so the
+        sidecar that gets that message skips it as finished; a retry with the same Idempotency-Key queues it
+        again, and a duplicate message of a job is already handled (jobs.sidecar).
+        """
+        async with asyncio.timeout(self.settings.job_publish_timeout_s):
+            async with self._broker_lock:
+                if not self._broker_started:
+                    await self.broker.start()
+                    self._broker_started = True
+            await self.broker.publish(model, body, priority, self.settings.job_priority_levels)
 
     async def submit(self, body: bytes, idempotency_key: str | None, owner: str | None = None) -> Submitted:
         submission = self._parse(body)

@@ -21,6 +21,10 @@ class JobsSettings(BaseSettings):
     amqp_url: str | None = Field(
         None, description="RabbitMQ URL (amqp://user:pass@host:5672/); unset: the embedded broker."
     )
+    job_publish_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait for the broker to take a job (connect, publish, confirm); beyond it "
+        "POST /jobs answers 503 with Retry-After, e.g. while RabbitMQ blocks publishers on a resource alarm.",
+    )
     job_queue: str = Field(
         "jobs", min_length=1, max_length=128,
         description="Prefix of the job queues: one per model name, '<prefix>.<model name>', dead letters in "

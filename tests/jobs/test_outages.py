@@ -137,3 +137,31 @@ async def test_a_store_restart_delays_jobs_without_spending_their_deliveries(
     assert [(status["status"], status["attempts"]) for status in statuses] == [("succeeded", 1)] * 2, statuses
     for result in results:
         assert [row["prediction"] for row in result["output"]] == [[sum(r["input_data"])] for r in ROWS]
+
+
+async def test_a_broker_that_blocks_publishers_gets_503_in_time(rabbit_node: RabbitNode, fake_worker: FakeWorker,
+                                                               tmp_path: Path) -> None:
+    """RabbitMQ on a memory alarm keeps the connection open but stops reading what publishers send:
+    no error ever comes, so only JOB_PUBLISH_TIMEOUT_S turns the wait into a 503."""
+    settings = embedded_settings(tmp_path, fake_worker.url, amqp_url=rabbit_node.url, job_publish_timeout_s=1.0)
+    body = {"task": "batch_predict", "inputs": ROWS}
+    async with gateway(settings) as client, sidecar(settings):
+        before = await submit_until_accepted(client, body, "before")
+        await asyncio.to_thread(rabbit_node.ctl, "set_vm_memory_high_watermark", "0.0000001")
+        await asyncio.wait_for(alarm_in_effect(rabbit_node), 30)
+        assert_retry_later(await asyncio.wait_for(
+            client.post("/jobs", json=body, headers={"Idempotency-Key": "during"}), 10))
+        await asyncio.to_thread(rabbit_node.ctl, "set_vm_memory_high_watermark", "0.4")
+        # The cut-off publish may reach the queue now: its job is marked not_queued, so it is skipped, and the
+        # client's retry with the same key queues it again.
+        during = await submit_until_accepted(client, body, "during")
+        statuses = [await wait_for_job(client, job["job_id"], finished) for job in (before, during)]
+        assert before["job_id"] != during["job_id"]
+    assert [status["status"] for status in statuses] == ["succeeded"] * 2, statuses
+    assert fake_worker.rows_seen == 2 * len(ROWS)  # each job ran once
+
+
+async def alarm_in_effect(node: RabbitNode) -> None:
+    """Until the node reports a memory alarm (it checks its memory about once a second)."""
+    while "memory" not in await asyncio.to_thread(node.ctl, "eval", "rabbit_alarm:get_alarms()."):
+        await asyncio.sleep(0.2)
