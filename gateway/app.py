@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Scope
 
 from common.draining import Drain
+from common.gc_tuning import frozen_startup_heap
 from gateway import __version__
 from gateway.access_log import AccessLog
 from gateway.auth import access_middleware
@@ -108,6 +109,7 @@ def create_app(
         await client.start()
         await checker.probe_all()  # a restarted gateway knows its workers before it takes a request
         health_task = asyncio.create_task(checker.run(), name="health-checks")
+        frozen_startup_heap()
         try:
             yield
         finally:

@@ -52,6 +52,7 @@ import uvloop
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import ValidationError
 
+from common.gc_tuning import frozen_startup_heap
 from common.model_headers import answering_model
 from jobs.broker import Broker, Delivery, create_broker
 from jobs.coalesce import Coalescer
@@ -421,6 +422,7 @@ def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        frozen_startup_heap()
         await sidecar.run(stop)
 
     uvloop.run(serve())
