@@ -59,6 +59,9 @@ class TaskContext:
     #: ``await predict(rows, request_id)``: the worker's /batch_predict answers, the rows sent together
     #: with other jobs' (jobs.coalesce); raises WorkerRefused on a 4xx a retry would repeat.
     predict: Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]]
+    #: ``await spread(rows, request_id)``: the same answers, from any worker behind SIDECAR_SPREAD_URL (the own
+    #: worker when that gateway does not answer; jobs.spread); None when SIDECAR_SPREAD_URL is unset.
+    spread: Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]] | None = None
 
 
 class NoOptions(BaseModel):
@@ -159,11 +162,16 @@ def plain_predict_rows(data: Any) -> list[dict[str, Any]] | None:
 async def batch_predict(ctx: TaskContext, rows: list[PredictRow | dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows through the worker's /batch_predict, JOB_CHUNK_ROWS at a time; answers in input order.
 
-    Up to SIDECAR_WORKER_CALLS chunks are in flight, so a large job keeps its worker's batches full; small
-    jobs' chunks share worker calls (``ctx.predict``). A 5xx is transient: the attempt is retried.
+    A job of one chunk shares worker calls with other small jobs (``ctx.predict``, SIDECAR_WORKER_CALLS in
+    flight). A larger one, with SIDECAR_SPREAD_URL set, sends its chunks there, SIDECAR_SPREAD_CALLS in
+    flight, to be spread over every worker (``ctx.spread``); without it, SIDECAR_WORKER_CALLS of them go to
+    the own worker, keeping its batches full. A 5xx is transient: the attempt is retried.
     """
     answers: list[dict[str, Any]] = []
     size = ctx.settings.job_chunk_rows
+    predict, calls = ctx.predict, ctx.settings.sidecar_worker_calls
+    if ctx.spread is not None and len(rows) > size:
+        predict, calls = ctx.spread, ctx.settings.sidecar_spread_calls
     in_flight: deque[tuple[int, int, asyncio.Task[list[Any]]]] = deque()
 
     async def collect() -> None:
@@ -177,8 +185,8 @@ async def batch_predict(ctx: TaskContext, rows: list[PredictRow | dict[str, Any]
     try:
         for start in range(0, len(rows), size):
             chunk = [row if type(row) is dict else row.model_dump() for row in rows[start:start + size]]
-            in_flight.append((start, len(chunk), asyncio.create_task(ctx.predict(chunk, ctx.job_id))))
-            if len(in_flight) >= ctx.settings.sidecar_worker_calls:
+            in_flight.append((start, len(chunk), asyncio.create_task(predict(chunk, ctx.job_id))))
+            if len(in_flight) >= calls:
                 await collect()
         while in_flight:
             await collect()

@@ -1,0 +1,114 @@
+"""A large job's chunks over every worker: sent to a gateway (SIDECAR_SPREAD_URL), which balances them.
+
+A job runs on one sidecar. Through that sidecar's own worker alone, a
+100,000-row job got about half the rows/s that ``/batch_predict`` gets through
+the gateway with 2 workers; sent to the gateway, its chunks go to whichever
+workers are healthy and least busy, as live traffic's do.
+
+The job must not come to depend on the gateway, nor take another model's
+answers for its own:
+
+- no answer from the gateway (a connection error, a timeout, 502 / 503 / 504:
+  no worker could answer; 401 / 403 / 429: it refuses this sidecar's key or
+  rate-limits it) sends that chunk to the sidecar's own worker instead, through
+  the coalescer, exactly as without spreading;
+- a 4xx a retry would repeat is the rows' fault: :class:`WorkerRefused`, as
+  from the own worker; another 5xx fails the attempt (retried);
+- each answer names the model that computed it (common.model_headers). Another
+  model's name fails the attempt (:class:`ChunkOfAnotherModel`, retried: the
+  gateway balances over workers this job's rows are not for). Another version
+  of the job's model, or an answer naming no model, is computed again on the
+  own worker, so every row of a result comes from the one version its record
+  names (the own worker's, as without spreading) even while the workers
+  behind the gateway are half upgraded.
+
+This client has no hook of the own worker's client (``Sidecar._check_answering_model``): an answer of
+another worker says nothing of the model the own worker serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from common.model_headers import answering_model
+from jobs.coalesce import WorkerRefused, refused
+from jobs.routing import ModelIdentity
+from jobs.settings import JobsSettings
+
+log = logging.getLogger("jobs.spread")
+#: Answers of a gateway that could not, or would not, have a worker answer: the own worker answers instead.
+GATEWAY_UNAVAILABLE = frozenset({401, 403, 429, 502, 503, 504})
+#: One warning per reason this often at most: a 100,000-row job falling back would log 400 lines otherwise.
+WARN_EVERY_S = 60.0
+
+Predict = Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]]
+
+
+class ChunkOfAnotherModel(Exception):
+    """The gateway's answer to a chunk came from a worker of another model than the job's."""
+
+
+class Spreader:
+    def __init__(self, settings: JobsSettings, fallback: Predict) -> None:
+        """``fallback(rows, request_id)``: the own worker's answers (the sidecar's coalescer)."""
+        assert settings.sidecar_spread_url
+        key = {"Authorization": f"Bearer {settings.worker_api_key}"} if settings.worker_api_key else {}
+        self.gateway = httpx.AsyncClient(
+            base_url=settings.sidecar_spread_url, timeout=settings.worker_timeout_s, headers=key,
+            limits=httpx.Limits(max_connections=settings.sidecar_spread_calls),
+        )
+        self._slots = asyncio.Semaphore(settings.sidecar_spread_calls)
+        self._fallback = fallback
+        self._warned: dict[str, float] = {}
+
+    async def predict(self, rows: list[dict[str, Any]], request_id: str, model: ModelIdentity) -> list[Any]:
+        """The answers of model ``model`` to ``rows``: of any worker behind the gateway, else of the own one."""
+        async with self._slots:
+            answers = await self._through_gateway(rows, request_id, model)
+        return await self._fallback(rows, request_id) if answers is None else answers
+
+    async def close(self) -> None:
+        await self.gateway.aclose()
+
+    async def _through_gateway(self, rows: list[dict[str, Any]], request_id: str,
+                               model: ModelIdentity) -> list[Any] | None:
+        """The gateway's answers, if they are ``model``'s; None when the own worker is to answer instead."""
+        try:
+            response = await self.gateway.post(
+                "/batch_predict", content=orjson.dumps(rows),
+                headers={"content-type": "application/json", "x-request-id": request_id},
+            )
+        except httpx.TransportError as exc:
+            self._warn(f"the gateway at {self.gateway.base_url} did not answer ({type(exc).__name__}): "
+                       "chunks go to the own worker meanwhile")
+            return None
+        if response.status_code in GATEWAY_UNAVAILABLE:
+            self._warn(f"the gateway at {self.gateway.base_url} answered {response.status_code}: "
+                       "chunks go to the own worker meanwhile")
+            return None
+        if refused(response):
+            raise WorkerRefused(response)
+        response.raise_for_status()
+        answering = answering_model(response.headers)
+        if answering is not None and answering[0] != model.name:
+            raise ChunkOfAnotherModel(f"the gateway at {self.gateway.base_url} answered with model "
+                                      f"{answering[0]!r}, not {model.name!r}: its workers serve another model")
+        if answering != (model.name, model.version):
+            said = "no model" if answering is None else f"version {answering[1]!r}"
+            self._warn(f"the gateway's answers name {said}, not {model.describe()}: computed again on the own worker")
+            return None
+        return orjson.loads(response.content)
+
+    def _warn(self, reason: str) -> None:
+        """Log ``reason``, unless it was logged less than WARN_EVERY_S ago."""
+        now = time.monotonic()
+        if now - self._warned.get(reason, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned[reason] = now
+            log.warning("%s", reason)
