@@ -96,9 +96,9 @@ class JobsSettings(BaseSettings):
         "waiting meanwhile go together in the next call.",
     )
     sidecar_spread_url: str | None = Field(
-        None, description="A gateway of this deployment: a job of more than JOB_CHUNK_ROWS rows sends its chunks "
-        "to its /batch_predict, which spreads them over every worker (a chunk it does not answer goes to "
-        "WORKER_URL); unset or empty: every chunk goes to WORKER_URL.",
+        None, description="A gateway of this deployment (http://): a job of more than JOB_CHUNK_ROWS rows sends "
+        "its chunks to its /batch_predict, which spreads them over every worker (a chunk it does not answer goes "
+        "to WORKER_URL); unset or empty: every chunk goes to WORKER_URL.",
     )
     sidecar_spread_calls: int = Field(
         4, ge=1, description="Chunks one sidecar has in flight to SIDECAR_SPREAD_URL (about 2 per worker).",
@@ -138,6 +138,12 @@ class JobsSettings(BaseSettings):
         default_factory=list,
         description="Extra modules imported at start-up to register task types, comma separated.",
     )
+
+    @model_validator(mode="after")
+    def _spread_url_is_plain_http(self) -> JobsSettings:
+        if self.sidecar_spread_url and not self.sidecar_spread_url.startswith("http://"):
+            raise ValueError("SIDECAR_SPREAD_URL must be an http:// URL (a gateway of this deployment, not over TLS)")
+        return self
 
     @model_validator(mode="after")
     def _s3_is_complete(self) -> JobsSettings:

@@ -27,7 +27,9 @@ per row, as the worker's contract says; the own worker's answers are sliced by
 position without counting either): the task splices them into its result
 without parsing them, which saved a fifth of the sidecar's CPU.
 
-This client has no hook of the own worker's client (``Sidecar._check_answering_model``): an answer of
+The client is the gateway's own (common/forwarder.py: plain HTTP, so the URL
+is http://), not httpx, which took a third of the sidecar's CPU for a large
+job. It has no hook of the own worker's client (``Sidecar._check_answering_model``): an answer of
 another worker says nothing of the model the own worker serves.
 """
 
@@ -38,10 +40,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
+from common.forwarder import BadResponse, DeadlineExceeded, TransportError, UpstreamResponse, WorkerClient
 from common.model_headers import answering_model
 from jobs.coalesce import WorkerRefused, refused
 from jobs.routing import ModelIdentity
@@ -52,6 +56,8 @@ log = logging.getLogger("jobs.spread")
 GATEWAY_UNAVAILABLE = frozenset({401, 403, 429, 502, 503, 504})
 #: One warning per reason this often at most: a 100,000-row job falling back would log 400 lines otherwise.
 WARN_EVERY_S = 60.0
+#: Longest wait for a connection to the gateway before the own worker answers instead.
+CONNECT_TIMEOUT_S = 2.0
 
 Predict = Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]]
 
@@ -60,15 +66,25 @@ class ChunkOfAnotherModel(Exception):
     """The gateway's answer to a chunk came from a worker of another model than the job's."""
 
 
+class GatewayFailed(Exception):
+    """The gateway answered a 5xx that says a worker failed on the rows (not that none could answer)."""
+
+
 class Spreader:
     def __init__(self, settings: JobsSettings, fallback: Predict) -> None:
         """``fallback(rows, request_id)``: the own worker's answers (the sidecar's coalescer)."""
         assert settings.sidecar_spread_url
-        key = {"Authorization": f"Bearer {settings.worker_api_key}"} if settings.worker_api_key else {}
-        self.gateway = httpx.AsyncClient(
-            base_url=settings.sidecar_spread_url, timeout=settings.worker_timeout_s, headers=key,
-            limits=httpx.Limits(max_connections=settings.sidecar_spread_calls),
-        )
+        parts = urlsplit(settings.sidecar_spread_url)
+        self.url = settings.sidecar_spread_url
+        self._base = f"http://{parts.netloc}"
+        self._path = f"{parts.path.rstrip('/')}/batch_predict"
+        self._headers = {"content-type": "application/json"}
+        if settings.worker_api_key:
+            self._headers["authorization"] = f"Bearer {settings.worker_api_key}"
+        self._timeout_s = settings.worker_timeout_s
+        # The gateway's own HTTP client: httpx cost the sidecar a third of its CPU here.
+        self.gateway = WorkerClient(connect_timeout_s=CONNECT_TIMEOUT_S,
+                                    max_connections_per_worker=settings.sidecar_spread_calls)
         self._slots = asyncio.Semaphore(settings.sidecar_spread_calls)
         self._fallback = fallback
         self._warned: dict[str, float] = {}
@@ -88,30 +104,27 @@ class Spreader:
         """The gateway's answers as it sent them, if they are ``model``'s; None when the own worker is to
         answer instead."""
         try:
-            response = await self.gateway.post(
-                "/batch_predict", content=orjson.dumps(rows),
-                headers={"content-type": "application/json", "x-request-id": request_id},
-            )
-        except httpx.TransportError as exc:
-            self._warn(f"the gateway at {self.gateway.base_url} did not answer ({type(exc).__name__}): "
+            headers = {**self._headers, "x-request-id": request_id}
+            answer = await self.gateway.send(self._base, "POST", self._path, headers, orjson.dumps(rows),
+                                             self._timeout_s)
+        except (TransportError, DeadlineExceeded, BadResponse) as exc:
+            self._warn(f"the gateway at {self.url} did not answer ({type(exc).__name__}): "
                        "chunks go to the own worker meanwhile")
             return None
-        if response.status_code in GATEWAY_UNAVAILABLE:
-            self._warn(f"the gateway at {self.gateway.base_url} answered {response.status_code}: "
-                       "chunks go to the own worker meanwhile")
+        if answer.status in GATEWAY_UNAVAILABLE:
+            self._warn(f"the gateway at {self.url} answered {answer.status}: chunks go to the own worker meanwhile")
             return None
-        if refused(response):
-            raise WorkerRefused(response)
-        response.raise_for_status()
-        answering = answering_model(response.headers)
+        if answer.status != 200:
+            _refuse(answer)
+        answering = answering_model(answer.headers)
         if answering is not None and answering[0] != model.name:
-            raise ChunkOfAnotherModel(f"the gateway at {self.gateway.base_url} answered with model "
-                                      f"{answering[0]!r}, not {model.name!r}: its workers serve another model")
+            raise ChunkOfAnotherModel(f"the gateway at {self.url} answered with model {answering[0]!r}, not "
+                                      f"{model.name!r}: its workers serve another model")
         if answering != (model.name, model.version):
             said = "no model" if answering is None else f"version {answering[1]!r}"
             self._warn(f"the gateway's answers name {said}, not {model.describe()}: computed again on the own worker")
             return None
-        body = response.content.strip()
+        body = answer.body.strip()
         if not (body.startswith(b"[") and body.endswith(b"]")):  # its items are the worker's to get right
             raise ValueError(f"the gateway's answer to /batch_predict is not a JSON array: {body[:100]!r}")
         return body
@@ -122,3 +135,12 @@ class Spreader:
         if now - self._warned.get(reason, -WARN_EVERY_S) >= WARN_EVERY_S:
             self._warned[reason] = now
             log.warning("%s", reason)
+
+
+def _refuse(answer: UpstreamResponse) -> None:
+    """Raise what an answer other than 200 means: WorkerRefused for a 4xx a retry would repeat, as the own
+    worker's (the task fails, naming the rows), else GatewayFailed (the attempt is retried)."""
+    response = httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+    if refused(response):
+        raise WorkerRefused(response)
+    raise GatewayFailed(f"the gateway answered {answer.status} to /batch_predict: {answer.body[:200]!r}")
