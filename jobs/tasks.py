@@ -62,7 +62,8 @@ class TaskContext:
     #: ``await predict(rows, request_id)``: the worker's /batch_predict answers, the rows sent together
     #: with other jobs' (jobs.coalesce); raises WorkerRefused on a 4xx a retry would repeat.
     predict: Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]]
-    #: ``await spread(rows, request_id)``: the same answers as a JSON array's bytes, from any worker behind
+    #: ``await spread(rows, request_id)``: the same answers as a JSON array's bytes (no whitespace around
+    #: it), from any worker behind
     #: SIDECAR_SPREAD_URL (the own worker when that gateway does not answer; jobs.spread); None when unset.
     spread: Callable[[list[dict[str, Any]], str], Awaitable[bytes]] | None = None
 
@@ -174,9 +175,19 @@ async def batch_predict(ctx: TaskContext, rows: list[PredictRow | dict[str, Any]
     """
     if ctx.spread is not None and len(rows) > ctx.settings.job_chunk_rows:
         parts = await _in_chunks(ctx, rows, ctx.spread, ctx.settings.sidecar_spread_calls)
-        return orjson.Fragment(b"[" + b",".join(part.strip()[1:-1] for part in parts) + b"]")
+        return orjson.Fragment(_spliced(parts))
     parts = await _in_chunks(ctx, rows, ctx.predict, ctx.settings.sidecar_worker_calls)
     return [answer for part in parts for answer in part]
+
+
+def _spliced(arrays: list[bytes]) -> bytes:
+    """JSON arrays' bytes (no whitespace around them) as one array, copied once."""
+    pieces: list[bytes | memoryview] = []
+    for array in arrays:
+        if len(array) > 2:  # "[]" adds nothing
+            pieces += (b",", memoryview(array)[1:-1])
+    pieces[:1] = [b"["]
+    return b"".join([*pieces, b"]"])
 
 
 async def _in_chunks(ctx: TaskContext, rows: list[PredictRow | dict[str, Any]],
