@@ -29,8 +29,9 @@ without parsing them, which saved a fifth of the sidecar's CPU.
 
 The client is the gateway's own (common/forwarder.py: plain HTTP, so the URL
 is http://), not httpx, which took a third of the sidecar's CPU for a large
-job. It has no hook of the own worker's client (``Sidecar._check_answering_model``): an answer of
-another worker says nothing of the model the own worker serves.
+job. It has no hook of the own worker's client
+(``Sidecar._check_answering_model``): an answer of another worker says
+nothing of the model the own worker serves.
 """
 
 from __future__ import annotations

@@ -63,8 +63,8 @@ class TaskContext:
     #: with other jobs' (jobs.coalesce); raises WorkerRefused on a 4xx a retry would repeat.
     predict: Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]]
     #: ``await spread(rows, request_id)``: the same answers as a JSON array's bytes (no whitespace around
-    #: it), from any worker behind
-    #: SIDECAR_SPREAD_URL (the own worker when that gateway does not answer; jobs.spread); None when unset.
+    #: it), from any worker behind SIDECAR_SPREAD_URL (the own worker when that gateway does not answer;
+    #: jobs.spread); None when SIDECAR_SPREAD_URL is unset.
     spread: Callable[[list[dict[str, Any]], str], Awaitable[bytes]] | None = None
 
 
