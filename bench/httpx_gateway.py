@@ -1,7 +1,7 @@
 """``python -m bench.httpx_gateway``: the gateway with httpx's AsyncClient as its proxy client.
 
 Only the benchmark runs this, to compare proxy clients through the same
-gateway (``--clients``); production uses ``gateway.forwarder.WorkerClient``
+gateway (``--clients``); production uses ``common.forwarder.WorkerClient``
 (its own, on httptools). The class keeps that client's interface and error mapping.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 
 import gateway.app
-from gateway.forwarder import (
+from common.forwarder import (
     RESPONSE_HEADERS,
     ConnectFailed,
     ConnectionDropped,

@@ -23,7 +23,10 @@ other load on the machine moves much less than the wall-clock rates. Then one jo
 ``--large-rows`` rows (default 100,000; 0: skip), put in the store and
 submitted by ``input_uri``: its rows/s from submit to ``finished_at``, against
 the rows/s of the same rows sent to ``/batch_predict`` through the gateway in
-JOB_CHUNK_ROWS-row calls, two per worker in flight.
+JOB_CHUNK_ROWS-row calls, two per worker in flight. The launcher gives its
+sidecars SIDECAR_SPREAD_URL (its gateway), so the job's chunks go through the
+gateway too, SIDECAR_SPREAD_CALLS (4) in flight; ``SIDECAR_SPREAD_URL=`` in
+the environment measures a job on one sidecar's worker instead.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ CATEGORIES = {
     "access logging": r"logging/__init__\.py",
     "proxied routes (gateway/proxied_routes.py)": r"gateway/proxied_routes\.py",
     "proxy (gateway/proxy.py)": r"gateway/proxy\.py",
-    "HTTP client (gateway/forwarder.py)": r"gateway/forwarder\.py",
+    "HTTP client (common/forwarder.py)": r"common/forwarder\.py",
     "row batching (gateway/row_batching.py)": r"gateway/row_batching\.py",
     "HTTP client (aiohttp)": r"aiohttp/",
     "HTTP client (httpx)": r"httpx/|httpcore/",

@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Scope
 
 from common.draining import Drain
+from common.forwarder import WorkerClient
 from common.gc_tuning import frozen_startup_heap
 from gateway import __version__
 from gateway.access_log import AccessLog
@@ -39,7 +40,6 @@ from gateway.content_type import RequireJson
 from gateway.discovery import WorkerDiscovery
 from gateway.docs import LiveDocument, OpenAPIBuilder, docs_routes, document_access, prediction_api
 from gateway.errors import error_response
-from gateway.forwarder import WorkerClient
 from gateway.health import HealthChecker
 from gateway.job_routes import job_routes, jobs_openapi
 from gateway.metrics import GatewayMetrics

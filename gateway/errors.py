@@ -11,7 +11,7 @@
     └── UpstreamTimeout    504  no answer within REQUEST_TIMEOUT_S
 
 Transport errors of the worker client are mapped to these in one place,
-``gateway.forwarder``. Tracebacks go to the log, never to the client.
+``common.forwarder``. Tracebacks go to the log, never to the client.
 """
 
 from __future__ import annotations

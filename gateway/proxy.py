@@ -22,6 +22,16 @@ from collections.abc import Callable
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from common.forwarder import (
+    REQUEST_HEADERS,
+    BadResponse,
+    ConnectFailed,
+    ConnectTimedOut,
+    DeadlineExceeded,
+    TransportError,
+    UpstreamResponse,
+    WorkerClient,
+)
 from gateway.backends import AllBackendsBusy, Backend, BackendPool, NoHealthyBackend
 from gateway.errors import (
     GatewayError,
@@ -31,16 +41,6 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamTimeout,
     gateway_error_response,
-)
-from gateway.forwarder import (
-    REQUEST_HEADERS,
-    BadResponse,
-    ConnectFailed,
-    ConnectTimedOut,
-    DeadlineExceeded,
-    TransportError,
-    UpstreamResponse,
-    WorkerClient,
 )
 from gateway.metrics import GatewayMetrics
 from gateway.request_body import read_body

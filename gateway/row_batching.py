@@ -49,10 +49,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from common.forwarder import UpstreamResponse
 from common.rows import is_plain_row_envelope
 from gateway.backends import BackendPool
 from gateway.errors import GatewayError, Overloaded
-from gateway.forwarder import UpstreamResponse
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 

@@ -39,7 +39,8 @@ class _Call:
     answer: asyncio.Future[list[Any]]
 
 
-def _refused(response: httpx.Response) -> bool:
+def refused(response: httpx.Response) -> bool:
+    """A 4xx a retry would repeat (not 408 / 429)."""
     return 400 <= response.status_code < 500 and response.status_code not in (408, 429)
 
 
@@ -107,11 +108,11 @@ class Coalescer:
                 "/batch_predict", content=orjson.dumps([row for call in batch for row in call.rows]),
                 headers={"content-type": "application/json", "x-request-id": batch[0].request_id},
             )
-            if _refused(response) and len(batch) > 1:
+            if refused(response) and len(batch) > 1:
                 half = len(batch) // 2
                 await asyncio.gather(self._send(batch[:half]), self._send(batch[half:]))
                 return
-            if _refused(response):
+            if refused(response):
                 raise WorkerRefused(response)
             response.raise_for_status()
             answers = orjson.loads(response.content)

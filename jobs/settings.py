@@ -99,6 +99,14 @@ class JobsSettings(BaseSettings):
         2, ge=1, description="/batch_predict calls one sidecar has in flight to its worker; small jobs' rows "
         "waiting meanwhile go together in the next call.",
     )
+    sidecar_spread_url: str | None = Field(
+        None, description="A gateway of this deployment (http://): a job of more than JOB_CHUNK_ROWS rows sends "
+        "its chunks to its /batch_predict, which spreads them over every worker (a chunk it does not answer goes "
+        "to WORKER_URL); unset or empty: every chunk goes to WORKER_URL.",
+    )
+    sidecar_spread_calls: int = Field(
+        4, ge=1, description="Chunks one sidecar has in flight to SIDECAR_SPREAD_URL (about 2 per worker).",
+    )
     sidecar_shutdown_grace_s: float = Field(
         20.0, ge=0, description="On SIGTERM, time to finish running jobs before they are requeued."
     )
@@ -116,7 +124,8 @@ class JobsSettings(BaseSettings):
     )
     worker_url: str = Field("http://127.0.0.1:8000", description="The worker this sidecar runs jobs on.")
     worker_api_key: str | None = Field(
-        None, description="API key sent to WORKER_URL (Authorization: Bearer) when that is a gateway with API keys."
+        None, description="API key sent to WORKER_URL and SIDECAR_SPREAD_URL (Authorization: Bearer), for a "
+        "gateway with API keys.",
     )
     worker_timeout_s: float = Field(60.0, gt=0, description="Timeout of one call from a sidecar to its worker.")
     worker_ready_timeout_s: float = Field(
@@ -133,6 +142,12 @@ class JobsSettings(BaseSettings):
         default_factory=list,
         description="Extra modules imported at start-up to register task types, comma separated.",
     )
+
+    @model_validator(mode="after")
+    def _spread_url_is_plain_http(self) -> JobsSettings:
+        if self.sidecar_spread_url and not self.sidecar_spread_url.startswith("http://"):
+            raise ValueError("SIDECAR_SPREAD_URL must be an http:// URL (a gateway of this deployment, not over TLS)")
+        return self
 
     @model_validator(mode="after")
     def _s3_is_complete(self) -> JobsSettings:

@@ -3,7 +3,9 @@
 For each delivery: read the job's record; skip it if the job already finished
 (a redelivery after a crash) or was cancelled; mark it running; run its task
 through the worker over loopback, in chunks, so jobs share the worker's
-batching; write the result and the succeeded state (one database write); and
+batching (with SIDECAR_SPREAD_URL, a job of more than one chunk sends its
+chunks to that gateway instead, which spreads them over every worker:
+jobs.spread); write the result and the succeeded state (one database write); and
 only then ack. A crash anywhere before the ack
 means the message is delivered again, and a finished job is never run twice:
 at-least-once delivery, exactly one visible result.
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -63,6 +66,7 @@ from jobs.records import JobRecord, JobRecords
 from jobs.routing import ModelIdentity
 from jobs.schema import ErrorInfo, JobSpec, JobStatus, Progress, utc_now, validate
 from jobs.settings import JobsSettings
+from jobs.spread import Spreader
 from jobs.store import ArtifactStore
 from jobs.tasks import TASKS, TaskContext, TaskType, import_task_modules
 
@@ -96,6 +100,8 @@ class Sidecar:
         #: Why the jobs being cancelled are handed back (the worker's new model), while they are.
         self._handing_back: str | None = None
         self.coalescer = Coalescer(self.worker, settings.job_chunk_rows, settings.sidecar_worker_calls)
+        #: Large jobs' chunks over every worker, through a gateway; None: all go to the own worker.
+        self.spreader = Spreader(settings, self.coalescer.predict) if settings.sidecar_spread_url else None
         self._slots = asyncio.Semaphore(settings.sidecar_concurrency)
         self._running: set[asyncio.Task[None]] = set()
         #: Job id -> set when this sidecar's run of that job ends: a duplicate delivery waits for it.
@@ -120,6 +126,8 @@ class Sidecar:
             await self.broker.close()
             await self.database.close()
             await self.coalescer.close()
+            if self.spreader is not None:
+                await self.spreader.close()
             await self.worker.aclose()
 
     async def _serve(self, model: ModelIdentity, stop: asyncio.Event) -> None:
@@ -287,8 +295,9 @@ class Sidecar:
             return
         self.metrics.count("running")
         run = _Progress(self.records, running)
+        spread = None if self.spreader is None else functools.partial(self.spreader.predict, model=model)
         context = TaskContext(spec.job_id, task.options.model_validate(record.spec.options), self.settings,
-                              self.store, self.worker, run.checkpoint, self.coalescer.predict)
+                              self.store, self.worker, run.checkpoint, self.coalescer.predict, spread)
         try:
             rows = await self._rows(record, task)
             output = await task.run(context, rows)

@@ -3,6 +3,8 @@
 Workers listen on PORT+1 .. PORT+N, each pinned to its own GPU where
 ``nvidia-smi -L`` lists GPUs, else on the CPU. Ctrl-C or SIGTERM stops all; a
 child that keeps failing right after it starts stops all too, with exit status 1.
+The sidecars get SIDECAR_SPREAD_URL (this gateway) unless it is set: a large
+job's chunks are spread over every worker (jobs/spread.py).
 The launcher opens the gateway's listening socket itself and hands it down
 (LISTEN_FD): when the gateway restarts, new connections wait in the socket's
 queue for the next gateway instead of being refused. ``GATEWAY_PROCESSES``
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -63,11 +66,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def gateway_url(args: argparse.Namespace) -> str:
+    """The gateway's URL from this machine (its loopback address when it listens on every interface)."""
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
+
+
 def build_children(
     args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None,
-    metrics_dir: Path | None = None, jobs_folder: Path | None = None,
+    metrics_dir: Path | None = None, jobs_folder: Path | None = None, environ: Mapping[str, str] = os.environ,
 ) -> list[Child]:
-    """The stack's processes; ``jobs_folder`` becomes every child's JOBS_DIR."""
+    """The stack's processes; ``jobs_folder`` becomes every child's JOBS_DIR. ``environ``: the environment
+    they inherit, whose SIDECAR_SPREAD_URL, if any, is left as the user set it."""
     python = sys.executable
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
     children = [
@@ -79,14 +89,15 @@ def build_children(
         )
         for i, port in enumerate(worker_ports)
     ]
+    workers = ",".join(f"127.0.0.1:{port}" for port in worker_ports)
+    gateway_env = {"HOST": args.host, "PORT": str(args.port), "WORKERS": workers}
     if not args.no_sidecars:
+        spread = _spread_env(args, environ, gateway_env)
         children += [
-            Child(f"sidecar-{i}", [python, "-m", "jobs.sidecar"], {"WORKER_URL": f"http://127.0.0.1:{port}"},
+            Child(f"sidecar-{i}", [python, "-m", "jobs.sidecar"], {"WORKER_URL": f"http://127.0.0.1:{port}", **spread},
                   stop_rank=1)
             for i, port in enumerate(worker_ports)
         ]
-    workers = ",".join(f"127.0.0.1:{port}" for port in worker_ports)
-    gateway_env = {"HOST": args.host, "PORT": str(args.port), "WORKERS": workers}
     if listen_fd is not None:
         gateway_env["LISTEN_FD"] = str(listen_fd)
     if metrics_dir is not None:
@@ -101,6 +112,20 @@ def build_children(
         for child in children:
             child.env["JOBS_DIR"] = str(jobs_folder)
     return children
+
+
+def _spread_env(args: argparse.Namespace, environ: Mapping[str, str], gateway_env: dict[str, str]) -> dict[str, str]:
+    """The sidecars' SIDECAR_SPREAD_URL: this gateway, which spreads a large job's chunks over every worker,
+    unless the user set it. With API_KEYS and no WORKER_API_KEY, the sidecars get a key of their own, added to
+    the gateway's (``gateway_env``); without one the gateway would refuse them and their own worker answer."""
+    if "SIDECAR_SPREAD_URL" in environ:
+        return {}
+    spread = {"SIDECAR_SPREAD_URL": gateway_url(args)}
+    keys = environ.get("API_KEYS", "")
+    if keys.strip(", ") and not environ.get("WORKER_API_KEY"):
+        spread["WORKER_API_KEY"] = secrets.token_urlsafe(24)
+        gateway_env["API_KEYS"] = f"{keys},{spread['WORKER_API_KEY']}"
+    return spread
 
 
 async def announce_when_ready(supervisor: Supervisor, url: str, workers: int, worker_url: str,
@@ -178,10 +203,9 @@ async def _supervise(
                    f"{'GPUs ' + ','.join(gpus) if gpus else 'the CPU'}")
     supervisor.say(access_line(os.environ))
     supervisor.say(f"job folder: {folder}")
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     keyed = bool(os.environ.get("API_KEYS", "").strip(", "))
     announcer = asyncio.create_task(announce_when_ready(
-        supervisor, f"http://{host}:{args.port}", args.workers, f"http://127.0.0.1:{args.port + 1}", keyed,
+        supervisor, gateway_url(args), args.workers, f"http://127.0.0.1:{args.port + 1}", keyed,
     ))
     code = await supervisor.run()
     announcer.cancel()

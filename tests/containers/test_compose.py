@@ -140,7 +140,8 @@ def test_gateway_finds_the_workers_and_sidecars_find_the_gateway(compose_file: P
     assert set(workers) <= set(gateway["depends_on"])
     for name, service in all_services.items():
         if role(service) == "sidecar":
-            assert service["environment"]["WORKER_URL"] == f"http://gateway:{gateway['environment']['PORT']}", name
+            url = f"http://gateway:{gateway['environment']['PORT']}"
+            assert service["environment"]["WORKER_URL"] == service["environment"]["SIDECAR_SPREAD_URL"] == url, name
 
 
 @compose_files

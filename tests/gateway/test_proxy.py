@@ -10,8 +10,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from common.forwarder import ConnectTimedOut, WorkerClient
 from common.model_headers import answering_model
-from gateway.forwarder import ConnectTimedOut, WorkerClient
 from gateway.settings import GatewaySettings
 from tests.gateway.conftest import StandInWorker, gateway_settings, serve_gateway
 

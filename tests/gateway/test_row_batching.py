@@ -13,9 +13,9 @@ import orjson
 import pytest
 import uvicorn
 
+from common.forwarder import UpstreamResponse
 from gateway.backends import BackendPool
 from gateway.errors import Overloaded, UpstreamTimeout
-from gateway.forwarder import UpstreamResponse
 from gateway.metrics import GatewayMetrics
 from gateway.row_batching import RowBatcher, RowSpec, decode_answers
 from gateway.settings import GatewaySettings

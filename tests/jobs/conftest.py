@@ -158,10 +158,11 @@ async def _delete_queues(settings: JobsSettings) -> None:
 
 @contextlib.asynccontextmanager
 async def gateway(settings: JobsSettings, **gateway_changes: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """A real gateway (uvicorn, in this process) on a free port, with the jobs' settings and ``gateway_changes``."""
+    """A real gateway (uvicorn, in this process) on a free port, with the jobs' settings and ``gateway_changes``
+    (its workers: WORKER_URL's unless they say)."""
     port = free_port()
     worker = settings.worker_url.removeprefix("http://")
-    app = create_app(GatewaySettings(workers=[worker], access_log=False, **gateway_changes), settings)
+    app = create_app(GatewaySettings(**{"workers": [worker], "access_log": False, **gateway_changes}), settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:  # start-up only

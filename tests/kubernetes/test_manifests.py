@@ -122,6 +122,17 @@ def test_the_sidecar_runs_jobs_on_its_own_worker_over_localhost(overlay: str) ->
 
 
 @overlays
+def test_the_sidecar_spreads_large_jobs_through_the_gateway_service_with_a_key_it_may_lack(overlay: str) -> None:
+    objects = render(overlay)
+    service = one(objects, "Service", "gateway")
+    port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http")
+    sidecar = environment(objects, _worker_pod(objects)["sidecar"])
+    assert sidecar["SIDECAR_SPREAD_URL"] == f"http://{service['metadata']['name']}:{port}"
+    key = sidecar["WORKER_API_KEY"]["secretKeyRef"]
+    assert key["optional"] is True, "a deployment without the sidecars' key still runs jobs, on the own worker"
+
+
+@overlays
 def test_commands_and_images_are_the_ones_compose_builds(overlay: str) -> None:
     compose_file = "docker-compose.gpu.yml" if overlay == "gpu" else "docker-compose.yml"
     compose = services(REPO / compose_file)

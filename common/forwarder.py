@@ -1,4 +1,5 @@
-"""The one place that talks HTTP to workers on the hot path.
+"""The one place that talks HTTP to workers on the hot path: the gateway's, and a sidecar's to a gateway
+when it spreads a large job's chunks (jobs/spread.py).
 
 A small HTTP/1.1 client of its own: per worker, a pool of keep-alive
 connections, each an asyncio protocol with httptools' response parser (the

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.forwarder import BadResponse, ConnectFailed, ConnectionDropped, DeadlineExceeded, WorkerClient
+from common.forwarder import BadResponse, ConnectFailed, ConnectionDropped, DeadlineExceeded, WorkerClient
 from tests.support import free_port
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"

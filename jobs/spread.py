@@ -1,0 +1,147 @@
+"""A large job's chunks over every worker: sent to a gateway (SIDECAR_SPREAD_URL), which balances them.
+
+A job runs on one sidecar. Through that sidecar's own worker alone, a
+100,000-row job got about half the rows/s that ``/batch_predict`` gets through
+the gateway with 2 workers; sent to the gateway, its chunks go to whichever
+workers are healthy and least busy, as live traffic's do.
+
+The job must not come to depend on the gateway, nor take another model's
+answers for its own:
+
+- no answer from the gateway (a connection error, a timeout, 502 / 503 / 504:
+  no worker could answer; 401 / 403 / 429: it refuses this sidecar's key or
+  rate-limits it) sends that chunk to the sidecar's own worker instead, through
+  the coalescer, exactly as without spreading;
+- a 4xx a retry would repeat is the rows' fault: :class:`WorkerRefused`, as
+  from the own worker; another 5xx fails the attempt (retried);
+- each answer names the model that computed it (common.model_headers). Another
+  model's name fails the attempt (:class:`ChunkOfAnotherModel`, retried: the
+  gateway balances over workers this job's rows are not for). Another version
+  of the job's model, or an answer naming no model, is computed again on the
+  own worker, so every row of a result comes from the one version its record
+  names (the own worker's, as without spreading) even while the workers
+  behind the gateway are half upgraded.
+
+An answer is passed on as the bytes the gateway sent (a JSON array, one item
+per row, as the worker's contract says; the own worker's answers are sliced by
+position without counting either): the task splices them into its result
+without parsing them, which saved a fifth of the sidecar's CPU.
+
+The client is the gateway's own (common/forwarder.py: plain HTTP, so the URL
+is http://), not httpx, which took a third of the sidecar's CPU for a large
+job. It has no hook of the own worker's client
+(``Sidecar._check_answering_model``): an answer of another worker says
+nothing of the model the own worker serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from common.forwarder import BadResponse, DeadlineExceeded, TransportError, UpstreamResponse, WorkerClient
+from common.model_headers import answering_model
+from jobs.coalesce import WorkerRefused, refused
+from jobs.routing import ModelIdentity
+from jobs.settings import JobsSettings
+
+log = logging.getLogger("jobs.spread")
+#: Answers of a gateway that could not, or would not, have a worker answer: the own worker answers instead.
+GATEWAY_UNAVAILABLE = frozenset({401, 403, 429, 502, 503, 504})
+#: One warning per reason this often at most: a 100,000-row job falling back would log 400 lines otherwise.
+WARN_EVERY_S = 60.0
+#: Longest wait for a connection to the gateway before the own worker answers instead.
+CONNECT_TIMEOUT_S = 2.0
+
+Predict = Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]]
+
+
+class ChunkOfAnotherModel(Exception):
+    """The gateway's answer to a chunk came from a worker of another model than the job's."""
+
+
+class GatewayFailed(Exception):
+    """The gateway answered a 5xx that says a worker failed on the rows (not that none could answer)."""
+
+
+class Spreader:
+    def __init__(self, settings: JobsSettings, fallback: Predict) -> None:
+        """``fallback(rows, request_id)``: the own worker's answers (the sidecar's coalescer)."""
+        assert settings.sidecar_spread_url
+        parts = urlsplit(settings.sidecar_spread_url)
+        self.url = settings.sidecar_spread_url
+        self._base = f"http://{parts.netloc}"
+        self._path = f"{parts.path.rstrip('/')}/batch_predict"
+        self._headers = {"content-type": "application/json"}
+        if settings.worker_api_key:
+            self._headers["authorization"] = f"Bearer {settings.worker_api_key}"
+        self._timeout_s = settings.worker_timeout_s
+        # The gateway's own HTTP client: httpx cost the sidecar a third of its CPU here.
+        self.gateway = WorkerClient(connect_timeout_s=CONNECT_TIMEOUT_S,
+                                    max_connections_per_worker=settings.sidecar_spread_calls)
+        self._slots = asyncio.Semaphore(settings.sidecar_spread_calls)
+        self._fallback = fallback
+        self._warned: dict[str, float] = {}
+
+    async def predict(self, rows: list[dict[str, Any]], request_id: str, model: ModelIdentity) -> bytes:
+        """The answers of model ``model`` to ``rows``, a JSON array's bytes: of any worker behind the gateway,
+        else of the own one."""
+        async with self._slots:
+            answers = await self._through_gateway(rows, request_id, model)
+        return orjson.dumps(await self._fallback(rows, request_id)) if answers is None else answers
+
+    async def close(self) -> None:
+        await self.gateway.aclose()
+
+    async def _through_gateway(self, rows: list[dict[str, Any]], request_id: str,
+                               model: ModelIdentity) -> bytes | None:
+        """The gateway's answers as it sent them, if they are ``model``'s; None when the own worker is to
+        answer instead."""
+        try:
+            headers = {**self._headers, "x-request-id": request_id}
+            answer = await self.gateway.send(self._base, "POST", self._path, headers, orjson.dumps(rows),
+                                             self._timeout_s)
+        except (TransportError, DeadlineExceeded, BadResponse) as exc:
+            self._warn(f"the gateway at {self.url} did not answer ({type(exc).__name__}): "
+                       "chunks go to the own worker meanwhile")
+            return None
+        if answer.status in GATEWAY_UNAVAILABLE:
+            self._warn(f"the gateway at {self.url} answered {answer.status}: chunks go to the own worker meanwhile")
+            return None
+        if answer.status != 200:
+            _refuse(answer)
+        answering = answering_model(answer.headers)
+        if answering is not None and answering[0] != model.name:
+            raise ChunkOfAnotherModel(f"the gateway at {self.url} answered with model {answering[0]!r}, not "
+                                      f"{model.name!r}: its workers serve another model")
+        if answering != (model.name, model.version):
+            said = "no model" if answering is None else f"version {answering[1]!r}"
+            self._warn(f"the gateway's answers name {said}, not {model.describe()}: computed again on the own worker")
+            return None
+        body = answer.body.strip()
+        if not (body.startswith(b"[") and body.endswith(b"]")):  # its items are the worker's to get right
+            raise ValueError(f"the gateway's answer to /batch_predict is not a JSON array: {body[:100]!r}")
+        return body
+
+    def _warn(self, reason: str) -> None:
+        """Log ``reason``, unless it was logged less than WARN_EVERY_S ago."""
+        now = time.monotonic()
+        if now - self._warned.get(reason, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned[reason] = now
+            log.warning("%s", reason)
+
+
+def _refuse(answer: UpstreamResponse) -> None:
+    """Raise what an answer other than 200 means: WorkerRefused for a 4xx a retry would repeat, as the own
+    worker's (the task fails, naming the rows), else GatewayFailed (the attempt is retried)."""
+    response = httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+    if refused(response):
+        raise WorkerRefused(response)
+    raise GatewayFailed(f"the gateway answered {answer.status} to /batch_predict: {answer.body[:200]!r}")
