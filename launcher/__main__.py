@@ -121,10 +121,9 @@ def _spread_env(args: argparse.Namespace, environ: Mapping[str, str], gateway_en
     if "SIDECAR_SPREAD_URL" in environ:
         return {}
     spread = {"SIDECAR_SPREAD_URL": gateway_url(args)}
-    keys = environ.get("API_KEYS", "")
-    if keys.strip(", ") and not environ.get("WORKER_API_KEY"):
+    if api_keys(environ) and not environ.get("WORKER_API_KEY"):
         spread["WORKER_API_KEY"] = secrets.token_urlsafe(24)
-        gateway_env["API_KEYS"] = f"{keys},{spread['WORKER_API_KEY']}"
+        gateway_env["API_KEYS"] = f"{environ['API_KEYS']},{spread['WORKER_API_KEY']}"
     return spread
 
 
@@ -158,9 +157,14 @@ async def announce_when_ready(supervisor: Supervisor, url: str, workers: int, wo
     )
 
 
+def api_keys(environ: Mapping[str, str]) -> list[str]:
+    """The entries of API_KEYS, split as the gateway splits them (common.config): none means access control is off."""
+    return [entry.strip() for entry in environ.get("API_KEYS", "").split(",") if entry.strip()]
+
+
 def access_line(environ: Mapping[str, str]) -> str:
     """One line on access control, which is off unless API_KEYS is set (the gateway reads the same variable)."""
-    keys = [entry for entry in environ.get("API_KEYS", "").split(",") if entry.strip()]
+    keys = api_keys(environ)
     if not keys:
         return "access control: off (API_KEYS unset): every route is open to whoever reaches the port"
     return f"access control: on, {len(keys)} API key(s); send Authorization: Bearer <key> or X-API-Key"
@@ -203,9 +207,8 @@ async def _supervise(
                    f"{'GPUs ' + ','.join(gpus) if gpus else 'the CPU'}")
     supervisor.say(access_line(os.environ))
     supervisor.say(f"job folder: {folder}")
-    keyed = bool(os.environ.get("API_KEYS", "").strip(", "))
     announcer = asyncio.create_task(announce_when_ready(
-        supervisor, gateway_url(args), args.workers, f"http://127.0.0.1:{args.port + 1}", keyed,
+        supervisor, gateway_url(args), args.workers, f"http://127.0.0.1:{args.port + 1}", bool(api_keys(os.environ)),
     ))
     code = await supervisor.run()
     announcer.cancel()
