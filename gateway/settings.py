@@ -68,12 +68,12 @@ class GatewaySettings(BaseSettings):
         "in the next call.",
     )
     gateway_batch_min_rows: int = Field(
-        32, ge=1,
+        48, ge=1,
         description="While a gathered call is in flight, a call to another worker opens only once this many rows "
         "wait (or the oldest waited GATEWAY_BATCH_HOLD_MS); 1: at once. A lone request always goes at once.",
     )
     gateway_batch_hold_ms: float = Field(
-        2.0, ge=0, description="Longest a row waits for an in-flight call while another worker is free."
+        5.0, ge=0, description="Longest a row waits for an in-flight call while another worker is free."
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 answers.")
     header_timeout_s: float = Field(
