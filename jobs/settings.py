@@ -122,7 +122,9 @@ class JobsSettings(BaseSettings):
         2.0, gt=0, description="How often a sidecar reads its worker's /health to notice it now serves another "
         "model (it then hands its jobs back and consumes the new model's queue).",
     )
-    worker_url: str = Field("http://127.0.0.1:8000", description="The worker this sidecar runs jobs on.")
+    worker_url: str = Field(
+        "http://127.0.0.1:8000", description="The worker this sidecar runs jobs on (http://, not over TLS)."
+    )
     worker_api_key: str | None = Field(
         None, description="API key sent to WORKER_URL and SIDECAR_SPREAD_URL (Authorization: Bearer), for a "
         "gateway with API keys.",
@@ -144,7 +146,10 @@ class JobsSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _spread_url_is_plain_http(self) -> JobsSettings:
+    def _urls_are_plain_http(self) -> JobsSettings:
+        if not self.worker_url.startswith("http://"):
+            raise ValueError("WORKER_URL must be an http:// URL (the sidecar's own worker, or a gateway of this "
+                             "deployment, not over TLS)")
         if self.sidecar_spread_url and not self.sidecar_spread_url.startswith("http://"):
             raise ValueError("SIDECAR_SPREAD_URL must be an http:// URL (a gateway of this deployment, not over TLS)")
         return self

@@ -46,7 +46,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -99,7 +99,8 @@ class Sidecar:
         self._model_changed = asyncio.Event()
         #: Why the jobs being cancelled are handed back (the worker's new model), while they are.
         self._handing_back: str | None = None
-        self.coalescer = Coalescer(self.worker, settings.job_chunk_rows, settings.sidecar_worker_calls)
+        self.coalescer = Coalescer(settings.worker_url, key, settings.worker_timeout_s, self._check_answer,
+                                   settings.job_chunk_rows, settings.sidecar_worker_calls)
         #: Large jobs' chunks over every worker, through a gateway; None: all go to the own worker.
         self.spreader = Spreader(settings, self.coalescer.predict) if settings.sidecar_spread_url else None
         self._slots = asyncio.Semaphore(settings.sidecar_concurrency)
@@ -206,8 +207,13 @@ class Sidecar:
 
     async def _check_answering_model(self, response: httpx.Response) -> None:
         """Every answer of the worker but /health names the model that computed it: it must be this sidecar's."""
-        answering = answering_model(response.headers)
-        if self.model is None or answering is None or response.request.url.path == "/health":
+        if response.request.url.path != "/health":
+            self._check_answer(response.headers)
+
+    def _check_answer(self, headers: Mapping[str, str]) -> None:
+        """Raise ModelChanged when an answer's headers name another model than this sidecar's."""
+        answering = answering_model(headers)
+        if self.model is None or answering is None:
             return
         if answering != (self.model.name, self.model.version):
             self._model_changed.set()

@@ -43,12 +43,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
 from common.forwarder import BadResponse, DeadlineExceeded, TransportError, UpstreamResponse, WorkerClient
 from common.model_headers import answering_model
-from jobs.coalesce import WorkerRefused, refused
+from jobs.coalesce import WorkerRefused, as_response, refused
 from jobs.routing import ModelIdentity
 from jobs.settings import JobsSettings
 
@@ -141,7 +140,7 @@ class Spreader:
 def _refuse(answer: UpstreamResponse) -> None:
     """Raise what an answer other than 200 means: WorkerRefused for a 4xx a retry would repeat, as the own
     worker's (the task fails, naming the rows), else GatewayFailed (the attempt is retried)."""
-    response = httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+    response = as_response(answer)
     if refused(response):
         raise WorkerRefused(response)
     raise GatewayFailed(f"the gateway answered {answer.status} to /batch_predict: {answer.body[:200]!r}")

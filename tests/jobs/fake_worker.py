@@ -5,7 +5,8 @@ row went where; rows whose first value is negative get the worker's 422
 envelope. It serves model ``model_name`` version ``model_version`` (in /health,
 /metadata and, as a real worker does, in every answer's headers): change them to
 play a worker restarted with another model. ``delay_s`` slows every call down (to catch a job mid-run),
-``rows_seen`` counts the rows it answered and ``calls`` the calls that answered.
+``rows_seen`` counts the rows it answered and ``calls`` the calls that answered; ``failures`` is how many
+calls from now on get a 503 (a worker overloaded or restarting).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class FakeWorker:
         self.delay_s = 0.0
         self.rows_seen = 0
         self.calls = 0
+        self.failures = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = Starlette(routes=[
@@ -57,6 +59,10 @@ class FakeWorker:
 
     async def _batch_predict(self, request: Request) -> JSONResponse:
         rows = await request.json()
+        if self.failures > 0:
+            self.failures -= 1
+            body = {"error": {"code": "unavailable", "message": "overloaded"}, "request_id": None}
+            return JSONResponse(body, 503, headers=self._identity())
         if any(row["input_data"][0] < 0 for row in rows):
             body = {"error": {"code": "invalid_input", "message": "input_data: negative"}, "request_id": None}
             return JSONResponse(body, 422, headers=self._identity())

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
+from pydantic import ValidationError
 
 from jobs.settings import JobsSettings
 from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, wait_for_job
@@ -145,3 +147,10 @@ async def test_cancel_stops_a_spread_job_at_its_next_chunk(tmp_path: Path, fake_
             status = await wait_for_job(client, job["job_id"], finished)
     assert status["status"] == "cancelled", status
     assert fake_worker.rows_seen + other.rows_seen < len(ROWS)
+
+
+@pytest.mark.parametrize("setting", ["worker_url", "sidecar_spread_url"])
+def test_the_sidecars_http_urls_must_be_plain_http(setting: str, tmp_path: Path) -> None:
+    """Both go through the forwarder's client, which speaks plain HTTP only: a TLS URL is refused at start-up."""
+    with pytest.raises(ValidationError, match="http:// URL"):
+        JobsSettings(jobs_dir=tmp_path, **{setting: "https://gateway.example:443"})
