@@ -5,7 +5,8 @@ prints one JSON object. The benchmark runs it in a fresh process so XLA gets
 the same thread settings as a worker (``XLA_CPU_THREADS``, as in ``python -m worker``).
 Two numbers: ``jit`` calls the compiled function on a device array (the
 model's ceiling), ``runtime`` goes through ``ModelRuntime.infer`` (padding,
-host copies: what the batcher pays per batch).
+host copies: what the batcher pays per batch). Each also gives the process's CPU per row (all its threads:
+XLA's own included), the model's share of a worker's CPU per served row.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ import os
 import time
 
 
-def _loop(call, duration_s: float) -> tuple[int, float]:
+def _rates(call, batch: int, duration_s: float) -> dict:
+    """Wall and CPU time of ``call`` in a loop for ``duration_s``."""
     call()  # compile, warm caches
-    calls, started = 0, time.perf_counter()
+    calls, started, cpu_started = 0, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - started) < duration_s:
         call()
         calls += 1
-    return calls, elapsed
-
-
-def _rates(calls: int, batch: int, elapsed: float) -> dict:
-    return {"rows_per_s": round(calls * batch / elapsed, 1), "ms_per_call": round(elapsed / calls * 1000, 4)}
+    cpu_s = time.process_time() - cpu_started
+    return {"rows_per_s": round(calls * batch / elapsed, 1), "ms_per_call": round(elapsed / calls * 1000, 4),
+            "cpu_ms_per_row": round(cpu_s / (calls * batch) * 1000, 4)}
 
 
 def measure(model_path: str, batch: int, duration_s: float) -> dict:
@@ -46,14 +46,12 @@ def measure(model_path: str, batch: int, duration_s: float) -> dict:
     x = jnp.asarray(rows)
     jitted = jax.jit(model.predict_batch)
     result: dict = {"model": model_path, "batch": batch, "xla_cpu_threads": os.environ.get("XLA_CPU_THREADS")}
-    calls, elapsed = _loop(lambda: jax.block_until_ready(jitted(params, x)), duration_s)
-    result["jit"] = _rates(calls, batch, elapsed)
+    result["jit"] = _rates(lambda: jax.block_until_ready(jitted(params, x)), batch, duration_s)
 
     buckets = WorkerSettings(max_batch_size=batch).bucket_sizes
     runtime = ModelRuntime(model, ARTIFACTS_DIR, buckets, WorkerMetrics(batch))
     runtime.load_and_warm_up()
-    calls, elapsed = _loop(lambda: runtime.infer(rows), duration_s)
-    result["runtime"] = _rates(calls, batch, elapsed)
+    result["runtime"] = _rates(lambda: runtime.infer(rows), batch, duration_s)
     return result
 
 

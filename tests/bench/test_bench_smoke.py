@@ -90,6 +90,7 @@ def test_inprocess_limit_runs() -> None:
     limit = run_inprocess("worker.model", 8, 0.1)
     assert limit["batch"] == 8
     assert limit["jit"]["rows_per_s"] > 0 and limit["runtime"]["rows_per_s"] > 0
+    assert limit["jit"]["cpu_ms_per_row"] > 0 and limit["runtime"]["cpu_ms_per_row"] > 0
 
 
 def _point(model: str, config: str, concurrency: int) -> dict:
