@@ -11,9 +11,6 @@ refuses (4xx) is split in halves and each sent again, down to single jobs, so
 the refusal reaches only the job with the bad row and the others stay
 batched (a few extra calls, not one per job); a 5xx or a broken connection fails every job of the
 batch, each retried as usual.
-
-The client is the gateway's own (common/forwarder.py: plain HTTP, one socket write per call), not
-httpx, which took a third of the sidecar's CPU samples for one-row jobs.
 """
 
 from __future__ import annotations
@@ -23,23 +20,19 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
-from common.forwarder import UpstreamResponse, WorkerClient
-
-#: Longest wait for a connection to the worker (the whole call has the worker timeout).
-CONNECT_TIMEOUT_S = 2.0
+from common.forwarder import UpstreamResponse
+from jobs.batch_client import BatchPredictClient
 
 
 class WorkerRefused(Exception):
     """The worker answered 4xx (not 408 / 429) for this job's rows: a retry would repeat it."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"the worker answered {response.status_code}")
-        self.response = response
+    def __init__(self, answer: UpstreamResponse) -> None:
+        super().__init__(f"the worker answered {answer.status}")
+        self.answer = answer
 
 
 class WorkerFailed(Exception):
@@ -53,29 +46,19 @@ class _Call:
     answer: asyncio.Future[list[Any]]
 
 
-def refused(response: httpx.Response) -> bool:
+def refused(status: int) -> bool:
     """A 4xx a retry would repeat (not 408 / 429)."""
-    return 400 <= response.status_code < 500 and response.status_code not in (408, 429)
-
-
-def as_response(answer: UpstreamResponse) -> httpx.Response:
-    """An answer of the forwarder as an httpx response, the form WorkerRefused and the tasks read."""
-    return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+    return 400 <= status < 500 and status not in (408, 429)
 
 
 class Coalescer:
     """Sends waiting jobs' rows to the worker at ``worker_url`` together; ``check_answer(headers)`` runs on
     every answer first (the sidecar's check of the model that computed it), and may raise."""
 
-    def __init__(self, worker_url: str, headers: Mapping[str, str], timeout_s: float,
+    def __init__(self, worker_url: str, api_key: str | None, timeout_s: float,
                  check_answer: Callable[[Mapping[str, str]], None], max_rows: int, calls: int) -> None:
-        parts = urlsplit(worker_url)
-        self._base = f"http://{parts.netloc}"
-        self._path = f"{parts.path.rstrip('/')}/batch_predict"
-        self._headers = {"content-type": "application/json", **headers}
-        self._timeout_s = timeout_s
+        self._worker = BatchPredictClient(worker_url, api_key, timeout_s, calls)
         self._check_answer = check_answer
-        self._client = WorkerClient(connect_timeout_s=CONNECT_TIMEOUT_S, max_connections_per_worker=calls)
         self.max_rows = max_rows
         self._slots = asyncio.Semaphore(calls)
         self._waiting: list[_Call] = []
@@ -98,7 +81,7 @@ class Coalescer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self._client.aclose()
+        await self._worker.aclose()
 
     async def _send_waiting(self) -> None:
         while True:
@@ -134,19 +117,16 @@ class Coalescer:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            answer = await self._client.send(
-                self._base, "POST", self._path, {**self._headers, "x-request-id": batch[0].request_id},
-                orjson.dumps([row for call in batch for row in call.rows]), self._timeout_s,
-            )
+            answer = await self._worker.send(orjson.dumps([row for call in batch for row in call.rows]),
+                                             batch[0].request_id)
             self._check_answer(answer.headers)
+            if refused(answer.status) and len(batch) > 1:
+                half = len(batch) // 2
+                await asyncio.gather(self._send(batch[:half]), self._send(batch[half:]))
+                return
+            if refused(answer.status):
+                raise WorkerRefused(answer)
             if answer.status != 200:
-                response = as_response(answer)
-                if refused(response) and len(batch) > 1:
-                    half = len(batch) // 2
-                    await asyncio.gather(self._send(batch[:half]), self._send(batch[half:]))
-                    return
-                if refused(response):
-                    raise WorkerRefused(response)
                 raise WorkerFailed(f"the worker answered {answer.status} to /batch_predict: {answer.body[:200]!r}")
             answers = orjson.loads(answer.body)
         except Exception as exc:

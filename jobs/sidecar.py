@@ -99,8 +99,8 @@ class Sidecar:
         self._model_changed = asyncio.Event()
         #: Why the jobs being cancelled are handed back (the worker's new model), while they are.
         self._handing_back: str | None = None
-        self.coalescer = Coalescer(settings.worker_url, key, settings.worker_timeout_s, self._check_answer,
-                                   settings.job_chunk_rows, settings.sidecar_worker_calls)
+        self.coalescer = Coalescer(settings.worker_url, settings.worker_api_key, settings.worker_timeout_s,
+                                   self._check_answer, settings.job_chunk_rows, settings.sidecar_worker_calls)
         #: Large jobs' chunks over every worker, through a gateway; None: all go to the own worker.
         self.spreader = Spreader(settings, self.coalescer.predict) if settings.sidecar_spread_url else None
         self._slots = asyncio.Semaphore(settings.sidecar_concurrency)

@@ -27,9 +27,8 @@ per row, as the worker's contract says; the own worker's answers are sliced by
 position without counting either): the task splices them into its result
 without parsing them, which saved a fifth of the sidecar's CPU.
 
-The client is the gateway's own (common/forwarder.py: plain HTTP, so the URL
-is http://), not httpx, which took a third of the sidecar's CPU for a large
-job. It has no hook of the own worker's client
+The client is jobs.batch_client's (the gateway's own, plain HTTP, so the URL
+is http://), as the coalescer's. It has no hook of the own worker's client
 (``Sidecar._check_answering_model``): an answer of another worker says
 nothing of the model the own worker serves.
 """
@@ -41,13 +40,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from common.forwarder import BadResponse, DeadlineExceeded, TransportError, UpstreamResponse, WorkerClient
+from common.forwarder import BadResponse, DeadlineExceeded, TransportError, UpstreamResponse
 from common.model_headers import answering_model
-from jobs.coalesce import WorkerRefused, as_response, refused
+from jobs.batch_client import BatchPredictClient
+from jobs.coalesce import WorkerRefused, refused
 from jobs.routing import ModelIdentity
 from jobs.settings import JobsSettings
 
@@ -56,8 +55,6 @@ log = logging.getLogger("jobs.spread")
 GATEWAY_UNAVAILABLE = frozenset({401, 403, 429, 502, 503, 504})
 #: One warning per reason this often at most: a 100,000-row job falling back would log 400 lines otherwise.
 WARN_EVERY_S = 60.0
-#: Longest wait for a connection to the gateway before the own worker answers instead.
-CONNECT_TIMEOUT_S = 2.0
 
 Predict = Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]]
 
@@ -74,17 +71,10 @@ class Spreader:
     def __init__(self, settings: JobsSettings, fallback: Predict) -> None:
         """``fallback(rows, request_id)``: the own worker's answers (the sidecar's coalescer)."""
         assert settings.sidecar_spread_url
-        parts = urlsplit(settings.sidecar_spread_url)
         self.url = settings.sidecar_spread_url
-        self._base = f"http://{parts.netloc}"
-        self._path = f"{parts.path.rstrip('/')}/batch_predict"
-        self._headers = {"content-type": "application/json"}
-        if settings.worker_api_key:
-            self._headers["authorization"] = f"Bearer {settings.worker_api_key}"
-        self._timeout_s = settings.worker_timeout_s
-        # The gateway's own HTTP client: httpx cost the sidecar a third of its CPU here.
-        self.gateway = WorkerClient(connect_timeout_s=CONNECT_TIMEOUT_S,
-                                    max_connections_per_worker=settings.sidecar_spread_calls)
+        # No connection within CONNECT_TIMEOUT_S (jobs.batch_client): the own worker answers the chunk.
+        self.gateway = BatchPredictClient(self.url, settings.worker_api_key, settings.worker_timeout_s,
+                                          settings.sidecar_spread_calls)
         self._slots = asyncio.Semaphore(settings.sidecar_spread_calls)
         self._fallback = fallback
         self._warned: dict[str, float] = {}
@@ -104,9 +94,7 @@ class Spreader:
         """The gateway's answers as it sent them, if they are ``model``'s; None when the own worker is to
         answer instead."""
         try:
-            headers = {**self._headers, "x-request-id": request_id}
-            answer = await self.gateway.send(self._base, "POST", self._path, headers, orjson.dumps(rows),
-                                             self._timeout_s)
+            answer = await self.gateway.send(orjson.dumps(rows), request_id)
         except (TransportError, DeadlineExceeded, BadResponse) as exc:
             self._warn(f"the gateway at {self.url} did not answer ({type(exc).__name__}): "
                        "chunks go to the own worker meanwhile")
@@ -140,7 +128,6 @@ class Spreader:
 def _refuse(answer: UpstreamResponse) -> None:
     """Raise what an answer other than 200 means: WorkerRefused for a 4xx a retry would repeat, as the own
     worker's (the task fails, naming the rows), else GatewayFailed (the attempt is retried)."""
-    response = as_response(answer)
-    if refused(response):
-        raise WorkerRefused(response)
+    if refused(answer.status):
+        raise WorkerRefused(answer)
     raise GatewayFailed(f"the gateway answered {answer.status} to /batch_predict: {answer.body[:200]!r}")

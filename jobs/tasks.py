@@ -38,6 +38,7 @@ import jsonschema
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.forwarder import UpstreamResponse
 from common.rows import MAX_RANK, NestedNumbers, PredictRow, is_plain_row_envelope, nested_shape
 from jobs.coalesce import WorkerRefused
 from jobs.errors import InvalidJob, TaskFailed
@@ -203,7 +204,7 @@ async def _in_chunks(ctx: TaskContext, rows: list[PredictRow | dict[str, Any]],
         try:
             answers.append(await call)
         except WorkerRefused as exc:
-            raise TaskFailed(*_worker_error(exc.response, f"rows {start}..{start + count - 1}")) from None
+            raise TaskFailed(*_worker_error(exc.answer, f"rows {start}..{start + count - 1}")) from None
         await ctx.checkpoint(start + count, len(rows))
 
     try:
@@ -221,13 +222,13 @@ async def _in_chunks(ctx: TaskContext, rows: list[PredictRow | dict[str, Any]],
     return answers
 
 
-def _worker_error(response: httpx.Response, where: str) -> tuple[str, str]:
+def _worker_error(answer: UpstreamResponse, where: str) -> tuple[str, str]:
     """The code and message of a worker's error envelope."""
     try:
-        error = response.json()["error"]
+        error = orjson.loads(answer.body)["error"]
         return str(error["code"]), f"{where}: {error['message']}"
     except (ValueError, KeyError, TypeError):
-        return "worker_error", f"{where}: the worker answered {response.status_code}"
+        return "worker_error", f"{where}: the worker answered {answer.status}"
 
 
 class TrainRow(BaseModel):
