@@ -53,7 +53,8 @@ def targets(results: dict) -> list[dict]:
         out.append({"target": name, "value": None if value is None else round(value, 4), "op": op,
                     "threshold": threshold, "pass": passed, "detail": detail})
 
-    limit = results.get("inprocess", {}).get("heavy", {}).get("jit", {}).get("rows_per_s")
+    heavy_jit = results.get("inprocess", {}).get("heavy", {}).get("jit", {})
+    limit = heavy_jit.get("rows_per_s")
     d64 = _point(results, "heavy", "gateway_2", 64)
     a64, b64 = _point(results, "heavy", "direct_nobatch", 64), _point(results, "heavy", "direct_batch", 64)
     c64 = _point(results, "heavy", "gateway_1", 64)
@@ -63,7 +64,7 @@ def targets(results: dict) -> list[dict]:
         add("gateway CPU per proxied single-row request, gateway + 2 workers, c=64 (ms)", gateway_cpu, "<=", 0.16,
             f"{gateway_cpu:.3f} ms; half of 0.32")
     if (workers_cpu := _cpu(d64, "workers")) is not None:
-        model_cpu = results.get("inprocess", {}).get("heavy", {}).get("jit", {}).get("cpu_ms_per_row")
+        model_cpu = heavy_jit.get("cpu_ms_per_row")
         model_share = "" if model_cpu is None else f"; the model alone, in-process at batch 64: {model_cpu:.3f} ms"
         add("worker CPU per served row, gateway + 2 workers, c=64 (ms, both workers)", workers_cpu, "<=", 0.08,
             f"{workers_cpu:.3f} ms, mean batch {_fmt(d64.get('mean_batch_size'))}{model_share}")
