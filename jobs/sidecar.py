@@ -1,8 +1,9 @@
 """``python -m jobs.sidecar``: runs jobs from the broker on the worker next to it.
 
 For each delivery: read the job's record; skip it if the job already finished
-(a redelivery after a crash) or was cancelled; mark it running; run its task
-through the worker over loopback, in chunks, so jobs share the worker's
+(a redelivery after a crash) or was cancelled; run its task (its record says
+running once it has run half a second, so a short job costs one status write,
+not two) through the worker over loopback, in chunks, so jobs share the worker's
 batching (with SIDECAR_SPREAD_URL, a job of more than one chunk sends its
 chunks to that gateway instead, which spreads them over every worker:
 jobs.spread); write the result and the succeeded state (one database write); and
@@ -45,7 +46,6 @@ import contextlib
 import functools
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -294,44 +294,46 @@ class Sidecar:
             await self._finish(delivery, status, "failed", ErrorInfo(code="unknown_task", message=spec.task))
             return
 
-        running = await self.records.save(status, status="running", attempts=delivery.attempt,
-                                          started_at=status.started_at or utc_now(), error=None)
-        if running is None:  # cancelled while queued, a moment ago
-            await delivery.ack()
-            return
+        # Running from here, in memory: the record says so once the job has run PROGRESS_INTERVAL_S (_Progress).
+        running = status.model_copy(update={"status": "running", "attempts": delivery.attempt,
+                                            "started_at": status.started_at or utc_now(), "error": None})
         self.metrics.count("running")
         run = _Progress(self.records, running)
         spread = None if self.spreader is None else functools.partial(self.spreader.predict, model=model)
         context = TaskContext(spec.job_id, task.options.model_validate(record.spec.options), self.settings,
                               self.store, self.worker, run.checkpoint, self.coalescer.predict, spread)
         try:
-            rows = await self._rows(record, task)
-            output = await task.run(context, rows)
+            try:
+                rows = await self._rows(record, task)
+                output = await task.run(context, rows)
+            finally:
+                last = await run.stop()  # no progress write may land after the write that ends this attempt
         except JobCancelled:
-            await self._finish(delivery, run.status, "cancelled")
+            await self._finish(delivery, last, "cancelled")
         except ModelChanged as exc:
             log.warning("job %s handed back: %s", spec.job_id, exc)
             error = ErrorInfo(code="model_changed", message=f"attempt {delivery.attempt}: {exc}; handed back")
-            await self.records.save(run.status, status="queued", error=error)
+            await self.records.save(last, status="queued", error=error)
             await delivery.release()
         except asyncio.CancelledError:
             if self._handing_back is not None:
                 error = ErrorInfo(code="model_changed",
                                   message=f"attempt {delivery.attempt}: {self._handing_back}; handed back")
-                await self.records.save(run.status, status="queued", error=error)
+                await self.records.save(last, status="queued", error=error)
             raise
         except TaskFailed as exc:
-            await self._finish(delivery, run.status, "failed", ErrorInfo(code=exc.code, message=exc.message))
+            await self._finish(delivery, last, "failed", ErrorInfo(code=exc.code, message=exc.message))
         except Exception as exc:
             log.warning("job %s attempt %d failed: %r", spec.job_id, delivery.attempt, exc, exc_info=True)
             error = ErrorInfo(code="attempt_failed", message=f"attempt {delivery.attempt}: {exc!r}")
-            await self.records.save(run.status, status="queued", error=error)
+            await self.records.save(last, status="queued", error=error)
             self.metrics.count("retried")
             await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
             await delivery.retry()
         else:
-            await self.records.succeed(run.status, record.spec, output, (model.name, model.version))
-            self.metrics.count("succeeded")  # counted as recorded: a client may see the record before the ack
+            # Not written if the job finished meanwhile (cancelled while this ran): that state stands.
+            if await self.records.succeed(last, record.spec, output, (model.name, model.version)) is not None:
+                self.metrics.count("succeeded")  # counted as recorded: a client may see the record before the ack
             await delivery.ack()
             log.debug("job %s succeeded", spec.job_id)  # one line per job would cost more than the job
 
@@ -403,22 +405,50 @@ class _SettledOnce:
 
 
 class _Progress:
-    """A running job's status as its checkpoints move it; written at most every PROGRESS_INTERVAL_S."""
+    """A running job's status, written PROGRESS_INTERVAL_S after it started and then at most that often while
+    its progress moves. A job that ends sooner, as most small ones do, is written once: from queued to its end.
+    A status write per job start would cost the database a statement for every job; a job cancelled while
+    still shown queued is cancelled at once by the gateway, and then this attempt's end is not written."""
 
     def __init__(self, records: JobRecords, status: JobStatus) -> None:
         self.records = records
-        self.status = status
-        self._written = time.monotonic()
+        self.status = status  # as last written (before the first write: what it will be)
+        self._progress = status.progress
+        self._shown = False  # the record says running
+        self._stopped = False
+        self._writing: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(PROGRESS_INTERVAL_S, self._write_due)
 
     async def checkpoint(self, done: int, total: int) -> None:
         if done < total and await self.records.cancel_requested(self.status.job_id):
             raise JobCancelled(self.status.job_id)
-        progress = {"done": done, "total": total}
-        if time.monotonic() - self._written >= PROGRESS_INTERVAL_S:
-            self._written = time.monotonic()
-            self.status = await self.records.save(self.status, progress=progress) or self.status
-        else:
-            self.status = self.status.model_copy(update={"progress": Progress(**progress)})
+        self._progress = Progress(done=done, total=total)
+
+    async def stop(self) -> JobStatus:
+        """No more writes (one in flight lands first): the status the attempt's last write starts from."""
+        self._stopped = True
+        self._timer.cancel()
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+        return self.status.model_copy(update={"progress": self._progress})
+
+    def _write_due(self) -> None:
+        self._writing = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        if self._stopped:
+            return
+        if not self._shown or self._progress != self.status.progress:
+            try:
+                written = await self.records.save(self.status, progress=self._progress)
+            except Exception as exc:  # the attempt's last write meets the outage, if it lasts
+                log.warning("writing job %s's progress failed: %r", self.status.job_id, exc)
+            else:
+                if written is None:  # finished meanwhile: nothing more is written
+                    return
+                self.status, self._shown = written, True
+        if not self._stopped:
+            self._timer = asyncio.get_running_loop().call_later(PROGRESS_INTERVAL_S, self._write_due)
 
 
 def main() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from jobs.schema import JobStatus
 from jobs.settings import JobsSettings
 from jobs.sidecar import Sidecar
 from jobs.store import ArtifactStore
@@ -175,6 +177,47 @@ async def test_two_deliveries_of_one_job_on_one_sidecar_run_it_once(tmp_path: Pa
     assert status["status"] == "succeeded" and status["attempts"] == 1, status
     assert fake_worker.rows_seen == len(ROWS)
     assert jobs_counted(runner, "running") == jobs_counted(runner, "succeeded") == 1
+
+
+def status_writes(runner: Sidecar) -> list[tuple[str, dict[str, int | None]]]:
+    """From now on, the state and progress of every status write ``runner`` makes, in the order it makes them."""
+    writes: list[tuple[str, dict[str, int | None]]] = []
+    write = runner.records._write
+
+    async def recorded(status: JobStatus, *args: Any, **kwargs: Any) -> bool:
+        writes.append((status.status, status.progress.model_dump()))
+        return await write(status, *args, **kwargs)
+
+    runner.records._write = recorded  # type: ignore[method-assign]
+    return writes
+
+
+async def test_a_short_job_is_written_once_from_queued_to_succeeded(jobs_settings: JobsSettings) -> None:
+    async with gateway(jobs_settings) as client, sidecar(jobs_settings) as runner:
+        writes = status_writes(runner)
+        job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS[:1]})).json()
+        status = await wait_for_job(client, job["job_id"], finished)
+    assert writes == [("succeeded", {"done": 1, "total": 1})]
+    assert status["status"] == "succeeded" and status["attempts"] == 1
+    assert status["created_at"] <= status["started_at"] <= status["finished_at"]
+
+
+async def test_a_long_job_shows_running_and_its_progress_before_it_ends(
+    jobs_settings: JobsSettings, fake_worker: FakeWorker
+) -> None:
+    fake_worker.delay_s = 0.3
+    rows = [{"input_data": [1.0, 1.0, 1.0, float(i)]} for i in range(10)]  # 5 chunks of 2, 1.5 s
+    async with gateway(jobs_settings) as client, sidecar(jobs_settings) as runner:
+        writes = status_writes(runner)
+        job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": rows})).json()
+        running = await wait_for_job(client, job["job_id"], lambda s: s["status"] == "running")
+        assert running["attempts"] == 1 and running["started_at"] and running["finished_at"] is None
+        status = await wait_for_job(client, job["job_id"], finished)
+    assert status["status"] == "succeeded" and status["progress"] == {"done": 10, "total": 10}
+    states = [state for state, _ in writes]
+    assert states[-1] == "succeeded" and set(states[:-1]) == {"running"} and len(states) >= 2, writes
+    done = [progress["done"] for _, progress in writes]
+    assert done == sorted(done), writes  # no progress write lands after a later one, nor after the end
 
 
 async def test_cancel_a_queued_job_and_it_never_runs(jobs_settings: JobsSettings, fake_worker: FakeWorker) -> None:
