@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
-from bench.jobs_bench import run_jobs_bench
+from bench.jobs_bench import main, run_jobs_bench
 from jobs.settings import JobsSettings
 from tests.jobs.conftest import gateway, sidecar
 
@@ -15,3 +18,14 @@ async def test_the_jobs_benchmark_runs(jobs_settings: JobsSettings, wait: bool) 
         result = await run_jobs_bench(str(client.base_url), jobs=20, concurrency=10, poll_s=0.1, timeout_s=60,
                                       wait=wait)
     assert result["succeeded"] == 20 and result["jobs_per_s"] > 0 and result["p99_ms"] >= result["p50_ms"]
+
+
+async def test_the_command_warms_up_first_and_counts_only_the_measured_jobs(
+    jobs_settings: JobsSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with gateway(jobs_settings) as client, sidecar(jobs_settings):
+        await asyncio.to_thread(main, ["--gateway", str(client.base_url), "--jobs", "6", "--warmup-jobs", "4"])
+        listed = (await client.get("/jobs", params={"limit": 50})).json()["jobs"]
+    result = json.loads(capsys.readouterr().out)["gateway"]
+    assert result["jobs"] == result["succeeded"] == 6
+    assert len(listed) == 10 and {job["status"] for job in listed} == {"succeeded"}
