@@ -299,6 +299,7 @@ class Sidecar:
                                             "started_at": status.started_at or utc_now(), "error": None})
         self.metrics.count("running")
         run = _Progress(self.records, running)
+        last = running  # what the attempt's last write starts from, should stopping the progress writes be cut off
         spread = None if self.spreader is None else functools.partial(self.spreader.predict, model=model)
         context = TaskContext(spec.job_id, task.options.model_validate(record.spec.options), self.settings,
                               self.store, self.worker, run.checkpoint, self.coalescer.predict, spread)

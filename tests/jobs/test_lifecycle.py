@@ -206,14 +206,14 @@ async def test_a_long_job_shows_running_and_its_progress_before_it_ends(
     jobs_settings: JobsSettings, fake_worker: FakeWorker
 ) -> None:
     fake_worker.delay_s = 0.3
-    rows = [{"input_data": [1.0, 1.0, 1.0, float(i)]} for i in range(10)]  # 5 chunks of 2, 1.5 s
+    rows = [{"input_data": [1.0, 1.0, 1.0, float(i)]} for i in range(20)]  # 10 chunks of 2: 1.5 s or more
     async with gateway(jobs_settings) as client, sidecar(jobs_settings) as runner:
         writes = status_writes(runner)
         job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": rows})).json()
         running = await wait_for_job(client, job["job_id"], lambda s: s["status"] == "running")
         assert running["attempts"] == 1 and running["started_at"] and running["finished_at"] is None
         status = await wait_for_job(client, job["job_id"], finished)
-    assert status["status"] == "succeeded" and status["progress"] == {"done": 10, "total": 10}
+    assert status["status"] == "succeeded" and status["progress"] == {"done": 20, "total": 20}
     states = [state for state, _ in writes]
     assert states[-1] == "succeeded" and set(states[:-1]) == {"running"} and len(states) >= 2, writes
     done = [progress["done"] for _, progress in writes]
