@@ -50,12 +50,14 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
 import numpy as np
 import orjson
 import uvloop
+
+from common.forwarder import TransportError, WorkerClient
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = ["embedded", "rabbitmq-postgres", "rabbitmq-s3"]
@@ -64,41 +66,56 @@ ROW_VARIANTS = 8
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-async def example_rows(session: aiohttp.ClientSession, gateway: str) -> list[Any]:
+class _Gateway:
+    """The benchmark's HTTP client: the project's own (common/forwarder.py, about 6 us of CPU per request),
+    not aiohttp (about 100 us), which at two requests per job took as much CPU as the sidecars: the client
+    shares the two cores with the stack it measures. At most ``in_flight`` requests at a time, save those
+    waiting for a result (``gated=False``): each holds its connection until its job finishes."""
+
+    def __init__(self, url: str, in_flight: int, connections: int, timeout_s: float = 60.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise ValueError(f"--gateway {url}: the benchmark speaks plain http:// (loopback) only")
+        self.base, self.prefix = f"http://{parts.netloc}", parts.path.rstrip("/")
+        self.timeout_s = timeout_s
+        self._client = WorkerClient(connect_timeout_s=10.0, max_connections_per_worker=connections)
+        self._gate = asyncio.Semaphore(in_flight)
+
+    async def __aenter__(self) -> _Gateway:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._client.aclose()
+
+    async def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, *,
+                   gated: bool = True, timeout_s: float | None = None) -> Any:
+        """One call's JSON answer; an error status raises. A connection refused or dropped (1,000 connecting
+        at once overflow a listen backlog) is tried again: safe for POST /jobs too, by its Idempotency-Key."""
+        data = b"" if body is None else orjson.dumps(body)
+        headers = {**(headers or {}), **({"content-type": "application/json"} if body is not None else {})}
+        async with self._gate if gated else contextlib.nullcontext():
+            for attempt in range(3):
+                try:
+                    answer = await self._client.send(self.base, method, self.prefix + path, headers, data,
+                                                     timeout_s or self.timeout_s)
+                    break
+                except TransportError:
+                    if attempt == 2:
+                        raise
+        if answer.status >= 400:
+            raise RuntimeError(f"{method} {path}: {answer.status} {answer.body[:200]!r}")
+        return orjson.loads(answer.body)
+
+
+async def example_rows(gateway: _Gateway) -> list[Any]:
     """``ROW_VARIANTS`` rows of the served model's shape, made from the example its workers publish."""
-    example = (await _request(session, "GET", f"{gateway}/metadata"))["example"]["input_data"]
+    example = (await gateway.call("GET", "/metadata"))["example"]["input_data"]
     return [(np.asarray(example, dtype=float) * (1 + 0.1 * i)).tolist() for i in range(ROW_VARIANTS)]
 
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def _request(session: aiohttp.ClientSession, method: str, url: str, body: Any = None,
-                   headers: dict[str, str] | None = None) -> Any:
-    """One call's JSON answer; an error status raises. A pooled connection the server closed as idle
-    fails the next request: it is tried again (safe for POST /jobs too, thanks to its Idempotency-Key)."""
-    data = None if body is None else orjson.dumps(body)
-    headers = {**(headers or {}), **({"Content-Type": "application/json"} if data is not None else {})}
-    for attempt in range(3):
-        try:
-            async with session.request(method, url, data=data, headers=headers) as response:
-                payload = await response.read()
-                if response.status >= 400:
-                    raise RuntimeError(f"{method} {url}: {response.status} {payload[:200]!r}")
-                return orjson.loads(payload)
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _session(connections: int, timeout_s: float) -> aiohttp.ClientSession:
-    # aiohttp, not httpx: with hundreds of pooled connections httpx's pool costs the client a core
-    # (it scans every connection on each request), which the stack under test would be short of.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
-                                 timeout=aiohttp.ClientTimeout(total=timeout_s))
 
 
 async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200, poll_s: float = 1.0,
@@ -109,21 +126,21 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
     job's status is polled after ``poll_s``, then less and less often (up to 8x), so that polling
     loads the gateway little, and the time is the job's ``finished_at``.
     """
-    # Waiting result requests hold a connection each, so they have their own: ``concurrency`` bounds the others.
-    async with _session(concurrency, 60) as session, _session(jobs, 60 + timeout_s) as waits:
-        rows = await example_rows(session, gateway)
-        reference = await _request(session, "POST", f"{gateway}/batch_predict",
-                                   [{"input_data": row} for row in rows])
+    # Waiting result requests hold a connection each, outside the ``concurrency`` that bounds the others.
+    async with _Gateway(gateway, concurrency, concurrency + jobs) as client:
+        rows = await example_rows(client)
+        reference = await client.call("POST", "/batch_predict", [{"input_data": row} for row in rows])
         expected = [answer["prediction"] for answer in reference]
         run = uuid.uuid4().hex[:8]
 
         async def waited(job_id: str) -> tuple[Any, float]:
             while True:
                 try:
-                    output = await _request(waits, "GET", f"{gateway}/jobs/{job_id}/result?wait={timeout_s}")
+                    output = await client.call("GET", f"/jobs/{job_id}/result?wait={timeout_s}", gated=False,
+                                               timeout_s=60 + timeout_s)
                     return output["output"], time.time()
                 except RuntimeError as exc:  # 409: not finished yet, or failed
-                    status = await _request(session, "GET", f"{gateway}/jobs/{job_id}")
+                    status = await client.call("GET", f"/jobs/{job_id}")
                     if status["status"] in ("failed", "cancelled"):
                         raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}") from exc
 
@@ -132,19 +149,19 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
             while True:  # backing off: a long queue is not polled into the ground
                 await asyncio.sleep(wait_s)
                 wait_s = min(wait_s * 2, poll_s * 8)
-                status = await _request(session, "GET", f"{gateway}/jobs/{job_id}")
+                status = await client.call("GET", f"/jobs/{job_id}")
                 if status["status"] in ("succeeded", "failed", "cancelled"):
                     break
             if status["status"] != "succeeded":
                 raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
-            output = (await _request(session, "GET", f"{gateway}/jobs/{job_id}/result"))["output"]
+            output = (await client.call("GET", f"/jobs/{job_id}/result"))["output"]
             return output, datetime.fromisoformat(status["finished_at"]).timestamp()
 
         async def one(i: int) -> tuple[float, float]:
             submitted = time.time()
-            answer = await _request(session, "POST", f"{gateway}/jobs", {
+            answer = await client.call("POST", "/jobs", {
                 "task": "batch_predict", "inputs": [{"input_data": rows[i % len(rows)]}],
-            }, {"Idempotency-Key": f"bench-{run}-{i}"})
+            }, {"idempotency-key": f"bench-{run}-{i}"})
             output, finished = await (waited if wait else polled)(answer["job_id"])
             if [row["prediction"] for row in output] != [expected[i % len(rows)]]:
                 raise RuntimeError(f"job {answer['job_id']}: wrong result {output}")
@@ -167,14 +184,12 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
 async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows_count: int, workers: int,
                                chunk_rows: int = 256, timeout_s: float = 600.0) -> dict[str, Any]:
     """One ``rows_count``-row job (rows stored by ``upload``, which returns the input_uri) against /batch_predict."""
-    async with _session(2 * workers, 120) as session:
-        variants = await example_rows(session, gateway)
+    async with _Gateway(gateway, 2 * workers, 2 * workers, timeout_s=120) as client:
+        variants = await example_rows(client)
         rows = [{"input_data": variants[i % len(variants)]} for i in range(rows_count)]
-        gate = asyncio.Semaphore(2 * workers)
 
         async def chunk(start: int) -> int:
-            async with gate:
-                return len(await _request(session, "POST", f"{gateway}/batch_predict", rows[start:start + chunk_rows]))
+            return len(await client.call("POST", "/batch_predict", rows[start:start + chunk_rows]))
 
         started = time.time()
         answered = sum(await asyncio.gather(*(chunk(i) for i in range(0, rows_count, chunk_rows))))
@@ -183,10 +198,9 @@ async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows
 
         uri = upload(orjson.dumps(rows))
         submitted = time.time()
-        job_id = (await _request(session, "POST", f"{gateway}/jobs", {"task": "batch_predict", "input_uri": uri}))[
-            "job_id"]
+        job_id = (await client.call("POST", "/jobs", {"task": "batch_predict", "input_uri": uri}))["job_id"]
         deadline = time.monotonic() + timeout_s
-        while (status := await _request(session, "GET", f"{gateway}/jobs/{job_id}"))["status"] not in (
+        while (status := await client.call("GET", f"/jobs/{job_id}"))["status"] not in (
                 "succeeded", "failed", "cancelled"):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} not finished after {timeout_s}s")
@@ -194,7 +208,7 @@ async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows
         if status["status"] != "succeeded":
             raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
         job_s = datetime.fromisoformat(status["finished_at"]).timestamp() - submitted
-        output = (await _request(session, "GET", f"{gateway}/jobs/{job_id}/result"))["output"]
+        output = (await client.call("GET", f"/jobs/{job_id}/result"))["output"]
         assert len(output) == rows_count
     return {
         "rows": rows_count,
