@@ -51,7 +51,8 @@ class JobsSettings(BaseSettings):
         "while earlier statements are in flight go together in the next one.",
     )
     database_batch_calls: int = Field(
-        2, ge=1, description="Statements of one kind (job inserts, status writes, reads) one process has in flight.",
+        1, ge=1, description="Statements of one kind (job inserts, status writes, reads) one process has in flight: "
+        "with one, those arriving meanwhile wait for it and go together in the next, in fewer, larger statements.",
     )
     job_inline_input_bytes: int = Field(
         256 * 1024, ge=0, description="Inline rows up to this size live in the job's database record; "
