@@ -102,6 +102,9 @@ class _Gateway:
                 except TransportError:
                     if attempt == 2:
                         raise
+        if answer.status in (302, 303, 307) and "location" in answer.headers:  # a large result, presigned
+            async with httpx.AsyncClient(timeout=timeout_s or self.timeout_s) as store:
+                return orjson.loads((await store.get(answer.headers["location"])).raise_for_status().content)
         if answer.status >= 400:
             raise RuntimeError(f"{method} {path}: {answer.status} {answer.body[:200]!r}")
         return orjson.loads(answer.body)

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from bench.jobs_bench import main, run_jobs_bench
+from bench.jobs_bench import main, run_jobs_bench, run_large_job_bench
 from jobs.settings import JobsSettings
+from jobs.store import ArtifactStore
 from tests.jobs.conftest import gateway, sidecar
 
 
@@ -29,3 +30,19 @@ async def test_the_command_warms_up_first_and_counts_only_the_measured_jobs(
     result = json.loads(capsys.readouterr().out)["gateway"]
     assert result["jobs"] == result["succeeded"] == 6
     assert len(listed) == 10 and {job["status"] for job in listed} == {"succeeded"}
+
+
+async def test_the_large_job_benchmark_runs_and_follows_a_presigned_result(jobs_settings: JobsSettings) -> None:
+    """Every result is large here, so on the S3 store the result request answers with a redirect."""
+    settings = jobs_settings.model_copy(update={"job_result_redirect_bytes": 0})
+    store = ArtifactStore.from_settings(settings)
+    loop = asyncio.get_running_loop()
+
+    def upload(data: bytes) -> str:  # called from the benchmark's own loop, in its thread
+        asyncio.run_coroutine_threadsafe(store.put("inputs/large.json", data), loop).result(30)
+        return store.uri_for_key("inputs/large.json")
+
+    async with gateway(settings) as client, sidecar(settings):
+        result = await asyncio.to_thread(
+            asyncio.run, run_large_job_bench(str(client.base_url), upload, rows_count=40, workers=1, chunk_rows=8))
+    assert result["rows"] == 40 and result["job_rows_per_s"] > 0 and result["batch_predict_rows_per_s"] > 0
