@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with a deadline and a size bound for a request's headers.
+"""uvicorn's httptools protocol with a deadline and a size bound for a request's headers, and one socket
+write per answer.
 
 uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but sets no
 deadline on reading a request's headers, and its httptools parser takes headers
@@ -14,6 +15,12 @@ idle after an answer, disarms it once a request's headers are complete, and
 closes the connection when it fires; and it counts the bytes of each request
 head before the parser sees them, answering 431 and closing once there are
 more than ``max_header_bytes``.
+
+uvicorn writes an answer's head and its body to the transport separately, and
+each write is a send(2) of its own: under the jobs benchmark a quarter of
+the gateway's CPU samples were in send(2), a third of them these answers'. The transport the protocol answers through
+(``OneSendPerTurn``) holds the writes of one turn of the event loop and sends
+them together at the end of that turn, so a head and its body go in one send.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = OneSendPerTurn(transport, self.loop)  # type: ignore[assignment]
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -95,6 +103,46 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class OneSendPerTurn:
+    """A transport whose writes within one turn of the event loop leave in one send, at the end of the turn.
+
+    Sending at the end of the turn rather than as soon as an answer is complete is what measured: under load
+    the answers of a turn then reach the clients together (1.13-1.39x the /predict req/s at 64 connections in
+    alternated runs, docs/benchmarks.md), for about 0.03 ms more at one connection. Closing sends what is held
+    first; flow control (pause_writing) still comes from the real transport, whose buffer the held bytes join
+    within the turn. Everything else is the real transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self._send_held)
+        self._held.append(data)
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, []
+        if held and not self._transport.is_closing():
+            self._transport.writelines(held)  # uvloop: one vectored send, no copy of a large body
+
+    def close(self) -> None:
+        self._send_held()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._send_held()
+        self._transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def header_limited_protocol(header_timeout_s: float, max_header_bytes: int) -> type[HeaderLimitedProtocol]:

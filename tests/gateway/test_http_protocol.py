@@ -1,9 +1,11 @@
-"""Request heads are bounded in time and size: raw sockets against a real gateway."""
+"""Request heads are bounded in time and size (raw sockets against a real gateway), and the writes of one turn
+of the loop leave in one send."""
 
 from __future__ import annotations
 
 import asyncio
 
+from gateway.http_protocol import OneSendPerTurn
 from tests.gateway.conftest import gateway_settings, serve_gateway
 
 LIMITS = {"header_timeout_s": 0.3, "max_header_bytes": 4096}
@@ -56,3 +58,44 @@ async def test_headers_over_the_bound_are_431_and_the_connection_closes(worker, 
         answer = await asyncio.wait_for(reader.read(), 10)
         assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(b"Request headers too large")
         writer.close()
+
+
+class RecordingTransport:
+    """The parts of a transport OneSendPerTurn uses, recording each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes.append(b"".join(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> str:
+        return f"real {name}"
+
+
+async def test_the_writes_of_one_turn_leave_in_one_send_and_a_close_sends_what_is_held() -> None:
+    real = RecordingTransport()
+    transport = OneSendPerTurn(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(b"{}")
+    assert real.writes == [] and transport.get_write_buffer_size() == 40
+    await asyncio.sleep(0)
+    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    transport.write(b"last")
+    transport.close()
+    assert real.writes[-1] == b"last" and real.closed
+    transport.write(b"after the close")
+    await asyncio.sleep(0)
+    assert real.writes[-1] == b"last"  # a closed connection gets nothing more
+    assert transport.get_extra_info("peername") == "real peername"
+
