@@ -18,9 +18,10 @@ more than ``max_header_bytes``.
 
 uvicorn writes an answer's head and its body to the transport separately, and
 each write is a send(2) of its own: under the jobs benchmark a quarter of
-the gateway's CPU samples were in send(2), a third of them these answers'. The transport the protocol answers through
-(``OneSendPerTurn``) holds the writes of one turn of the event loop and sends
-them together at the end of that turn, so a head and its body go in one send.
+the gateway's CPU samples were in send(2), a third of them these answers'.
+The transport the protocol answers through (``OneSendPerTurn``) holds the
+writes of one turn of the event loop and sends them together at the end of
+that turn, so a head and its body go in one send.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ class OneSendPerTurn:
     """A transport whose writes within one turn of the event loop leave in one send, at the end of the turn.
 
     Sending at the end of the turn rather than as soon as an answer is complete is what measured: under load
-    the answers of a turn then reach the clients together (1.13-1.39x the /predict req/s at 64 connections in
-    alternated runs, docs/benchmarks.md), for about 0.03 ms more at one connection. Closing sends what is held
+    the answers of a turn then reach the clients together (1.11-1.39x the /predict req/s at 64 connections in
+    alternated runs, docs/benchmarks.md), for 0-0.04 ms more p50 at one connection. Closing sends what is held
     first; flow control (pause_writing) still comes from the real transport, whose buffer the held bytes join
     within the turn. Everything else is the real transport's.
     """

@@ -98,4 +98,3 @@ async def test_the_writes_of_one_turn_leave_in_one_send_and_a_close_sends_what_i
     await asyncio.sleep(0)
     assert real.writes[-1] == b"last"  # a closed connection gets nothing more
     assert transport.get_extra_info("peername") == "real peername"
-
