@@ -38,6 +38,7 @@ import jsonschema
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.binary_rows import DATATYPES, pack_row
 from common.forwarder import UpstreamResponse
 from common.rows import MAX_RANK, NestedNumbers, PredictRow, is_plain_row_envelope, nested_shape
 from jobs.coalesce import WorkerRefused
@@ -126,15 +127,22 @@ def input_shape(metadata: dict[str, Any]) -> tuple[int, ...]:
     return tuple(metadata["inputs"][0]["shape"][1:])
 
 
-def check_shapes(rows: list[Any], field: str, expected: tuple[int, ...], what: str = "shape") -> None:
+def check_rows(rows: list[Any], field: str, shape: tuple[int, ...], datatype: str | None, what: str = "shape") -> None:
+    """Each row's ``field`` has ``shape`` and values that fit ``datatype``, as ``/predict`` checks a row (a float
+    beyond FP32 is 422 there too): a job that its worker would refuse is refused before it is queued."""
     for i, row in enumerate(rows):
         value = row.get(field) if isinstance(row, dict) else getattr(row, field)
-        if (got := nested_shape(value)) != expected:
-            raise InvalidJob(f"inputs[{i}].{field}: expected {what} {expected}, got {got}")
+        if (got := nested_shape(value)) != shape:
+            raise InvalidJob(f"inputs[{i}].{field}: expected {what} {shape}, got {got}")
+        if datatype in DATATYPES:
+            try:
+                pack_row(value, datatype, len(shape))
+            except ValueError as exc:
+                raise InvalidJob(f"inputs[{i}].{field}: {exc}") from None
 
 
 def _check_predict_rows(rows: list[Any], options: dict[str, Any], metadata: dict[str, Any]) -> None:
-    check_shapes(rows, "input_data", input_shape(metadata))
+    check_rows(rows, "input_data", input_shape(metadata), metadata["inputs"][0].get("datatype"))
 
 
 _NUMBERS = frozenset({int, float})
@@ -244,8 +252,9 @@ def _check_training(rows: list[Any], options: dict[str, Any], metadata: dict[str
         raise InvalidJob(f"task: model {metadata['name']!r} has no fit(): it cannot be trained by a job")
     if not rows and not training["default_data"]:
         raise InvalidJob(f"inputs: model {metadata['name']!r} has no default training data; send rows")
-    check_shapes(rows, "input_data", input_shape(metadata))
-    check_shapes(rows, "target", tuple(training["target"]["shape"]), "target shape")
+    check_rows(rows, "input_data", input_shape(metadata), metadata["inputs"][0].get("datatype"))
+    target = training["target"]
+    check_rows(rows, "target", tuple(target["shape"]), target.get("datatype"), "target shape")
     try:
         jsonschema.validate(options, training["options_schema"])
     except jsonschema.ValidationError as exc:

@@ -102,6 +102,11 @@ async def test_rows_of_the_wrong_shape_for_the_served_model_are_refused(tmp_path
             answer = await client.post("/jobs", json={"task": "batch_predict", "inputs": rows})
             assert answer.status_code == 422
             assert answer.json()["error"]["message"] == "inputs[1].input_data: expected shape (4,), got (2,)"
+            # A value the worker's FP32 input cannot hold is refused here, as /predict refuses it.
+            rows = [{"input_data": [1.0, 2.0, 3.0, 4.0]}, {"input_data": [1.0, 2.0, 3.0, 1e39]}]
+            answer = await client.post("/jobs", json={"task": "batch_predict", "inputs": rows})
+            assert answer.status_code == 422
+            assert answer.json()["error"]["message"] == "inputs[1].input_data: values overflow FP32"
             answer = await client.post("/jobs", json={"task": "train"})
             assert answer.status_code == 422
             assert answer.json()["error"]["message"] == "task: model 'fake' has no fit(): it cannot be trained by a job"
