@@ -23,7 +23,7 @@ import uvicorn
 
 from common.draining import CloseWhileDraining, Drain, DrainingServer
 from gateway.app import create_app
-from gateway.http_protocol import header_limited_protocol
+from gateway.http_protocol import limited_http_protocol
 from gateway.settings import GatewaySettings
 
 
@@ -47,7 +47,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=header_limited_protocol(settings.header_timeout_s, settings.max_header_bytes),
+        http=limited_http_protocol(settings),
         backlog=settings.backlog,
         access_log=False,
         log_level=settings.log_level,

@@ -47,6 +47,13 @@ class ClientClosedRequest(GatewayError):
     code = "client_closed_request"
 
 
+class BodyTimedOut(GatewayError):
+    """The body did not arrive within BODY_TIMEOUT_S: the connection's protocol answered 408 and closed it."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class NoWorkerAvailable(GatewayError):
     status_code = 503
     code = "no_worker_available"

@@ -12,7 +12,7 @@ from typing import Any
 
 from uvicorn_worker import UvicornWorker
 
-from gateway.http_protocol import header_limited_protocol
+from gateway.http_protocol import limited_http_protocol
 from gateway.settings import GatewaySettings
 
 
@@ -22,6 +22,6 @@ class GatewayWorker(UvicornWorker):
         # uvicorn_worker builds its uvicorn Config from CONFIG_KWARGS in __init__.
         self.CONFIG_KWARGS = {
             **UvicornWorker.CONFIG_KWARGS,
-            "http": header_limited_protocol(settings.header_timeout_s, settings.max_header_bytes),
+            "http": limited_http_protocol(settings),
         }
         super().__init__(*args, **kwargs)

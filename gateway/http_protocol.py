@@ -1,5 +1,5 @@
-"""uvicorn's httptools protocol with a deadline and a size bound for a request's headers, and one socket
-write per answer.
+"""uvicorn's httptools protocol with deadlines for a request's headers and body, a size bound for its
+headers, and one socket write per answer.
 
 uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but sets no
 deadline on reading a request's headers, and its httptools parser takes headers
@@ -16,6 +16,14 @@ closes the connection when it fires; and it counts the bytes of each request
 head before the parser sees them, answering 431 and closing once there are
 more than ``max_header_bytes``.
 
+A body has no deadline in uvicorn either: a client that sends a head and then
+one byte a second holds its connection for as long as its Content-Length
+lasts (for ever, chunked). When a read ends with a body still incomplete, a
+second timer is armed (``body_timeout_s``), disarmed once the body is
+complete; when it fires the client gets 408 (the JSON error envelope, unless
+an answer was already sent) and the connection is closed. A body that comes
+with its head, as nearly every one does, never arms it.
+
 uvicorn writes an answer's head and its body to the transport separately, and
 each write is a send(2) of its own: under the jobs benchmark a quarter of
 the gateway's CPU samples were in send(2), a third of them these answers'.
@@ -29,16 +37,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.errors import BodyTimedOut
+from gateway.request_body import BODY_TIMED_OUT
+from gateway.settings import GatewaySettings
 
-class HeaderLimitedProtocol(HttpToolsProtocol):
+
+class LimitedHttpProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     max_header_bytes: int = 32 * 1024
+    body_timeout_s: float = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._reading_body = False  # a request's head is complete, its body not yet
         self._header_bytes = 0
         self._tail = b""  # the last bytes of the head so far: its end may straddle two reads
         self._refused = False
@@ -50,6 +66,7 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -63,6 +80,8 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
                 return
             self._tail = data[-3:]
         super().data_received(data)
+        if self._reading_body and self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.body_timeout_s, self._on_body_timeout)
 
     def _refuse_head(self) -> None:
         """431, then a lingering close: the client's unread bytes would turn a close into a reset that loses the 431."""
@@ -84,6 +103,12 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         super().on_headers_complete()
+        self._reading_body = True
+
+    def on_message_complete(self) -> None:
+        self._reading_body = False
+        self._disarm_body_timer()
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -104,6 +129,32 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _on_body_timeout(self) -> None:
+        """408 and close. The request's handler, still reading, sees the client gone and the mark in the
+        scope's state, and logs and counts the request as 408 (``gateway.request_body``)."""
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        self.logger.warning("Request body incomplete after %g s; closing the connection.", self.body_timeout_s)
+        state = self.cycle.scope.setdefault("state", {})  # the cycle of the request whose body this is
+        state[BODY_TIMED_OUT] = True
+        if not self.cycle.response_started:
+            body = orjson.dumps({
+                "error": {"code": BodyTimedOut.code,
+                          "message": f"the request body did not arrive within {self.body_timeout_s:g} s"},
+                "request_id": state.get("request_id"),
+            })
+            self.transport.write(
+                STATUS_LINE[408] + b"content-type: application/json\r\nconnection: close\r\ncontent-length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+        self.transport.close()
 
 
 class OneSendPerTurn:
@@ -146,9 +197,10 @@ class OneSendPerTurn:
         return getattr(self._transport, name)
 
 
-def header_limited_protocol(header_timeout_s: float, max_header_bytes: int) -> type[HeaderLimitedProtocol]:
-    """The protocol class to give uvicorn as ``http=``, with these bounds."""
+def limited_http_protocol(settings: GatewaySettings) -> type[LimitedHttpProtocol]:
+    """The protocol class to give uvicorn as ``http=``, with the settings' bounds."""
     return type(
-        "HeaderLimitedProtocol", (HeaderLimitedProtocol,),
-        {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes},
+        "LimitedHttpProtocol", (LimitedHttpProtocol,),
+        {"header_timeout_s": settings.header_timeout_s, "max_header_bytes": settings.max_header_bytes,
+         "body_timeout_s": settings.body_timeout_s},
     )

@@ -81,6 +81,11 @@ class GatewaySettings(BaseSettings):
         description="Time a client has to send a request's headers, from connecting or from its previous answer, "
         "before the connection is closed.",
     )
+    body_timeout_s: float = Field(
+        60.0, gt=0,
+        description="Time a request's body has to arrive once its headers have, else 408 and the connection is "
+        "closed.",
+    )
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, description="Largest request head (request line and headers), else 431 and close."
     )

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from common.model_headers import model_headers
 from gateway.app import create_app
-from gateway.http_protocol import header_limited_protocol
+from gateway.http_protocol import limited_http_protocol
 from gateway.settings import GatewaySettings
 from jobs.settings import JobsSettings
 from tests.support import free_port
@@ -82,7 +82,7 @@ async def serve_gateway(settings: GatewaySettings, jobs_settings: JobsSettings) 
     port = free_port()
     config = uvicorn.Config(
         create_app(settings, jobs_settings), host="127.0.0.1", port=port, log_level="warning",
-        http=header_limited_protocol(settings.header_timeout_s, settings.max_header_bytes),
+        http=limited_http_protocol(settings),
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
