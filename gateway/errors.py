@@ -81,15 +81,19 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
+def error_body(code: str, message: str, request_id: str | None) -> bytes:
+    """The one error envelope, as JSON bytes (also written raw by ``gateway.http_protocol``)."""
+    return orjson.dumps({"error": {"code": code, "message": message}, "request_id": request_id})
+
+
 def error_response(
     status_code: int, code: str, message: str, request_id: str | None, retry_after_s: int | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    body = {"error": {"code": code, "message": message}, "request_id": request_id}
     headers = dict(headers or {})
     if retry_after_s is not None:
         headers["Retry-After"] = str(retry_after_s)
-    return Response(orjson.dumps(body), status_code, headers, media_type="application/json")
+    return Response(error_body(code, message, request_id), status_code, headers, media_type="application/json")
 
 
 def gateway_error_response(error: GatewayError, request_id: str | None, retry_after_s: int) -> Response:

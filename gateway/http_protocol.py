@@ -37,10 +37,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from gateway.errors import BodyTimedOut
+from gateway.errors import BodyTimedOut, error_body
 from gateway.request_body import BODY_TIMED_OUT
 from gateway.settings import GatewaySettings
 
@@ -87,12 +86,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """431, then a lingering close: the client's unread bytes would turn a close into a reset that loses the 431."""
         self._disarm_header_timer()
         self.logger.warning("Request head over %d bytes; closing the connection.", self.max_header_bytes)
-        message = b"Request headers too large"
-        self.transport.write(
-            STATUS_LINE[431]
-            + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: "
-            + str(len(message)).encode() + b"\r\n\r\n" + message
-        )
+        self.transport.write(_closing_answer(431, b"text/plain; charset=utf-8", b"Request headers too large"))
         if not self.transport.can_write_eof():  # TLS: no half-close
             self.transport.close()
             return
@@ -145,16 +139,16 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         state = self.cycle.scope.setdefault("state", {})  # the cycle of the request whose body this is
         state[BODY_TIMED_OUT] = True
         if not self.cycle.response_started:
-            body = orjson.dumps({
-                "error": {"code": BodyTimedOut.code,
-                          "message": f"the request body did not arrive within {self.body_timeout_s:g} s"},
-                "request_id": state.get("request_id"),
-            })
-            self.transport.write(
-                STATUS_LINE[408] + b"content-type: application/json\r\nconnection: close\r\ncontent-length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body
-            )
+            message = f"the request body did not arrive within {self.body_timeout_s:g} s"
+            body = error_body(BodyTimedOut.code, message, state.get("request_id"))
+            self.transport.write(_closing_answer(408, b"application/json", body))
         self.transport.close()
+
+
+def _closing_answer(status: int, content_type: bytes, body: bytes) -> bytes:
+    """A whole answer written by the protocol itself, the connection closing after it."""
+    return (STATUS_LINE[status] + b"content-type: " + content_type + b"\r\nconnection: close\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
 class OneSendPerTurn:

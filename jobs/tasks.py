@@ -141,8 +141,13 @@ def check_rows(rows: list[Any], field: str, shape: tuple[int, ...], datatype: st
                 raise InvalidJob(f"inputs[{i}].{field}: {exc}") from None
 
 
-def _check_predict_rows(rows: list[Any], options: dict[str, Any], metadata: dict[str, Any]) -> None:
+def check_input_data(rows: list[Any], metadata: dict[str, Any]) -> None:
+    """Each row's ``input_data`` against the model's input tensor (its per-row shape and datatype)."""
     check_rows(rows, "input_data", input_shape(metadata), metadata["inputs"][0].get("datatype"))
+
+
+def _check_predict_rows(rows: list[Any], options: dict[str, Any], metadata: dict[str, Any]) -> None:
+    check_input_data(rows, metadata)
 
 
 _NUMBERS = frozenset({int, float})
@@ -252,7 +257,7 @@ def _check_training(rows: list[Any], options: dict[str, Any], metadata: dict[str
         raise InvalidJob(f"task: model {metadata['name']!r} has no fit(): it cannot be trained by a job")
     if not rows and not training["default_data"]:
         raise InvalidJob(f"inputs: model {metadata['name']!r} has no default training data; send rows")
-    check_rows(rows, "input_data", input_shape(metadata), metadata["inputs"][0].get("datatype"))
+    check_input_data(rows, metadata)
     target = training["target"]
     check_rows(rows, "target", tuple(target["shape"]), target.get("datatype"), "target shape")
     try:
