@@ -70,6 +70,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN result_model_name TEXT;
     ALTER TABLE jobs ADD COLUMN result_model_version TEXT
     """,
+    # 3: the runs of a job before it was retried (POST /jobs/{id}/retry): a JSON array, NULL for none.
+    """
+    ALTER TABLE jobs ADD COLUMN earlier_runs TEXT
+    """,
 ]
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
