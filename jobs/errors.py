@@ -7,6 +7,7 @@
     ├── JobNotFound         404   no such job id
     ├── JobNotFinished      409   result asked for before the job succeeded
     ├── JobAlreadyFinished  409   cancel of a finished job
+    ├── JobNotFailed        409   retry of a job that is not failed
     └── JobsUnavailable     503   the broker or the store did not answer
 
     TaskFailed                    raised by a task: the job fails now, no retry
@@ -56,6 +57,11 @@ class JobNotFinished(JobError):
 class JobAlreadyFinished(JobError):
     status_code = 409
     code = "job_already_finished"
+
+
+class JobNotFailed(JobError):
+    status_code = 409
+    code = "job_not_failed"
 
 
 class JobsUnavailable(JobError):
