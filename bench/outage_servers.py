@@ -14,15 +14,23 @@ outage (the port refuses) and a restart serves the same objects. It ignores
 ``If-None-Match`` (a create-if-absent put overwrites); the job path does not
 rely on that.
 
-Both are context managers that always stop what they started.
+:class:`PgServer` is a PostgreSQL cluster of our own (the installed binaries,
+``initdb`` into a temp folder, its own port and socket folder), so a database
+can be stopped, killed or wiped without touching the machine's shared one.
+
+All are context managers that always stop what they started.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
 import secrets
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -215,3 +223,155 @@ class S3Server:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.stop()
+
+
+def postgres_bin() -> Path | None:
+    """The folder holding initdb, pg_ctl and postgres, None when the PostgreSQL server is not installed."""
+    candidates: list[Path] = []
+    if shutil.which("pg_config"):
+        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        if found.returncode == 0:
+            candidates.append(Path(found.stdout.strip()))
+    candidates += [Path(path) for path in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    if shutil.which("initdb"):
+        candidates.append(Path(shutil.which("initdb") or "").parent)
+    return next((folder for folder in candidates if (folder / "initdb").exists() and (folder / "postgres").exists()),
+                None)
+
+
+class PgServer:
+    """A PostgreSQL cluster of our own on a free loopback port, the same port across restarts and wipes.
+
+    ``folder`` keeps the server's log (a temp folder when None). initdb and postgres refuse to run as root,
+    so under root they run as the ``postgres`` user, and the cluster lives in a folder of the system's temp
+    dir that this user owns (a test's tmp_path is private to root); :meth:`close` removes it. Trust auth,
+    fsync off: a server for tests, never for data.
+    """
+
+    USER = "postgres"
+
+    def __init__(self, folder: Path | None = None, start_timeout_s: float = 30.0) -> None:
+        bin_dir = postgres_bin()
+        if bin_dir is None:
+            raise RuntimeError("the PostgreSQL server (initdb, postgres) is not installed")
+        self._bin = bin_dir
+        self._own_folder = folder is None
+        self.folder = Path(tempfile.mkdtemp(prefix="pgserver-log-")) if folder is None else folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.start_timeout_s = start_timeout_s
+        self._root = Path(tempfile.mkdtemp(prefix="pgserver-"))
+        self.data_dir = self._root / "data"
+        self._sockets = self._root / "sockets"
+        self._sockets.mkdir()
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            account = pwd.getpwnam(self.USER)
+            self._as_user = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups",
+                             "--"]
+            for path in (self._root, self._sockets):
+                os.chown(path, account.pw_uid, account.pw_gid)
+        self.port = free_port()
+        self._process: subprocess.Popen | None = None
+        self._started = False  # once it has started, the port is the clients' and never changes
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.USER}@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "postgres.log"
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+
+    def _run(self, *command: str) -> None:
+        with open(self.log_path, "ab") as log:
+            result = subprocess.run([*self._as_user, *command], stdout=log, stderr=subprocess.STDOUT,
+                                    timeout=self.start_timeout_s)
+        if result.returncode != 0:
+            raise RuntimeError(f"{Path(command[0]).name} failed (exit {result.returncode}):\n{self.log_tail()}")
+
+    def start(self, tries: int = 3) -> PgServer:
+        """initdb when there is no cluster yet, then start and wait until it accepts connections.
+
+        A port taken between picking it and the first start gets a new one, ``tries`` times; a restart keeps it.
+        """
+        if self._process is not None:
+            return self
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._run(str(self._bin / "initdb"), "-D", str(self.data_dir), "-U", self.USER, "--auth=trust",
+                      "--no-sync", "--encoding=UTF8", "--locale=C")
+        for attempt in range(1, tries + 1):
+            try:
+                self._start_once()
+                self._started = True
+                return self
+            except RuntimeError:
+                if self._started or attempt == tries or "could not bind" not in self.log_tail()[-1000:]:
+                    raise
+                self.port = free_port()
+        return self
+
+    def _start_once(self) -> None:
+        with open(self.log_path, "ab") as log:  # the server keeps its own descriptor
+            self._process = subprocess.Popen(
+                [*self._as_user, str(self._bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+                 "-k", str(self._sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            if self._process.poll() is not None:
+                self._process = None
+                raise RuntimeError(f"postgres exited at start-up:\n{self.log_tail()}")
+            ready = subprocess.run([str(self._bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
+                                    "-U", self.USER, "-d", "postgres", "-t", "1"])
+            if ready.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"postgres did not accept connections on port {self.port}:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Fast shutdown (open sessions are ended, the port refuses); the data stays for the next start."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)  # postgres: SIGINT is the fast shutdown
+            try:
+                self._process.wait(self.start_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL to the server and its backends, as a crash would; the next start recovers from the WAL."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        self._process = None
+
+    def wipe(self) -> None:
+        """Stop and delete the cluster: the next :meth:`start` is an empty one, on the same port."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop and remove the cluster (and the log folder when it was our own)."""
+        self.stop()
+        shutil.rmtree(self._root, ignore_errors=True)
+        if self._own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> PgServer:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
