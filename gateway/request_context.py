@@ -37,7 +37,7 @@ def route_label(path: str) -> str:
     if path in _KNOWN_ROUTES:
         return path
     if path.startswith("/jobs/"):
-        return "/jobs/{id}/result" if path.endswith("/result") else "/jobs/{id}"
+        return next((f"/jobs/{{id}}{end}" for end in ("/result", "/retry") if path.endswith(end)), "/jobs/{id}")
     if path.startswith("/docs/"):
         return "/docs/*"
     if path.startswith("/v2/models/"):

@@ -57,4 +57,5 @@ def test_a_character_set_that_is_not_a_plain_class_is_refused(chars: str) -> Non
 def test_route_labels_stay_bounded() -> None:
     assert route_label("/predict") == "/predict"
     assert route_label("/jobs/abc/result") == "/jobs/{id}/result"
+    assert route_label("/jobs/abc/retry") == "/jobs/{id}/retry"
     assert route_label("/" + "x" * 1000) == "other"
