@@ -1,8 +1,12 @@
 """``python -m launcher`` (``make run``): gateway + N workers (+ one job sidecar each) on this machine.
 
 Workers listen on PORT+1 .. PORT+N, each pinned to its own GPU where
-``nvidia-smi -L`` lists GPUs, else on the CPU. Ctrl-C or SIGTERM stops all; a
-child that keeps failing right after it starts stops all too, with exit status 1.
+``nvidia-smi -L`` lists GPUs, else on the CPU. Ctrl-C or SIGTERM stops all.
+A process that exits is restarted with capped backoff for as long as it takes;
+only a start failure every worker (or every gateway process) hits the same way
+stops all, with exit status 1 (launcher/supervisor.py). Each process's state is
+written to ``processes.json`` in the job folder, which the gateway shows
+(LAUNCHER_STATUS_FILE: /gateway/info, /metrics).
 The sidecars get SIDECAR_SPREAD_URL (this gateway) unless it is set: a large
 job's chunks are spread over every worker (jobs/spread.py).
 The launcher opens the gateway's listening socket itself and hands it down
@@ -33,6 +37,8 @@ import httpx
 from launcher.gateways import MULTIPROC_ENV, forget_process, gateway_names, listen_socket, metrics_folder
 from launcher.gpus import device_env, list_gpus
 from launcher.stack_lock import FolderInUse, jobs_dir, lock_jobs_dir
+from launcher.status import FILE_NAME as STATUS_FILE
+from launcher.status import STATUS_ENV, StatusFile
 from launcher.supervisor import Child, Supervisor
 
 
@@ -53,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="gateway processes sharing the gateway's port (default: GATEWAY_PROCESSES, else 1)")
     parser.add_argument("--no-sidecars", action="store_true", help="do not start job sidecars")
     parser.add_argument("--max-fast-failures", type=int, default=3,
-                        help="give up (exit 1) when a child exits this many times in a row soon after starting")
+                        help="give up (exit 1) when every worker, or every gateway process, exits this many times "
+                        "in a row soon after starting")
     parser.add_argument("--fast-exit-s", type=float, default=30.0,
                         help="an exit sooner than this after starting counts as a fast failure")
     args = parser.parse_args(argv)
@@ -76,7 +83,8 @@ def build_children(
     args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None,
     metrics_dir: Path | None = None, jobs_folder: Path | None = None, environ: Mapping[str, str] = os.environ,
 ) -> list[Child]:
-    """The stack's processes; ``jobs_folder`` becomes every child's JOBS_DIR. ``environ``: the environment
+    """The stack's processes; ``jobs_folder`` becomes every child's JOBS_DIR and holds the status file the
+    gateway processes read. ``environ``: the environment
     they inherit, whose SIDECAR_SPREAD_URL, if any, is left as the user set it."""
     python = sys.executable
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
@@ -85,7 +93,7 @@ def build_children(
             f"worker-{i}",
             [python, "-m", "worker"],
             {"WORKER_ID": str(i), "HOST": "127.0.0.1", "PORT": str(port), **device_env(i, gpus)},
-            stop_rank=2,
+            stop_rank=2, group="worker",
         )
         for i, port in enumerate(worker_ports)
     ]
@@ -95,15 +103,17 @@ def build_children(
         spread = _spread_env(args, environ, gateway_env)
         children += [
             Child(f"sidecar-{i}", [python, "-m", "jobs.sidecar"], {"WORKER_URL": f"http://127.0.0.1:{port}", **spread},
-                  stop_rank=1)
+                  stop_rank=1, group="sidecar", essential=False)
             for i, port in enumerate(worker_ports)
         ]
     if listen_fd is not None:
         gateway_env["LISTEN_FD"] = str(listen_fd)
     if metrics_dir is not None:
         gateway_env[MULTIPROC_ENV] = str(metrics_dir)
+    if jobs_folder is not None:  # the launcher writes its processes' state there (launcher/status.py)
+        gateway_env[STATUS_ENV] = str(jobs_folder / STATUS_FILE)
     children += [
-        Child(name, [python, "-m", "gateway"], gateway_env, stop_rank=0,
+        Child(name, [python, "-m", "gateway"], gateway_env, stop_rank=0, group="gateway",
               pass_fds=() if listen_fd is None else (listen_fd,),
               on_exit=None if metrics_dir is None else partial(forget_process, metrics_dir))
         for name in gateway_names(args.gateway_processes)
@@ -198,6 +208,7 @@ async def _supervise(
     supervisor = Supervisor(
         build_children(args, gpus, listen_fd, metrics_dir, folder),
         fast_exit_s=args.fast_exit_s, max_fast_failures=args.max_fast_failures,
+        status_file=StatusFile(folder / STATUS_FILE),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

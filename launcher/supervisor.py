@@ -4,12 +4,21 @@ Each child runs in its own session, so Ctrl-C reaches only the launcher, which
 then stops the children in order (gateway first, so it can drain). Children
 also get SIGTERM if the launcher itself dies (Linux ``PR_SET_PDEATHSIG``).
 
-A child that exits within ``fast_exit_s`` of starting ``max_fast_failures``
-times in a row will not start (a model that fails to load, a port in use):
-the supervisor prints its last lines of output and why it gives up, stops the
-others, and ``run()`` returns 1. A stop always reaches every child: each wait
-is bounded, a child that ignores SIGTERM has its whole process group killed,
-and a failure while supervising one child stops all of them, never some.
+A child that exits is started again, for as long as it takes: after a wait of
+``backoff_s`` that doubles with each exit soon after a start, up to
+``max_backoff_s``, and is back to ``backoff_s`` once the child has run
+``fast_exit_s``. One process failing never stops the others: a worker killed
+again and again (an out-of-memory killer) leaves the other workers and the
+gateway serving. The supervisor gives up only on a failure every member of a
+group hits the same way (a model that fails to load on every worker, a port in
+use): when each has exited within ``fast_exit_s`` of its start
+``max_fast_failures`` times in a row. It then prints the last lines of output
+of the child that completed the count and why it gives up, stops the others,
+and ``run()`` returns 1. A child that is not ``essential`` (a job sidecar:
+serving does not need it) never makes it give up. A stop always reaches every
+child: each wait is bounded, a child that ignores SIGTERM has its whole process
+group killed, and a failure of the supervisor itself stops all of them, never some.
+Each child's state (launcher/status.py) is written to a file on every change.
 Hand-written because it is the project's own glue: honcho has no restarts,
 supervisord no foreground prefixed logs or readiness.
 """
@@ -25,8 +34,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from launcher.logs import LogPump
+from launcher.status import ProcessStatus, StatusFile
 
 _PR_SET_PDEATHSIG = 1
 
@@ -36,6 +47,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def exit_text(code: int | None) -> str:
+    """``code 1``, or ``code -9 (SIGKILL)`` for a process a signal ended."""
+    if code is None or code >= 0:
+        return f"code {code}"
+    try:
+        return f"code {code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"code {code}"
+
+
 @dataclass
 class Child:
     name: str
@@ -43,21 +64,30 @@ class Child:
     env: dict[str, str]
     #: Stop order: lower stops first.
     stop_rank: int = 0
+    #: Children running the same program ("worker", "gateway"); the supervisor gives up only when every
+    #: member keeps failing at start. Empty: a group of its own.
+    group: str = ""
+    #: False for a process serving does not need (a job sidecar): it is restarted for ever, never a give-up.
+    essential: bool = True
     #: File descriptors the child inherits (the gateway's listening socket).
     pass_fds: tuple[int, ...] = ()
     #: Called with the pid of each of its processes once that process has exited.
     on_exit: Callable[[int], None] | None = field(default=None, repr=False)
     process: asyncio.subprocess.Process | None = None
-    restarts: int = 0
+    status: ProcessStatus = field(init=False)
     logs: LogPump | None = field(default=None, repr=False)
     _log_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.name
+        self.status = ProcessStatus(self.name, self.group)
 
 
 class Supervisor:
     def __init__(
         self, children: list[Child], *, backoff_s: float = 0.5, max_backoff_s: float = 10.0,
         stop_timeout_s: float = 8.0, fast_exit_s: float = 30.0, max_fast_failures: int = 3,
-        recent_lines: int = 30, max_line_bytes: int = 16 * 1024,
+        recent_lines: int = 30, max_line_bytes: int = 16 * 1024, status_file: StatusFile | None = None,
     ) -> None:
         self.children = children
         self._backoff_s = backoff_s
@@ -67,6 +97,7 @@ class Supervisor:
         self._max_fast_failures = max_fast_failures
         self._recent_lines = recent_lines
         self._max_line_bytes = max_line_bytes
+        self._status_file = status_file
         self._stopping = asyncio.Event()
         #: Why the supervisor gave up, if it did.
         self.failure: str | None = None
@@ -90,42 +121,64 @@ class Supervisor:
         child._log_task = asyncio.create_task(child.logs.run(child.process.stdout), name=f"logs-{child.name}")
 
     async def _keep_alive(self, child: Child) -> None:
-        """Restart the child whenever it exits, waiting longer after quick crashes; give up on a crash loop."""
-        delay, fast_failures = self._backoff_s, 0
+        """Restart the child whenever it exits, waiting longer after each quick exit; give up only as the
+        module says."""
+        status, delay = child.status, self._backoff_s
         while not self._stopping.is_set():
-            started = time.monotonic()
-            await self._spawn(child)
-            assert child.process is not None
-            if self._stopping.is_set():  # stop() came while it was starting: run() may have missed it
-                await self._terminate(child)
-                return
-            code = await child.process.wait()
-            if child.on_exit is not None:
-                child.on_exit(child.process.pid)
-            await self._drain_logs(child)
+            try:
+                await self._spawn(child)
+            except OSError as exc:  # fork or exec failed (memory, a missing program): a start that failed at once
+                code, why, ran_a_while = None, f"could not be started ({exc})", False
+            else:
+                assert child.process is not None
+                if self._stopping.is_set():  # stop() came while it was starting: run() may have missed it
+                    await self._terminate(child)
+                    return
+                self._update(status, state="running", pid=child.process.pid, backoff_s=None)
+                exited = asyncio.ensure_future(child.process.wait())
+                ran_a_while = not (await asyncio.wait({exited}, timeout=self._fast_exit_s))[0]
+                if ran_a_while:  # healthy again: the next crash starts fresh
+                    delay = self._backoff_s
+                    self._update(status, fast_failures=0)
+                code = await exited
+                if child.on_exit is not None:
+                    child.on_exit(child.process.pid)
+                await self._drain_logs(child)
+                why = f"exited with {exit_text(code)}"
             if self._stopping.is_set():
                 return
-            if time.monotonic() - started >= self._fast_exit_s:  # it ran a while: the next crash starts fresh
-                delay, fast_failures = self._backoff_s, 0
-            else:
-                fast_failures += 1
-            if fast_failures >= self._max_fast_failures:
-                self._give_up(
-                    child,
-                    f"{child.name} exited with code {code} {fast_failures} times in a row, each within "
-                    f"{self._fast_exit_s:g}s of starting; giving up and stopping everything",
-                )
+            self._update(status, state="backing-off", pid=None, last_exit_code=code, last_exit_at=time.time(),
+                         fast_failures=status.fast_failures + (not ran_a_while))
+            if self._whole_group_fails(child):
+                self._give_up(child, self._give_up_reason(child, why))
                 return
-            child.restarts += 1
-            self.say(f"{child.name} exited with {code}; restarting in {delay:.1f}s")
+            self._update(status, restarts=status.restarts + 1, backoff_s=delay)
+            self.say(f"{child.name} {why}; restarting in {delay:.1f}s (restart {status.restarts})")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, self._max_backoff_s)
 
+    def _whole_group_fails(self, child: Child) -> bool:
+        members = [c for c in self.children if c.group == child.group]
+        return child.essential and all(c.status.fast_failures >= self._max_fast_failures for c in members)
+
+    def _give_up_reason(self, child: Child, why: str) -> str:
+        others = [c.name for c in self.children if c.group == child.group and c is not child]
+        return (
+            f"{child.name} {why} {child.status.fast_failures} times in a row, each within {self._fast_exit_s:g}s "
+            f"of starting{', as did ' + ', '.join(others) if others else ''}; giving up and stopping everything"
+        )
+
+    def _update(self, status: ProcessStatus, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(status, name, value)
+        if self._status_file is not None:
+            self._status_file.write([c.status for c in self.children])
+
     async def _supervise(self, child: Child) -> None:
         try:
             await self._keep_alive(child)
-        except Exception as exc:  # e.g. the command cannot be started: stop all rather than run a partial stack
+        except Exception as exc:  # a fault of the supervisor itself: stop all rather than run a partial stack
             self._give_up(child, f"supervising {child.name} failed: {exc!r}; stopping everything")
 
     def _give_up(self, child: Child, reason: str) -> None:
@@ -148,7 +201,7 @@ class Supervisor:
             sys.stdout.flush()
 
     async def run(self) -> int:
-        """Supervise until ``stop()`` or a crash loop; stop every child, in rank order; 0, or 1 on failure."""
+        """Supervise until ``stop()`` or a give-up; stop every child, in rank order; 0, or 1 on failure."""
         keepers = [asyncio.create_task(self._supervise(child), name=f"keep-{child.name}") for child in self.children]
         await self._stopping.wait()
         for rank in sorted({child.stop_rank for child in self.children}):
@@ -163,6 +216,8 @@ class Supervisor:
             _, late = await asyncio.wait(log_tasks, timeout=2.0)
             for task in late:
                 task.cancel()
+        for child in self.children:
+            self._update(child.status, state="stopped", pid=None, backoff_s=None)
         return 1 if self.failure else 0
 
     def stop(self) -> None:

@@ -156,7 +156,8 @@ def test_two_gateway_processes_share_the_port_and_each_is_restarted(two_gateways
         with httpx.Client(timeout=10) as client:  # a fresh connection each: any process may accept it
             assert client.post(f"{url}/predict", json=body).status_code == 200
     wait_until(lambda: _two_gateways_without(launcher_pid, first), 30, "gateway b restarted")
-    assert "exited with -15; restarting" in log.read_text() and "exited with -9; restarting" in log.read_text()
+    assert "exited with code -15 (SIGTERM); restarting" in log.read_text()
+    assert "exited with code -9 (SIGKILL); restarting" in log.read_text()
 
     # /metrics adds up every process's counters, the dead ones' included.
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
