@@ -26,6 +26,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from jobs.errors import JobsUnavailable
 from jobs.routing import dead_queue, model_queue
 
 #: Tries of a publish the broker nacks before giving up (503).
@@ -72,7 +73,10 @@ class AmqpBroker:
     async def start(self) -> None:
         if self._connection is not None:
             return
-        connection = await aio_pika.connect_robust(self.url)
+        try:
+            connection = await aio_pika.connect_robust(self.url)
+        except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError) as exc:
+            raise JobsUnavailable("the broker is unavailable") from exc
         try:
             self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await self._publisher.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 class JobsMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.jobs = Counter("jobs", "Job state changes, by state.", ["state"], registry=registry)
 
     def count(self, state: str) -> None:

@@ -115,6 +115,10 @@ class JobsSettings(BaseSettings):
         60.0, gt=0, description="How long a sidecar retries an S3 store that does not answer before the job's "
         "attempt fails (the gateway answers 503 at once).",
     )
+    sidecar_database_retry_s: float = Field(
+        300.0, gt=0, description="How long a sidecar waits out a job database outage (retrying with backoff, the "
+        "job's delivery held) before it hands the job back; the gateway answers 503 at once.",
+    )
     sidecar_metrics_port: int = Field(0, ge=0, description="Port of the sidecar's /metrics; 0: none.")
     sidecar_metrics_host: str = Field(
         "127.0.0.1", description="Interface of the sidecar's /metrics (0.0.0.0 in containers, for Prometheus)."

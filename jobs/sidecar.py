@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -60,7 +61,8 @@ from common.model_headers import answering_model
 from jobs.broker import Broker, Delivery, create_broker
 from jobs.coalesce import Coalescer
 from jobs.database import Database, create_database
-from jobs.errors import InvalidJob, JobCancelled, TaskFailed
+from jobs.dependencies import MAX_BACKOFF_S, Dependencies, PatientDatabase
+from jobs.errors import InvalidJob, JobCancelled, JobsUnavailable, TaskFailed
 from jobs.metrics import JobsMetrics
 from jobs.records import JobRecord, JobRecords
 from jobs.routing import ModelIdentity
@@ -83,8 +85,10 @@ class Sidecar:
     def __init__(self, settings: JobsSettings, store: ArtifactStore, broker: Broker, database: Database,
                  metrics: JobsMetrics) -> None:
         self.settings = settings
-        self.database = database
-        self.records = JobRecords(database, store, settings)
+        #: Which of the database, broker and store are down (the sidecar's health, on its /metrics).
+        self.dependencies = Dependencies(metrics.registry)
+        self.database = PatientDatabase(database, self.dependencies, settings.sidecar_database_retry_s)
+        self.records = JobRecords(self.database, store, settings)
         self.store = store
         self.broker = broker
         self.metrics = metrics
@@ -135,24 +139,27 @@ class Sidecar:
         """Consume ``model``'s queues until ``stop``, or until the worker serves another model."""
         self.model = model
         self._model_changed.clear()
-        await self.broker.start()
-        consumers = [
-            asyncio.create_task(self._consume(model), name="jobs"),
-            asyncio.create_task(self._consume_dead_letters(model), name="dead-letters"),
-        ]
-        watcher = asyncio.create_task(self._watch_model(model), name="model-watch")
-        log.info("consuming jobs of model %s for %s", model.describe(), self.settings.worker_url)
         stopped = asyncio.create_task(stop.wait())
+        # A sidecar started in a broker outage waits for the broker: exiting would only be a crash loop.
+        starting = asyncio.create_task(self.dependencies.patiently("broker", math.inf, self.broker.start))
+        tasks = [stopped, starting]
         try:
-            await asyncio.wait([stopped, watcher, *consumers], return_when=asyncio.FIRST_COMPLETED)
-            for consumer in consumers:
-                if consumer.done() and consumer.exception() is not None:
-                    # Without a consumer the process would idle forever: exit, to be restarted.
-                    raise RuntimeError("a consumer stopped") from consumer.exception()
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                return
+            starting.result()
+            watcher = asyncio.create_task(self._watch_model(model), name="model-watch")
+            tasks += [
+                watcher,
+                asyncio.create_task(self._keep_consuming(self._consume, model), name="jobs"),
+                asyncio.create_task(self._keep_consuming(self._consume_dead_letters, model), name="dead-letters"),
+            ]
+            log.info("consuming jobs of model %s for %s", model.describe(), self.settings.worker_url)
+            await asyncio.wait([stopped, watcher], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (stopped, watcher, *consumers):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(stopped, watcher, *consumers, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         if stop.is_set() or not watcher.done() or watcher.cancelled():
             return
         # The worker serves another model now: what ran on it since is not this model's answer.
@@ -230,8 +237,23 @@ class Sidecar:
                     f"{model.describe()} takes another; refused without running it")
         return None
 
+    async def _keep_consuming(self, consume: Callable[[ModelIdentity], Awaitable[None]],
+                              model: ModelIdentity) -> None:
+        """Run ``consume`` again whenever the broker ends it (a lost channel or connection): a sidecar never exits
+        for a broker error, it waits for the broker and goes on."""
+        backoff = 0.5
+        while True:
+            try:
+                await consume(model)
+            except Exception as exc:
+                self.dependencies.down("broker", exc)
+                log.warning("a consumer stopped (%r); starting it again in %.1fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
     async def _consume(self, model: ModelIdentity) -> None:
         async for delivery in self.broker.consume(model.name, self.settings.sidecar_prefetch):
+            self.dependencies.up("broker")
             job = asyncio.create_task(self._handle(_SettledOnce(delivery), model))
             self._running.add(job)
             job.add_done_callback(self._running.discard)
@@ -243,8 +265,15 @@ class Sidecar:
         except asyncio.CancelledError:
             await asyncio.shield(delivery.release())
             raise
+        except JobsUnavailable as exc:
+            # A dependency stayed down past its window: not the job's failure, so it is handed back, uncounted
+            # where the broker can (the embedded one; RabbitMQ 3.x counts every return).
+            log.warning("job handed back: %s", exc.message)
+            with contextlib.suppress(Exception):
+                await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
+                await delivery.release()
         except Exception:
-            # The store or the broker failed: leave the message to be delivered again.
+            # The broker failed: leave the message to be delivered again.
             log.exception("handling a delivery failed")
             with contextlib.suppress(Exception):
                 await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
@@ -324,6 +353,14 @@ class Sidecar:
             raise
         except TaskFailed as exc:
             await self._finish(delivery, last, "failed", ErrorInfo(code=exc.code, message=exc.message))
+        except JobsUnavailable as exc:
+            # The store (or the database) stayed down past its window: the job did nothing wrong.
+            log.warning("job %s attempt %d handed back: %s", spec.job_id, delivery.attempt, exc.message)
+            error = ErrorInfo(code="dependency_unavailable", message=f"attempt {delivery.attempt}: {exc.message}; "
+                              "handed back")
+            await self.records.save(last, status="queued", error=error)
+            await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
+            await delivery.release()
         except Exception as exc:
             log.warning("job %s attempt %d failed: %r", spec.job_id, delivery.attempt, exc, exc_info=True)
             error = ErrorInfo(code="attempt_failed", message=f"attempt {delivery.attempt}: {exc!r}")
@@ -364,21 +401,35 @@ class Sidecar:
 
     async def _consume_dead_letters(self, model: ModelIdentity) -> None:
         async for delivery in self.broker.consume(model.name, 1, dead=True):
-            try:
-                spec = JobSpec.model_validate_json(delivery.body)
-            except ValidationError:
-                await delivery.ack()
-                continue
-            status = await self.records.status(spec.job_id)
-            if status is not None and not status.finished:
-                last = status.error.message if status.error else "its sidecar stopped each time"
-                message = f"gave up after {self.settings.job_max_deliveries} deliveries; last error: {last}"
-                # A job no sidecar would run keeps saying why; others failed by the limit.
-                refused = status.error is not None and status.error.code == "model_mismatch"
-                await self.records.fail(status, "model_mismatch" if refused else "delivery_limit", message)
-                self.metrics.count("failed")
-                log.warning("job %s dead-lettered", spec.job_id)
+            backoff = 0.5
+            while True:  # a dead letter is held until its job's record says failed: nothing else is waiting on it
+                try:
+                    await self._settle_dead_letter(delivery)
+                    break
+                except Exception as exc:
+                    log.warning("settling a dead-lettered job failed (%s); trying again in %.1fs",
+                                exc.message if isinstance(exc, JobsUnavailable) else repr(exc), backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _settle_dead_letter(self, delivery: Delivery) -> None:
+        """Mark a dead-lettered job failed with its last error, then ack the dead letter."""
+        try:
+            spec = JobSpec.model_validate_json(delivery.body)
+        except ValidationError:
             await delivery.ack()
+            return
+        status = await self.records.status(spec.job_id)
+        if status is not None and not status.finished:
+            last = status.error.message if status.error else (
+                "none recorded: each sidecar that held it stopped or lost the broker before the attempt ended")
+            message = f"gave up after {self.settings.job_max_deliveries} deliveries; last error: {last}"
+            # A job no sidecar would run keeps saying why; others failed by the limit.
+            refused = status.error is not None and status.error.code == "model_mismatch"
+            await self.records.fail(status, "model_mismatch" if refused else "delivery_limit", message)
+            self.metrics.count("failed")
+            log.warning("job %s dead-lettered", spec.job_id)
+        await delivery.ack()
 
 
 class _SettledOnce:

@@ -31,7 +31,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from jobs.broker import Broker, create_broker
 from jobs.broker_amqp import AmqpBroker
-from jobs.database import create_database
+from jobs.database import Database, create_database
 from jobs.metrics import JobsMetrics
 from jobs.settings import JobsSettings
 from jobs.sidecar import Sidecar
@@ -176,11 +176,13 @@ async def gateway(settings: JobsSettings, **gateway_changes: Any) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
-async def sidecar(settings: JobsSettings, *, patient_store: bool = False) -> AsyncIterator[Sidecar]:
+async def sidecar(settings: JobsSettings, *, patient_store: bool = False,
+                  database: Database | None = None) -> AsyncIterator[Sidecar]:
     """A sidecar in this process; it stops as on SIGTERM when the block ends. ``patient_store``: its store
-    retries for SIDECAR_STORE_RETRY_S, as ``python -m jobs.sidecar`` builds it."""
+    retries for SIDECAR_STORE_RETRY_S, as ``python -m jobs.sidecar`` builds it; ``database``: its own (the
+    settings' by default)."""
     store = ArtifactStore.from_settings(settings, retry_s=settings.sidecar_store_retry_s if patient_store else None)
-    runner = Sidecar(settings, store, create_broker(settings), create_database(settings),
+    runner = Sidecar(settings, store, create_broker(settings), database or create_database(settings),
                      JobsMetrics(CollectorRegistry()))
     stop = asyncio.Event()
     running = asyncio.create_task(runner.run(stop))
