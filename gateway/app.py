@@ -42,6 +42,7 @@ from gateway.docs import LiveDocument, OpenAPIBuilder, docs_routes, document_acc
 from gateway.errors import error_response
 from gateway.health import HealthChecker
 from gateway.job_routes import job_routes, jobs_openapi
+from gateway.launcher_status import read_processes
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import is_protocol_path, protocol_body, protocol_error_response, protocol_health_routes
 from gateway.protocol_docs import protocol_api
@@ -83,7 +84,7 @@ def create_app(
 ) -> Starlette:
     settings = settings or GatewaySettings()
     drain = drain or Drain()
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(settings.launcher_status_file)
     pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker, balancer=settings.balancer)
     jobs = JobService.from_settings(jobs_settings or JobsSettings(), metrics.registry, served_model=pool.served_model)
     client = WorkerClient(
@@ -131,12 +132,16 @@ def create_app(
 
     async def gateway_info(request: Request) -> Response:
         backends = pool.backends
-        return JSONResponse({
+        body: dict[str, Any] = {
             "name": "jax-inference-gateway",
             "version": __version__,
             "total_backends": len(backends),
             "backends": [backend.describe() for backend in backends],
-        })
+        }
+        processes = read_processes(settings.launcher_status_file)  # a small local file: read at each request
+        if processes is not None:
+            body["processes"] = processes
+        return JSONResponse(body)
 
     async def metrics_endpoint(request: Request) -> Response:
         body, content_type = metrics.exposition()

@@ -2,12 +2,14 @@
 
 Metrics live in a registry of their own. Under gunicorn with several
 processes, ``PROMETHEUS_MULTIPROC_DIR`` is set and /metrics aggregates every
-process's files instead.
+process's files instead. The launcher's processes (gateway/launcher_status.py)
+are read from their file at each scrape, in either mode.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,13 +21,19 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.launcher_status import SupervisedCollector
+
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, launcher_status_file: Path | None = None) -> None:
         self.registry = CollectorRegistry()
+        #: The launcher's processes, if it names their file: in this registry, and in each multiprocess one.
+        self._supervised = None if launcher_status_file is None else SupervisedCollector(launcher_status_file)
+        if self._supervised is not None:
+            self.registry.register(self._supervised)
         self.requests = Counter(
             "gateway_requests", "Requests by route and status.", ["route", "status"], registry=self.registry
         )
@@ -73,5 +81,7 @@ class GatewayMetrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
+            if self._supervised is not None:
+                registry.register(self._supervised)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -126,6 +127,11 @@ class GatewaySettings(BaseSettings):
         None, ge=0,
         description="An inherited listening socket to serve on instead of binding HOST:PORT: the launcher "
         "holds it, so connections wait in its queue across a gateway restart instead of being refused.",
+    )
+    launcher_status_file: Path | None = Field(
+        None,
+        description="The JSON file where the launcher (make run) writes the state of the processes it supervises "
+        "(restarts, last exit, backoff), shown in /gateway/info and /metrics; set by the launcher. Unset: not shown.",
     )
     log_level: str = Field("info", description="Python log level.")
     access_log: bool = Field(True, description="One JSON line per request.")
