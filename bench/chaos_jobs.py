@@ -1,5 +1,5 @@
-"""The job scenarios of ``make chaos``: jobs submitted while a sidecar is killed, the broker or the store
-restarted; each must finish once, right.
+"""The job scenarios of ``make chaos``: jobs submitted while a sidecar is killed, the broker, the store or the
+database restarted; each must finish once, right.
 
 Every job is one row of the served model (its /metadata example, scaled)
 submitted through the gateway with an Idempotency-Key; a submission the
@@ -9,8 +9,9 @@ failed or cancelled, or a submission answered anything but 202 or 503),
 *lost* (accepted, never finished in time), *wrong* (a result that is not
 the model's answer for its row), *duplicated* (two submissions given one
 job id), the 503s (and any 503 without ``Retry-After`` or the JSON error
-body) and the jobs started more than once (``attempts`` > 1; a redelivered job that had finished is skipped, so
-not counted).
+body), every other answer that is not a success (a 500 to a status read: the
+client reads again, and the row counts it) and the jobs started more than once
+(``attempts`` > 1; a redelivered job that had finished is skipped, so not counted).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -32,10 +34,10 @@ _DONE = ("succeeded", "failed", "cancelled")
 
 
 async def submit_and_check(url: str, jobs: int, trigger: asyncio.Event, timeout_s: float, spread_s: float = 0.0,
-                           rows_per_job: int = 1, trigger_after: float = 0.5) -> dict[str, Any]:
-    """Submit ``jobs`` jobs of ``rows_per_job`` copies of one row, the first half at once and the second half
-    spread evenly over ``spread_s``; set ``trigger`` once the fraction ``trigger_after`` of them is accepted; wait
-    for each; count the outcomes."""
+                           rows_per_job: int = 1, trigger_after: float = 0.5, at_once: float = 0.5) -> dict[str, Any]:
+    """Submit ``jobs`` jobs of ``rows_per_job`` copies of one row, the fraction ``at_once`` of them at once and
+    the rest spread evenly over ``spread_s``; set ``trigger`` once the fraction ``trigger_after`` of them is
+    answered; wait for each; count the outcomes."""
     limits = httpx.Limits(max_connections=50)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         example = (await client.get("/metadata")).raise_for_status().json()["example"]["input_data"]
@@ -48,6 +50,7 @@ async def submit_and_check(url: str, jobs: int, trigger: asyncio.Event, timeout_
         unavailable = {"POST": 0, "GET": 0, "bad": 0}  # 503s by method; "bad": without Retry-After or the body
         accepted_at: list[float] = []
         redelivered = 0
+        errors: Counter[str] = Counter()  # "GET 500": answers that are neither a success nor a 503
 
         async def send(method: str, path: str, **kwargs: Any) -> httpx.Response:
             """One call, again after Retry-After on 503 and on a dropped connection (until the deadline)."""
@@ -57,6 +60,8 @@ async def submit_and_check(url: str, jobs: int, trigger: asyncio.Event, timeout_
                     async with gate:
                         response = await client.request(method, path, **kwargs)
                     if response.status_code != 503 or time.monotonic() > deadline:
+                        if response.status_code >= 400 and response.status_code != 503:
+                            errors[f"{method} {response.status_code}"] += 1
                         return response
                     unavailable[method] += 1
                     unavailable["bad"] += not _proper_503(response)
@@ -68,7 +73,7 @@ async def submit_and_check(url: str, jobs: int, trigger: asyncio.Event, timeout_
 
         async def one(i: int) -> tuple[str, str | None]:
             nonlocal submitted, redelivered
-            await asyncio.sleep(spread_s * max(0, 2 * i - jobs) / jobs)
+            await asyncio.sleep(spread_s * max(0.0, i - at_once * jobs) / max(1.0, (1 - at_once) * jobs))
             inputs = [{"input_data": rows[i % len(rows)]}] * rows_per_job
             answer = await send("POST", "/jobs", headers={"Idempotency-Key": f"chaos-{run}-{i}"},
                                 json={"task": "batch_predict", "inputs": inputs})
@@ -82,7 +87,10 @@ async def submit_and_check(url: str, jobs: int, trigger: asyncio.Event, timeout_
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
-                status = (await send("GET", f"/jobs/{job_id}")).json()
+                answer = await send("GET", f"/jobs/{job_id}")
+                if answer.status_code != 200:
+                    continue  # counted in errors; the client reads again
+                status = answer.json()
                 if status["status"] in _DONE:
                     break
             else:
@@ -90,7 +98,10 @@ async def submit_and_check(url: str, jobs: int, trigger: asyncio.Event, timeout_
             redelivered += status["attempts"] > 1
             if status["status"] != "succeeded":
                 return "failed", f"{job_id} {status['status']}: {status.get('error')}"
-            output = (await send("GET", f"/jobs/{job_id}/result", follow_redirects=True)).json()["output"]
+            result = await send("GET", f"/jobs/{job_id}/result", follow_redirects=True)
+            if result.status_code != 200:
+                return "failed", f"{job_id} result answered {result.status_code}"
+            output = result.json()["output"]
             if not same_answer([comparable(a) for a in output], [expected[i % len(rows)]] * rows_per_job):
                 return "wrong", job_id
             return "ok", job_id
@@ -99,9 +110,10 @@ async def submit_and_check(url: str, jobs: int, trigger: asyncio.Event, timeout_
     ids = [detail for outcome, detail in outcomes if outcome in ("ok", "wrong")]
     counts = {kind: sum(outcome == kind for outcome, _ in outcomes) for kind in ("ok", "failed", "lost", "wrong")}
     counts["duplicated"] = len(ids) - len(set(ids))
+    counts["ids"] = ids
     counts["examples"] = [detail for outcome, detail in outcomes if outcome != "ok"][:3]
     counts.update(post_503=unavailable["POST"], get_503=unavailable["GET"], bad_503=unavailable["bad"],
-                  redelivered=redelivered, accepted_at=accepted_at)
+                  redelivered=redelivered, accepted_at=accepted_at, errors=dict(errors))
     return counts
 
 
@@ -126,13 +138,15 @@ async def sidecar_kill_9(url: str, sidecar_pid: int, jobs: int, timeout_s: float
 
 
 async def outage(url: str, jobs: int, spread_s: float, down_s: float, stop: Callable[[], None],
-                 start: Callable[[], None], timeout_s: float, rows_per_job: int = 1) -> dict[str, Any]:
+                 start: Callable[[], None], timeout_s: float, rows_per_job: int = 1,
+                 while_down: Callable[[], Awaitable[Any]] | None = None) -> dict[str, Any]:
     """``stop()`` once a quarter of the jobs is accepted (the first half is sent at once: a backlog is queued
-    and running), ``start()`` ``down_s`` later, while the second half is sent over ``spread_s``.
+    and running), ``start()`` ``down_s`` later, while the second half is sent over ``spread_s``; ``while_down()``
+    runs from the stop on, and ``start()`` waits for it too.
 
     Answers the counts with ``backlog`` (jobs queued or running as the outage began), ``stop_s`` and
     ``start_s`` (how long ``stop()`` and ``start()`` took), ``first_s`` and ``last_s`` (from ``start()`` called
-    to the first job accepted after it, and to the last job done).
+    to the first job accepted after it, and to the last job done) and ``while_down`` (what it answered).
     """
     quarter = asyncio.Event()
     checking = asyncio.create_task(submit_and_check(url, jobs, quarter, timeout_s, spread_s, rows_per_job, 0.25))
@@ -141,14 +155,14 @@ async def outage(url: str, jobs: int, spread_s: float, down_s: float, stop: Call
     stopped_at = time.monotonic()
     await asyncio.to_thread(stop)
     stop_s = time.monotonic() - stopped_at
-    await asyncio.sleep(down_s)
+    during = await asyncio.gather(asyncio.sleep(down_s), while_down() if while_down else asyncio.sleep(0))
     back_at = time.monotonic()  # the restart begins: the service may answer before start() returns
     await asyncio.to_thread(start)
     start_s = time.monotonic() - back_at
     counts = await checking
     first = min((at for at in counts["accepted_at"] if at > back_at), default=float("nan"))
     return {**counts, "backlog": backlog, "stop_s": stop_s, "start_s": start_s, "first_s": first - back_at,
-            "last_s": time.monotonic() - back_at}
+            "last_s": time.monotonic() - back_at, "while_down": during[1]}
 
 
 async def _unfinished(url: str) -> int:
