@@ -1,6 +1,6 @@
 """The job routes of the gateway, and their part of the OpenAPI document.
 
-The gateway only submits, reads and cancels (``jobs.service``); sidecars run jobs.
+The gateway only submits, reads, cancels and retries (``jobs.service``); sidecars run jobs.
 
     POST   /jobs               202 + Location once the job is stored and queued
     GET    /jobs               the newest jobs, filtered, a page at a time (keyset cursor)
@@ -8,6 +8,7 @@ The gateway only submits, reads and cancels (``jobs.service``); sidecars run job
     GET    /jobs/{id}          its status
     GET    /jobs/{id}/result   the result; 409 until it succeeded (?wait=s: wait for it); a redirect when large (S3)
     DELETE /jobs/{id}          cancel: 200 if cancelled, 202 if it stops at its next chunk
+    POST   /jobs/{id}/retry    run a failed job again, same id: 202 once it is queued; 409 unless failed
 
 With API keys, a job belongs to the key that submitted it (``owner``, the key's
 id): any other key gets 404 for it, as if it did not exist.
@@ -163,6 +164,10 @@ def job_routes(service: JobService, retry_after_s: int) -> list[Route]:
         status = await service.cancel(request.path_params["job_id"], _owner(request))
         return _json(status, 200 if status.status == "cancelled" else 202)
 
+    async def retry(request: Request) -> Response:
+        status = await service.retry(request.path_params["job_id"], _owner(request))
+        return _json(status, 202, {"Location": status.status_url})
+
     return [
         Route("/jobs", handler(submit), methods=["POST"]),
         Route("/jobs", handler(list_jobs), methods=["GET"]),
@@ -170,6 +175,7 @@ def job_routes(service: JobService, retry_after_s: int) -> list[Route]:
         Route("/jobs/{job_id}", handler(status), methods=["GET"]),
         Route("/jobs/{job_id}", handler(cancel), methods=["DELETE"]),
         Route("/jobs/{job_id}/result", handler(result), methods=["GET"]),
+        Route("/jobs/{job_id}/retry", handler(retry), methods=["POST"]),
     ]
 
 
@@ -182,7 +188,8 @@ def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
         "tags": ["jobs"],
         "parameters": [{
             "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
-            "description": "A retry with the same key and body returns the same job.",
+            "description": "A retry with the same key and body returns the same job, a failed one included "
+                           "(run that again with POST /jobs/{job_id}/retry).",
         }],
         "requestBody": builder.json_body(builder.schema(JobSubmission), example),
         "responses": builder.responses(JobStatus, 400, 413, 422, 503, ok_status=202),
@@ -223,6 +230,17 @@ def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
         "tags": ["jobs"],
         "parameters": [job_id],
         "responses": builder.responses(JobStatus, 404, 409, 503),
+    })
+    retried = builder.responses(JobStatus, 404, 409, 503, ok_status=202)
+    retried["409"] = {**retried["409"], "description": "The job is not failed (job_not_failed)"}
+    builder.add("/jobs/{job_id}/retry", "post", {
+        "summary": "Run a failed job again under its id; 202 once it is queued, 409 unless it failed",
+        "description": "The job is queued again as a fresh run (attempts from 0, progress and error cleared); "
+                       "its failed run is kept in earlier_runs. Only a failed job: a cancelled one was stopped "
+                       "on purpose. Of two retries at once, one is queued and the other is 409.",
+        "tags": ["jobs"],
+        "parameters": [job_id],
+        "responses": retried,
     })
     result = builder.responses(JobResult, 404, 409, 422, 503)
     result["307"] = {"description": "A large result: fetch it from the presigned URL in Location"}

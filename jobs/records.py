@@ -14,6 +14,8 @@ cancelled even if a sidecar picks it up at the same moment. The gateway's
 cancel of a running job only sets ``cancel_requested``, a column no status
 write touches, so it never races with a progress update. The result and the
 ``succeeded`` state are one write: a job is never seen succeeded without it.
+A retry of a failed job is one write conditional on the job being the failed
+one that was read, so two retries at once queue it once.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import orjson
 from jobs.batching import Batcher
 from jobs.database import Database
 from jobs.errors import InvalidJob, JobNotFound
-from jobs.schema import ErrorInfo, JobSpec, JobState, JobStatus, utc_now
+from jobs.schema import EarlierRun, ErrorInfo, JobSpec, JobState, JobStatus, utc_now
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, job_key
 
@@ -98,6 +100,7 @@ def _status(row: dict[str, Any]) -> JobStatus:
         input_shape=None if row["input_shape"] is None else orjson.loads(row["input_shape"]),
         result_model_name=row["result_model_name"], result_model_version=row["result_model_version"],
         owner=row["owner"], priority=row["priority"],
+        earlier_runs=orjson.loads(row["earlier_runs"]) if row["earlier_runs"] else [],
     )
 
 
@@ -108,7 +111,7 @@ def _text(value: Any) -> bytes | None:
 _STATUS_COLUMNS = (
     "job_id, task, status, progress_done, progress_total, attempts, error_code, error_message, "
     "cancel_requested, created_at, started_at, finished_at, updated_at, model_name, model_version, owner, priority, "
-    "input_shape, result_model_name, result_model_version"
+    "input_shape, result_model_name, result_model_version, earlier_runs"
 )
 _RECORD_COLUMNS = f"{_STATUS_COLUMNS}, fingerprint, options, input_key, input_data, result, result_key"
 _INSERT_COLUMNS = (
@@ -215,7 +218,7 @@ class JobRecords:
             "cancel_requested": 0, "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
             "model_name": job.model_name, "model_version": job.model_version, "owner": job.owner,
             "priority": spec.priority, "input_shape": _shape(job),
-            "result_model_name": None, "result_model_version": None,
+            "result_model_name": None, "result_model_version": None, "earlier_runs": None,
         })
         inserted = await self._inserts((job, now))
         if inserted:
@@ -254,6 +257,20 @@ class JobRecords:
             job_id, _micros(utc_now()),
         )
         return await self.status(job_id)
+
+    async def retry(self, failed: JobStatus) -> JobStatus | None:
+        """``failed`` queued again as a fresh run, its last run added to ``earlier_runs``; None if the job
+        changed since ``failed`` was read (another retry won: the job is queued once)."""
+        runs = [*failed.earlier_runs, EarlierRun(attempts=failed.attempts, error=failed.error,
+                                                 started_at=failed.started_at, finished_at=failed.finished_at)]
+        changed = await self.db.execute(
+            "UPDATE jobs SET status = 'queued', progress_done = 0, attempts = 0, error_code = NULL, "
+            "error_message = NULL, cancel_requested = 0, started_at = NULL, finished_at = NULL, updated_at = $2, "
+            "earlier_runs = $3 WHERE job_id = $1 AND status = 'failed' AND updated_at = $4",
+            failed.job_id, _micros(utc_now()), orjson.dumps([run.model_dump(mode="json") for run in runs]).decode(),
+            _micros(failed.updated_at),
+        )
+        return await self.status(failed.job_id) if changed else None
 
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._records(job_id)

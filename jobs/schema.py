@@ -64,6 +64,15 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class EarlierRun(BaseModel):
+    """A run of a job before ``POST /jobs/{id}/retry`` queued it again."""
+
+    attempts: int = Field(description="Deliveries of that run.")
+    error: ErrorInfo | None = Field(None, description="Why it failed.")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class JobStatus(BaseModel):
     """A job's database record as ``GET /jobs/{id}`` answers it."""
 
@@ -89,6 +98,9 @@ class JobStatus(BaseModel):
     result_model_version: str | None = Field(None, description="Its version.")
     owner: str | None = Field(None, description="Who submitted it (an API key id), when known.")
     priority: int = Field(0, description="Its priority; higher ones run first.")
+    earlier_runs: list[EarlierRun] = Field(
+        default_factory=list, description="Its failed runs before each retry (POST /jobs/{id}/retry), oldest first."
+    )
 
     @property
     def finished(self) -> bool:

@@ -1,4 +1,4 @@
-"""Submit, list, read, and cancel jobs: what the gateway's job routes call.
+"""Submit, list, read, cancel and retry jobs: what the gateway's job routes call.
 
 The gateway never runs a job. A submission is validated completely first
 (task, options, every row, the input object's place and size), so a bad one
@@ -13,6 +13,11 @@ A job is bound to the model the gateway's workers serve when it is accepted
 published to that model's queue, which only sidecars of that model consume.
 While no worker has reported its model, ``POST /jobs`` is 503: there is
 nothing to check the rows against, nor a queue to put them on.
+
+A failed job can be run again under its id (``retry``): its record goes back
+to queued, its failed run kept in ``earlier_runs``, and it is published as a
+submission is. A resubmission with its Idempotency-Key returns the failed job
+as it is (only a job whose first publish failed is queued again that way).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from jobs.database import Database, create_database
 from jobs.errors import (
     InvalidJob,
     JobAlreadyFinished,
+    JobNotFailed,
     JobNotFinished,
     JobNotFound,
     JobsUnavailable,
@@ -113,15 +119,7 @@ class JobService:
         input_key, total = await self._check_inputs(task, submission)
         if not 0 <= submission.priority < self.settings.job_priority_levels:
             raise InvalidJob(f"priority: from 0 to {self.settings.job_priority_levels - 1}")
-        metadata = self.served_model()
-        if metadata is None:
-            raise JobsUnavailable("no worker has reported its model yet, and a job is bound to the model it is "
-                                  "checked against; try again once a worker is ready")
-        try:
-            model = ModelIdentity.from_metadata(metadata)
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise JobsUnavailable("the workers' model metadata names no model name, version or input shape; "
-                                  "a job cannot be bound to it") from None
+        metadata, model = self._served_identity()
         if task.check is not None:
             task.check(submission.inputs or [], submission.options, metadata)
         fingerprint = hashlib.sha256(
@@ -155,14 +153,32 @@ class JobService:
                 return Submitted(existing.status, replayed=True)
             # The first submission failed to publish: queue it again here, for the model it was bound to.
             status = await self.records.requeue_unpublished(job_id) or status
+        await self._queue(status, spec, status.model_name or model.name)
+        return Submitted(status, replayed=False)
+
+    def _served_identity(self) -> tuple[dict[str, Any], ModelIdentity]:
+        """The served model's metadata and identity, which a job is bound to; 503 while there is none."""
+        metadata = self.served_model()
+        if metadata is None:
+            raise JobsUnavailable("no worker has reported its model yet, and a job is bound to the model it is "
+                                  "checked against; try again once a worker is ready")
         try:
-            await self._publish(status.model_name or model.name, spec.model_dump_json().encode(), spec.priority)
+            return metadata, ModelIdentity.from_metadata(metadata)
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise JobsUnavailable("the workers' model metadata names no model name, version or input shape; "
+                                  "a job cannot be bound to it") from None
+
+    async def _queue(self, status: JobStatus, spec: JobSpec, model_name: str) -> None:
+        """Publish a job recorded as queued; if the broker does not take it, it is failed as ``not_queued`` (a
+        retry or a resubmission with its Idempotency-Key queues it again) and the request is 503."""
+        try:
+            await self._publish(model_name, spec.model_dump_json().encode(), spec.priority)
         except Exception as exc:
-            log.warning("publishing job %s failed: %r", job_id, exc)  # an outage: one line per job, no traceback
-            await self.records.fail(status, "not_queued", "the broker did not accept the job; submit it again")
+            log.warning("publishing job %s failed: %r", spec.job_id, exc)  # an outage: one line per job, no traceback
+            await self.records.fail(status, "not_queued",
+                                    "the broker did not accept the job; retry it or submit it again")
             raise JobsUnavailable("the job broker is unavailable; try again") from exc
         self.metrics.count("queued")
-        return Submitted(status, replayed=False)
 
     def _parse(self, body: bytes) -> JobSubmission:
         try:
@@ -234,6 +250,23 @@ class JobService:
         if data is None:
             raise JobsUnavailable(f"job {job_id} succeeded but its result cannot be read")
         return data
+
+    async def retry(self, job_id: str, owner: str | None = None) -> JobStatus:
+        """Queue a failed job again under its id, as a fresh run (attempts from 0); its failed run is kept in
+        ``earlier_runs``. Only a failed job: a cancelled one was stopped on purpose, and two retries of one job
+        race on a conditional write, so it is queued once and the other is 409."""
+        record = await self.records.get(check_job_id(job_id))
+        if record is None or (owner is not None and record.status.owner != owner):
+            raise JobNotFound(f"no job {job_id!r}")
+        failed = record.status
+        if failed.status != "failed":
+            raise JobNotFailed(f"job {job_id} is {failed.status}; only a failed job can be retried")
+        model_name = failed.model_name or self._served_identity()[1].name
+        queued = await self.records.retry(failed)
+        if queued is None:
+            raise JobNotFailed(f"job {job_id} was retried meanwhile; it is queued once")
+        await self._queue(queued, record.spec, model_name)
+        return queued
 
     async def cancel(self, job_id: str, owner: str | None = None) -> JobStatus:
         status = await self.status(job_id, owner)

@@ -106,10 +106,11 @@ async def test_the_schema_is_migrated_once_however_many_processes_open_it(jobs_s
 
 
 async def test_a_database_of_the_first_schema_is_migrated_keeping_its_jobs(jobs_settings: JobsSettings) -> None:
-    """Migration 2 adds the input shape and the result's model; jobs recorded before keep all they had."""
+    """Migration 2 adds the input shape and the result's model, 3 the earlier runs; jobs recorded before keep all
+    they had."""
     first = create_database(jobs_settings)
     await first.execute("SELECT 1")  # migrates to the latest schema; go back to the first one
-    for column in ("input_shape", "result_model_name", "result_model_version"):
+    for column in ("input_shape", "result_model_name", "result_model_version", "earlier_runs"):
         await first.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
     await first.execute("DELETE FROM schema_version WHERE version > 1")
     await first.execute(
@@ -123,7 +124,7 @@ async def test_a_database_of_the_first_schema_is_migrated_keeping_its_jobs(jobs_
         status = await records.status("cd" * 16)
         assert status is not None
         assert (status.model_name, status.model_version, status.status) == ("m", "1", "succeeded")
-        assert status.input_shape is None and status.result_model_name is None
+        assert status.input_shape is None and status.result_model_name is None and status.earlier_runs == []
         versions = await database.fetch("SELECT version FROM schema_version")
         assert sorted(row["version"] for row in versions) == list(range(1, len(MIGRATIONS) + 1))
     finally:
