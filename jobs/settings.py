@@ -112,12 +112,22 @@ class JobsSettings(BaseSettings):
         20.0, ge=0, description="On SIGTERM, time to finish running jobs before they are requeued."
     )
     sidecar_store_retry_s: float = Field(
-        60.0, gt=0, description="How long a sidecar retries an S3 store that does not answer before the job's "
-        "attempt fails (the gateway answers 503 at once).",
+        60.0, gt=0, description="How long a sidecar tries a store call again while the store does not answer (or "
+        "answers 5xx), with backoff, before the call fails; a time, not a count of tries (the gateway answers 503 "
+        "at once).",
     )
     sidecar_database_retry_s: float = Field(
         300.0, gt=0, description="How long a sidecar waits out a job database outage (retrying with backoff, the "
         "job's delivery held) before it hands the job back; the gateway answers 503 at once.",
+    )
+    sidecar_spool_dir: Path | None = Field(
+        None, description="Folder where a sidecar keeps results it computed but could not write to the store "
+        "(written when the store is back, not computed again); shared by the sidecars of one machine; "
+        "unset: JOBS_DIR/spool.",
+    )
+    sidecar_spool_max_bytes: int = Field(
+        512 * 1024 * 1024, ge=0, description="Most bytes of results kept in SIDECAR_SPOOL_DIR; a result beyond it "
+        "is not kept (its job is computed again); 0: none kept.",
     )
     sidecar_metrics_port: int = Field(0, ge=0, description="Port of the sidecar's /metrics; 0: none.")
     sidecar_metrics_host: str = Field(
