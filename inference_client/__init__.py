@@ -25,6 +25,7 @@ from inference_client._exceptions import (
 )
 from inference_client._models import (
     BackendInfo,
+    EarlierRun,
     GatewayHealth,
     GatewayInfo,
     JobErrorInfo,
@@ -39,6 +40,7 @@ __all__ = [
     "AuthenticationError",
     "BackendInfo",
     "ConflictError",
+    "EarlierRun",
     "GatewayHealth",
     "GatewayInfo",
     "InferenceClient",

@@ -61,6 +61,9 @@ class AsyncInferenceClient(ClientBase):
     async def cancel(self, job_id: str) -> JobStatus:
         return await self._call(calls.cancel_job(job_id))
 
+    async def retry_job(self, job_id: str) -> JobStatus:
+        return await self._call(calls.retry_job(job_id))
+
     async def health(self) -> GatewayHealth:
         return await self._call(calls.health())
 

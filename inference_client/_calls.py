@@ -132,6 +132,10 @@ def cancel_job(job_id: str) -> Call[JobStatus]:
     return Call("DELETE", _job_path(job_id), _model(JobStatus))
 
 
+def retry_job(job_id: str) -> Call[JobStatus]:
+    return Call("POST", _job_path(job_id, "/retry"), _model(JobStatus))
+
+
 def health() -> Call[GatewayHealth]:
     return Call("GET", "/gateway/health", _health, retry=False)
 

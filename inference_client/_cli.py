@@ -77,6 +77,8 @@ def _run(client: InferenceClient, args: argparse.Namespace) -> Any:
             return client.result(args.job_id)
         case "cancel":
             return client.cancel(args.job_id)
+        case "retry":
+            return client.retry_job(args.job_id)
         case "health":
             return client.health()
         case "info":
@@ -129,7 +131,8 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--idempotency-key", help="the same key and body return the same job")
 
     for name, text in (("status", "a job's status"), ("wait", "wait for a job to succeed (progress on stderr)"),
-                       ("result", "a succeeded job's result"), ("cancel", "cancel a job")):
+                       ("result", "a succeeded job's result"), ("cancel", "cancel a job"),
+                       ("retry", "run a failed job again under its id")):
         command = add_parser(name, help=text)
         command.add_argument("job_id")
         if name == "wait":

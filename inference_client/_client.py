@@ -77,6 +77,14 @@ class InferenceClient(ClientBase):
         """Cancel a job: a queued one at once, a running one at its next chunk (ConflictError if finished)."""
         return self._call(calls.cancel_job(job_id))
 
+    def retry_job(self, job_id: str) -> JobStatus:
+        """Run a failed job again under its id, queued as a fresh run; its failed run shows in ``earlier_runs``.
+
+        ConflictError (``job_not_failed``) unless it failed. A resubmission with the same Idempotency-Key
+        returns the failed job instead: this is how it runs again.
+        """
+        return self._call(calls.retry_job(job_id))
+
     def health(self) -> GatewayHealth:
         """The gateway's health, unhealthy included (never retried)."""
         return self._call(calls.health())

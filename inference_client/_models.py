@@ -37,6 +37,15 @@ class JobErrorInfo(_Answer):
     message: str
 
 
+class EarlierRun(_Answer):
+    """A failed run of a job before :meth:`~inference_client.InferenceClient.retry_job` queued it again."""
+
+    attempts: int = 0
+    error: JobErrorInfo | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class JobStatus(_Answer):
     job_id: str
     task: str
@@ -50,6 +59,7 @@ class JobStatus(_Answer):
     finished_at: datetime | None = None
     status_url: str | None = None
     result_url: str | None = None
+    earlier_runs: list[EarlierRun] = Field(default_factory=list)  # oldest first
 
     @property
     def finished(self) -> bool:

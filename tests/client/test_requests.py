@@ -59,17 +59,25 @@ def test_job_routes(client) -> None:
     gateway = Gateway(
         httpx.Response(202, json=job_status("queued")), httpx.Response(200, json=job_status("running", 2)),
         httpx.Response(202, json={**job_status("running", 2), "cancel_requested": True}),
+        httpx.Response(202, json={**job_status("queued"), "earlier_runs": [
+            {"attempts": 3, "error": {"code": "delivery_limit", "message": "gave up"},
+             "started_at": "2026-01-01T00:00:01Z", "finished_at": "2026-01-01T00:00:02Z"},
+        ]}),
     )
     caller = client(gateway)
     submitted = caller.submit_job("train", options={"seed": 1}, idempotency_key="k-1")
     status = caller.job_status("a/b")
     cancelled = caller.cancel("j1")
+    retried = caller.retry_job("j1")
     assert submitted.status == "queued" and status.progress.done == 2 and cancelled.cancel_requested
-    first, second, third = gateway.requests
+    assert submitted.earlier_runs == [] and retried.status == "queued"
+    assert [(run.attempts, run.error.code) for run in retried.earlier_runs] == [(3, "delivery_limit")]
+    first, second, third, fourth = gateway.requests
     assert json.loads(first.content) == {"task": "train", "options": {"seed": 1}}
     assert first.headers["idempotency-key"] == "k-1"
     assert second.url.raw_path == b"/jobs/a%2Fb"  # an id never escapes its path segment
     assert (third.method, third.url.path) == ("DELETE", "/jobs/j1")
+    assert (fourth.method, fourth.url.path, fourth.content) == ("POST", "/jobs/j1/retry", b"")
 
 
 def test_a_large_result_follows_the_redirect_without_the_api_key(client) -> None:
@@ -96,7 +104,7 @@ def test_an_unexpected_answer_is_a_server_error(client) -> None:
 
 def test_the_public_api_is_pinned() -> None:
     assert sorted(inference_client.__all__) == [
-        "AsyncInferenceClient", "AuthenticationError", "BackendInfo", "ConflictError", "GatewayHealth",
+        "AsyncInferenceClient", "AuthenticationError", "BackendInfo", "ConflictError", "EarlierRun", "GatewayHealth",
         "GatewayInfo", "InferenceClient", "InferenceError", "InferenceTimeoutError", "InvalidInputError",
         "JobCancelledError", "JobErrorInfo", "JobFailedError", "JobResult", "JobStatus", "NotFoundError",
         "Prediction", "Progress", "RateLimitError", "ServerError", "UnavailableError",

@@ -25,6 +25,7 @@ from inference_client import (
     InferenceClient,
     InvalidInputError,
     JobCancelledError,
+    JobFailedError,
     NotFoundError,
 )
 from tests.support import JAX_CACHE_DIR, REPO, free_port_run, start_process, stop_process, wait_until
@@ -118,6 +119,23 @@ def test_finished_and_unknown_jobs_cannot_be_cancelled(stack: Stack) -> None:
         assert caught.value.code == "job_already_finished"
         with pytest.raises(NotFoundError):
             client.job_status("0" * 32)
+
+
+def test_a_failed_job_is_retried_under_its_id(stack: Stack) -> None:
+    with InferenceClient(stack.url) as client:
+        job = client.submit_job("fails_first_run")
+        with pytest.raises(JobFailedError):
+            client.wait(job.job_id, timeout=60, progress=False)
+        retried = client.retry_job(job.job_id)
+        assert retried.job_id == job.job_id and retried.status == "queued"
+        assert [run.error.code for run in retried.earlier_runs if run.error] == ["first_run"]
+        done = client.wait(job.job_id, timeout=60, progress=False)
+        assert done.status == "succeeded" and len(done.earlier_runs) == 1
+        with pytest.raises(ConflictError) as caught:
+            client.retry_job(job.job_id)
+        assert caught.value.code == "job_not_failed"
+    again = cli("--url", stack.url, "retry", job.job_id)
+    assert again.returncode == 1 and "409 job_not_failed" in again.stderr
 
 
 async def test_the_async_client(stack: Stack) -> None:
