@@ -23,6 +23,7 @@ All are context managers that always stop what they started.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
@@ -239,6 +240,9 @@ def postgres_bin() -> Path | None:
                 None)
 
 
+_template: Path | None = None
+
+
 class PgServer:
     """A PostgreSQL cluster of our own on a free loopback port, the same port across restarts and wipes.
 
@@ -292,6 +296,20 @@ class PgServer:
         if result.returncode != 0:
             raise RuntimeError(f"{Path(command[0]).name} failed (exit {result.returncode}):\n{self.log_tail()}")
 
+    def _template(self) -> Path:
+        """An empty cluster made once per process: a copy of it starts in a tenth of initdb's time."""
+        global _template
+        if _template is None or not (_template / "PG_VERSION").exists():
+            folder = Path(tempfile.mkdtemp(prefix="pgserver-template-"))
+            atexit.register(shutil.rmtree, folder, True)
+            if self._as_user:
+                account = pwd.getpwnam(self.USER)
+                os.chown(folder, account.pw_uid, account.pw_gid)
+            self._run(str(self._bin / "initdb"), "-D", str(folder / "data"), "-U", self.USER, "--auth=trust",
+                      "--no-sync", "--encoding=UTF8", "--locale=C")
+            _template = folder / "data"
+        return _template
+
     def start(self, tries: int = 3) -> PgServer:
         """initdb when there is no cluster yet, then start and wait until it accepts connections.
 
@@ -300,8 +318,7 @@ class PgServer:
         if self._process is not None:
             return self
         if not (self.data_dir / "PG_VERSION").exists():
-            self._run(str(self._bin / "initdb"), "-D", str(self.data_dir), "-U", self.USER, "--auth=trust",
-                      "--no-sync", "--encoding=UTF8", "--locale=C")
+            self._run("cp", "-a", str(self._template()), str(self.data_dir))
         for attempt in range(1, tries + 1):
             try:
                 self._start_once()
