@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from bench.stack import children_running
 from launcher.__main__ import build_children, parse_args
 from launcher.gateways import metrics_folder
+from tests.launcher.hammer import Hammer
 from tests.support import JAX_CACHE_DIR, free_port_run, start_process, stop_process, wait_until
 
 
@@ -76,36 +76,6 @@ def _listening_socket(pid: int) -> str:
     items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     environ = dict(item.split(b"=", 1) for item in items if b"=" in item)
     return os.readlink(f"/proc/{pid}/fd/{int(environ[b'LISTEN_FD'])}")
-
-
-class Hammer:
-    """One client sending /predict back to back on a keep-alive connection, counting what it gets."""
-
-    def __init__(self, url: str, body: dict) -> None:
-        self.ok, self.failures = 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(url, body), daemon=True)
-
-    def _run(self, url: str, body: dict) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
-                try:
-                    response = client.post(f"{url}/predict", json=body)
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                if response.status_code == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"{response.status_code} {response.text[:200]}")
-
-    def __enter__(self) -> Hammer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 @pytest.fixture(scope="module")
