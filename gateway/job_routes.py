@@ -212,7 +212,7 @@ def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
         "responses": builder.responses(JobList, 422, 503),
     })
     builder.add("/jobs/ui", "get", {
-        "summary": "A page listing recent jobs, refreshing by itself, with cancel buttons",
+        "summary": "A page listing recent jobs, refreshing by itself, with cancel and retry buttons",
         "description": "Open without an API key: the page holds no data. With API keys it asks for one, keeps it "
                        "in the tab's sessionStorage and sends it as Authorization: Bearer on its calls to the "
                        "job routes, which stay protected and show each key only its own jobs.",
