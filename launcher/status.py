@@ -40,7 +40,7 @@ class ProcessStatus:
     state: State = "stopped"
     pid: int | None = None
     restarts: int = 0
-    #: Exits in a row, each soon after its start; back to 0 once the process has run a while.
+    #: Exits in a row, each soon after its start (a SIGKILL not counted); back to 0 once the process has run a while.
     fast_failures: int = 0
     last_exit_code: int | None = None
     last_exit_at: float | None = None

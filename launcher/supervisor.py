@@ -12,13 +12,14 @@ again and again (an out-of-memory killer) leaves the other workers and the
 gateway serving. The supervisor gives up only on a failure every member of a
 group hits the same way (a model that fails to load on every worker, a port in
 use): when each has exited within ``fast_exit_s`` of its start
-``max_fast_failures`` times in a row. It then prints the last lines of output
-of the child that completed the count and why it gives up, stops the others,
-and ``run()`` returns 1. A child that is not ``essential`` (a job sidecar:
-serving does not need it) never makes it give up. A stop always reaches every
-child: each wait is bounded, a child that ignores SIGTERM has its whole process
-group killed, and a failure of the supervisor itself stops all of them, never some.
-Each child's state (launcher/status.py) is written to a file on every change.
+``max_fast_failures`` times in a row (a SIGKILL comes from outside: never
+counted). It then prints the last lines of output of the child that completed
+the count and why it gives up, stops the others, and ``run()`` returns 1. A
+child that is not ``essential`` (a job sidecar: serving does not need it) never
+makes it give up. A stop always reaches every child: each wait is bounded, a
+child that ignores SIGTERM has its whole process group killed, and a failure
+of the supervisor itself stops all of them, never some. Each child's state
+(launcher/status.py) is written to a file on every change.
 Hand-written because it is the project's own glue: honcho has no restarts,
 supervisord no foreground prefixed logs or readiness.
 """
@@ -147,8 +148,10 @@ class Supervisor:
                 why = f"exited with {exit_text(code)}"
             if self._stopping.is_set():
                 return
+            # A kill (an out-of-memory killer, an operator) says nothing of the program: never a start failure.
+            start_failure = not ran_a_while and code != -signal.SIGKILL
             self._update(status, state="backing-off", pid=None, last_exit_code=code, last_exit_at=time.time(),
-                         fast_failures=status.fast_failures + (not ran_a_while))
+                         fast_failures=status.fast_failures + start_failure)
             if self._whole_group_fails(child):
                 self._give_up(child, self._give_up_reason(child, why))
                 return

@@ -135,22 +135,34 @@ async def test_a_child_that_ran_a_while_is_restarted_not_given_up_on_and_its_bac
     assert {entry["flaky"]["backoff_s"] for entry in status.history if entry["flaky"]["backoff_s"]} == {0.01}
 
 
-async def test_one_worker_killed_each_time_it_is_back_is_restarted_while_the_other_stays_up(capsys) -> None:
-    killed = Child("worker-0", KILLED_AT_START, {}, group="worker")
+async def test_one_worker_failing_at_each_start_is_restarted_while_the_other_stays_up(capsys) -> None:
+    failing = child("worker-0", "raise SystemExit(1)", group="worker")
     steady = Child("worker-1", SLEEPER, {}, group="worker")
     status = Recorder()
-    supervisor = Supervisor([killed, steady], backoff_s=0.01, max_backoff_s=0.04, max_fast_failures=2,
+    supervisor = Supervisor([failing, steady], backoff_s=0.01, max_backoff_s=0.04, max_fast_failures=2,
                             fast_exit_s=30, status_file=status)
     running = asyncio.create_task(supervisor.run())
-    await status.until(lambda seen: seen["worker-0"]["restarts"] >= 6 and seen["worker-1"]["state"] == "running")
+    await status.until(lambda seen: seen["worker-0"]["restarts"] >= 2 and seen["worker-1"]["state"] == "running")
     first_pid = steady.process.pid
     await status.until(lambda seen: seen["worker-0"]["restarts"] >= 8)
     assert supervisor.failure is None and not running.done()
     assert steady.process.pid == first_pid and steady.process.returncode is None
-    assert killed.status.fast_failures >= 8 and killed.status.last_exit_code == -9
+    assert failing.status.fast_failures >= 8 and failing.status.last_exit_code == 1
     supervisor.stop()
     assert await asyncio.wait_for(running, 30) == 0
-    assert "worker-0 exited with code -9 (SIGKILL); restarting in 0.0s (restart 8)" in capsys.readouterr().out
+    assert "worker-0 exited with code 1; restarting in 0.0s (restart 8)" in capsys.readouterr().out
+
+
+async def test_a_lone_worker_killed_at_each_start_is_never_given_up_on(capsys) -> None:
+    killed = Child("worker-0", KILLED_AT_START, {}, group="worker")  # as an out-of-memory killer would
+    status = Recorder()
+    supervisor = Supervisor([killed], backoff_s=0.01, max_backoff_s=0.02, max_fast_failures=1, status_file=status)
+    running = asyncio.create_task(supervisor.run())
+    await status.until(lambda seen: seen["worker-0"]["restarts"] >= 5)
+    assert supervisor.failure is None and killed.status.fast_failures == 0
+    supervisor.stop()
+    assert await asyncio.wait_for(running, 30) == 0
+    assert "worker-0 exited with code -9 (SIGKILL); restarting in 0.0s (restart 5)" in capsys.readouterr().out
 
 
 async def test_backoff_doubles_up_to_its_cap() -> None:
