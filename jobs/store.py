@@ -7,6 +7,21 @@ async put/get/head, atomic create-if-absent (``mode="create"``, S3's
 ``If-None-Match``) and presigned URLs for both, with retries built in, in one
 small wheel; tried against moto's server and a local folder.
 
+Outages. Every call first gets obstore's own few quick retries (a dropped
+connection, one 5xx). Past those, the gateway's store (``retry_s=None``) fails
+at once, for a quick 503. A sidecar's store (``retry_s`` = SIDECAR_STORE_RETRY_S)
+tries the call again, with capped and jittered exponential backoff, until
+``retry_s`` have passed since the call began: the window is a time, as
+documented, not a count of tries (obstore's ``max_retries`` ran out 17-48 s
+into an outage, with jitter deciding when). Only transient failures are tried
+again: a missing object, an existing one, a failed precondition, refused
+credentials or a bad configuration answer the same way every time.
+
+Either way the caller gets :class:`JobsUnavailable` with a short message
+("the artifact store is unavailable"), never the store's URL or obstore's
+debug dump, which go to the log instead (a warning at most every
+``_LOG_EVERY_S`` per store, so an outage under load does not flood it).
+
 Keys are built here from gateway-generated job ids only. A client may name an
 existing object by ``input_uri``; :meth:`ArtifactStore.key_for_uri` accepts it
 only inside the configured bucket or folder.
@@ -14,28 +29,55 @@ only inside the configured bucket or folder.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
+from typing import Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, BaseError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    InvalidPathError,
+    NotModifiedError,
+    NotSupportedError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+    UnknownConfigurationKeyError,
+)
 from obstore.store import LocalStore, S3Store
 
 from jobs.errors import InvalidJob, JobsUnavailable
 from jobs.settings import JobsSettings
 
-# The gateway's store calls fail fast enough for an HTTP request to answer 503 instead of hanging.
-_FAIL_FAST = {"max_retries": 3, "retry_timeout": timedelta(seconds=10)}
+log = logging.getLogger("jobs.store")
+T = TypeVar("T")
+
+#: obstore's own retries of one call: few and quick, so the gateway answers 503 within a second or so,
+#: and a sidecar's window is kept by :meth:`ArtifactStore._call`, in seconds.
+_PER_CALL = {"max_retries": 3, "retry_timeout": timedelta(seconds=10)}
+#: First and longest waits between two tries of a sidecar's call in an outage.
+FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.2, 2.0
+#: At most one warning with the store's full error this often (per store).
+_LOG_EVERY_S = 10.0
+#: Failures that a retry answers the same way: the request, the object or the credentials are wrong, not the store.
+_PERMANENT = (AlreadyExistsError, PreconditionError, NotModifiedError, PermissionDeniedError,
+              UnauthenticatedError, UnknownConfigurationKeyError, InvalidPathError, NotSupportedError)
+UNAVAILABLE = "the artifact store is unavailable"
 
 
-def _patient(seconds: float) -> dict:
-    """A sidecar's: a store that does not answer is retried, at least every second, for ``seconds``.
+class Outages(Protocol):
+    """Told when the store's outage starts and ends (the sidecar's jobs.dependencies.Dependencies)."""
 
-    An outage shorter than that costs the jobs time, not one of their JOB_MAX_DELIVERIES each.
-    """
-    backoff = {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=1), "base": 2}
-    return {"max_retries": int(seconds) + 10, "retry_timeout": timedelta(seconds=seconds), "backoff": backoff}
+    def down(self, name: str, error: BaseException) -> None: ...
+
+    def up(self, name: str) -> None: ...
 
 
 def job_key(job_id: str, name: str) -> str:
@@ -48,14 +90,20 @@ def model_key(model_name: str, version: str, name: str) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, store: LocalStore | S3Store, uri_prefix: str, root: Path | None = None) -> None:
+    def __init__(self, store: LocalStore | S3Store, uri_prefix: str, root: Path | None = None, *,
+                 retry_s: float | None = None, outages: Outages | None = None) -> None:
         self._store = store
         self.uri_prefix = uri_prefix
         self._root = root  # the local folder, None for S3
+        self._retry_s = retry_s
+        #: Told of each outage as ``"store"`` (when the sidecar reports its dependencies), else None.
+        self.outages = outages
+        self._logged_at = -_LOG_EVERY_S
 
     @classmethod
-    def from_settings(cls, settings: JobsSettings, *, retry_s: float | None = None) -> ArtifactStore:
-        """``retry_s``: retry an unanswering S3 store this long (a sidecar); None: fail fast (the gateway)."""
+    def from_settings(cls, settings: JobsSettings, *, retry_s: float | None = None,
+                      outages: Outages | None = None) -> ArtifactStore:
+        """``retry_s``: retry a failing store this long per call (a sidecar); None: fail fast (the gateway)."""
         if settings.s3_bucket:
             store = S3Store(
                 settings.s3_bucket,
@@ -64,11 +112,11 @@ class ArtifactStore:
                 secret_access_key=settings.aws_secret_access_key,
                 region=settings.aws_region,
                 client_options={"allow_http": True},
-                retry_config=_FAIL_FAST if retry_s is None else _patient(retry_s),
+                retry_config=_PER_CALL,
             )
-            return cls(store, f"s3://{settings.s3_bucket}/")
+            return cls(store, f"s3://{settings.s3_bucket}/", retry_s=retry_s, outages=outages)
         root = (settings.jobs_dir / "store").resolve()
-        return cls(LocalStore(root, mkdir=True), f"file://{root}/", root)
+        return cls(LocalStore(root, mkdir=True), f"file://{root}/", root, retry_s=retry_s, outages=outages)
 
     @property
     def presigns(self) -> bool:
@@ -99,32 +147,75 @@ class ArtifactStore:
         return str(PurePosixPath(key))
 
     async def put(self, key: str, data: bytes, *, create: bool = False) -> bool:
-        """Write ``data`` atomically; with ``create``, only if absent (False if it existed)."""
-        try:
+        """Write ``data`` atomically; with ``create``, only if absent (False if it existed).
+
+        A ``create`` retried after an outage may find the object its own lost try wrote: False, as for any.
+        """
+        async def put() -> bool:
             await obstore.put_async(self._store, key, data, mode="create" if create else "overwrite")
+            return True
+
+        try:
+            return await self._call(put)
         except AlreadyExistsError:
             return False
-        except BaseError as exc:
-            raise JobsUnavailable(f"the artifact store failed: {exc}") from exc
-        return True
 
     async def get(self, key: str) -> bytes | None:
-        try:
+        async def get() -> bytes:
             result = await obstore.get_async(self._store, key)
             return bytes(await result.bytes_async())
+
+        try:
+            return await self._call(get)
         except FileNotFoundError:
             return None
-        except BaseError as exc:
-            raise JobsUnavailable(f"the artifact store failed: {exc}") from exc
 
     async def size(self, key: str) -> int | None:
         """The object's size in bytes, None if there is none."""
-        try:
+        async def size() -> int:
             return int((await obstore.head_async(self._store, key))["size"])
+
+        try:
+            return await self._call(size)
         except FileNotFoundError:
             return None
-        except BaseError as exc:
-            raise JobsUnavailable(f"the artifact store failed: {exc}") from exc
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again in a transient failure until ``retry_s`` have passed since the first try.
+
+        Raises :class:`JobsUnavailable` with a short message past that; a missing object (obstore raises the
+        built-in ``FileNotFoundError``) and ``AlreadyExistsError`` pass through for the caller.
+        """
+        deadline = time.monotonic() + (self._retry_s or 0.0)
+        backoff = FIRST_BACKOFF_S
+        while True:
+            try:
+                answer = await call()
+            except AlreadyExistsError:
+                raise
+            except BaseError as exc:
+                self._log(exc)
+                if isinstance(exc, _PERMANENT):
+                    raise JobsUnavailable(f"the artifact store refused the request ({type(exc).__name__})") from exc
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise JobsUnavailable(UNAVAILABLE) from exc
+                if self.outages is not None:
+                    self.outages.down("store", exc)
+                await asyncio.sleep(min(left, backoff * random.uniform(0.5, 1.0)))
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            else:
+                if self.outages is not None:
+                    self.outages.up("store")
+                return answer
+
+    def _log(self, error: BaseError) -> None:
+        """The store's full error, for the operator: a warning at most every ``_LOG_EVERY_S``."""
+        now = time.monotonic()
+        if now - self._logged_at >= _LOG_EVERY_S:
+            self._logged_at = now
+            log.warning("the artifact store failed (more failures in the next %.0f s are not logged): %s",
+                        _LOG_EVERY_S, error)
 
     async def presign(self, key: str, expires_s: int = 3600) -> str:
         return await obstore.sign_async(self._store, "GET", key, timedelta(seconds=expires_s))

@@ -1,14 +1,20 @@
-"""The artifact store: which input_uri values name an object inside it."""
+"""The artifact store: which input_uri values name an object inside it; how it lives through an outage."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from jobs.errors import InvalidJob
+from bench.outage_servers import S3Server, s3rver_bin
+from jobs.errors import InvalidJob, JobsUnavailable
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore
+from tests.support import free_port
 
 
 def local(tmp_path: Path) -> ArtifactStore:
@@ -51,3 +57,86 @@ async def test_create_only_writes_once(tmp_path: Path) -> None:
     assert not await store.put("jobs/a/request.json", b"2", create=True)
     assert await store.get("jobs/a/request.json") == b"1"
     assert await store.get("jobs/b/request.json") is None and await store.size("jobs/b/x") is None
+
+
+# Outages: a patient store (a sidecar's) waits one out for retry_s, in seconds; the gateway's fails fast.
+REQUIRED = os.environ.get("REQUIRE_BROKER") == "1"
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path) -> Iterator[S3Server]:
+    if s3rver_bin() is None:
+        if REQUIRED:
+            pytest.fail("REQUIRE_BROKER=1 but s3rver is not installed (scripts/install-system-deps.sh installs it)")
+        pytest.skip("s3rver is not installed (scripts/install-system-deps.sh installs it); REQUIRE_BROKER=1 to fail")
+    with S3Server(tmp_path / "s3") as server:
+        yield server
+
+
+def s3_at(url: str, bucket: str = "jobs", retry_s: float | None = None) -> ArtifactStore:
+    return ArtifactStore.from_settings(JobsSettings(
+        s3_bucket=bucket, s3_endpoint_url=url, aws_access_key_id=S3Server.ACCESS_KEY,
+        aws_secret_access_key=S3Server.ACCESS_KEY,
+    ), retry_s=retry_s)
+
+
+async def test_a_patient_store_waits_an_outage_out(s3_server: S3Server) -> None:
+    store = s3_at(s3_server.url, s3_server.bucket, retry_s=8.0)
+    assert await store.put("jobs/a/input.json", b"rows")
+    await asyncio.to_thread(s3_server.stop)
+    # Many calls at once, as a sidecar's jobs make them: obstore's old count of retries (retry_s + 10, with
+    # jittered waits) gave up on some of them within this outage, about 3.7-8.6 s into it for retry_s = 8.
+    gets = [asyncio.create_task(store.get("jobs/a/input.json")) for _ in range(12)]
+    puts = [asyncio.create_task(store.put(f"jobs/{n}/result.json", b"result")) for n in range(12)]
+    await asyncio.sleep(4.5)  # the outage
+    await asyncio.to_thread(s3_server.start)
+    assert await asyncio.wait_for(asyncio.gather(*gets, *puts), 30) == [b"rows"] * 12 + [True] * 12
+    assert [await store.get(f"jobs/{n}/result.json") for n in range(12)] == [b"result"] * 12
+
+
+async def test_a_patient_store_gives_up_after_its_window_with_a_short_error(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a store that stays down
+    store = s3_at(url, retry_s=3.0)
+    began = time.monotonic()
+    calls = (store.get("jobs/a/input.json"), store.put("jobs/a/result.json", b"1"), store.size("jobs/a/x"))
+    failed = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+    assert time.monotonic() - began >= 3.0  # tried again for the whole window
+    short = (JobsUnavailable, "the artifact store is unavailable")
+    assert [(type(error), str(error)) for error in failed] == [short] * 3
+    # The operator's log has the store's error, once per while, not once per try.
+    warnings = [record for record in caplog.records if record.name == "jobs.store"]
+    assert 1 <= len(warnings) <= 3 and url in warnings[0].getMessage()
+
+
+async def test_the_gateways_store_fails_fast_with_a_short_error() -> None:
+    store = s3_at(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(JobsUnavailable) as failed:
+        await asyncio.wait_for(store.get("jobs/a/input.json"), 15)
+    assert failed.value.message == "the artifact store is unavailable"
+
+
+@pytest.fixture
+async def forbidding_s3() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An S3 endpoint that answers every request 403, and the request lines it saw."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+
+
+async def test_a_store_that_refuses_is_not_tried_again(forbidding_s3: tuple[str, list[bytes]]) -> None:
+    url, seen = forbidding_s3
+    store = s3_at(url, retry_s=60.0)
+    with pytest.raises(JobsUnavailable) as failed:
+        await asyncio.wait_for(store.put("jobs/a/result.json", b"1"), 15)
+    assert failed.value.message == "the artifact store refused the request (PermissionDeniedError)"
+    assert len(seen) == 1
