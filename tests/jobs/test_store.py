@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from bench.outage_servers import S3Server, s3rver_bin
+from jobs.dependencies import Dependencies
 from jobs.errors import InvalidJob, JobsUnavailable
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore
@@ -73,15 +75,17 @@ def s3_server(tmp_path: Path) -> Iterator[S3Server]:
         yield server
 
 
-def s3_at(url: str, bucket: str = "jobs", retry_s: float | None = None) -> ArtifactStore:
+def s3_at(url: str, bucket: str = "jobs", retry_s: float | None = None,
+          outages: Dependencies | None = None) -> ArtifactStore:
     return ArtifactStore.from_settings(JobsSettings(
         s3_bucket=bucket, s3_endpoint_url=url, aws_access_key_id=S3Server.ACCESS_KEY,
         aws_secret_access_key=S3Server.ACCESS_KEY,
-    ), retry_s=retry_s)
+    ), retry_s=retry_s, outages=outages)
 
 
 async def test_a_patient_store_waits_an_outage_out(s3_server: S3Server) -> None:
-    store = s3_at(s3_server.url, s3_server.bucket, retry_s=8.0)
+    dependencies = Dependencies(CollectorRegistry())  # the sidecar's health
+    store = s3_at(s3_server.url, s3_server.bucket, retry_s=8.0, outages=dependencies)
     assert await store.put("jobs/a/input.json", b"rows")
     await asyncio.to_thread(s3_server.stop)
     # Many calls at once, as a sidecar's jobs make them: obstore's old count of retries (retry_s + 10, with
@@ -89,9 +93,11 @@ async def test_a_patient_store_waits_an_outage_out(s3_server: S3Server) -> None:
     gets = [asyncio.create_task(store.get("jobs/a/input.json")) for _ in range(12)]
     puts = [asyncio.create_task(store.put(f"jobs/{n}/result.json", b"result")) for n in range(12)]
     await asyncio.sleep(4.5)  # the outage
+    assert not dependencies.is_up("store")
     await asyncio.to_thread(s3_server.start)
     assert await asyncio.wait_for(asyncio.gather(*gets, *puts), 30) == [b"rows"] * 12 + [True] * 12
     assert [await store.get(f"jobs/{n}/result.json") for n in range(12)] == [b"result"] * 12
+    assert dependencies.is_up("store")
 
 
 async def test_a_patient_store_gives_up_after_its_window_with_a_short_error(
