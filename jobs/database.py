@@ -15,6 +15,17 @@ list; never edit one that has shipped.
 Types are the ones both engines take: TEXT, INTEGER for flags and BIGINT,
 times included (microseconds since 1970 UTC: exact, and they sort and compare
 the same everywhere).
+
+The database is a dependency with outages. Every error that says the database
+is down, restarting, full or missing (not a mistake in our SQL) becomes
+``JobsUnavailable``: a 503 with Retry-After at the gateway, a wait in the
+sidecar. The client's message is short ("the job database is unavailable");
+the error itself goes to the log, once per outage and then at most once a
+minute. After such an error the adapter checks the schema again, under the
+migration lock, before its next statement: a database restarted on an empty
+data folder gets its tables back by itself, and a statement that met the
+missing tables is answered 503 until then. Between outages a statement costs
+what it always did: the check runs only after an error.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import logging
 import re
 import sqlite3
 import time
@@ -76,6 +88,13 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+log = logging.getLogger(__name__)
+
+#: What every client hears of an outage; the log has the error itself.
+UNAVAILABLE = "the job database is unavailable"
+#: While an outage lasts, its errors are logged at most this often.
+LOG_EVERY_S = 60.0
+
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -120,30 +139,96 @@ def _statements(script: str) -> list[str]:
 
 
 class _Lazy(abc.ABC):
-    """Connects on first use, once, under a lock; a failure is a 503 and the next call tries again."""
+    """Connects on first use under a lock, and checks the schema again after an outage.
+
+    A failed connect is a 503 and the next call tries again. Calls that waited on the lock while one
+    connect failed get that failure at once instead of trying in turn (a server that does not answer
+    would otherwise hold each for the connect timeout).
+    """
+
+    #: The errors of an outage; their subclasses that are mistakes of ours are told apart by :meth:`_describe`.
+    _transient: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
         self._ready = False
+        self._connects = 0  # finished tries of _connect
+        self._failure: JobsUnavailable | None = None  # the last try's, while it is the last
+        self._down = False  # an outage was logged and its end was not
+        self._logged_at = -LOG_EVERY_S
 
     async def _ensure(self) -> None:
         if self._ready:
             return
+        connects = self._connects
         async with self._lock:
-            if not self._ready:
-                try:
-                    await self._connect()
-                except (OSError, asyncio.TimeoutError) as exc:
-                    raise JobsUnavailable(f"the job database is unavailable: {exc!r}") from exc
-                self._ready = True
+            if self._ready:
+                return
+            if self._connects != connects and self._failure is not None:  # one failed while this call waited
+                raise JobsUnavailable(self._failure.message) from self._failure.__cause__
+            self._failure = None
+            try:
+                await self._connect()
+            except self._transient as exc:
+                if (unavailable := self._outage(exc)) is None:
+                    raise
+                self._failure = unavailable
+                raise unavailable from exc
+            finally:
+                self._connects += 1
+            self._failure, self._ready = None, True
+            if self._down:
+                self._down, self._logged_at = False, -LOG_EVERY_S
+                log.warning("the job database is available again")
+
+    def _outage(self, error: BaseException) -> JobsUnavailable | None:
+        """The 503 for ``error``, logged and with the schema to be checked again; None when it is a bug of ours."""
+        message = self._describe(error)
+        if message is None:
+            return None
+        self._ready = self._ready and not self._check_again(error)
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_S:
+            self._down, self._logged_at = True, now
+            log.warning("%s: %s: %s", message, type(error).__name__, str(error)[:1000])
+        return JobsUnavailable(message)
+
+    def _describe(self, error: BaseException) -> str | None:
+        """What the client is told of ``error``; None for an error of ours that only looks like an outage."""
+        return UNAVAILABLE
+
+    def _check_again(self, error: BaseException) -> bool:
+        """Whether the next call reconnects and checks the schema before its statement."""
+        return True
 
     @abc.abstractmethod
     async def _connect(self) -> None:
-        """Open the connection(s) and bring the schema up to date."""
+        """Open the connection(s) (or keep the open ones) and bring the schema up to date."""
 
 
 async def _keep_session(connection: Any) -> None:
     """What a connection needs on its way back to the pool besides the rollback asyncpg always does: nothing."""
+
+
+#: asyncpg's InterfaceErrors of a connection or pool that went away; its others are misuse (wrong arguments).
+_GONE = ("closed", "closing", "cancelling")
+
+
+def _postgres_outages() -> tuple[type[BaseException], ...]:
+    from asyncpg import exceptions as pg
+
+    return (
+        OSError, asyncio.TimeoutError,
+        pg.PostgresConnectionError,  # 08: connection lost, refused, does not exist
+        pg.OperatorInterventionError,  # 57: shutting down, starting up, statement cancelled
+        pg.InsufficientResourcesError,  # 53: too many connections, disk full, out of memory
+        pg.PostgresSystemError,  # 58: the server's I/O
+        pg.InvalidCatalogNameError,  # the database itself is missing
+        pg.InvalidAuthorizationSpecificationError,  # the server refused the credentials
+        pg.UndefinedTableError,  # the tables are missing: a database restarted empty
+        pg.InterfaceError,  # only _GONE's: the pool is closing, the connection is closed
+        pg.InternalClientError,  # asyncpg's state when the server went away mid-statement
+    )
 
 
 class PostgresDatabase(_Lazy):
@@ -152,27 +237,38 @@ class PostgresDatabase(_Lazy):
         self.url = url
         self.pool_size = pool_size
         self._pool: Any = None
+        self._transient = _postgres_outages()
+
+    def _describe(self, error: BaseException) -> str | None:
+        from asyncpg import exceptions as pg
+
+        if isinstance(error, pg.InterfaceError) and not any(word in str(error) for word in _GONE):
+            return None
+        if isinstance(error, pg.InvalidCatalogNameError):
+            return f"{UNAVAILABLE}: the database that DATABASE_URL names does not exist"
+        if isinstance(error, pg.InvalidAuthorizationSpecificationError):
+            return f"{UNAVAILABLE}: it refused the credentials in DATABASE_URL"
+        if isinstance(error, pg.UndefinedTableError):
+            return f"{UNAVAILABLE}: its tables are missing and are being created again"
+        return UNAVAILABLE
 
     async def _connect(self) -> None:
         import asyncpg
 
-        # No reset query when a connection goes back to the pool (asyncpg's default costs a round trip per
-        # statement): these connections keep no session state, and an open transaction is still rolled back.
-        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, timeout=10,
-                                         reset=_keep_session)
-        try:
-            async with pool.acquire() as connection, connection.transaction():
-                await connection.execute("SELECT pg_advisory_xact_lock(4711001)")  # one migrator at a time
-                await connection.execute(_VERSION_TABLE)
-                done = await connection.fetchval("SELECT MAX(version) FROM schema_version") or 0
-                for version, script in enumerate(MIGRATIONS[done:], start=done + 1):
-                    for statement in _statements(script):
-                        await connection.execute(statement)
-                    await connection.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
+        if self._pool is None:
+            # No reset query when a connection goes back to the pool (asyncpg's default costs a round trip per
+            # statement): these connections keep no session state, and an open transaction is still rolled back.
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, timeout=10,
+                                                   reset=_keep_session)
+        # The pool outlives an outage (asyncpg reconnects it); the schema may not have (a wiped data folder).
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(4711001)")  # one migrator at a time
+            await connection.execute(_VERSION_TABLE)
+            done = await connection.fetchval("SELECT MAX(version) FROM schema_version") or 0
+            for version, script in enumerate(MIGRATIONS[done:], start=done + 1):
+                for statement in _statements(script):
+                    await connection.execute(statement)
+                await connection.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
     async def execute(self, sql: str, *args: Any) -> int:
         await self._ensure()
@@ -189,18 +285,20 @@ class PostgresDatabase(_Lazy):
         return None if row is None else dict(row)
 
     async def _run(self, method: str, sql: str, args: Sequence[Any]) -> Any:
-        import asyncpg
-
+        pool = self._pool
+        if pool is None:  # closed while this call waited
+            raise JobsUnavailable(UNAVAILABLE)
         try:
-            return await getattr(self._pool, method)(sql, *args)
-        except (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresConnectionError,
-                asyncpg.exceptions.CannotConnectNowError) as exc:
-            raise JobsUnavailable(f"the job database failed: {exc!r}") from exc
+            return await getattr(pool, method)(sql, *args)
+        except self._transient as exc:
+            if (unavailable := self._outage(exc)) is None:
+                raise
+            raise unavailable from exc
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
-            self._pool, self._ready = None, False
+            pool, self._pool, self._ready = self._pool, None, False
+            await pool.close()
 
 
 class SqliteDatabase(_Lazy):
@@ -210,11 +308,24 @@ class SqliteDatabase(_Lazy):
     connection, or a write would try to upgrade a stale read transaction and fail at once with "locked".
     """
 
+    _transient = (OSError, asyncio.TimeoutError, sqlite3.OperationalError)
+
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
         self._db: Any = None
         self._turn = asyncio.Lock()
+
+    def _describe(self, error: BaseException) -> str | None:
+        if "no such table" in str(error):
+            return f"{UNAVAILABLE}: its tables are missing and are being created again"
+        if getattr(error, "sqlite_errorname", None) == "SQLITE_ERROR":  # Python 3.11+: our SQL (syntax, a column)
+            return None
+        return UNAVAILABLE
+
+    def _check_again(self, error: BaseException) -> bool:
+        # Only a missing table: reopening on "locked" would add to the contention it reports.
+        return "no such table" in str(error)
 
     async def _connect(self) -> None:
         import aiosqlite
@@ -237,7 +348,10 @@ class SqliteDatabase(_Lazy):
             await db.close()
             raise
         db.row_factory = aiosqlite.Row
-        self._db = db
+        old, self._db = self._db, db
+        if old is not None:  # opened again because its tables went missing: the next statements use the new one
+            async with self._turn:
+                await old.close()
 
     @staticmethod
     async def _use_wal(db: Any) -> None:
@@ -265,11 +379,13 @@ class SqliteDatabase(_Lazy):
 
     @contextlib.asynccontextmanager
     async def _failures(self) -> AsyncIterator[None]:
-        """A locked or unwritable file is the database being unavailable (503), not a bug."""
+        """A locked, unwritable or unreadable file is the database being unavailable (503), not a bug."""
         try:
             yield
         except sqlite3.OperationalError as exc:
-            raise JobsUnavailable(f"the job database failed: {exc}") from exc
+            if (unavailable := self._outage(exc)) is None:
+                raise
+            raise unavailable from exc
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
         rows = await self.fetch(sql, *args)

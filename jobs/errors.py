@@ -8,7 +8,7 @@
     ├── JobNotFinished      409   result asked for before the job succeeded
     ├── JobAlreadyFinished  409   cancel of a finished job
     ├── JobNotFailed        409   retry of a job that is not failed
-    └── JobsUnavailable     503   the broker or the store did not answer
+    └── JobsUnavailable     503   the broker, the store or the job database did not answer (Retry-After)
 
     TaskFailed                    raised by a task: the job fails now, no retry
     JobCancelled                  raised at a checkpoint once a cancel was asked for

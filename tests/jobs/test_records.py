@@ -8,7 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from jobs.database import MIGRATIONS, create_database
+from jobs import database as database_module
+from jobs.database import MIGRATIONS, UNAVAILABLE, create_database
+from jobs.errors import JobsUnavailable
 from jobs.records import JobRecords, NewJob
 from jobs.schema import JobSpec
 from jobs.settings import JobsSettings
@@ -105,14 +107,14 @@ async def test_the_schema_is_migrated_once_however_many_processes_open_it(jobs_s
             await db.close()
 
 
-async def test_a_database_of_the_first_schema_is_migrated_keeping_its_jobs(jobs_settings: JobsSettings) -> None:
+async def test_a_database_of_the_first_schema_is_migrated_keeping_its_jobs(
+        jobs_settings: JobsSettings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Migration 2 adds the input shape and the result's model, 3 the earlier runs; jobs recorded before keep all
     they had."""
-    first = create_database(jobs_settings)
-    await first.execute("SELECT 1")  # migrates to the latest schema; go back to the first one
-    for column in ("input_shape", "result_model_name", "result_model_version", "earlier_runs"):
-        await first.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
-    await first.execute("DELETE FROM schema_version WHERE version > 1")
+    with monkeypatch.context() as first_only:
+        first_only.setattr(database_module, "MIGRATIONS", MIGRATIONS[:1])
+        first = create_database(jobs_settings)
+        await first.execute("SELECT 1")  # migrates to the first schema only
     await first.execute(
         "INSERT INTO jobs (job_id, task, status, fingerprint, options, model_name, model_version, created_at, "
         "updated_at) VALUES ($1, 'batch_predict', 'succeeded', 'f', '{}', 'm', '1', 1, 1)", "cd" * 16,
@@ -127,6 +129,39 @@ async def test_a_database_of_the_first_schema_is_migrated_keeping_its_jobs(jobs_
         assert status.input_shape is None and status.result_model_name is None and status.earlier_runs == []
         versions = await database.fetch("SELECT version FROM schema_version")
         assert sorted(row["version"] for row in versions) == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        await database.close()
+
+
+async def test_a_database_whose_tables_went_missing_gets_them_back(jobs_settings: JobsSettings) -> None:
+    """A database restarted empty: the call that meets the missing tables is a 503, the next ones migrate again."""
+    database = create_database(jobs_settings)
+    records = JobRecords(database, ArtifactStore.from_settings(jobs_settings), jobs_settings)
+    try:
+        await records.create(_job(0, None))
+        await database.execute("DROP TABLE jobs")
+        await database.execute("DROP TABLE schema_version")
+        with pytest.raises(JobsUnavailable) as raised:
+            await records.status(_job(0, None).spec.job_id)
+        assert raised.value.message == f"{UNAVAILABLE}: its tables are missing and are being created again"
+        assert await records.status(_job(0, None).spec.job_id) is None
+        await records.create(_job(1, None))
+        assert [job.job_id for job in (await records.list())[0]] == [_job(1, None).spec.job_id]
+        versions = await database.fetch("SELECT version FROM schema_version")
+        assert sorted(row["version"] for row in versions) == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        await database.close()
+
+
+async def test_a_mistake_in_our_sql_is_a_bug_not_an_outage(jobs_settings: JobsSettings) -> None:
+    database = create_database(jobs_settings)
+    try:
+        await database.execute("SELECT 1")
+        for mistake in ("SELEC 1", "SELECT nope FROM jobs"):
+            with pytest.raises(Exception) as raised:
+                await database.fetch(mistake)
+            assert not isinstance(raised.value, JobsUnavailable), mistake
+        assert await database.fetchrow("SELECT 1 AS one") == {"one": 1}
     finally:
         await database.close()
 
