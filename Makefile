@@ -41,7 +41,7 @@ bench: install ## Benchmark the stack (bench/results/, docs/benchmarks.md, a PNG
 bench-jobs: install ## 1,000 concurrent jobs per deployment: jobs/s, p50/p99; and a 100,000-row job against /batch_predict
 	$(PY) -m bench.jobs_bench --stack all $(JOBS_BENCH_ARGS)
 
-chaos: install ## Break local stacks under load (kill -9, SIGTERM, hang, gateway restart, overload, sidecar kill, broker and store restart): docs/reliability.md
+chaos: install ## Break local stacks under load (kill -9, SIGTERM, hang, gateway restart, overload, worker crash loop, sidecar kill, broker, store and database outages); CHAOS_ARGS="--scenarios database database-wipe" for some: docs/reliability.md
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 lint: install ## Ruff over the code

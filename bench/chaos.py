@@ -309,7 +309,7 @@ def write_doc(groups: dict[str, list[Row]], argv: list[str]) -> None:
 #: The scenarios on the shared request stack; the crash loop comes last (a launcher that gives up on it would
 #: leave the others nothing to run on).
 REQUEST_SCENARIOS = ["kill", "sigterm", "hang", "gateway", "overload", "balancers", "crashloop"]
-QUICK = ["kill", "sigterm", "hang", "gateway"]
+QUICK = ["kill", "sigterm", "hang", "gateway", "crashloop"]
 #: Scenarios that start job stacks of their own.
 JOB_SCENARIOS = ["sidecar", "broker", "store", "sidecar-broker"]
 DATABASE_SCENARIOS = ["database", "database-wipe"]
@@ -361,8 +361,8 @@ async def run(args: argparse.Namespace) -> dict[str, list[Row]]:
         "sidecar": lambda: sidecar_kill(args, env, jobs),
         "broker": lambda: broker_restart(args, env, jobs, spread_s, down_s),
         "store": lambda: store_restart(args, env, jobs, spread_s, down_s),
-        "sidecar-broker": lambda: sidecar_in_broker_outage(args, env, jobs, spread_s, args.sidecar_broker_down_s,
-                                                           (4.0, 12.0)),
+        "sidecar-broker": lambda: sidecar_in_broker_outage(args, env, args.db_backlog_jobs, args.db_backlog_rows,
+                                                           spread_s, args.sidecar_broker_down_s, (4.0, 12.0)),
     }
     no_rabbitmq = "rabbitmq-server" if rabbitmq_bin() is None else None
     missing = {"broker": (BROKER_ROW, no_rabbitmq), "sidecar-broker": (SIDECAR_BROKER_ROW, no_rabbitmq),
@@ -401,8 +401,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="brokers the database outages run on (the wipe runs on the first)")
     parser.add_argument("--db-backlog", nargs="+", choices=("without", "with"),
                         help="database outages without a backlog, with one, or both (default both, --quick without)")
-    parser.add_argument("--db-backlog-jobs", type=int, default=60, help="jobs queued and running as the database goes")
-    parser.add_argument("--db-backlog-rows", type=int, default=2000, help="rows of each backlog job")
+    parser.add_argument("--db-backlog-jobs", type=int, default=60,
+                        help="large jobs of a backlog (database outages, and the sidecar killed in a broker outage)")
+    parser.add_argument("--db-backlog-rows", type=int, default=2000, help="rows of each large job")
     parser.add_argument("--db-wipe-down-s", type=float, default=5.0,
                         help="seconds between the wipe and the restart on the empty data folder")
     parser.add_argument("--log-dir", default=str(REPO / "bench" / "results" / "chaos"), help="process logs")

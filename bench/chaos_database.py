@@ -19,9 +19,9 @@ of that is zero and the stack is still running at the end, with no restart but t
 
 The wipe: jobs are run and checked, then the database is stopped and its data folder deleted, and started
 again empty, while one small job a second is submitted. Submissions must answer 503 (with ``Retry-After``)
-and then 202 again within ``WIPE_BACK_S`` of the database's return, never 500, and each job accepted must
-finish right. The jobs finished before the wipe went with the data: their records are gone, so they must
-answer 404, and are counted as gone, not lost.
+and then 202 again within ``WIPE_BACK_S`` of the empty database accepting connections, never 500, and each
+job accepted must finish right. The jobs finished before the wipe went with the data: their records are gone,
+so they must answer 404, and are counted as gone, not lost.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ async def database_wipe(bench: _Bench) -> Row:
         await asyncio.sleep(down_s)
         back_at = time.monotonic()
         await asyncio.to_thread(bench.pg.start)
-        started_s = time.monotonic() - back_at
+        ready_at = time.monotonic()
         counts = await check
         last_s = time.monotonic() - back_at
         gone = await _answers(stack.url, before["ids"])
@@ -206,14 +206,16 @@ async def database_wipe(bench: _Bench) -> Row:
         done.set()
         predict = await probe
     missing = await still_running(stack)
-    first = min((at for at in counts["accepted_at"] if at > back_at), default=float("nan")) - back_at
+    first = min((at for at in counts["accepted_at"] if at > back_at), default=float("nan")) - ready_at
+    first = max(first, 0.0)  # accepted as the server came up, before pg_isready said so
     late = not first <= WIPE_BACK_S or counts["post_503"] == 0 or before["ok"] != 10 or gone.get(404) != 10
     detail = (f"10 jobs run and checked, then the data folder deleted, {down_s:g} s, an empty cluster started "
-              f"(initdb and start took {started_s:.1f} s), with {trickle} one-row jobs over "
+              f"(initdb and start took {ready_at - back_at:.1f} s), with {trickle} one-row jobs over "
               f"{down_s + 2 * WIPE_BACK_S:g} s from the wipe; the 10 earlier jobs went with the data: GET answered "
               + ", ".join(f"{n}x {code}" for code, n in sorted(gone.items())))
     row = _row(WIPE_ROW, trickle, counts, predict, missing, detail,
-               [f"first job accepted {first:.1f} s after the restart began (target: within {WIPE_BACK_S:g} s)",
+               [f"first job accepted {first:.1f} s after the empty database accepted connections (target: within "
+                f"{WIPE_BACK_S:g} s)",
                 "recovery: restart to last job done"], last_s)
     row.passed = row.passed and not late
     return row

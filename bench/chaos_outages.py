@@ -70,7 +70,8 @@ def outage_row(name: str, counts: dict, jobs: int, detail: str) -> Row:
 
 async def _outage_of(args: argparse.Namespace, env: dict[str, str], log_name: str, jobs: int, spread_s: float,
                      down_s: float, stop: Callable[[], None], start: Callable[[], None],
-                     while_down: Callable[[Stack], Awaitable[Any]] | None = None) -> dict:
+                     while_down: Callable[[Stack], Awaitable[Any]] | None = None,
+                     rows_per_job: int = ROWS_PER_JOB) -> dict:
     """A stack of its own with ``env``, under job load and paced /predict, while ``stop`` ... ``down_s`` ...
     ``start`` break a server (and ``while_down(stack)`` runs); the counts, with ``predict`` (its Tally) and
     ``missing`` (what of the stack is not running at the end, "" when it all is)."""
@@ -81,7 +82,7 @@ async def _outage_of(args: argparse.Namespace, env: dict[str, str], log_name: st
         probe = asyncio.create_task(predict_probe(stack, done))
         try:
             counts = await outage(stack.url, jobs, spread_s, down_s, stop, start, timeout_s=120 + down_s,
-                                  rows_per_job=ROWS_PER_JOB,
+                                  rows_per_job=rows_per_job,
                                   while_down=None if while_down is None else lambda: while_down(stack))
         finally:
             done.set()
@@ -123,21 +124,23 @@ async def kill_sidecars(stack: Stack, at_s: tuple[float, ...]) -> list[str]:
     return done
 
 
-async def sidecar_in_broker_outage(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
-                                   down_s: float, kills_at_s: tuple[float, ...]) -> Row:
-    """As :func:`broker_restart`, and a sidecar killed (kill -9) at each of ``kills_at_s`` seconds into the
-    outage: the launcher restarts it while the broker is still down, so it must start without one."""
+async def sidecar_in_broker_outage(args: argparse.Namespace, env: dict[str, str], jobs: int, rows_per_job: int,
+                                   spread_s: float, down_s: float, kills_at_s: tuple[float, ...]) -> Row:
+    """As :func:`broker_restart` with larger jobs (a backlog queued and running as the broker goes), and a sidecar
+    killed (kill -9) at each of ``kills_at_s`` seconds into the outage: the launcher restarts it while the broker
+    is still down, so it must start without one."""
     with tempfile.TemporaryDirectory(prefix="chaos-rabbitmq-") as folder:
         node = RabbitNode(Path(folder))
         await asyncio.to_thread(node.start)
         try:
             env = {**env, "AMQP_URL": f"{node.url}?reconnect_interval=1", "JOB_QUEUE": f"chaos-{time.time_ns()}"}
             counts = await _outage_of(args, env, "launcher-sidecar-broker.log", jobs, spread_s, down_s,
-                                      node.stop_app, node.start_app, lambda stack: kill_sidecars(stack, kills_at_s))
+                                      node.stop_app, node.start_app, lambda stack: kill_sidecars(stack, kills_at_s),
+                                      rows_per_job)
         finally:
             await asyncio.to_thread(node.close)
     return outage_row(SIDECAR_BROKER_ROW, counts, jobs,
-                      f"own RabbitMQ node; {ROWS_PER_JOB}-row jobs, {jobs // 2} at once and {jobs - jobs // 2} over "
+                      f"own RabbitMQ node; {rows_per_job}-row jobs, {jobs // 2} at once and {jobs - jobs // 2} over "
                       f"{spread_s:g} s; stop_app, {down_s:g} s, start_app; the newest sidecar "
                       f"{', '.join(counts['while_down'])} into the outage")
 

@@ -205,8 +205,10 @@ def failure_note(tally: Tally) -> str:
 def predict_note(tally: Tally) -> str:
     """The /predict load of a job scenario, for its note."""
     failed = tally.failed(shed_is_failure=True)
+    p99 = Tally.percentile_ms(tally.ok_seconds, 99)
     text = f"/predict {tally.requests} requests, {failed} failed, {tally.wrong} wrong"
-    return text + (f" ({failure_note(tally)})" if tally.failures else "")
+    return text + (f", p99 {p99:.0f} ms" if p99 is not None else "") + (
+        f" ({failure_note(tally)})" if tally.failures else "")
 
 
 def request_row(name: str, tally: Tally, recovery: float | None, note: str = "") -> Row:

@@ -1,5 +1,6 @@
-"""The short chaos run: kill -9, SIGTERM, a hung worker and a gateway restart under load, no failed request;
-a broker and a store restart under job load, no lost or duplicated job.
+"""The short chaos run: kill -9, SIGTERM, a hung worker, a gateway restart and a worker killed each time it is
+back under load, no failed request; a broker and a store restart under job load, no lost or duplicated job;
+a database outage on a PostgreSQL of the test's own, no failed or lost job.
 
 ``python -m bench.chaos --quick`` on its own stack; ``make chaos`` runs the full set.
 """
@@ -14,7 +15,7 @@ import sys
 import pytest
 
 from bench.chaos import BROKER_ROW, STORE_ROW
-from bench.outage_servers import rabbitmq_bin, s3rver_bin
+from bench.outage_servers import postgres_bin, rabbitmq_bin, s3rver_bin
 from tests.support import JAX_CACHE_DIR, REPO
 
 pytestmark = pytest.mark.integration
@@ -28,10 +29,12 @@ def test_quick_chaos_loses_no_request(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = result.stdout.split("| scenario |", 1)[1]
-    for scenario in ("worker kill -9", "worker SIGTERM", "hung worker", "gateway restart"):
+    for scenario in ("worker kill -9", "worker SIGTERM", "hung worker", "gateway restart", "worker crash loop"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {scenario}"))
         requests, failed, _, wrong = (cell.strip() for cell in row.split("|")[2:6])
         assert int(requests) > 0 and failed == "0" and wrong == "0", row
+    crash_loop = next(line for line in table.splitlines() if line.startswith("| worker crash loop"))
+    assert "stack running at the end" in crash_loop, crash_loop
 
 
 def test_quick_broker_and_store_outages_lose_no_job(tmp_path) -> None:
@@ -56,3 +59,25 @@ def test_quick_broker_and_store_outages_lose_no_job(tmp_path) -> None:
         assert int(jobs) > 0 and failed == lost == wrong == "0", row
         assert "; 0 duplicated;" in row and "(0 without Retry-After or the error body)" in row, row
         assert int(re.search(r"(\d+) POST /jobs and", row)[1]) > 0, f"no submission met the outage: {row}"
+
+
+def test_quick_database_outage_fails_no_job(tmp_path) -> None:
+    """A PostgreSQL of the test's own stopped for 10 s under a trickle of jobs (embedded broker): every job done,
+    right, /predict never failed, the stack still running."""
+    if postgres_bin() is None:
+        if os.environ.get("REQUIRE_DATABASE") == "1":
+            pytest.fail("REQUIRE_DATABASE=1 but the PostgreSQL server (initdb, postgres) is not installed")
+        pytest.skip("the PostgreSQL server (initdb, postgres) is not installed; REQUIRE_DATABASE=1 to fail")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.chaos", "--quick", "--no-doc", "--scenarios", "database",
+         "--db-brokers", "embedded", "--log-dir", str(tmp_path), "--jax-cache-dir", str(JAX_CACHE_DIR)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = result.stdout.split("| scenario |", 1)[1]
+    row = next(line for line in table.splitlines() if line.startswith("| database down 10 s, no backlog"))
+    jobs, failed, lost, wrong = (cell.strip() for cell in row.split("|")[2:6])
+    assert int(jobs) > 0 and failed == lost == wrong == "0", row
+    assert re.search(r"/predict \d+ requests, 0 failed, 0 wrong", row), row
+    assert "stack running at the end" in row, row
+    assert int(re.search(r"(\d+) POST /jobs and", row)[1]) > 0, f"no submission met the outage: {row}"
