@@ -8,8 +8,8 @@ overload), wrong (a 200 with another answer than the model's) and the
 seconds until the stack is whole again. Rows come from the served model's
 /metadata example. The job scenarios (bench/chaos_outages.py) and the
 database ones (bench/chaos_database.py) start stacks of their own. Each group
-of rows (requests, jobs, database) replaces its own table in
-docs/reliability.md; the table goes to stdout too, and the exit status is 1
+row replaces the one of its scenario in docs/reliability.md (bench/chaos_doc.py);
+the table goes to stdout too, and the exit status is 1
 when a scenario misses its target. ``--quick`` runs a subset with short load
 (the test suite's version); ``--scenarios`` picks scenarios.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from bench.chaos_database import DATABASE_ROWS, WIPE_ROW, database_scenarios
+from bench.chaos_doc import DOC, render, write_doc
 from bench.chaos_outages import (
     BROKER_ROW,
     SIDECAR_BROKER_ROW,
@@ -55,8 +55,6 @@ from bench.outage_servers import postgres_bin, rabbitmq_bin, s3rver_bin
 from bench.stack import REPO, terminate
 
 __all__ = ["BROKER_ROW", "SIDECAR_BROKER_ROW", "STORE_ROW", "main"]
-
-DOC = REPO / "docs" / "reliability.md"
 
 
 async def worker_signalled(stack: Stack, clients: int, load_s: float, sig: signal.Signals, name: str,
@@ -263,47 +261,6 @@ async def worker_back(stack: Stack, index: int, killed: int, timeout_s: float = 
                 pass
             await asyncio.sleep(0.1)
     return None
-
-
-def render(rows: list[Row]) -> str:
-    lines = ["| scenario | requests / jobs | failed | lost | wrong | recovery s | notes |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        recovery = "-" if row.recovery_s is None else f"{row.recovery_s:.1f}"
-        lost = "-" if row.lost is None else str(row.lost)
-        lines.append(f"| {row.scenario} | {row.requests} | {row.failed} | {lost} | {row.wrong} | {recovery} | "
-                     f"{row.note.replace('|', '/')} |")
-    return "\n".join(lines)
-
-
-def command(argv: list[str]) -> str:
-    """The command line that reproduces a run (without where its logs and JAX cache went, or --no-doc)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--log-dir", "--jax-cache-dir"):
-            skip = True
-        elif not arg.startswith(("--log-dir=", "--jax-cache-dir=")) and arg != "--no-doc":
-            kept.append(arg)
-    return shlex.join(["python", "-m", "bench.chaos", *kept])
-
-
-def write_doc(groups: dict[str, list[Row]], argv: list[str]) -> None:
-    """Replace the table of each group that ran, between its ``<!-- chaos:<group> -->`` markers, with its rows
-    and the command, date and machine that measured them; the rest of the page is left as it is."""
-    text = DOC.read_text()
-    for group, rows in groups.items():
-        if not rows:
-            continue
-        begin, end = f"<!-- chaos:{group} -->", f"<!-- /chaos:{group} -->"
-        if begin not in text or end not in text:
-            raise RuntimeError(f"{DOC.name} has no {begin} ... {end} section")
-        table = (f"Measured with `{command(argv)}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-                 f"{os.cpu_count()} cores:\n\n{render(rows)}\n")
-        before, _, rest = text.partition(begin)
-        text = f"{before}{begin}\n{table}{end}{rest.partition(end)[2]}"
-    DOC.write_text(text)
 
 
 #: The scenarios on the shared request stack; the crash loop comes last (a launcher that gives up on it would
