@@ -20,7 +20,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -31,7 +31,42 @@ log = logging.getLogger("jobs.dependencies")
 T = TypeVar("T")
 
 #: First and longest waits between two tries of a call that met an outage.
-FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.2, 5.0
+FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.2, 2.0
+
+
+class Outages(Protocol):
+    """Told when an outage of a dependency starts and ends (:class:`Dependencies`)."""
+
+    def down(self, name: str, error: BaseException) -> None: ...
+
+    def up(self, name: str) -> None: ...
+
+
+async def patiently(name: str, window_s: float, call: Callable[[], Awaitable[T]], outages: Outages | None = None) -> T:
+    """``call()``, tried again while it meets an outage of ``name`` (a transient ``JobsUnavailable``), for at most
+    ``window_s`` from the first try; ``outages`` is told when it starts and ends.
+
+    Past the window the last ``JobsUnavailable`` is raised (the caller hands its job back); a refusal that trying
+    again would not change (:class:`~jobs.errors.DependencyRefused`) at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + window_s
+    backoff = FIRST_BACKOFF_S
+    while True:
+        try:
+            answer = await call()
+        except JobsUnavailable as exc:
+            left = deadline - loop.time()
+            if not exc.transient or left <= 0:
+                raise
+            if outages is not None:
+                outages.down(name, exc)
+            await asyncio.sleep(min(left, backoff * random.uniform(0.5, 1.0)))
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        else:
+            if outages is not None:
+                outages.up(name)
+            return answer
 
 
 class Dependencies:
@@ -59,28 +94,6 @@ class Dependencies:
             self._up.labels(name).set(1)
             log.warning("the %s is back after %.1fs", name, asyncio.get_running_loop().time() - since)
 
-    async def patiently(self, name: str, window_s: float, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()``, tried again while it meets an outage of ``name``, for at most ``window_s`` from the first try.
-
-        Past the window the last ``JobsUnavailable`` is raised: the caller hands its job back.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + window_s
-        backoff = FIRST_BACKOFF_S
-        while True:
-            try:
-                answer = await call()
-            except JobsUnavailable as exc:
-                self.down(name, exc)
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise
-                await asyncio.sleep(min(left, backoff * random.uniform(0.5, 1.0)))
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-            else:
-                self.up(name)
-                return answer
-
 
 def _cause(error: BaseException) -> str:
     """The error the dependency's adapter met (for the log; clients see only the short message)."""
@@ -102,7 +115,7 @@ class PatientDatabase:
 
     async def _patiently(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         call = getattr(self._database, method)
-        return await self._dependencies.patiently("database", self._window_s, lambda: call(sql, *args))
+        return await patiently("database", self._window_s, lambda: call(sql, *args), self._dependencies)
 
     async def execute(self, sql: str, *args: Any) -> int:
         return await self._patiently("execute", sql, args)  # type: ignore[no-any-return]

@@ -9,6 +9,7 @@
     ├── JobAlreadyFinished  409   cancel of a finished job
     ├── JobNotFailed        409   retry of a job that is not failed
     └── JobsUnavailable     503   the broker, the store or the job database did not answer (Retry-After)
+        └── DependencyRefused 503 it answered with a refusal that trying again would not change
 
     TaskFailed                    raised by a task: the job fails now, no retry
     JobCancelled                  raised at a checkpoint once a cancel was asked for
@@ -67,6 +68,14 @@ class JobNotFailed(JobError):
 class JobsUnavailable(JobError):
     status_code = 503
     code = "jobs_unavailable"
+    #: Whether trying again later may succeed (an outage); False: the dependency refused the request itself.
+    transient = True
+
+
+class DependencyRefused(JobsUnavailable):
+    """A dependency answered, and would answer the same again (refused credentials, a bad configuration)."""
+
+    transient = False
 
 
 class TaskFailed(Exception):

@@ -29,14 +29,12 @@ only inside the configured bucket or folder.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import Protocol, TypeVar
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import obstore
@@ -53,7 +51,8 @@ from obstore.exceptions import (
 )
 from obstore.store import LocalStore, S3Store
 
-from jobs.errors import InvalidJob, JobsUnavailable
+from jobs.dependencies import Outages, patiently
+from jobs.errors import DependencyRefused, InvalidJob, JobsUnavailable
 from jobs.settings import JobsSettings
 
 log = logging.getLogger("jobs.store")
@@ -62,22 +61,12 @@ T = TypeVar("T")
 #: obstore's own retries of one call: few and quick, so the gateway answers 503 within a second or so,
 #: and a sidecar's window is kept by :meth:`ArtifactStore._call`, in seconds.
 _PER_CALL = {"max_retries": 3, "retry_timeout": timedelta(seconds=10)}
-#: First and longest waits between two tries of a sidecar's call in an outage.
-FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.2, 2.0
 #: At most one warning with the store's full error this often (per store).
 _LOG_EVERY_S = 10.0
 #: Failures that a retry answers the same way: the request, the object or the credentials are wrong, not the store.
 _PERMANENT = (AlreadyExistsError, PreconditionError, NotModifiedError, PermissionDeniedError,
               UnauthenticatedError, UnknownConfigurationKeyError, InvalidPathError, NotSupportedError)
 UNAVAILABLE = "the artifact store is unavailable"
-
-
-class Outages(Protocol):
-    """Told when the store's outage starts and ends (the sidecar's jobs.dependencies.Dependencies)."""
-
-    def down(self, name: str, error: BaseException) -> None: ...
-
-    def up(self, name: str) -> None: ...
 
 
 def job_key(job_id: str, name: str) -> str:
@@ -181,33 +170,27 @@ class ArtifactStore:
             return None
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()``, tried again in a transient failure until ``retry_s`` have passed since the first try.
+        """``call()``; in a sidecar tried again in a transient failure until ``retry_s`` have passed since the
+        first try (jobs.dependencies.patiently, which also keeps the sidecar's database window).
 
         Raises :class:`JobsUnavailable` with a short message past that; a missing object (obstore raises the
         built-in ``FileNotFoundError``) and ``AlreadyExistsError`` pass through for the caller.
         """
-        deadline = time.monotonic() + (self._retry_s or 0.0)
-        backoff = FIRST_BACKOFF_S
-        while True:
-            try:
-                answer = await call()
-            except AlreadyExistsError:
-                raise
-            except BaseError as exc:
-                self._log(exc)
-                if isinstance(exc, _PERMANENT):
-                    raise JobsUnavailable(f"the artifact store refused the request ({type(exc).__name__})") from exc
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise JobsUnavailable(UNAVAILABLE) from exc
-                if self.outages is not None:
-                    self.outages.down("store", exc)
-                await asyncio.sleep(min(left, backoff * random.uniform(0.5, 1.0)))
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-            else:
-                if self.outages is not None:
-                    self.outages.up("store")
-                return answer
+        if self._retry_s is None:
+            return await self._once(call)
+        return await patiently("store", self._retry_s, lambda: self._once(call), self.outages)
+
+    async def _once(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One try of ``call()``, its failure told as :class:`JobsUnavailable` (a refusal: DependencyRefused)."""
+        try:
+            return await call()
+        except AlreadyExistsError:
+            raise
+        except BaseError as exc:
+            self._log(exc)
+            if isinstance(exc, _PERMANENT):
+                raise DependencyRefused(f"the artifact store refused the request ({type(exc).__name__})") from exc
+            raise JobsUnavailable(UNAVAILABLE) from exc
 
     def _log(self, error: BaseError) -> None:
         """The store's full error, for the operator: a warning at most every ``_LOG_EVERY_S``."""
