@@ -61,13 +61,14 @@ from common.model_headers import answering_model
 from jobs.broker import Broker, Delivery, create_broker
 from jobs.coalesce import Coalescer
 from jobs.database import Database, create_database
-from jobs.dependencies import MAX_BACKOFF_S, Dependencies, PatientDatabase
+from jobs.dependencies import MAX_BACKOFF_S, Dependencies, PatientDatabase, patiently
 from jobs.errors import InvalidJob, JobCancelled, JobsUnavailable, TaskFailed
 from jobs.metrics import JobsMetrics
 from jobs.records import JobRecord, JobRecords
 from jobs.routing import ModelIdentity
 from jobs.schema import ErrorInfo, JobSpec, JobStatus, Progress, utc_now, validate
 from jobs.settings import JobsSettings
+from jobs.spool import ResultSpool
 from jobs.spread import Spreader
 from jobs.store import ArtifactStore
 from jobs.tasks import TASKS, TaskContext, TaskType, import_task_modules
@@ -89,7 +90,10 @@ class Sidecar:
         self.dependencies = Dependencies(metrics.registry)
         self.database = PatientDatabase(database, self.dependencies, settings.sidecar_database_retry_s)
         self.records = JobRecords(self.database, store, settings)
+        store.outages = self.dependencies
         self.store = store
+        #: Results computed while the store was down, written on the job's next delivery.
+        self.spool = ResultSpool.from_settings(settings)
         self.broker = broker
         self.metrics = metrics
         key = {"Authorization": f"Bearer {settings.worker_api_key}"} if settings.worker_api_key else {}
@@ -141,7 +145,7 @@ class Sidecar:
         self._model_changed.clear()
         stopped = asyncio.create_task(stop.wait())
         # A sidecar started in a broker outage waits for the broker: exiting would only be a crash loop.
-        starting = asyncio.create_task(self.dependencies.patiently("broker", math.inf, self.broker.start))
+        starting = asyncio.create_task(patiently("broker", math.inf, self.broker.start, self.dependencies))
         tasks = [stopped, starting]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -304,6 +308,8 @@ class Sidecar:
             await delivery.retry()
             return
         status = record.status
+        if (status.finished or status.cancel_requested) and self.spool.holds(spec.job_id):
+            await self.spool.drop(spec.job_id)  # a result kept for it is wanted no more
         if status.finished:
             await delivery.ack()
             return
@@ -321,6 +327,14 @@ class Sidecar:
         task = TASKS.get(spec.task)
         if task is None:
             await self._finish(delivery, status, "failed", ErrorInfo(code="unknown_task", message=spec.task))
+            return
+        if self.spool.holds(spec.job_id) and (kept := await self.spool.take(spec.job_id)) is not None:
+            # An earlier attempt computed the result but could not write it: written now, not computed again.
+            log.info("job %s: writing the result an earlier attempt kept", spec.job_id)
+            again = status.model_copy(update={"attempts": delivery.attempt,
+                                              "started_at": status.started_at or utc_now()})
+            await self._succeed(delivery, again, record.spec, orjson.Fragment(kept.data),
+                                (kept.model_name, kept.model_version), kept=True)
             return
 
         # Running from here, in memory: the record says so once the job has run PROGRESS_INTERVAL_S (_Progress).
@@ -354,13 +368,7 @@ class Sidecar:
         except TaskFailed as exc:
             await self._finish(delivery, last, "failed", ErrorInfo(code=exc.code, message=exc.message))
         except JobsUnavailable as exc:
-            # The store (or the database) stayed down past its window: the job did nothing wrong.
-            log.warning("job %s attempt %d handed back: %s", spec.job_id, delivery.attempt, exc.message)
-            error = ErrorInfo(code="dependency_unavailable", message=f"attempt {delivery.attempt}: {exc.message}; "
-                              "handed back")
-            await self.records.save(last, status="queued", error=error)
-            await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
-            await delivery.release()
+            await self._hand_back(delivery, last, exc.message)
         except Exception as exc:
             log.warning("job %s attempt %d failed: %r", spec.job_id, delivery.attempt, exc, exc_info=True)
             error = ErrorInfo(code="attempt_failed", message=f"attempt {delivery.attempt}: {exc!r}")
@@ -369,11 +377,44 @@ class Sidecar:
             await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
             await delivery.retry()
         else:
-            # Not written if the job finished meanwhile (cancelled while this ran): that state stands.
-            if await self.records.succeed(last, record.spec, output, (model.name, model.version)) is not None:
-                self.metrics.count("succeeded")  # counted as recorded: a client may see the record before the ack
-            await delivery.ack()
-            log.debug("job %s succeeded", spec.job_id)  # one line per job would cost more than the job
+            await self._succeed(delivery, last, record.spec, output, (model.name, model.version))
+
+    async def _succeed(self, delivery: Delivery, status: JobStatus, spec: JobSpec, output: Any,
+                       computed_by: tuple[str | None, str | None], *, kept: bool = False) -> None:
+        """Write the result and the succeeded state, then ack; ``kept``: ``output`` comes from the spool.
+
+        A result the store (or the database) would not take within its window is kept in the spool
+        (SIDECAR_SPOOL_MAX_BYTES) and the job handed back: its next delivery on this machine writes it.
+        """
+        try:
+            written = await self.records.succeed(status, spec, output, computed_by)
+        except JobsUnavailable as exc:
+            if not kept:
+                body = orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY)
+                kept = await self.spool.keep(spec.job_id, body, *computed_by)
+            result = "its result is kept and written on its next delivery" if kept else (
+                "its result could not be kept (SIDECAR_SPOOL_MAX_BYTES) and is computed again")
+            await self._hand_back(delivery, status, f"{exc.message}; {result}")
+            return
+        if kept:
+            await self.spool.drop(spec.job_id)
+        # Not written if the job finished meanwhile (cancelled while this ran): that state stands.
+        if written is not None:
+            self.metrics.count("succeeded")  # counted as recorded: a client may see the record before the ack
+        await delivery.ack()
+        log.debug("job %s succeeded", spec.job_id)  # one line per job would cost more than the job
+
+    async def _hand_back(self, delivery: Delivery, status: JobStatus, reason: str) -> None:
+        """A dependency stayed down past its window, which is not the job's failure: say so on its record (when the
+        database is up) and hand it back, uncounted where the broker can (the embedded one; RabbitMQ 3.x counts
+        every return)."""
+        log.warning("job %s attempt %d handed back: %s", status.job_id, delivery.attempt, reason)
+        if self.dependencies.is_up("database"):
+            message = f"attempt {delivery.attempt}: {reason}; handed back"
+            await self.records.save(status, status="queued", error=ErrorInfo(code="dependency_unavailable",
+                                                                             message=message))
+        await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
+        await delivery.release()
 
     async def _rows(self, record: JobRecord, task: TaskType) -> list[Any]:
         data = record.input_data

@@ -10,6 +10,7 @@ Use::
 
     spool = ResultSpool.from_settings(settings)
     kept = await spool.keep(job_id, body, model_name, model_version)  # False: over the bound, not kept
+    spool.holds(job_id)                  # whether one is kept (a stat, for every job)
     spooled = await spool.take(job_id)   # Spooled(data, model_name, model_version), or None
     await spool.drop(job_id)             # once the result is written (or the job ended otherwise)
     spool.job_ids(); spool.used_bytes()  # what is kept, for a sweep and for the metrics
@@ -74,6 +75,10 @@ class ResultSpool:
     async def take(self, job_id: str) -> Spooled | None:
         """The job's kept result, None if there is none; it stays kept until :meth:`drop`."""
         return await asyncio.to_thread(self._take, self._path(job_id))
+
+    def holds(self, job_id: str) -> bool:
+        """Whether a result of the job is kept: one stat, cheap enough to ask for every job."""
+        return self._path(job_id).exists()
 
     async def drop(self, job_id: str) -> None:
         await asyncio.to_thread(self._path(job_id).unlink, missing_ok=True)

@@ -165,3 +165,31 @@ async def alarm_in_effect(node: RabbitNode) -> None:
     """Until the node reports a memory alarm (it checks its memory about once a second)."""
     while "memory" not in await asyncio.to_thread(node.ctl, "eval", "rabbit_alarm:get_alarms()."):
         await asyncio.sleep(0.2)
+
+
+async def test_a_result_the_store_will_not_take_is_kept_and_written_when_it_returns(
+    s3_server: S3Server, fake_worker: FakeWorker, tmp_path: Path
+) -> None:
+    """Past SIDECAR_STORE_RETRY_S the result goes to the spool and the job back to the queue (its record says why,
+    the embedded broker does not count it); once the store is back the kept result is written, not computed again."""
+    settings = embedded_settings(
+        tmp_path, fake_worker.url, s3_endpoint_url=s3_server.url, s3_bucket=s3_server.bucket,
+        aws_access_key_id=S3Server.ACCESS_KEY, aws_secret_access_key=S3Server.ACCESS_KEY,
+        job_inline_result_bytes=0, sidecar_store_retry_s=1.0,
+    )
+    body = {"task": "batch_predict", "inputs": ROWS}  # rows inline: only the result needs the store
+    async with gateway(settings) as client:
+        queued = await submit_until_accepted(client, body, "kept")
+        await asyncio.to_thread(s3_server.stop)
+        async with sidecar(settings, patient_store=True) as runner:
+            handed_back = await wait_for_job(
+                client, queued["job_id"], lambda s: (s["error"] or {}).get("code") == "dependency_unavailable")
+            assert "the artifact store is unavailable; its result is kept" in handed_back["error"]["message"]
+            assert runner.spool.holds(queued["job_id"])
+            await asyncio.to_thread(s3_server.start)
+            done = await wait_for_job(client, queued["job_id"], finished)
+        result = (await client.get(done["result_url"])).json()
+    assert (done["status"], done["attempts"], done["error"]) == ("succeeded", 1, None), done
+    assert [row["prediction"] for row in result["output"]] == [[sum(r["input_data"])] for r in ROWS]
+    assert fake_worker.rows_seen == len(ROWS)  # computed once
+    assert not runner.spool.holds(queued["job_id"])
