@@ -390,10 +390,9 @@ class Sidecar:
             written = await self.records.succeed(status, spec, output, computed_by)
         except JobsUnavailable as exc:
             if not kept:
-                body = orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY)
-                kept = await self.spool.keep(spec.job_id, body, *computed_by)
+                kept = await self._keep(spec.job_id, output, computed_by)
             result = "its result is kept and written on its next delivery" if kept else (
-                "its result could not be kept (SIDECAR_SPOOL_MAX_BYTES) and is computed again")
+                "its result could not be kept (the spool is full or not writable) and is computed again")
             await self._hand_back(delivery, status, f"{exc.message}; {result}")
             return
         if kept:
@@ -403,6 +402,14 @@ class Sidecar:
             self.metrics.count("succeeded")  # counted as recorded: a client may see the record before the ack
         await delivery.ack()
         log.debug("job %s succeeded", spec.job_id)  # one line per job would cost more than the job
+
+    async def _keep(self, job_id: str, output: Any, computed_by: tuple[str | None, str | None]) -> bool:
+        """Keep a result in the spool; False when it is full or cannot be written (it is computed again)."""
+        try:
+            return await self.spool.keep(job_id, orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY), *computed_by)
+        except OSError as exc:
+            log.warning("keeping job %s's result in %s failed: %s", job_id, self.spool.folder, exc)
+            return False
 
     async def _hand_back(self, delivery: Delivery, status: JobStatus, reason: str) -> None:
         """A dependency stayed down past its window, which is not the job's failure: say so on its record (when the
