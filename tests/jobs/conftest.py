@@ -27,6 +27,7 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from bench.outage_servers import PgServer, RabbitNode, S3Server, postgres_bin, rabbitmq_bin, s3rver_bin
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from jobs.broker import Broker, create_broker
@@ -56,6 +57,42 @@ def _fresh_fake_worker(request: pytest.FixtureRequest) -> None:
         worker = request.getfixturevalue("fake_worker")
         worker.delay_s, worker.rows_seen, worker.calls = 0.0, 0, 0
         worker.model_name, worker.model_version = FAKE_MODEL, "1"
+
+
+# Servers of a test's own, for outages: never the machine's shared RabbitMQ or PostgreSQL.
+@pytest.fixture
+def rabbit_node(tmp_path: Path) -> Iterator[RabbitNode]:
+    if rabbitmq_bin() is None:
+        pytest.skip("rabbitmq-server is not installed: the broker outage needs a RabbitMQ node of its own")
+    node = RabbitNode(tmp_path / "rabbitmq")
+    try:
+        node.start()
+    except RuntimeError as exc:
+        if os.environ.get("REQUIRE_BROKER") == "1":
+            raise
+        pytest.skip(f"a RabbitMQ node of our own did not start ({exc}); REQUIRE_BROKER=1 to fail")
+    yield node
+    node.close()
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path) -> Iterator[S3Server]:
+    if s3rver_bin() is None:
+        if os.environ.get("REQUIRE_BROKER") == "1":
+            pytest.fail("REQUIRE_BROKER=1 but s3rver is not installed (scripts/install-system-deps.sh installs it)")
+        pytest.skip("s3rver is not installed (scripts/install-system-deps.sh installs it); REQUIRE_BROKER=1 to fail")
+    with S3Server(tmp_path / "s3") as server:
+        yield server
+
+
+@pytest.fixture
+def pg_server(tmp_path: Path) -> Iterator[PgServer]:
+    if postgres_bin() is None:
+        if os.environ.get("REQUIRE_DATABASE") == "1":
+            pytest.fail("REQUIRE_DATABASE=1 but the PostgreSQL server (initdb, postgres) is not installed")
+        pytest.skip("the PostgreSQL server (initdb, postgres) is not installed; REQUIRE_DATABASE=1 to fail")
+    with PgServer(tmp_path / "postgres") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from bench.outage_servers import PgServer, postgres_bin
+from bench.outage_servers import PgServer
 from jobs.database import MIGRATIONS, UNAVAILABLE, PostgresDatabase
 from jobs.errors import JobsUnavailable
 from tests.jobs.conftest import embedded_settings, gateway
@@ -24,17 +23,6 @@ from tests.jobs.fake_worker import FakeWorker
 
 ROWS = [{"input_data": [1.0, 2.0, 3.0, float(i)]} for i in range(4)]
 
-REQUIRED = os.environ.get("REQUIRE_DATABASE") == "1"
-
-
-@pytest.fixture
-def pg_server(tmp_path: Path) -> Iterator[PgServer]:
-    if postgres_bin() is None:
-        if REQUIRED:
-            pytest.fail("REQUIRE_DATABASE=1 but the PostgreSQL server (initdb, postgres) is not installed")
-        pytest.skip("the PostgreSQL server (initdb, postgres) is not installed; REQUIRE_DATABASE=1 to fail")
-    with PgServer(tmp_path / "postgres") as server:
-        yield server
 
 
 async def _tables(url: str) -> list[str]:

@@ -7,45 +7,16 @@ the S3 server is s3rver, which keeps its objects on disk across a restart.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from bench.outage_servers import RabbitNode, S3Server, rabbitmq_bin, s3rver_bin
+from bench.outage_servers import RabbitNode, S3Server
 from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, wait_for_job
 from tests.jobs.fake_worker import FakeWorker
 from tests.support import free_port
 
 ROWS = [{"input_data": [1.0, 2.0, 3.0, float(i)]} for i in range(6)]  # 3 chunks of 2
-REQUIRED = os.environ.get("REQUIRE_BROKER") == "1"
-
-
-@pytest.fixture
-def rabbit_node(tmp_path: Path) -> Iterator[RabbitNode]:
-    if rabbitmq_bin() is None:
-        pytest.skip("rabbitmq-server is not installed: the broker outage needs a RabbitMQ node of its own")
-    node = RabbitNode(tmp_path / "rabbitmq")
-    try:
-        node.start()
-    except RuntimeError as exc:
-        if REQUIRED:
-            raise
-        pytest.skip(f"a RabbitMQ node of our own did not start ({exc}); REQUIRE_BROKER=1 to fail")
-    yield node
-    node.close()
-
-
-@pytest.fixture
-def s3_server(tmp_path: Path) -> Iterator[S3Server]:
-    if s3rver_bin() is None:
-        if REQUIRED:
-            pytest.fail("REQUIRE_BROKER=1 but s3rver is not installed (scripts/install-system-deps.sh installs it)")
-        pytest.skip("s3rver is not installed (scripts/install-system-deps.sh installs it); REQUIRE_BROKER=1 to fail")
-    with S3Server(tmp_path / "s3") as server:
-        yield server
 
 
 def assert_retry_later(answer: httpx.Response) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bench.outage_servers import S3Server, s3rver_bin
+from bench.outage_servers import S3Server
 from jobs.dependencies import Dependencies
 from jobs.errors import InvalidJob, JobsUnavailable
 from jobs.settings import JobsSettings
@@ -62,17 +61,6 @@ async def test_create_only_writes_once(tmp_path: Path) -> None:
 
 
 # Outages: a patient store (a sidecar's) waits one out for retry_s, in seconds; the gateway's fails fast.
-REQUIRED = os.environ.get("REQUIRE_BROKER") == "1"
-
-
-@pytest.fixture
-def s3_server(tmp_path: Path) -> Iterator[S3Server]:
-    if s3rver_bin() is None:
-        if REQUIRED:
-            pytest.fail("REQUIRE_BROKER=1 but s3rver is not installed (scripts/install-system-deps.sh installs it)")
-        pytest.skip("s3rver is not installed (scripts/install-system-deps.sh installs it); REQUIRE_BROKER=1 to fail")
-    with S3Server(tmp_path / "s3") as server:
-        yield server
 
 
 def s3_at(url: str, bucket: str = "jobs", retry_s: float | None = None,
