@@ -20,7 +20,7 @@ RabbitMQ 4.0 on (two levels; see ``amqp_priority``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aio_pika
 import aiormq
@@ -49,14 +49,26 @@ class AmqpDelivery:
         self.attempt = int((message.headers or {}).get("x-delivery-count", 0) or 0) + 1
 
     async def ack(self) -> None:
-        await self._message.ack()
+        await _settled(self._message.ack())
 
     async def retry(self) -> None:
-        await self._message.nack(requeue=True)
+        await _settled(self._message.nack(requeue=True))
 
     async def release(self) -> None:
         # RabbitMQ 3.x has no uncounted return: a release costs one delivery.
-        await self._message.nack(requeue=True)
+        await _settled(self._message.nack(requeue=True))
+
+
+#: What settling a message meets once its channel went away with the broker (which then delivers it again).
+_LOST_CHANNEL = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
+
+
+async def _settled(settle: Awaitable[None]) -> None:
+    """Settle a message; a broker gone meanwhile is an outage (JobsUnavailable), not a bug with a traceback."""
+    try:
+        await settle
+    except _LOST_CHANNEL as exc:
+        raise JobsUnavailable("the broker is unavailable") from exc
 
 
 class AmqpBroker:

@@ -270,14 +270,15 @@ class Sidecar:
             await asyncio.shield(delivery.release())
             raise
         except JobsUnavailable as exc:
-            # A dependency stayed down past its window: not the job's failure, so it is handed back, uncounted
-            # where the broker can (the embedded one; RabbitMQ 3.x counts every return).
+            # A dependency stayed down past its window, or the broker went away before the message was settled:
+            # not the job's failure, so it is handed back, uncounted where the broker can (the embedded one;
+            # RabbitMQ 3.x counts every return; a broker gone delivers it again by itself).
             log.warning("job handed back: %s", exc.message)
             with contextlib.suppress(Exception):
                 await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
                 await delivery.release()
         except Exception:
-            # The broker failed: leave the message to be delivered again.
+            # A bug: logged with its traceback, and the message delivered again.
             log.exception("handling a delivery failed")
             with contextlib.suppress(Exception):
                 await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
