@@ -35,8 +35,10 @@ from bench.chaos_outages import (
     SIDECAR_BROKER_ROW,
     STORE_ROW,
     broker_restart,
+    long_store_row,
     sidecar_in_broker_outage,
     sidecar_kill,
+    store_outages,
     store_restart,
 )
 from bench.chaos_stack import (
@@ -268,7 +270,7 @@ async def worker_back(stack: Stack, index: int, killed: int, timeout_s: float = 
 REQUEST_SCENARIOS = ["kill", "sigterm", "hang", "gateway", "overload", "balancers", "crashloop"]
 QUICK = ["kill", "sigterm", "hang", "gateway", "crashloop"]
 #: Scenarios that start job stacks of their own.
-JOB_SCENARIOS = ["sidecar", "broker", "store", "sidecar-broker"]
+JOB_SCENARIOS = ["sidecar", "broker", "store", "store-long", "sidecar-broker"]
 DATABASE_SCENARIOS = ["database", "database-wipe"]
 SCENARIOS = [*REQUEST_SCENARIOS, *JOB_SCENARIOS, *DATABASE_SCENARIOS]
 
@@ -314,22 +316,27 @@ async def run(args: argparse.Namespace) -> dict[str, list[Row]]:
         finally:
             terminate(stack.launcher, timeout_s=30)
     jobs, spread_s, down_s = (60, 6.0, 3.0) if args.quick else (300, 20.0, 8.0)
-    job_scenarios: dict[str, Callable[[], Awaitable[Row]]] = {
-        "sidecar": lambda: sidecar_kill(args, env, jobs),
-        "broker": lambda: broker_restart(args, env, jobs, spread_s, down_s),
-        "store": lambda: store_restart(args, env, jobs, spread_s, down_s),
-        "sidecar-broker": lambda: sidecar_in_broker_outage(args, env, args.db_backlog_jobs, args.db_backlog_rows,
-                                                           spread_s, args.sidecar_broker_down_s, (4.0, 12.0)),
+    job_scenarios: dict[str, Callable[[], Awaitable[list[Row]]]] = {
+        "sidecar": lambda: one(sidecar_kill(args, env, jobs)),
+        "broker": lambda: one(broker_restart(args, env, jobs, spread_s, down_s)),
+        "store": lambda: one(store_restart(args, env, jobs, spread_s, down_s)),
+        "store-long": lambda: store_outages(args, env, spread_s),
+        "sidecar-broker": lambda: one(sidecar_in_broker_outage(args, env, args.db_backlog_jobs, args.db_backlog_rows,
+                                                               spread_s, args.sidecar_broker_down_s, (4.0, 12.0))),
     }
     no_rabbitmq = "rabbitmq-server" if rabbitmq_bin() is None else None
-    missing = {"broker": (BROKER_ROW, no_rabbitmq), "sidecar-broker": (SIDECAR_BROKER_ROW, no_rabbitmq),
-               "store": (STORE_ROW, "s3rver (scripts/install-system-deps.sh)" if s3rver_bin() is None else None)}
+    no_s3rver = "s3rver (scripts/install-system-deps.sh)" if s3rver_bin() is None else None
+    missing = {"broker": ([BROKER_ROW], no_rabbitmq), "sidecar-broker": ([SIDECAR_BROKER_ROW], no_rabbitmq),
+               "store": ([STORE_ROW], no_s3rver),
+               "store-long": ([long_store_row(down) for down in args.store_down], no_s3rver)}
     for name in (name for name in JOB_SCENARIOS if name in chosen):
-        scenario, program = missing.get(name, ("", None))
+        scenarios_of, program = missing.get(name, ([], None))
         if program:
-            add("jobs", Row(scenario, 0, 0, 0, None, f"not run: {program} is not installed", False))
+            for scenario in scenarios_of:
+                add("jobs", Row(scenario, 0, 0, 0, None, f"not run: {program} is not installed", False))
         else:
-            add("jobs", await job_scenarios[name]())
+            for row in await job_scenarios[name]():
+                add("jobs", row)
     outages, wipe = "database" in chosen, "database-wipe" in chosen
     if outages or wipe:
         if postgres_bin() is None:
@@ -350,6 +357,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overload-clients", type=int, default=2000, help="clients of the overload scenario")
     parser.add_argument("--overload-s", type=float, default=60.0, help="seconds of the overload scenario")
     parser.add_argument("--crash-kills", type=int, help="kills of the worker crash loop (default 5, --quick 3)")
+    parser.add_argument("--store-down", type=float, nargs="+", metavar="S", default=[45.0, 90.0],
+                        help="seconds of each store outage of the store-long scenario, under a backlog of "
+                        "--db-backlog-jobs jobs of --db-backlog-rows rows (default: 45 90)")
     parser.add_argument("--sidecar-broker-down-s", type=float, default=20.0,
                         help="seconds the broker is down while sidecars are killed (kills 4 s and 12 s in)")
     parser.add_argument("--db-down", type=float, nargs="+", metavar="S",
@@ -359,7 +369,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db-backlog", nargs="+", choices=("without", "with"),
                         help="database outages without a backlog, with one, or both (default both, --quick without)")
     parser.add_argument("--db-backlog-jobs", type=int, default=60,
-                        help="large jobs of a backlog (database outages, and the sidecar killed in a broker outage)")
+                        help="large jobs of a backlog (database and long store outages, the sidecar killed in a "
+                        "broker outage)")
     parser.add_argument("--db-backlog-rows", type=int, default=2000, help="rows of each large job")
     parser.add_argument("--db-wipe-down-s", type=float, default=5.0,
                         help="seconds between the wipe and the restart on the empty data folder")

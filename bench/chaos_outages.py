@@ -21,6 +21,7 @@ from bench.chaos_jobs import outage, sidecar_kill_9
 from bench.chaos_stack import SIDECAR, Row, Stack, predict_note, predict_probe, start_stack, still_running
 from bench.outage_servers import RabbitNode, S3Server
 from bench.stack import children_running, terminate
+from jobs.settings import JobsSettings
 
 BROKER_ROW, STORE_ROW = "broker restart (jobs)", "store restart (jobs)"
 SIDECAR_BROKER_ROW = "sidecar kill -9 during a broker outage (jobs)"
@@ -146,18 +147,38 @@ async def sidecar_in_broker_outage(args: argparse.Namespace, env: dict[str, str]
 
 
 async def store_restart(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
-                        down_s: float) -> Row:
-    """A stack whose every job input and result is an S3 object (s3rver, on disk): the server stopped, restarted."""
+                        down_s: float, rows_per_job: int = ROWS_PER_JOB, name: str = STORE_ROW) -> Row:
+    """A stack whose every job input and result is an S3 object (s3rver, on disk): the server stopped, restarted.
+
+    An outage shorter than the sidecars' SIDECAR_STORE_RETRY_S must also spend no job's deliveries: no job
+    started twice."""
     with tempfile.TemporaryDirectory(prefix="chaos-s3-") as folder:
         server = S3Server(Path(folder))
         await asyncio.to_thread(server.start)
         try:
             env = {**env, **server.env, "JOB_INLINE_INPUT_BYTES": "0", "JOB_INLINE_RESULT_BYTES": "0"}
             counts = await _outage_of(args, env, "launcher-store.log", jobs, spread_s, down_s,
-                                      server.stop, server.start)
+                                      server.stop, server.start, rows_per_job=rows_per_job)
         finally:
             await asyncio.to_thread(server.stop)
-    return outage_row(STORE_ROW, counts, jobs,
-                      f"s3rver (objects on disk), every input and result in it, embedded broker; {ROWS_PER_JOB}-row "
-                      f"jobs, {jobs // 2} at once and {jobs - jobs // 2} over {spread_s:g} s; s3rver stopped, "
-                      f"{down_s:g} s, started")
+    window_s = float(env.get("SIDECAR_STORE_RETRY_S", JobsSettings.model_fields["sidecar_store_retry_s"].default))
+    row = outage_row(name, counts, jobs,
+                     f"s3rver (objects on disk), every input and result in it, embedded broker; {rows_per_job}-row "
+                     f"jobs, {jobs // 2} at once and {jobs - jobs // 2} over {spread_s:g} s; s3rver stopped, "
+                     f"{down_s:g} s, started")
+    if down_s < window_s and counts["redelivered"]:
+        row.passed = False
+        row.note += f"; target: no job started twice in an outage shorter than SIDECAR_STORE_RETRY_S ({window_s:g} s)"
+    return row
+
+
+def long_store_row(down_s: float) -> str:
+    return f"store down {down_s:g} s, backlog (jobs)"
+
+
+async def store_outages(args: argparse.Namespace, env: dict[str, str], spread_s: float) -> list[Row]:
+    """The store down for each of ``--store-down`` seconds, with a backlog of large jobs queued and running as it
+    goes: shorter than SIDECAR_STORE_RETRY_S it only delays jobs; longer, it may cost a delivery, never a job."""
+    return [await store_restart(args, env, args.db_backlog_jobs, spread_s, down_s, args.db_backlog_rows,
+                                long_store_row(down_s))
+            for down_s in args.store_down]
