@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from jobs.dependencies import Outages
 from jobs.settings import JobsSettings
 
 
@@ -35,12 +36,16 @@ class Delivery(Protocol):
         """This attempt failed: deliver again, or dead-letter past the delivery limit."""
 
     async def release(self) -> None:
-        """Hand the message back untouched (shutdown); the attempt need not count."""
+        """Hand the message back untouched (shutdown, an outage that is not the job's fault); the attempt need not
+        count (the embedded broker does not count it; RabbitMQ 3.x does)."""
 
 
 class Broker(Protocol):
     async def start(self) -> None:
-        """Connect and declare the queues (idempotent)."""
+        """Connect and declare the queues (idempotent); JobsUnavailable while the broker cannot be reached."""
+
+    def watch(self, outages: Outages) -> None:
+        """Tell ``outages`` when the connection to the broker is lost and when it is back (call before start)."""
 
     async def close(self) -> None: ...
 

@@ -26,6 +26,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from jobs.dependencies import Outages
 from jobs.errors import JobsUnavailable
 from jobs.routing import dead_queue, model_queue
 
@@ -60,7 +61,11 @@ class AmqpDelivery:
 
 
 #: What settling a message meets once its channel went away with the broker (which then delivers it again).
-_LOST_CHANNEL = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
+_LOST_CHANNEL = (aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.AMQPChannelError,
+                 aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
+#: What connecting meets while the broker is down, booting or closing.
+_UNREACHABLE = (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError,
+                aiormq.exceptions.AMQPChannelError)
 
 
 async def _settled(settle: Awaitable[None]) -> None:
@@ -81,21 +86,39 @@ class AmqpBroker:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractChannel | None = None
         self._declared: set[str] = set()  # model queues declared by this process
+        self._outages: Outages | None = None
+
+    def watch(self, outages: Outages) -> None:
+        self._outages = outages
 
     async def start(self) -> None:
         if self._connection is not None:
             return
         try:
             connection = await aio_pika.connect_robust(self.url)
-        except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError) as exc:
+        except _UNREACHABLE as exc:
             raise JobsUnavailable("the broker is unavailable") from exc
         try:
             self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await self._publisher.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-        except BaseException:
+        except BaseException as exc:
             await connection.close()
+            if isinstance(exc, _UNREACHABLE):  # a node still booting, or closing: it let us in, then dropped us
+                raise JobsUnavailable("the broker is unavailable") from exc
             raise
+        if self._outages is not None:
+            connection.close_callbacks.add(self._lost)
+            connection.reconnect_callbacks.add(self._back)
         self._connection = connection
+
+    def _lost(self, _connection: object, error: BaseException | None) -> None:
+        """The robust connection dropped (it reconnects by itself); not a close of ours."""
+        if self._outages is not None and error is not None and not isinstance(error, asyncio.CancelledError):
+            self._outages.down("broker", error)
+
+    def _back(self, _connection: object) -> None:
+        if self._outages is not None:
+            self._outages.up("broker")
 
     async def close(self) -> None:
         if self._connection is not None:

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 from jobs.batching import Batcher
 from jobs.database import use_wal
+from jobs.dependencies import Outages
 from jobs.routing import dead_queue, model_queue
 
 T = TypeVar("T")
@@ -110,6 +111,9 @@ class EmbeddedBroker:
         self._committer: asyncio.Task[None] | None = None
         #: Acks arriving while one commit is in progress go together in the next (one fsync for many jobs).
         self.acks: Batcher[tuple[int, str], None] = Batcher(self._ack_many, ACKS_PER_COMMIT, 1)
+
+    def watch(self, outages: Outages) -> None:
+        """A local file has no connection to lose: nothing to tell."""
 
     async def start(self) -> None:
         if self._executor is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from bench.outage_servers import RabbitNode, S3Server
-from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, wait_for_job
+from tests.jobs.conftest import dependency_up, embedded_settings, finished, gateway, sidecar, until, wait_for_job
 from tests.jobs.fake_worker import FakeWorker
 from tests.support import free_port
 
@@ -65,14 +65,16 @@ async def test_jobs_survive_a_broker_restart(rabbit_node: RabbitNode, fake_worke
     settings = embedded_settings(tmp_path, fake_worker.url, amqp_url=f"{rabbit_node.url}?reconnect_interval=0.5")
     fake_worker.delay_s = 1.0  # the first job runs for about 2 s: through stop_app
     body = {"task": "batch_predict", "inputs": ROWS}
-    async with gateway(settings) as client, sidecar(settings):
+    async with gateway(settings) as client, sidecar(settings) as runner:
         before = await submit_until_accepted(client, body, "before")
         await wait_for_job(client, before["job_id"], lambda s: s["status"] == "running")
         await asyncio.to_thread(rabbit_node.stop_app)  # the running job's ack will find no connection
         assert_retry_later(await client.post("/jobs", json=body, headers={"Idempotency-Key": "during"}))
+        await until(lambda: dependency_up(runner, "broker") == 0)  # the sidecar's /metrics says so
         restart = asyncio.create_task(asyncio.to_thread(rabbit_node.start_app))
         during = await submit_until_accepted(client, body, "during")
         await restart
+        await until(lambda: dependency_up(runner, "broker") == 1)
         fake_worker.delay_s = 0.0
         after = await submit_until_accepted(client, body, "after")
         statuses = [await wait_for_job(client, job["job_id"], finished) for job in (before, during, after)]
