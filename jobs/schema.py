@@ -116,3 +116,5 @@ class JobSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str = Field(description="Hash of the submission, to tell an idempotent retry from a reuse.")
     priority: int = 0
+    run: int = Field(0, description="Which run of the job this message is: 0, then one more for each retry of "
+                     "it (POST /jobs/{id}/retry), so a late dead letter of an earlier run is told apart.")

@@ -265,7 +265,7 @@ class JobService:
         queued = await self.records.retry(failed)
         if queued is None:
             raise JobNotFailed(f"job {job_id} was retried meanwhile; it is queued once")
-        await self._queue(queued, record.spec, model_name)
+        await self._queue(queued, record.spec.model_copy(update={"run": len(queued.earlier_runs)}), model_name)
         return queued
 
     async def cancel(self, job_id: str, owner: str | None = None) -> JobStatus:

@@ -95,6 +95,7 @@ class Sidecar:
         #: Results computed while the store was down, written on the job's next delivery.
         self.spool = ResultSpool.from_settings(settings)
         self.broker = broker
+        broker.watch(self.dependencies)
         self.metrics = metrics
         key = {"Authorization": f"Bearer {settings.worker_api_key}"} if settings.worker_api_key else {}
         self.worker = httpx.AsyncClient(
@@ -119,6 +120,7 @@ class Sidecar:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then shut down as the module docstring says."""
+        sweeping = asyncio.create_task(self._sweep_spool(), name="spool-sweep")
         try:
             while not stop.is_set():
                 model = await self._wait_for_worker(stop)
@@ -126,6 +128,7 @@ class Sidecar:
                     break
                 await self._serve(model, stop)
         finally:
+            sweeping.cancel()
             if self._running:
                 log.info("waiting for %d running job(s)", len(self._running))
                 _, late = await asyncio.wait(self._running, timeout=self.settings.sidecar_shutdown_grace_s)
@@ -138,6 +141,15 @@ class Sidecar:
             if self.spreader is not None:
                 await self.spreader.close()
             await self.worker.aclose()
+
+    async def _sweep_spool(self) -> None:
+        """Drop the results kept for jobs that finished elsewhere meanwhile: a spool is one machine's, and a job's
+        next delivery may have gone to another."""
+        try:
+            if dropped := await self.spool.sweep(self.records.finished_among):
+                log.info("dropped %d kept result(s) of jobs that finished meanwhile", dropped)
+        except (JobsUnavailable, OSError) as exc:
+            log.warning("sweeping the result spool failed: %s", exc)
 
     async def _serve(self, model: ModelIdentity, stop: asyncio.Event) -> None:
         """Consume ``model``'s queues until ``stop``, or until the worker serves another model."""
@@ -245,19 +257,15 @@ class Sidecar:
                               model: ModelIdentity) -> None:
         """Run ``consume`` again whenever the broker ends it (a lost channel or connection): a sidecar never exits
         for a broker error, it waits for the broker and goes on."""
-        backoff = 0.5
         while True:
             try:
                 await consume(model)
             except Exception as exc:
-                self.dependencies.down("broker", exc)
-                log.warning("a consumer stopped (%r); starting it again in %.1fs", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+                log.warning("a consumer stopped (%r); starting it again in %.1fs", exc, MAX_BACKOFF_S)
+            await asyncio.sleep(MAX_BACKOFF_S)
 
     async def _consume(self, model: ModelIdentity) -> None:
         async for delivery in self.broker.consume(model.name, self.settings.sidecar_prefetch):
-            self.dependencies.up("broker")
             job = asyncio.create_task(self._handle(_SettledOnce(delivery), model))
             self._running.add(job)
             job.add_done_callback(self._running.discard)
@@ -276,7 +284,7 @@ class Sidecar:
             log.warning("job handed back: %s", exc.message)
             with contextlib.suppress(Exception):
                 await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
-                await delivery.release()
+                await (delivery.release() if exc.transient else delivery.retry())
         except Exception:
             # A bug: logged with its traceback, and the message delivered again.
             log.exception("handling a delivery failed")
@@ -369,7 +377,7 @@ class Sidecar:
         except TaskFailed as exc:
             await self._finish(delivery, last, "failed", ErrorInfo(code=exc.code, message=exc.message))
         except JobsUnavailable as exc:
-            await self._hand_back(delivery, last, exc.message)
+            await self._hand_back(delivery, last, exc)
         except Exception as exc:
             log.warning("job %s attempt %d failed: %r", spec.job_id, delivery.attempt, exc, exc_info=True)
             error = ErrorInfo(code="attempt_failed", message=f"attempt {delivery.attempt}: {exc!r}")
@@ -390,11 +398,11 @@ class Sidecar:
         try:
             written = await self.records.succeed(status, spec, output, computed_by)
         except JobsUnavailable as exc:
-            if not kept:
+            if exc.transient and not kept:
                 kept = await self._keep(spec.job_id, output, computed_by)
             result = "its result is kept and written on its next delivery" if kept else (
-                "its result could not be kept (the spool is full or not writable) and is computed again")
-            await self._hand_back(delivery, status, f"{exc.message}; {result}")
+                "its result is computed again")
+            await self._hand_back(delivery, status, exc, f"; {result}")
             return
         if kept:
             await self.spool.drop(spec.job_id)
@@ -412,17 +420,21 @@ class Sidecar:
             log.warning("keeping job %s's result in %s failed: %s", job_id, self.spool.folder, exc)
             return False
 
-    async def _hand_back(self, delivery: Delivery, status: JobStatus, reason: str) -> None:
-        """A dependency stayed down past its window, which is not the job's failure: say so on its record (when the
-        database is up) and hand it back, uncounted where the broker can (the embedded one; RabbitMQ 3.x counts
-        every return)."""
+    async def _hand_back(self, delivery: Delivery, status: JobStatus, error: JobsUnavailable, note: str = "") -> None:
+        """A dependency failed the attempt: say so on the job's record (when the database is up) and hand it back.
+
+        An outage past its window is not the job's failure: uncounted where the broker can (the embedded one;
+        RabbitMQ 3.x counts every return). A refusal that trying again would not change (DependencyRefused: the
+        store refusing the credentials) spends the attempt, so past JOB_MAX_DELIVERIES the job fails with it.
+        """
+        reason = f"{error.message}{note}"
         log.warning("job %s attempt %d handed back: %s", status.job_id, delivery.attempt, reason)
         if self.dependencies.is_up("database"):
+            code = "dependency_unavailable" if error.transient else "dependency_refused"
             message = f"attempt {delivery.attempt}: {reason}; handed back"
-            await self.records.save(status, status="queued", error=ErrorInfo(code="dependency_unavailable",
-                                                                             message=message))
+            await self.records.save(status, status="queued", error=ErrorInfo(code=code, message=message))
         await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
-        await delivery.release()
+        await (delivery.release() if error.transient else delivery.retry())
 
     async def _rows(self, record: JobRecord, task: TaskType) -> list[Any]:
         data = record.input_data
@@ -450,26 +462,29 @@ class Sidecar:
 
     async def _consume_dead_letters(self, model: ModelIdentity) -> None:
         async for delivery in self.broker.consume(model.name, 1, dead=True):
-            backoff = 0.5
-            while True:  # a dead letter is held until its job's record says failed: nothing else is waiting on it
-                try:
-                    await self._settle_dead_letter(delivery)
-                    break
-                except Exception as exc:
-                    log.warning("settling a dead-lettered job failed (%s); trying again in %.1fs",
-                                exc.message if isinstance(exc, JobsUnavailable) else repr(exc), backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+            try:
+                await self._settle_dead_letter(delivery)
+            except Exception as exc:
+                # The database stayed down past its window (the record waits; so does the dead letter), or the
+                # broker went away (it delivers the dead letter again), or a bug (its traceback is logged).
+                if isinstance(exc, JobsUnavailable):
+                    log.warning("settling a dead-lettered job: %s; it is settled later", exc.message)
+                else:
+                    log.exception("settling a dead-lettered job failed; it is settled later")
+                await asyncio.sleep(MAX_BACKOFF_S)
+                with contextlib.suppress(Exception):
+                    await delivery.release()
 
     async def _settle_dead_letter(self, delivery: Delivery) -> None:
-        """Mark a dead-lettered job failed with its last error, then ack the dead letter."""
+        """Mark a dead-lettered job failed with its last error, then ack the dead letter. The dead letter of an
+        earlier run of a job retried since is only acked: the new run is not its to end."""
         try:
             spec = JobSpec.model_validate_json(delivery.body)
         except ValidationError:
             await delivery.ack()
             return
         status = await self.records.status(spec.job_id)
-        if status is not None and not status.finished:
+        if status is not None and not status.finished and spec.run == len(status.earlier_runs):
             last = status.error.message if status.error else (
                 "none recorded: each sidecar that held it stopped or lost the broker before the attempt ended")
             message = f"gave up after {self.settings.job_max_deliveries} deliveries; last error: {last}"

@@ -13,7 +13,8 @@ Use::
     spool.holds(job_id)                  # whether one is kept (a stat, for every job)
     spooled = await spool.take(job_id)   # Spooled(data, model_name, model_version), or None
     await spool.drop(job_id)             # once the result is written (or the job ended otherwise)
-    spool.job_ids(); spool.used_bytes()  # what is kept, for a sweep and for the metrics
+    await spool.sweep(records.finished_among)  # drop those of jobs finished meanwhile
+    spool.job_ids(); spool.used_bytes()  # what is kept
 
 ``take`` reads without removing, so a crash between writing the result and
 ``drop`` loses nothing. Job ids are checked with :func:`jobs.records.check_job_id`
@@ -35,6 +36,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +84,15 @@ class ResultSpool:
 
     async def drop(self, job_id: str) -> None:
         await asyncio.to_thread(self._path(job_id).unlink, missing_ok=True)
+
+    async def sweep(self, finished: Callable[[list[str]], Awaitable[set[str]]]) -> int:
+        """Drop the results kept for jobs that ``finished(job_ids)`` says finished (their next delivery went to
+        another machine, or they failed): how many. A sidecar sweeps when it starts."""
+        job_ids = await asyncio.to_thread(self.job_ids)
+        done = await finished(job_ids) if job_ids else set()
+        for job_id in done:
+            await self.drop(job_id)
+        return len(done)
 
     def job_ids(self) -> list[str]:
         return sorted(path.name.removesuffix(_SUFFIX) for path in self.folder.glob(f"*{_SUFFIX}"))

@@ -269,3 +269,32 @@ async def wait_for_job(client: httpx.AsyncClient, job_id: str, done: Callable[[d
 
 def finished(status: dict[str, Any]) -> bool:
     return status["status"] in ("succeeded", "failed", "cancelled")
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
+def dependency_up(runner: Sidecar, name: str) -> float | None:
+    """The sidecar's own gauge, as its /metrics shows it."""
+    return runner.metrics.registry.get_sample_value("jobs_sidecar_dependency_up", {"dependency": name})
+
+
+@pytest.fixture
+async def forbidding_s3() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An S3 endpoint that answers every request 403, and the request lines it saw."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen

@@ -3,16 +3,14 @@ no consumer and no sidecar exits, and each outage shows on the sidecar's /metric
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jobs.broker import create_broker
 from jobs.database import Database, create_database
 from jobs.errors import JobsUnavailable
-from jobs.sidecar import Sidecar
-from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, wait_for_job
+from jobs.spool import ResultSpool
+from tests.jobs.conftest import dependency_up, embedded_settings, finished, gateway, sidecar, until, wait_for_job
 from tests.jobs.fake_worker import FAKE_MODEL, FakeWorker
 from tests.support import free_port
 
@@ -44,19 +42,6 @@ class SwitchableDatabase:
 
     async def close(self) -> None:
         await self._database.close()
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(poll(), timeout_s)
-
-
-def dependency_up(runner: Sidecar, name: str) -> float | None:
-    """The sidecar's own gauge, as its /metrics shows it."""
-    return runner.metrics.registry.get_sample_value("jobs_sidecar_dependency_up", {"dependency": name})
 
 
 async def test_a_job_delivered_in_a_database_outage_waits_for_it_and_spends_no_delivery(
@@ -115,3 +100,36 @@ async def test_a_sidecar_started_in_a_broker_outage_waits_for_the_broker(
     async with sidecar(settings) as runner:
         await until(lambda: dependency_up(runner, "broker") == 0)
     # Leaving the block stopped it as SIGTERM does: run() returned instead of raising.
+
+
+async def test_a_store_that_refuses_spends_the_attempts_and_fails_the_job_with_why(
+    forbidding_s3: tuple[str, list[bytes]], fake_worker: FakeWorker, tmp_path: Path
+) -> None:
+    """A refusal (403) is not an outage to wait out: each attempt counts, and the job fails saying so, instead of
+    being handed back for ever."""
+    url, _ = forbidding_s3
+    settings = embedded_settings(tmp_path, fake_worker.url, s3_endpoint_url=url, s3_bucket="jobs",
+                                 aws_access_key_id="test", aws_secret_access_key="test", job_inline_result_bytes=0,
+                                 job_max_deliveries=2, sidecar_store_retry_s=30.0)
+    async with gateway(settings) as client:
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()["job_id"]
+        async with sidecar(settings, patient_store=True):
+            failed = await wait_for_job(client, job_id, finished)
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "delivery_limit"), failed
+    assert "the artifact store refused the request (PermissionDeniedError)" in failed["error"]["message"]
+    assert fake_worker.rows_seen == 2 * len(ROWS)  # computed on each of its two deliveries, kept by neither
+
+
+async def test_a_sidecar_drops_the_kept_results_of_jobs_that_finished_meanwhile(
+    fake_worker: FakeWorker, tmp_path: Path
+) -> None:
+    settings = embedded_settings(tmp_path, fake_worker.url)
+    async with gateway(settings) as client:
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS})).json()["job_id"]
+        async with sidecar(settings):
+            await wait_for_job(client, job_id, finished)
+        # Kept here while its next delivery went to a sidecar of another machine, which wrote it.
+        assert await ResultSpool.from_settings(settings).keep(job_id, b"[]", FAKE_MODEL, "1")
+        async with sidecar(settings) as runner:
+            await until(lambda: not runner.spool.holds(job_id))
+        assert (await client.get(f"/jobs/{job_id}")).json()["status"] == "succeeded"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -109,22 +108,6 @@ async def test_the_gateways_store_fails_fast_with_a_short_error() -> None:
     with pytest.raises(JobsUnavailable) as failed:
         await asyncio.wait_for(store.get("jobs/a/input.json"), 15)
     assert failed.value.message == "the artifact store is unavailable"
-
-
-@pytest.fixture
-async def forbidding_s3() -> AsyncIterator[tuple[str, list[bytes]]]:
-    """An S3 endpoint that answers every request 403, and the request lines it saw."""
-    seen: list[bytes] = []
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
-        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    async with server:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
 
 
 async def test_a_store_that_refuses_is_not_tried_again(forbidding_s3: tuple[str, list[bytes]]) -> None:
