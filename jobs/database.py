@@ -94,6 +94,8 @@ log = logging.getLogger(__name__)
 UNAVAILABLE = "the job database is unavailable"
 #: While an outage lasts, its errors are logged at most this often.
 LOG_EVERY_S = 60.0
+#: Longest wait to connect, for a pooled connection and for the migration lock (PostgreSQL).
+CONNECT_TIMEOUT_S = 10
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 _PLACEHOLDER = re.compile(r"\$(\d+)")
@@ -226,6 +228,7 @@ def _postgres_outages() -> tuple[type[BaseException], ...]:
         pg.InvalidCatalogNameError,  # the database itself is missing
         pg.InvalidAuthorizationSpecificationError,  # the server refused the credentials
         pg.UndefinedTableError,  # the tables are missing: a database restarted empty
+        pg.LockNotAvailableError,  # the migration lock, held past lock_timeout by another session
         pg.InterfaceError,  # only _GONE's: the pool is closing, the connection is closed
         pg.InternalClientError,  # asyncpg's state when the server went away mid-statement
     )
@@ -258,10 +261,13 @@ class PostgresDatabase(_Lazy):
         if self._pool is None:
             # No reset query when a connection goes back to the pool (asyncpg's default costs a round trip per
             # statement): these connections keep no session state, and an open transaction is still rolled back.
-            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, timeout=10,
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
+                                                   timeout=CONNECT_TIMEOUT_S,
                                                    reset=_keep_session)
         # The pool outlives an outage (asyncpg reconnects it); the schema may not have (a wiped data folder).
-        async with self._pool.acquire() as connection, connection.transaction():
+        # Bounded waits: a server that stops answering, or a stuck session holding the lock, is a 503, not a hang.
+        async with self._pool.acquire(timeout=CONNECT_TIMEOUT_S) as connection, connection.transaction():
+            await connection.execute(f"SET LOCAL lock_timeout = '{CONNECT_TIMEOUT_S}s'")
             await connection.execute("SELECT pg_advisory_xact_lock(4711001)")  # one migrator at a time
             await connection.execute(_VERSION_TABLE)
             done = await connection.fetchval("SELECT MAX(version) FROM schema_version") or 0
