@@ -58,6 +58,7 @@ from pydantic import ValidationError
 
 from common.gc_tuning import frozen_startup_heap
 from common.model_headers import answering_model
+from jobs.attempt import ProgressWriter, SettledOnce
 from jobs.broker import Broker, Delivery, create_broker
 from jobs.coalesce import Coalescer
 from jobs.database import Database, create_database
@@ -66,7 +67,7 @@ from jobs.errors import InvalidJob, JobCancelled, JobsUnavailable, TaskFailed
 from jobs.metrics import JobsMetrics
 from jobs.records import JobRecord, JobRecords
 from jobs.routing import ModelIdentity
-from jobs.schema import ErrorInfo, JobSpec, JobStatus, Progress, utc_now, validate
+from jobs.schema import ErrorInfo, JobSpec, JobStatus, utc_now, validate
 from jobs.settings import JobsSettings
 from jobs.spool import ResultSpool
 from jobs.spread import Spreader
@@ -74,8 +75,6 @@ from jobs.store import ArtifactStore
 from jobs.tasks import TASKS, TaskContext, TaskType, import_task_modules
 
 log = logging.getLogger("jobs.sidecar")
-#: Progress is written at most this often; a cancel is looked for at every checkpoint.
-PROGRESS_INTERVAL_S = 0.5
 
 
 class ModelChanged(Exception):
@@ -266,7 +265,7 @@ class Sidecar:
 
     async def _consume(self, model: ModelIdentity) -> None:
         async for delivery in self.broker.consume(model.name, self.settings.sidecar_prefetch):
-            job = asyncio.create_task(self._handle(_SettledOnce(delivery), model))
+            job = asyncio.create_task(self._handle(SettledOnce(delivery), model))
             self._running.add(job)
             job.add_done_callback(self._running.discard)
 
@@ -346,11 +345,11 @@ class Sidecar:
                                 (kept.model_name, kept.model_version), kept=True)
             return
 
-        # Running from here, in memory: the record says so once the job has run PROGRESS_INTERVAL_S (_Progress).
+        # Running from here, in memory: the record says so once the job has run PROGRESS_INTERVAL_S (ProgressWriter).
         running = status.model_copy(update={"status": "running", "attempts": delivery.attempt,
                                             "started_at": status.started_at or utc_now(), "error": None})
         self.metrics.count("running")
-        run = _Progress(self.records, running)
+        run = ProgressWriter(self.records, running)
         last = running  # what the attempt's last write starts from, should stopping the progress writes be cut off
         spread = None if self.spreader is None else functools.partial(self.spreader.predict, model=model)
         context = TaskContext(spec.job_id, task.options.model_validate(record.spec.options), self.settings,
@@ -494,77 +493,6 @@ class Sidecar:
             self.metrics.count("failed")
             log.warning("job %s dead-lettered", spec.job_id)
         await delivery.ack()
-
-
-class _SettledOnce:
-    """A delivery settled at most once: a job cancelled while it acks or hands back does not settle it again."""
-
-    def __init__(self, delivery: Delivery) -> None:
-        self._delivery = delivery
-        self.body = delivery.body
-        self.attempt = delivery.attempt
-        self._settled = False
-
-    async def _settle(self, action: Callable[[], Awaitable[None]]) -> None:
-        if not self._settled:
-            self._settled = True
-            await action()
-
-    async def ack(self) -> None:
-        await self._settle(self._delivery.ack)
-
-    async def retry(self) -> None:
-        await self._settle(self._delivery.retry)
-
-    async def release(self) -> None:
-        await self._settle(self._delivery.release)
-
-
-class _Progress:
-    """A running job's status, written PROGRESS_INTERVAL_S after it started and then at most that often while
-    its progress moves. A job that ends sooner, as most small ones do, is written once: from queued to its end.
-    A status write per job start would cost the database a statement for every job; a job cancelled while
-    still shown queued is cancelled at once by the gateway, and then this attempt's end is not written."""
-
-    def __init__(self, records: JobRecords, status: JobStatus) -> None:
-        self.records = records
-        self.status = status  # as last written (before the first write: what it will be)
-        self._progress = status.progress
-        self._shown = False  # the record says running
-        self._stopped = False
-        self._writing: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(PROGRESS_INTERVAL_S, self._write_due)
-
-    async def checkpoint(self, done: int, total: int) -> None:
-        if done < total and await self.records.cancel_requested(self.status.job_id):
-            raise JobCancelled(self.status.job_id)
-        self._progress = Progress(done=done, total=total)
-
-    async def stop(self) -> JobStatus:
-        """No more writes (one in flight lands first): the status the attempt's last write starts from."""
-        self._stopped = True
-        self._timer.cancel()
-        if self._writing is not None:
-            await asyncio.shield(self._writing)
-        return self.status.model_copy(update={"progress": self._progress})
-
-    def _write_due(self) -> None:
-        self._writing = asyncio.ensure_future(self._write())
-
-    async def _write(self) -> None:
-        if self._stopped:
-            return
-        if not self._shown or self._progress != self.status.progress:
-            try:
-                written = await self.records.save(self.status, progress=self._progress)
-            except Exception as exc:  # the attempt's last write meets the outage, if it lasts
-                log.warning("writing job %s's progress failed: %r", self.status.job_id, exc)
-            else:
-                if written is None:  # finished meanwhile: nothing more is written
-                    return
-                self.status, self._shown = written, True
-        if not self._stopped:
-            self._timer = asyncio.get_running_loop().call_later(PROGRESS_INTERVAL_S, self._write_due)
 
 
 def main() -> None:
