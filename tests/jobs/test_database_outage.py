@@ -107,13 +107,24 @@ async def test_a_stopped_database_is_unavailable_and_works_again_when_it_is_back
         await database.close()
 
 
+async def _until_running(server: PgServer, statement: str) -> None:
+    """Until ``statement`` runs on the server (pg_stat_activity), asked over a connection of its own."""
+    connection = await asyncpg.connect(server.url)
+    try:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'"
+        while not await connection.fetchval(query, statement):
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+
+
 async def test_a_database_killed_mid_statement_is_unavailable(pg_server: PgServer) -> None:
     database = _adapter(pg_server)
     try:
         await database.fetch("SELECT 1")
         slow = asyncio.create_task(database.fetch("SELECT pg_sleep(30)"))
-        await asyncio.sleep(0.3)  # the statement is on the server
-        await asyncio.to_thread(pg_server.stop)
+        await asyncio.wait_for(_until_running(pg_server, "SELECT pg_sleep(30)"), 10)
+        await asyncio.to_thread(pg_server.kill)
         with pytest.raises(JobsUnavailable):
             await asyncio.wait_for(slow, 10)
         await asyncio.to_thread(pg_server.start)
