@@ -93,18 +93,26 @@ async def _outage_of(args: argparse.Namespace, env: dict[str, str], log_name: st
         terminate(stack.launcher, timeout_s=30)
 
 
-async def broker_restart(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
-                         down_s: float) -> Row:
-    """A stack on a RabbitMQ node of its own (never the shared one): ``stop_app``, ``down_s``, ``start_app``."""
+async def _broker_outage(args: argparse.Namespace, env: dict[str, str], log_name: str, jobs: int, spread_s: float,
+                         down_s: float, while_down: Callable[[Stack], Awaitable[Any]] | None = None,
+                         rows_per_job: int = ROWS_PER_JOB) -> dict:
+    """:func:`_outage_of` on a RabbitMQ node of its own (never the shared one): ``stop_app``, ``down_s``,
+    ``start_app``."""
     with tempfile.TemporaryDirectory(prefix="chaos-rabbitmq-") as folder:
         node = RabbitNode(Path(folder))
         await asyncio.to_thread(node.start)
         try:
             env = {**env, "AMQP_URL": f"{node.url}?reconnect_interval=1", "JOB_QUEUE": f"chaos-{time.time_ns()}"}
-            counts = await _outage_of(args, env, "launcher-broker.log", jobs, spread_s, down_s,
-                                      node.stop_app, node.start_app)
+            return await _outage_of(args, env, log_name, jobs, spread_s, down_s, node.stop_app, node.start_app,
+                                    while_down, rows_per_job)
         finally:
             await asyncio.to_thread(node.close)
+
+
+async def broker_restart(args: argparse.Namespace, env: dict[str, str], jobs: int, spread_s: float,
+                         down_s: float) -> Row:
+    """RabbitMQ stopped and started again under job load."""
+    counts = await _broker_outage(args, env, "launcher-broker.log", jobs, spread_s, down_s)
     return outage_row(BROKER_ROW, counts, jobs,
                       f"own RabbitMQ node; {ROWS_PER_JOB}-row jobs, {jobs // 2} at once and {jobs - jobs // 2} over "
                       f"{spread_s:g} s; stop_app, {down_s:g} s, start_app")
@@ -130,16 +138,8 @@ async def sidecar_in_broker_outage(args: argparse.Namespace, env: dict[str, str]
     """As :func:`broker_restart` with larger jobs (a backlog queued and running as the broker goes), and a sidecar
     killed (kill -9) at each of ``kills_at_s`` seconds into the outage: the launcher restarts it while the broker
     is still down, so it must start without one."""
-    with tempfile.TemporaryDirectory(prefix="chaos-rabbitmq-") as folder:
-        node = RabbitNode(Path(folder))
-        await asyncio.to_thread(node.start)
-        try:
-            env = {**env, "AMQP_URL": f"{node.url}?reconnect_interval=1", "JOB_QUEUE": f"chaos-{time.time_ns()}"}
-            counts = await _outage_of(args, env, "launcher-sidecar-broker.log", jobs, spread_s, down_s,
-                                      node.stop_app, node.start_app, lambda stack: kill_sidecars(stack, kills_at_s),
-                                      rows_per_job)
-        finally:
-            await asyncio.to_thread(node.close)
+    counts = await _broker_outage(args, env, "launcher-sidecar-broker.log", jobs, spread_s, down_s,
+                                  lambda stack: kill_sidecars(stack, kills_at_s), rows_per_job)
     return outage_row(SIDECAR_BROKER_ROW, counts, jobs,
                       f"own RabbitMQ node; {rows_per_job}-row jobs, {jobs // 2} at once and {jobs - jobs // 2} over "
                       f"{spread_s:g} s; stop_app, {down_s:g} s, start_app; the newest sidecar "
