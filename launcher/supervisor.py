@@ -9,9 +9,11 @@ A child that exits is started again, for as long as it takes: after a wait of
 ``max_backoff_s``, and is back to ``backoff_s`` once the child has run
 ``fast_exit_s``. One process failing never stops the others: a worker killed
 again and again (an out-of-memory killer) leaves the other workers and the
-gateway serving. The supervisor gives up only on a failure every member of a
-group hits the same way (a model that fails to load on every worker, a port in
-use): when each has exited within ``fast_exit_s`` of its start
+gateway serving. A child that exits with common.exit_codes.MODEL_BROKEN (a
+model that cannot start, which no restart would change) makes it give up at
+once, its last line naming the cause. Otherwise the supervisor gives up only on
+a failure every member of a group hits the same way (a port in use): when each
+has exited within ``fast_exit_s`` of its start
 ``max_fast_failures`` times in a row (a SIGKILL comes from outside: never
 counted). It then prints the last lines of output of the child that completed
 the count and why it gives up, stops the others, and ``run()`` returns 1. A
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.exit_codes import MODEL_BROKEN, MODEL_BROKEN_LINE
 from launcher.logs import LogPump
 from launcher.status import ProcessStatus, StatusFile
 
@@ -152,6 +155,9 @@ class Supervisor:
             start_failure = not ran_a_while and code != -signal.SIGKILL
             self._update(status, state="backing-off", pid=None, last_exit_code=code, last_exit_at=time.time(),
                          fast_failures=status.fast_failures + start_failure)
+            if code == MODEL_BROKEN:  # every start, on every worker, would fail the same way: stop at the first
+                self._give_up(child, f"{child.name}: {self._model_failure(child)}; stopping everything")
+                return
             if self._whole_group_fails(child):
                 self._give_up(child, self._give_up_reason(child, why))
                 return
@@ -164,6 +170,14 @@ class Supervisor:
     def _whole_group_fails(self, child: Child) -> bool:
         members = [c for c in self.children if c.group == child.group]
         return child.essential and all(c.status.fast_failures >= self._max_fast_failures for c in members)
+
+    @staticmethod
+    def _model_failure(child: Child) -> str:
+        """The cause a worker gave as its last word (common.exit_codes), or a plain one if it gave none."""
+        for line in reversed(child.logs.recent if child.logs is not None else ()):
+            if MODEL_BROKEN_LINE in line:
+                return MODEL_BROKEN_LINE + line.split(MODEL_BROKEN_LINE, 1)[1]
+        return f"exited with {exit_text(MODEL_BROKEN)}: the model cannot start"
 
     def _give_up_reason(self, child: Child, why: str) -> str:
         others = [c.name for c in self.children if c.group == child.group and c is not child]

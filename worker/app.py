@@ -7,7 +7,7 @@ with a fake runtime and no JAX.
 Start-up runs in the background: load, check, compile, then the example row
 end to end. Until it is done ``/health`` answers 503 ``loading``; if it fails,
 the traceback goes to the log, ``/health`` answers 503 ``failed`` with the
-error, and ``on_failure`` is called (the entry point then exits non-zero).
+error, and ``on_failure(error)`` is called (the entry point then exits non-zero).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class ServingState:
 
 def create_app(
     settings: WorkerSettings, runtime: Runtime, metrics: WorkerMetrics,
-    on_failure: Callable[[], None] | None = None, drain: Drain | None = None,
+    on_failure: Callable[[Exception], None] | None = None, drain: Drain | None = None,
 ) -> ASGIApp:
     """``drain``: while it is active (after SIGTERM), /health answers 503 "draining"; requests are still served."""
     state = ServingState()
@@ -99,7 +99,7 @@ def create_app(
             log.exception("model %s failed to start", model.name)
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             if on_failure is not None:
-                on_failure()
+                on_failure(exc)
             return
         state.predictor, state.metadata, state.status = predictor, metadata, "healthy"
         metrics.ready.set(1)

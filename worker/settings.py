@@ -35,7 +35,8 @@ class WorkerSettings(BaseSettings):
         None, ge=1, le=1, description="1: XLA's CPU kernels run on one thread each (unset: XLA decides)."
     )
     failed_exit_delay_s: float = Field(
-        3.0, ge=0, description="After the model fails to start, /health reports why this long, then the worker exits 1."
+        3.0, ge=0, description="After the model fails to start, /health reports why this long, then the worker exits "
+        "(78 when the model itself cannot start: the launcher does not restart it; else 1)."
     )
     drain_s: float = Field(
         2.0, ge=0,

@@ -1,5 +1,5 @@
-"""``python -m launcher`` when a worker fails: one that cannot start on any worker makes it say why, stop
-everything and exit non-zero; one worker killed again and again is restarted while the rest serves."""
+"""``python -m launcher`` when a worker fails: a model that cannot start makes it say why, stop everything at the
+first exit and exit non-zero; one worker killed again and again is restarted while the rest serves."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize(
-    ("model", "cause"),
+    ("model", "method", "cause"),
     [
-        ("tests.integration.broken_model:MissingWeights", "FileNotFoundError: /"),  # load() raises
-        ("worker.model:DoesNotExist", "ModelNotFound: MODEL=worker.model:DoesNotExist"),
+        ("tests.integration.broken_model:MissingWeights", "load", "FileNotFoundError: /"),  # load() raises
+        ("worker.model:DoesNotExist", "MODEL=worker.model:DoesNotExist",
+         "ModelNotFound: MODEL=worker.model:DoesNotExist"),
     ],
 )
-def test_a_worker_that_fails_at_start_makes_the_launcher_exit_non_zero_with_the_cause(model: str, cause: str) -> None:
+def test_a_broken_model_stops_the_launcher_at_its_first_exit_with_the_cause_last(model: str, method: str,
+                                                                                  cause: str) -> None:
     port = free_port_run(2)
     started = time.monotonic()
     result = subprocess.run(
@@ -38,12 +40,14 @@ def test_a_worker_that_fails_at_start_makes_the_launcher_exit_non_zero_with_the_
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result.stdout[-3000:]
     lines = result.stdout.splitlines()
-    reason = next(line for line in lines if "times in a row" in line)
-    assert reason.startswith("launcher | worker-0 exited with code 1 3 times in a row")
+    # A broken model is not restarted: it fails the same way every time, so the first exit stops the stack.
+    assert not any("restarting in" in line for line in lines), result.stdout[-3000:]
     # The worker's traceback is repeated with the launcher's reason, not lost among other children's lines.
     last_lines = lines.index(next(line for line in lines if line.startswith("launcher | last ")))
     assert any(cause in line for line in lines[last_lines:]), result.stdout[-3000:]
-    assert lines[-1].startswith("launcher | stopped: worker-0 exited")
+    # The last line names the model, the method and the cause.
+    assert lines[-1].startswith("launcher | stopped: worker-0: the model cannot start: "), lines[-1]
+    assert cause.split(":")[0] in lines[-1] and method in lines[-1], lines[-1]
     assert elapsed < 60, f"took {elapsed:.0f}s"
     with socket.socket() as sock:  # the gateway was stopped too: nothing listens on its port
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

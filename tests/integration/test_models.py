@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.exit_codes import MODEL_BROKEN, MODEL_BROKEN_LINE
 from tests.support import (
     JAX_CACHE_DIR,
     REPO,
@@ -155,12 +156,14 @@ def test_a_model_whose_load_raises_stops_its_worker_saying_why(tmp_path: Path) -
         failed = wait_until(lambda: (h := _health(port)) is not None and h.json()["status"] == "failed" and h,
                             60, "the failure to show")
         assert "weights.safetensors: no such file" in failed.json()["error"]
-        assert worker.wait(60) == 1
+        assert worker.wait(60) == MODEL_BROKEN  # no restart would help: the launcher stops at it
     finally:
         stop_process(worker)
     text = log.read_text()
     assert "Traceback" in text and "model missing-weights failed to start" in text
-    assert "model 'missing-weights' (tests.integration.broken_model:MissingWeights): load: failed" in text
+    last = text.strip().splitlines()[-1]
+    assert (MODEL_BROKEN_LINE + "model 'missing-weights' (tests.integration.broken_model:MissingWeights): load: failed"
+            in last), last
 
 
 def _health(port: int) -> httpx.Response | None:

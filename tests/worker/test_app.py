@@ -191,7 +191,7 @@ def test_a_model_that_fails_to_load_says_why_and_asks_to_exit(caplog: pytest.Log
     runtime = FakeRuntime()
     runtime.load_error = ContractError(SumModel, "load", "failed on /nowhere: FileNotFoundError: params.npz")
     failed = threading.Event()
-    with make_client(runtime, on_failure=failed.set) as client:
+    with make_client(runtime, on_failure=lambda error: failed.set()) as client:
         runtime.warm.set()
         assert failed.wait(10)
         health = client.get("/health")
