@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -72,3 +73,21 @@ def worker_env(port: int, worker_id: str = "0", **extra: str) -> dict[str, str]:
     }
 
 
+
+
+#: How far a float32 number may move when the same row is computed in another batch: XLA's kernels differ per
+#: batch size (bucket), so a matrix product may round its last bits differently. Not bitwise: about 1e-6 relative.
+FLOAT32_RTOL, FLOAT32_ATOL = 1e-5, 1e-6
+
+
+def same_answer(a: object, b: object) -> bool:
+    """Whether two JSON answers are the same, numbers within float32 rounding (FLOAT32_RTOL, FLOAT32_ATOL)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=FLOAT32_RTOL, abs_tol=FLOAT32_ATOL)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_answer(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_answer(a[key], b[key]) for key in a)
+    return a == b

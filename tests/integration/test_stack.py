@@ -25,6 +25,7 @@ from tests.support import (
     free_port,
     free_port_run,
     http_ok,
+    same_answer,
     start_process,
     stop_process,
     wait_until,
@@ -96,7 +97,9 @@ def test_batch_predict_answers_in_order(stack: Stack) -> None:
     response = httpx.post(f"{stack.url}/batch_predict", json=rows)
     assert response.status_code == 200
     one_by_one = [httpx.post(f"{stack.url}/predict", json=row).json() for row in rows[:3]] * 4
-    assert [answer["prediction"] for answer in response.json()] == [answer["prediction"] for answer in one_by_one]
+    # Alone and within a batch of 12 a row goes through kernels of different batch sizes: equal within float32.
+    assert same_answer([answer["prediction"] for answer in response.json()],
+                       [answer["prediction"] for answer in one_by_one])
 
 
 async def test_concurrent_rows_are_gathered_and_each_gets_its_own_answer(stack: Stack) -> None:
@@ -117,7 +120,7 @@ async def test_concurrent_rows_are_gathered_and_each_gets_its_own_answer(stack: 
                 for i, row in enumerate(rows)))
             assert [(a.status_code, a.headers["x-request-id"]) for a in answers] == [
                 (200, f"b{burst}-r{i}") for i in range(len(rows))]
-            assert [a.json()["prediction"] for a in answers] == [a["prediction"] for a in alone]
+            assert same_answer([a.json()["prediction"] for a in answers], [a["prediction"] for a in alone])
             assert [set(a.json()) for a in answers] == [set(a) for a in alone]
             if await gathered_calls() > before:
                 return
