@@ -35,6 +35,13 @@ SIDECAR_MODEL_CHECK_S, and every answer of the worker names its model
 (common.model_headers): once the worker serves another model (or version) the
 sidecar hands back every job it holds, untouched, and binds to the new model.
 
+Outages of the database, the broker or the store are not the job's failures
+(jobs.dependencies): a call that meets one is tried again, with the delivery
+held, for SIDECAR_DATABASE_RETRY_S or SIDECAR_STORE_RETRY_S; past that the job is
+handed back with the reason on its record, uncounted where the broker can, and a
+result already computed waits in the spool (jobs.spool) for its next delivery.
+No dependency's error ends a consumer or the sidecar.
+
 SIGTERM or SIGINT: stop taking jobs, give running ones SIDECAR_SHUTDOWN_GRACE_S
 to finish, hand back the rest to the broker, exit.
 """
