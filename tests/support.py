@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bench.stack import terminate as stop_process  # noqa: F401 - the tests' name for it
 
@@ -91,3 +92,13 @@ def same_answer(a: object, b: object) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same_answer(a[key], b[key]) for key in a)
     return a == b
+
+
+def require_postgres_server() -> None:
+    """Skip a test that needs a PostgreSQL server of its own when none is installed; fail under REQUIRE_DATABASE=1."""
+    from bench.outage_servers import postgres_bin
+
+    if postgres_bin() is None:
+        if os.environ.get("REQUIRE_DATABASE") == "1":
+            pytest.fail("REQUIRE_DATABASE=1 but the PostgreSQL server (initdb, postgres) is not installed")
+        pytest.skip("the PostgreSQL server (initdb, postgres) is not installed; REQUIRE_DATABASE=1 to fail")

@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from bench.chaos import BROKER_ROW, STORE_ROW
-from bench.outage_servers import postgres_bin, rabbitmq_bin, s3rver_bin
-from tests.support import JAX_CACHE_DIR, REPO
+from bench.outage_servers import rabbitmq_bin, s3rver_bin
+from tests.support import JAX_CACHE_DIR, REPO, require_postgres_server
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +64,7 @@ def test_quick_broker_and_store_outages_lose_no_job(tmp_path) -> None:
 def test_quick_database_outage_fails_no_job(tmp_path) -> None:
     """A PostgreSQL of the test's own stopped for 10 s under a trickle of jobs (embedded broker): every job done,
     right, /predict never failed, the stack still running."""
-    if postgres_bin() is None:
-        if os.environ.get("REQUIRE_DATABASE") == "1":
-            pytest.fail("REQUIRE_DATABASE=1 but the PostgreSQL server (initdb, postgres) is not installed")
-        pytest.skip("the PostgreSQL server (initdb, postgres) is not installed; REQUIRE_DATABASE=1 to fail")
+    require_postgres_server()
     result = subprocess.run(
         [sys.executable, "-m", "bench.chaos", "--quick", "--no-doc", "--scenarios", "database",
          "--db-brokers", "embedded", "--log-dir", str(tmp_path), "--jax-cache-dir", str(JAX_CACHE_DIR)],

@@ -27,7 +27,7 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from bench.outage_servers import PgServer, RabbitNode, S3Server, postgres_bin, rabbitmq_bin, s3rver_bin
+from bench.outage_servers import PgServer, RabbitNode, S3Server, rabbitmq_bin, s3rver_bin
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from jobs.broker import Broker, create_broker
@@ -38,7 +38,7 @@ from jobs.settings import JobsSettings
 from jobs.sidecar import Sidecar
 from jobs.store import ArtifactStore
 from tests.jobs.fake_worker import FAKE_MODEL, FakeWorker
-from tests.support import free_port, start_process
+from tests.support import free_port, require_postgres_server, start_process
 
 AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
 DATABASE_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
@@ -87,10 +87,7 @@ def s3_server(tmp_path: Path) -> Iterator[S3Server]:
 
 @pytest.fixture
 def pg_server(tmp_path: Path) -> Iterator[PgServer]:
-    if postgres_bin() is None:
-        if os.environ.get("REQUIRE_DATABASE") == "1":
-            pytest.fail("REQUIRE_DATABASE=1 but the PostgreSQL server (initdb, postgres) is not installed")
-        pytest.skip("the PostgreSQL server (initdb, postgres) is not installed; REQUIRE_DATABASE=1 to fail")
+    require_postgres_server()
     with PgServer(tmp_path / "postgres") as server:
         yield server
 
