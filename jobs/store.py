@@ -80,18 +80,17 @@ def model_key(model_name: str, version: str, name: str) -> str:
 
 class ArtifactStore:
     def __init__(self, store: LocalStore | S3Store, uri_prefix: str, root: Path | None = None, *,
-                 retry_s: float | None = None, outages: Outages | None = None) -> None:
+                 retry_s: float | None = None) -> None:
         self._store = store
         self.uri_prefix = uri_prefix
         self._root = root  # the local folder, None for S3
         self._retry_s = retry_s
-        #: Told of each outage as ``"store"`` (when the sidecar reports its dependencies), else None.
-        self.outages = outages
+        #: Told of each outage as ``"store"``: the sidecar sets its jobs.dependencies.Dependencies here.
+        self.outages: Outages | None = None
         self._logged_at = -_LOG_EVERY_S
 
     @classmethod
-    def from_settings(cls, settings: JobsSettings, *, retry_s: float | None = None,
-                      outages: Outages | None = None) -> ArtifactStore:
+    def from_settings(cls, settings: JobsSettings, *, retry_s: float | None = None) -> ArtifactStore:
         """``retry_s``: retry a failing store this long per call (a sidecar); None: fail fast (the gateway)."""
         if settings.s3_bucket:
             store = S3Store(
@@ -103,9 +102,9 @@ class ArtifactStore:
                 client_options={"allow_http": True},
                 retry_config=_PER_CALL,
             )
-            return cls(store, f"s3://{settings.s3_bucket}/", retry_s=retry_s, outages=outages)
+            return cls(store, f"s3://{settings.s3_bucket}/", retry_s=retry_s)
         root = (settings.jobs_dir / "store").resolve()
-        return cls(LocalStore(root, mkdir=True), f"file://{root}/", root, retry_s=retry_s, outages=outages)
+        return cls(LocalStore(root, mkdir=True), f"file://{root}/", root, retry_s=retry_s)
 
     @property
     def presigns(self) -> bool:

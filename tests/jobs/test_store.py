@@ -62,17 +62,17 @@ async def test_create_only_writes_once(tmp_path: Path) -> None:
 # Outages: a patient store (a sidecar's) waits one out for retry_s, in seconds; the gateway's fails fast.
 
 
-def s3_at(url: str, bucket: str = "jobs", retry_s: float | None = None,
-          outages: Dependencies | None = None) -> ArtifactStore:
+def s3_at(url: str, bucket: str = "jobs", retry_s: float | None = None) -> ArtifactStore:
     return ArtifactStore.from_settings(JobsSettings(
         s3_bucket=bucket, s3_endpoint_url=url, aws_access_key_id=S3Server.ACCESS_KEY,
         aws_secret_access_key=S3Server.ACCESS_KEY,
-    ), retry_s=retry_s, outages=outages)
+    ), retry_s=retry_s)
 
 
 async def test_a_patient_store_waits_an_outage_out(s3_server: S3Server) -> None:
     dependencies = Dependencies(CollectorRegistry())  # the sidecar's health
-    store = s3_at(s3_server.url, s3_server.bucket, retry_s=8.0, outages=dependencies)
+    store = s3_at(s3_server.url, s3_server.bucket, retry_s=8.0)
+    store.outages = dependencies  # as the sidecar wires it
     assert await store.put("jobs/a/input.json", b"rows")
     await asyncio.to_thread(s3_server.stop)
     # Many calls at once, as a sidecar's jobs make them: obstore's old count of retries (retry_s + 10, with
