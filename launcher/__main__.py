@@ -37,8 +37,7 @@ import httpx
 from launcher.gateways import MULTIPROC_ENV, forget_process, gateway_names, listen_socket, metrics_folder
 from launcher.gpus import device_env, list_gpus
 from launcher.stack_lock import FolderInUse, jobs_dir, lock_jobs_dir
-from launcher.status import FILE_NAME as STATUS_FILE
-from launcher.status import STATUS_ENV, StatusFile
+from launcher.status import STATUS_ENV, StatusFile, status_path
 from launcher.supervisor import Child, Supervisor
 
 
@@ -111,7 +110,7 @@ def build_children(
     if metrics_dir is not None:
         gateway_env[MULTIPROC_ENV] = str(metrics_dir)
     if jobs_folder is not None:  # the launcher writes its processes' state there (launcher/status.py)
-        gateway_env[STATUS_ENV] = str(jobs_folder / STATUS_FILE)
+        gateway_env[STATUS_ENV] = str(status_path(jobs_folder))
     children += [
         Child(name, [python, "-m", "gateway"], gateway_env, stop_rank=0, group="gateway",
               pass_fds=() if listen_fd is None else (listen_fd,),
@@ -208,7 +207,7 @@ async def _supervise(
     supervisor = Supervisor(
         build_children(args, gpus, listen_fd, metrics_dir, folder),
         fast_exit_s=args.fast_exit_s, max_fast_failures=args.max_fast_failures,
-        status_file=StatusFile(folder / STATUS_FILE),
+        status_file=StatusFile(status_path(folder)),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

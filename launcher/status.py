@@ -70,3 +70,8 @@ class StatusFile:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+
+def status_path(jobs_folder: Path) -> Path:
+    """Where a stack's launcher writes the file: in its job folder."""
+    return jobs_folder / FILE_NAME
