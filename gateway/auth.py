@@ -6,6 +6,9 @@ or plain keys hashed when the settings are read). A missing, malformed and
 wrong key all get the same 401, so an answer never says which part was wrong.
 The key's id (the first 12 hex digits of its digest, not a secret) goes into
 ``scope["state"]["key_id"]``: the access log shows it and jobs belong to it.
+``ADMIN_API_KEYS`` (same form) are valid keys too, and only they set
+``scope["state"]["admin"]``: the routes that change which model version serves
+need it (``is_admin``). With no keys at all everyone is an admin.
 
 Constant time enough: the presented key is hashed and its digest looked up in
 a dict. The lookup's timing (hash bucket, an early-exit ``==``) depends only on
@@ -26,7 +29,7 @@ import hashlib
 import hmac
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.middleware import Middleware
@@ -41,9 +44,9 @@ from gateway.rate_limit import RateLimiter
 if TYPE_CHECKING:  # the settings import hash_key from here
     from gateway.settings import GatewaySettings
 
-#: Probes (the gateway's own health, the protocol's liveness and readiness), the docs and the job page.
+#: Probes (the gateway's own health, the protocol's liveness and readiness), the docs, the job and model pages.
 OPEN_PATHS = frozenset({"/gateway/health", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json",
-                        "/jobs/ui"})
+                        "/jobs/ui", "/models/ui"})
 OPEN_PREFIX = "/docs/assets/"
 METRICS_PATH = "/metrics"
 RATE_LIMITED_MESSAGE = "this API key is over its rate limit; retry after the Retry-After seconds"
@@ -68,6 +71,12 @@ def key_id(hashed: str) -> str:
     return hashed.removeprefix("sha256:")[:12]
 
 
+def is_admin(scope: Scope) -> bool:
+    """Whether the request may change model versions: an admin key, or access control off."""
+    state = scope.get("state", {})
+    return "key_id" not in state or bool(state.get("admin"))
+
+
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     """The key a request carries, from ``Authorization: Bearer`` or ``X-API-Key``; None if neither."""
     for name, value in headers:
@@ -83,9 +92,12 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
 class AccessControl:
     def __init__(
         self, app: ASGIApp, *, api_keys: list[str], metrics_key: str | None, limiter: RateLimiter | None,
+        admin_keys: Sequence[str] = (),
     ) -> None:
         self.app = app
-        self._keys = {bytes.fromhex(hashed.removeprefix("sha256:")): key_id(hashed) for hashed in api_keys}
+        self._keys = {bytes.fromhex(hashed.removeprefix("sha256:")): key_id(hashed)
+                      for hashed in (*api_keys, *admin_keys)}
+        self._admins = frozenset(key_id(hashed) for hashed in admin_keys)
         self._metrics_key = bytes.fromhex(metrics_key.removeprefix("sha256:")) if metrics_key else None
         self._limiter = limiter
 
@@ -103,7 +115,9 @@ class AccessControl:
             if identity is None:
                 await self._refuse(scope, receive, send)
                 return
-            scope.setdefault("state", {})["key_id"] = identity
+            state = scope.setdefault("state", {})
+            state["key_id"] = identity
+            state["admin"] = identity in self._admins
             wait = self._limiter.take(identity) if self._limiter is not None else 0.0
             if wait > 0.0:
                 response = _error(scope, 429, "rate_limited", RATE_LIMITED_MESSAGE,
@@ -131,7 +145,7 @@ class AccessControl:
 def access_middleware(settings: GatewaySettings) -> list[Middleware]:
     """CORS (outside, so a browser's preflight needs no key) when origins are set, then access control."""
     limiter = None
-    if settings.api_keys and settings.rate_limit_per_s > 0:
+    if (settings.api_keys or settings.admin_api_keys) and settings.rate_limit_per_s > 0:
         limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     cors = [Middleware(
         CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST", "DELETE"],
@@ -139,7 +153,7 @@ def access_middleware(settings: GatewaySettings) -> list[Middleware]:
         expose_headers=["X-Request-ID", "Retry-After", "Location"],
     )] if settings.cors_allow_origins else []
     return [*cors, Middleware(AccessControl, api_keys=settings.api_keys, metrics_key=settings.metrics_api_key,
-                              limiter=limiter)]
+                              limiter=limiter, admin_keys=settings.admin_api_keys)]
 
 
 def _error(scope: Scope, status: int, code: str, message: str, headers: dict[str, str]) -> Response:

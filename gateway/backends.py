@@ -18,6 +18,13 @@ per-try timeout, a dropped connection) leaves rotation until a probe passes,
 so a worker whose /health is fine but whose predictions fail or hang stops
 taking requests between probes.
 
+Model versions: a worker's /health says which versions it serves (``serving``). Once the
+gateway knows what the registry wants served (``BackendPool.expect``, from the reconciler and
+the activation), a healthy worker joins rotation only when it serves that, and one serving the
+files it was started with (origin ``start``) stays out until it has been told the registry's
+state: a restarted worker never answers with its start files. A worker already in rotation stays
+in while an activation switches the workers one by one.
+
 Two balancers: round robin (the default) and least outstanding requests,
 which sends each request to the backend with the fewest in flight (ties in
 round-robin order), so a slow worker gets fewer requests instead of an equal share.
@@ -54,6 +61,8 @@ class Backend:
     info: dict[str, Any] = field(default_factory=dict)
     #: What its /metadata said: the served model's contract (fetched when the model changes).
     metadata: dict[str, Any] | None = None
+    #: Kept out of rotation while healthy: it serves its start files, not what the registry wants.
+    held: bool = False
 
     def needs_metadata(self) -> bool:
         """Healthy, and the metadata is missing or of another model than /health reports."""
@@ -65,6 +74,21 @@ class Backend:
     @property
     def healthy(self) -> bool:
         return self.state is BackendState.HEALTHY
+
+    @property
+    def in_rotation(self) -> bool:
+        """Takes requests: healthy and not held (see the module docstring)."""
+        return self.healthy and not self.held
+
+    @property
+    def model_name(self) -> str | None:
+        return self.info.get("model_name")
+
+    @property
+    def serving(self) -> dict[str, Any] | None:
+        """The versions it serves, as its /health reports them; None from a worker that does not manage versions."""
+        serving = self.info.get("serving")
+        return serving if isinstance(serving, dict) else None
 
     def record_probe(self, ok: bool, info: dict[str, Any] | None = None, error: str | None = None) -> None:
         self.last_probe_at = time.time()
@@ -116,7 +140,17 @@ class Backend:
             "model_name": self.info.get("model_name"),
             "model_version": self.info.get("model_version"),
             "device": self.info.get("device"),
+            "serving": self.serving,
+            "in_rotation": self.in_rotation,
         }
+
+
+def serves(serving: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """Whether a worker's reported serving state is the registry's: the same versions, share and loaded flag."""
+    if serving.get("origin") == "start":
+        return False
+    keys = ("active", "canary", "loaded") + (("canary_traffic",) if expected.get("canary") else ())
+    return all(serving.get(key) == expected.get(key) for key in keys)
 
 
 class NoHealthyBackend(Exception):
@@ -140,6 +174,10 @@ class BackendPool:
         self._max_in_flight = max_in_flight
         self._least_outstanding = balancer == "least_outstanding"
         self._next = 0
+        #: Per model name, the serving state the registry wants (active, canary, canary_traffic, loaded).
+        self._expected: dict[str, dict[str, Any]] = {}
+        #: Until the registry has been asked once (or failed to answer), a worker on its start files waits.
+        self.registry_checked = False
 
     @property
     def backends(self) -> list[Backend]:
@@ -150,11 +188,40 @@ class BackendPool:
         known = {backend.url: backend for backend in self._backends}
         self._backends = [known.get(url) or Backend(url=url, source=source) for url, source in wanted]
 
+    def expect(self, model_name: str, state: dict[str, Any]) -> None:
+        """What the registry wants ``model_name``'s workers to serve; every backend is reviewed against it."""
+        self._expected[model_name] = dict(state)
+        for backend in self._backends:
+            self.review(backend)
+
+    def expected(self, model_name: str) -> dict[str, Any] | None:
+        return self._expected.get(model_name)
+
+    def review(self, backend: Backend) -> None:
+        """Hold a healthy backend out of rotation while it serves its start files and the registry wants
+        something (or has not been asked yet); let it in once it serves what the registry wants.
+
+        A backend in rotation whose versions differ while on registry versions stays in: an activation
+        switches the workers one after the other, and the reconciler pushes a stale one within a round.
+        """
+        serving = backend.serving
+        if not backend.healthy:
+            return
+        expected = self._expected.get(backend.model_name or "")
+        if serving is None:
+            backend.held = False
+        elif expected is None:
+            backend.held = not self.registry_checked and serving.get("origin") == "start"
+        elif serves(serving, expected):
+            backend.held = False
+        elif serving.get("origin") == "start":
+            backend.held = True
+
     def choose(
         self, exclude: frozenset[Backend] | set[Backend] = frozenset(), least_outstanding: bool = False
     ) -> Backend:
         """The next healthy backend with room, by the balancer (or least outstanding when asked); raises if none."""
-        candidates = [b for b in self._backends if b.healthy and b not in exclude]
+        candidates = [b for b in self._backends if b.in_rotation and b not in exclude]
         if not candidates:
             raise NoHealthyBackend("no healthy worker")
         if self._least_outstanding or least_outstanding:
@@ -183,5 +250,5 @@ class BackendPool:
         return found[max(counts, key=counts.__getitem__)] if counts else None
 
     def summary(self) -> tuple[int, int]:
-        """(alive, total)."""
-        return sum(b.healthy for b in self._backends), len(self._backends)
+        """(alive, total): alive are the backends in rotation."""
+        return sum(b.in_rotation for b in self._backends), len(self._backends)

@@ -57,10 +57,11 @@ class HealthChecker:
             backend.record_missed_probe(f"no answer to /health: {type(exc).__name__}", self._misses_to_eject)
         except (httpx.HTTPError, ValueError) as exc:
             backend.record_probe(False, error=f"{type(exc).__name__}: {exc}")
+        self._pool.review(backend)
         if backend.state is not before:
             level = logging.INFO if backend.state is BackendState.HEALTHY else logging.WARNING
             log.log(level, "worker %s is %s (%s)", backend.url, backend.state.value, backend.last_error or "ok")
-        self._metrics.backend_up.labels(backend.url).set(1 if backend.healthy else 0)
+        self._metrics.backend_up.labels(backend.url).set(1 if backend.in_rotation else 0)
         if backend.needs_metadata():
             await self.fetch_metadata(backend)
 

@@ -108,6 +108,12 @@ class GatewaySettings(BaseSettings):
         description="API keys, comma separated: sha256:<hex> digests, or plain keys (hashed when read, never kept). "
         "Empty: access control is off.",
     )
+    admin_api_keys: CommaSeparated = Field(
+        default_factory=list,
+        description="Admin API keys, in the form of API_KEYS: only they may upload, activate, roll back, load or "
+        "unload model versions (403 for other keys); valid for every other route too. Setting them turns access "
+        "control on.",
+    )
     metrics_api_key: str | None = Field(
         None, description="The one key /metrics takes (sha256:<hex> or plain); unset: /metrics is open."
     )
@@ -132,6 +138,20 @@ class GatewaySettings(BaseSettings):
         None,
         description="The JSON file where the launcher (make run) writes the state of the processes it supervises "
         "(restarts, last exit, backoff), shown in /gateway/info and /metrics; set by the launcher. Unset: not shown.",
+    )
+    activation_timeout_s: float = Field(
+        60.0, gt=0,
+        description="Deadline of a model version change: every worker loads and checks the version (and compiles "
+        "what new shapes need) within it, else nothing changes anywhere.",
+    )
+    model_reconcile_s: float = Field(
+        2.0, gt=0,
+        description="Seconds between two rounds of the reconciler: a worker whose versions differ from the "
+        "registry's is pushed the registry's state; pending promotions of train jobs are run.",
+    )
+    model_max_artifact_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1,
+        description="Largest model version (its files together) the gateway takes in an upload or from a worker.",
     )
     log_level: str = Field("info", description="Python log level.")
     access_log: bool = Field(True, description="One JSON line per request.")
@@ -163,7 +183,7 @@ class GatewaySettings(BaseSettings):
             raise ValueError(f"REQUEST_ID_CHARS is not a character class: {exc}") from None
         return value
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_api_keys")
     @classmethod
     def _hash_api_keys(cls, value: list[str]) -> list[str]:
         return [hash_key(entry) for entry in value]
