@@ -86,6 +86,52 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN earlier_runs TEXT
     """,
+    # 4: model versions (jobs.registry): the last number handed out per model, the committed versions, every
+    # change of what a model serves (the newest row is the state), the promotions a train job asks for; and
+    # whether a job promotes the version it makes. IF NOT EXISTS: a database that lost only the job tables
+    # (restarted from an older copy) migrates again over the registry's.
+    """
+    CREATE TABLE IF NOT EXISTS model_version_numbers (
+        model_name TEXT PRIMARY KEY,
+        last INTEGER NOT NULL,
+        claimed_at BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS model_versions (
+        model_name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at BIGINT NOT NULL,
+        source TEXT NOT NULL,
+        job_id TEXT,
+        trained_from TEXT,
+        manifest TEXT NOT NULL,
+        PRIMARY KEY (model_name, version)
+    );
+    CREATE TABLE IF NOT EXISTS model_activations (
+        model_name TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        action TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        canary INTEGER,
+        canary_traffic INTEGER NOT NULL,
+        loaded INTEGER NOT NULL,
+        previous_active INTEGER,
+        by_key TEXT,
+        PRIMARY KEY (model_name, generation)
+    );
+    CREATE TABLE IF NOT EXISTS model_promotions (
+        job_id TEXT PRIMARY KEY,
+        model_name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        requested_at BIGINT NOT NULL,
+        taken_at BIGINT,
+        finished_at BIGINT
+    );
+    CREATE INDEX IF NOT EXISTS model_promotions_pending ON model_promotions (state, requested_at, job_id);
+    ALTER TABLE jobs ADD COLUMN promote INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,10 @@
     ├── JobNotFinished      409   result asked for before the job succeeded
     ├── JobAlreadyFinished  409   cancel of a finished job
     ├── JobNotFailed        409   retry of a job that is not failed
+    ├── VersionNotFound     404   no such model version (jobs.registry)
+    ├── InvalidVersion      422   a version's files, names or serving state are not acceptable
+    ├── CorruptVersion      422   a version's file in the store does not match its manifest (size, sha256)
+    ├── ActivationConflict  409   another change of a model's serving state got there first
     └── JobsUnavailable     503   the broker, the store or the job database did not answer (Retry-After)
         └── DependencyRefused 503 it answered with a refusal that trying again would not change
 
@@ -63,6 +67,28 @@ class JobAlreadyFinished(JobError):
 class JobNotFailed(JobError):
     status_code = 409
     code = "job_not_failed"
+
+
+class VersionNotFound(JobError):
+    status_code = 404
+    code = "version_not_found"
+
+
+class InvalidVersion(JobError):
+    status_code = 422
+    code = "invalid_version"
+
+
+class CorruptVersion(JobError):
+    """Nothing may load it: the store lost or changed a file since the version was registered."""
+
+    status_code = 422
+    code = "corrupt_version"
+
+
+class ActivationConflict(JobError):
+    status_code = 409
+    code = "activation_in_progress"
 
 
 class JobsUnavailable(JobError):

@@ -155,6 +155,17 @@ class JobsSettings(BaseSettings):
     embedded_poll_interval_s: float = Field(
         0.05, gt=0, description="Embedded broker: how often an idle consumer looks for new messages."
     )
+    promotion_timeout_s: float = Field(
+        120.0, gt=0, description="How long a train job with \"promote\": true waits for a gateway to activate its "
+        "version; past it the job succeeds with \"promoted\": false and why.",
+    )
+    promotion_poll_s: float = Field(
+        0.5, gt=0, description="How often a train job waiting for its promotion reads its outcome.",
+    )
+    registry_claim_stale_s: float = Field(
+        600.0, gt=0, description="A model's first version claimed this long ago and still not registered (its "
+        "process died) may be registered by another process.",
+    )
     job_task_modules: CommaSeparated = Field(
         default_factory=list,
         description="Extra modules imported at start-up to register task types, comma separated.",
