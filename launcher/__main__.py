@@ -155,7 +155,7 @@ async def announce_when_ready(supervisor: Supervisor, url: str, workers: int, wo
                 pass
             await asyncio.sleep(0.5)
     body = json.dumps(example, separators=(", ", ": "))
-    key = ' -H "Authorization: Bearer $API_KEY"' if keyed else ""
+    key = ' -H "Authorization: Bearer $MY_KEY"' if keyed else ""
     supervisor.say(
         f"ready in {time.monotonic() - started:.1f}s: {workers} worker(s) behind {url}\n"
         f"  docs:    {url}/docs\n"

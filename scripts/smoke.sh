@@ -2,8 +2,9 @@
 # Curl a running stack, as the original template's `make test` did: exits non-zero on the first failure.
 set -euo pipefail
 URL="${GATEWAY_URL:-http://127.0.0.1:8080}"
-# The key of a gateway with access control on: $API_KEY, else the one `make up` wrote into .env.
-API_KEY="${API_KEY:-$(sed -n 's/^API_KEY=//p' .env 2>/dev/null || true)}"
+# The key of a gateway with access control on: $API_KEY, else $MY_KEY (the README's and the launcher's
+# name for it), else the one `make up` wrote into .env.
+API_KEY="${API_KEY:-${MY_KEY:-$(sed -n 's/^API_KEY=//p' .env 2>/dev/null || true)}}"
 AUTH=()
 if [[ -n "$API_KEY" ]]; then AUTH=(-H "Authorization: Bearer $API_KEY"); fi
 
