@@ -8,6 +8,11 @@ Start-up runs in the background: load, check, compile, then the example row
 end to end. Until it is done ``/health`` answers 503 ``loading``; if it fails,
 the traceback goes to the log, ``/health`` answers 503 ``failed`` with the
 error, and ``on_failure(error)`` is called (the entry point then exits non-zero).
+
+Once started, the worker serves its start artifacts as the contract's version;
+a gateway may then send it other versions and switch between them
+(worker/versions.py, worker/admin_routes.py). Every answer names the version
+that computed it (``X-Model-Version``), and ``/health`` says what serves.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from starlette.types import ASGIApp
 from common import binary_rows
 from common.draining import Drain
 from common.model_headers import model_headers
-from worker.batcher import Batcher
+from worker.admin_routes import admin_routes
+from worker.batcher import Batcher, Target
 from worker.contract import Model, TensorSpec, model_import_path
 from worker.errors import NotReady, StartFailed, WorkerError
 from worker.hot_routes import REQUEST_ID_HEADER, HotRoutes, PredictionRoute, read_body
@@ -42,12 +48,15 @@ from worker.predictor import Predictor
 from worker.protocol_routes import protocol_routes
 from worker.responses import error_response, json_response, protocol_error
 from worker.settings import WorkerSettings
+from worker.versions import Versions
 
 log = logging.getLogger(__name__)
 BINARY_ROWS = binary_rows.CONTENT_TYPE.encode()
 
 
 class Runtime(Protocol):
+    """worker/runtime.py's ModelRuntime; loading other versions also needs what worker/versions.py names."""
+
     model: Model
     device: str
 
@@ -56,9 +65,10 @@ class Runtime(Protocol):
 
 
 class ServingState:
-    """Where start-up is: loading, ready (with the predictor and metadata) or failed (with why)."""
+    """Where start-up is: loading, ready (with the predictor and metadata) or failed (with why); the versions."""
 
-    def __init__(self) -> None:
+    def __init__(self, versions: Versions) -> None:
+        self.versions = versions
         self.status = "loading"
         self.error: str | None = None
         self.predictor: Predictor | None = None
@@ -77,7 +87,9 @@ def create_app(
     on_failure: Callable[[Exception], None] | None = None, drain: Drain | None = None,
 ) -> ASGIApp:
     """``drain``: while it is active (after SIGTERM), /health answers 503 "draining"; requests are still served."""
-    state = ServingState()
+    model = runtime.model
+    versions = Versions(runtime, str(model.version), settings.model_artifacts, settings.worker_versions_dir)
+    state = ServingState(versions)
     drain = drain or Drain()
     batcher = Batcher(
         runtime.infer,
@@ -86,14 +98,14 @@ def create_app(
         max_queue_rows=settings.max_queue_rows,
         metrics=metrics,
     )
-    model = runtime.model
 
     async def start_model() -> None:
         try:
             outputs = await asyncio.to_thread(runtime.load_and_warm_up)
             predictor = Predictor(model, outputs, batcher, worker_id=settings.worker_id,
                                   max_rows_per_request=settings.max_rows_per_request)
-            await predictor.check_example()
+            start_target = Target(runtime.infer, versions.active)
+            await predictor.check_example(start_target)
             metadata = build_metadata(model, outputs, model_import_path(type(model)))
         except Exception as exc:
             log.exception("model %s failed to start", model.name)
@@ -101,6 +113,7 @@ def create_app(
             if on_failure is not None:
                 on_failure(exc)
             return
+        versions.started(predictor, start_target)
         state.predictor, state.metadata, state.status = predictor, metadata, "healthy"
         metrics.ready.set(1)
         log.info("worker %s ready", settings.worker_id)
@@ -114,8 +127,10 @@ def create_app(
         finally:
             start_task.cancel()
             await batcher.stop()
+            versions.close()
 
-    identity = model_headers(str(model.name), str(model.version))  # which model answered (jobs check it)
+    def active_version() -> str:
+        return versions.active
 
     def handler(route: str, fn: Callable[[Request], Awaitable[Response]]):
         async def endpoint(request: Request) -> Response:
@@ -130,7 +145,9 @@ def create_app(
                 response = error_response(WorkerError("unexpected error, see the worker log"), request_id)
             if request_id:
                 response.headers[REQUEST_ID_HEADER] = request_id
-            response.headers.update(identity)
+            # Which model answered (jobs check it): the version that computed an answer, else the active one.
+            for name, value in model_headers(str(model.name), versions.active).items():
+                response.headers.setdefault(name, value)
             metrics.requests.labels(route, str(response.status_code)).inc()
             metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
             return response
@@ -141,20 +158,23 @@ def create_app(
         declared = request.headers.get("content-length")
         return await read_body(request.receive, declared, settings.max_body_bytes)
 
-    async def predict(body: bytes, content_type: bytes) -> dict[str, Any]:
+    async def predict(body: bytes, content_type: bytes) -> tuple[dict[str, Any], str]:
         predictor = state.require_ready()
-        [answer] = await predictor.predict(predictor.parse_one(body))
-        return answer
+        rows = predictor.parse_one(body)
+        version = versions.choose()
+        [answer] = await predictor.predict(rows, version.target)
+        return answer, version.label
 
-    async def batch_predict(body: bytes, content_type: bytes) -> list[dict[str, Any]]:
+    async def batch_predict(body: bytes, content_type: bytes) -> tuple[list[dict[str, Any]], str]:
         predictor = state.require_ready()
         binary = content_type.partition(b";")[0].strip().lower() == BINARY_ROWS
-        return await predictor.predict(predictor.parse_binary(body) if binary else predictor.parse_many(body))
+        rows = predictor.parse_binary(body) if binary else predictor.parse_many(body)
+        version = versions.choose()  # a request's rows all go to one version
+        return await predictor.predict(rows, version.target), version.label
 
     hot = {
-        "/predict": PredictionRoute("/predict", predict, metrics, settings.max_body_bytes, identity),
-        "/batch_predict": PredictionRoute("/batch_predict", batch_predict, metrics, settings.max_body_bytes,
-                                          identity),
+        route: PredictionRoute(route, fn, metrics, settings.max_body_bytes, str(model.name), active_version)
+        for route, fn in (("/predict", predict), ("/batch_predict", batch_predict))
     }
 
     async def health(request: Request) -> Response:
@@ -166,7 +186,8 @@ def create_app(
             "device": runtime.device,
             "model_loaded": state.predictor is not None,
             "model_name": model.name,
-            "model_version": model.version,
+            "model_version": versions.active,
+            "serving": versions.state(),
             "input_shape": list(model.input_shape or ()),
             "queued_rows": batcher.queued_rows,
             "pid": os.getpid(),
@@ -176,12 +197,12 @@ def create_app(
 
     async def metadata(request: Request) -> Response:
         state.require_ready()
-        return json_response(state.metadata)
+        return json_response({**(state.metadata or {}), "versions": versions.serving, "version": versions.active})
 
     async def index(request: Request) -> Response:
         return json_response(
             {
-                "message": f"JAX inference worker serving {model.name} v{model.version}",
+                "message": f"JAX inference worker serving {model.name} v{versions.active}",
                 "worker_id": settings.worker_id,
                 "docs": "/docs",
                 "health": "/health",
@@ -198,7 +219,9 @@ def create_app(
         Route("/metrics", metrics_endpoint),
         # POST never reaches these two (HotRoutes takes it); they answer other methods with 405.
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
-        *protocol_routes(model, state, read_request_body, settings.max_rows_per_request, handler),
+        *protocol_routes(model, state, read_request_body, settings.max_rows_per_request, handler, metrics),
+        *admin_routes(str(model.name), versions, settings.worker_max_artifact_bytes, settings.max_body_bytes,
+                      handler),
     ]
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

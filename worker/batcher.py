@@ -7,6 +7,11 @@ the next batch is naturally as large as the load: an idle batcher never waits
 for company. Only when the previous batch held several requests (a sign of
 concurrent load) does it wait up to ``timeout_s`` to fill the batch.
 
+Each request names the :class:`Target` that computes its rows (a model
+version's parameters, chosen per request): a batch holds rows of one target
+only, so rows of two versions never share a model call, and a version swapped
+in takes effect between two batches.
+
 This module imports no JAX: ``infer`` is any function from an ``(n, ...)``
 array to a dict of arrays with leading axis ``n``.
 """
@@ -18,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,13 +34,22 @@ Outputs = Mapping[str, np.ndarray]
 InferFn = Callable[[np.ndarray], Outputs]
 
 
+@dataclass(frozen=True, eq=False)
+class Target:
+    """What computes a batch: the model call, and the version its metrics name. Compared by identity."""
+
+    infer: InferFn
+    version: str = ""
+
+
 class _Pending:
     """One caller's rows and the future that gets their outputs (a plain slotted class: one per request)."""
 
-    __slots__ = ("rows", "future", "enqueued_at", "parts", "taken")
+    __slots__ = ("rows", "target", "future", "enqueued_at", "parts", "taken")
 
-    def __init__(self, rows: np.ndarray, future: asyncio.Future[dict[str, np.ndarray]]) -> None:
+    def __init__(self, rows: np.ndarray, target: Target, future: asyncio.Future[dict[str, np.ndarray]]) -> None:
         self.rows = rows
+        self.target = target
         self.future = future
         self.enqueued_at = time.monotonic()
         # Outputs gathered so far when the rows span several batches.
@@ -52,7 +67,7 @@ class Batcher:
         max_queue_rows: int,
         metrics: WorkerMetrics | None = None,
     ) -> None:
-        self._infer = infer
+        self._default_target = Target(infer)
         self._max_batch_size = max_batch_size
         self._timeout_s = timeout_s
         self._max_queue_rows = max_queue_rows
@@ -81,13 +96,16 @@ class Batcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Queue ``rows`` (leading batch axis) and wait for their outputs, in order."""
+    async def submit(self, rows: np.ndarray, target: Target | None = None) -> dict[str, np.ndarray]:
+        """Queue ``rows`` (leading batch axis) and wait for their outputs, in order.
+
+        ``target``: what computes them; default: the ``infer`` the batcher was made with.
+        """
         if self._stopping:
             raise QueueFull("the worker is shutting down")
         if self._queued_rows + len(rows) > self._max_queue_rows:
             raise QueueFull(f"batch queue holds {self._queued_rows} rows (limit {self._max_queue_rows})")
-        pending = _Pending(rows, asyncio.get_running_loop().create_future())
+        pending = _Pending(rows, target or self._default_target, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._queued_rows += len(rows)
         self._wakeup.set()
@@ -121,14 +139,23 @@ class Batcher:
             except asyncio.TimeoutError:
                 return
 
-    def _take_batch(self) -> list[tuple[_Pending, int, int]]:
-        """Slices ``(pending, start, stop)`` of at most ``max_batch_size`` rows, FIFO."""
-        batch, room = [], self._max_batch_size
+    def _take_batch(self) -> tuple[Target | None, list[tuple[_Pending, int, int]]]:
+        """Slices ``(pending, start, stop)`` of at most ``max_batch_size`` rows of one target, FIFO.
+
+        Requests of another target than the first one's keep their place at the head of the queue.
+        """
+        batch, room, target = [], self._max_batch_size, None
+        passed: list[_Pending] = []
         while self._queue and room:
             pending = self._queue[0]
             if pending.future.done():  # its caller went away: skip what is left of it
                 self._queue.popleft()
                 self._queued_rows -= len(pending.rows) - pending.taken
+                continue
+            if target is None:
+                target = pending.target
+            elif pending.target is not target:
+                passed.append(self._queue.popleft())
                 continue
             start = pending.taken
             stop = min(len(pending.rows), start + room)
@@ -138,18 +165,19 @@ class Batcher:
             self._queued_rows -= stop - start
             if stop == len(pending.rows):
                 self._queue.popleft()
-        return batch
+        self._queue.extendleft(reversed(passed))
+        return target, batch
 
     async def _run_one_batch(self) -> None:
-        batch = self._take_batch()
-        if not batch:
+        target, batch = self._take_batch()
+        if target is None or not batch:
             return
         self._last_batch_requests = len(batch)
         now = time.monotonic()
         rows = np.concatenate([p.rows[start:stop] for p, start, stop in batch])
         started = time.monotonic()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, rows)
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, target.infer, rows)
             _check_lengths(outputs, len(rows))
         except Exception as exc:  # noqa: BLE001 - the error goes to each caller as data
             failure = BatchFailed(f"model call failed for a batch of {len(rows)} rows: {exc!r}")
@@ -162,6 +190,7 @@ class Batcher:
                     size=len(rows),
                     compute_s=time.monotonic() - started,
                     waits_s=[now - p.enqueued_at for p, start, _ in batch if start == 0],
+                    version=target.version,
                 )
         offset = 0
         for pending, start, stop in batch:

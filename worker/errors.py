@@ -3,9 +3,15 @@
     WorkerError
     ├── MalformedRequest   400  the body is not JSON
     ├── MalformedBody      400  a binary rows body whose header or length is wrong (common/binary_rows.py)
+    ├── InvalidVersion     400  a version label that is not 1-64 letters, digits, '.', '_' or '-'
+    ├── ModelUnloaded      404  the model was unloaded (OIP unload): nothing serves predictions
+    ├── VersionNotServed   404  a version asked for by name is not loaded as active or canary
+    ├── WrongModel         409  a version sent for another model than the one served
+    ├── VersionConflict    409  a serving change names a version not loaded, or drops one that serves
     ├── PayloadTooLarge    413  too many bytes or rows
     ├── ClientGone         499  the client left before its body arrived (logged, never answered)
     ├── InvalidInput       422  rows of the wrong shape, type or value, or with NaN / Infinity
+    ├── VersionRefused     422  a version that fails a check (load, trace, outputs, example); nothing changed
     ├── QueueFull          503  the batcher is at its bound (sent with Retry-After)
     ├── NotReady           503  the model is still loading or warming up
     ├── StartFailed        503  the model failed to load or broke the contract (the worker exits)
@@ -35,6 +41,39 @@ class MalformedRequest(WorkerError):
 class MalformedBody(WorkerError):
     status_code = 400
     code = "malformed_body"
+
+
+class InvalidVersion(WorkerError):
+    status_code = 400
+    code = "invalid_version"
+
+
+class ModelUnloaded(WorkerError):
+    status_code = 404
+    code = "model_unloaded"
+
+
+class VersionNotServed(WorkerError):
+    status_code = 404
+    code = "version_not_loaded"
+
+
+class WrongModel(WorkerError):
+    status_code = 409
+    code = "wrong_model"
+
+
+class VersionConflict(WorkerError):
+    status_code = 409
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class VersionRefused(WorkerError):
+    status_code = 422
+    code = "version_refused"
 
 
 class PayloadTooLarge(WorkerError):

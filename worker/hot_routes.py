@@ -21,14 +21,15 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.asgi_body import BodyAborted, BodyTooLarge, read_asgi_body
+from common.model_headers import model_headers
 from worker.errors import ClientGone, PayloadTooLarge, WorkerError
 from worker.metrics import WorkerMetrics
 from worker.responses import error_response
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
-#: ``handle(body, content_type)`` -> the JSON answer.
-Handle = Callable[[bytes, bytes], Awaitable[Any]]
+#: ``handle(body, content_type)`` -> the JSON answer and the model version that computed it.
+Handle = Callable[[bytes, bytes], Awaitable[tuple[Any, str]]]
 
 
 async def read_body(receive: Receive, declared: str | bytes | None, limit: int) -> bytes:
@@ -46,14 +47,16 @@ async def read_body(receive: Receive, declared: str | bytes | None, limit: int) 
 class PredictionRoute:
     """One POST route as an ASGI app: body within the limit, ``handle``, a JSON answer, counted.
 
-    ``identity``: headers every answer carries (the model that computed it, common/model_headers.py).
+    Every answer names the model that computed it (common/model_headers.py): an answer its version,
+    an error the version serving then (``serving_version()``).
     """
 
     def __init__(self, route: str, handle: Handle, metrics: WorkerMetrics, max_body_bytes: int,
-                 identity: Mapping[str, str]) -> None:
+                 model_name: str, serving_version: Callable[[], str]) -> None:
         self._route = route
-        self._identity = dict(identity)
-        self._identity_raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in identity.items()]
+        self._model_name = model_name
+        self._serving_version = serving_version
+        self._by_version: dict[str, tuple[list[tuple[bytes, bytes]], Any]] = {}
         self._handle = handle
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
@@ -72,18 +75,31 @@ class PredictionRoute:
                 declared = value
         try:
             body = await read_body(receive, declared, self._max_body_bytes)
-            payload = orjson.dumps(await self._handle(body, content_type or b""))
+            answer, version = await self._handle(body, content_type or b"")
+            payload = orjson.dumps(answer)
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the envelope
             await self._error(exc, request_id, started, scope, receive, send)
             return
+        identity, predictions = self._version(version)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                   *self._identity_raw]
+                   *identity]
         if request_id:
             headers.append((b"x-request-id", request_id))
         self._ok.inc()
+        predictions.inc()
         self._seconds.observe(time.perf_counter() - started)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+    def _version(self, version: str) -> tuple[list[tuple[bytes, bytes]], Any]:
+        """A version's raw identity headers and its predictions counter, made once per version."""
+        known = self._by_version.get(version)
+        if known is None:
+            headers = model_headers(self._model_name, version).items()
+            known = ([(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers],
+                     self._metrics.predictions.labels(self._route, version))
+            self._by_version[version] = known
+        return known
 
     async def _error(self, exc: Exception, request_id: bytes | None, started: float, scope: Scope,
                      receive: Receive, send: Send) -> None:
@@ -94,7 +110,7 @@ class PredictionRoute:
         response = error_response(exc, rid)
         if rid:
             response.headers[REQUEST_ID_HEADER] = rid
-        response.headers.update(self._identity)
+        response.headers.update(model_headers(self._model_name, self._serving_version()))
         self._metrics.requests.labels(self._route, str(response.status_code)).inc()
         self._seconds.observe(time.perf_counter() - started)
         await response(scope, receive, send)

@@ -1,4 +1,8 @@
-"""Prometheus metrics of one worker, in a registry of its own (no globals)."""
+"""Prometheus metrics of one worker, in a registry of its own (no globals).
+
+What counts predictions, rows and their time carries a ``version`` label: the model version that
+computed them (two can serve at once: an active one and a canary).
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,12 @@ class WorkerMetrics:
             "worker_request_duration_seconds", "Time to answer a request.", ["route"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self.predictions = Counter(
+            "worker_predictions", "Prediction requests answered, by route and the version that computed them.",
+            ["route", "version"], registry=self.registry,
+        )
         self.batch_size = Histogram(
-            "worker_batch_size", "Rows per model call, before padding.",
+            "worker_batch_size", "Rows per model call, before padding, by version.", ["version"],
             buckets=size_buckets, registry=self.registry,
         )
         self.padding_fraction = Histogram(
@@ -30,11 +38,11 @@ class WorkerMetrics:
             buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0), registry=self.registry,
         )
         self.queue_wait = Histogram(
-            "worker_queue_wait_seconds", "Time a request waited in the batch queue.",
+            "worker_queue_wait_seconds", "Time a request waited in the batch queue, by version.", ["version"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.compute_seconds = Histogram(
-            "worker_batch_compute_seconds", "Model call time per batch.",
+            "worker_batch_compute_seconds", "Model call time per batch, by version.", ["version"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.compilations = Counter(
@@ -43,8 +51,9 @@ class WorkerMetrics:
         )
         self.ready = Gauge("worker_ready", "1 once the model is loaded and warm.", registry=self.registry)
 
-    def observe_batch(self, *, size: int, compute_s: float, waits_s: Iterable[float]) -> None:
-        self.batch_size.observe(size)
-        self.compute_seconds.observe(compute_s)
+    def observe_batch(self, *, size: int, compute_s: float, waits_s: Iterable[float], version: str = "") -> None:
+        self.batch_size.labels(version).observe(size)
+        self.compute_seconds.labels(version).observe(compute_s)
+        queue_wait = self.queue_wait.labels(version)
         for wait in waits_s:
-            self.queue_wait.observe(wait)
+            queue_wait.observe(wait)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from common import binary_rows
 from common.json_errors import NON_FINITE_MESSAGE, has_non_finite_numbers
 from common.rows import PredictRow, is_plain_row_envelope, nested_shape, validation_message
-from worker.batcher import Batcher
+from worker.batcher import Batcher, Target
 from worker.contract import ContractError, Model, TensorSpec, example_row
 from worker.errors import InvalidInput, MalformedBody, MalformedRequest, PayloadTooLarge
 from worker.metadata import datatype, request_model, response_model
@@ -198,12 +198,14 @@ class Predictor:
             if row is not None:
                 raise InvalidInput((f"row {row}: " if count > 1 else "") + non_finite_output_message(name))
 
-    async def predict(self, rows: Rows) -> list[dict[str, Any]]:
+    async def predict(self, rows: Rows, target: Target | None = None) -> list[dict[str, Any]]:
+        """The rows' answers, computed by ``target`` (a model version; default: the batcher's own)."""
         count = len(rows.return_probabilities)
         if not count:
             return []
         started = time.perf_counter()
-        outputs = await self.batcher.submit(rows.values)
+        submitted = self.batcher.submit(rows.values) if target is None else self.batcher.submit(rows.values, target)
+        outputs = await submitted
         self._check_finite(outputs, count)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         answers = []
@@ -215,11 +217,11 @@ class Predictor:
             answers.append(answer)
         return answers
 
-    async def check_example(self) -> None:
-        """Run the example row end to end and check the answer against the response schema."""
+    async def check_example(self, target: Target | None = None) -> None:
+        """Run the example row end to end (with ``target``'s parameters) and check the answer's schema."""
         try:
             rows = self._rows([PredictRow(input_data=example_row(type(self.model)), return_probabilities=True)])
-            [answer] = await self.predict(rows)
+            [answer] = await self.predict(rows, target)
         except InvalidInput as exc:
             raise ContractError(self.model, "example", exc.message) from None
         try:

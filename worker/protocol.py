@@ -189,8 +189,12 @@ class ProtocolCodec:
             requested[name] = binary
         return requested
 
-    def encode(self, request: InferRequest, outputs: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
-        """The response body and its headers (with the header length when any output is binary)."""
+    def encode(self, request: InferRequest, outputs: Mapping[str, np.ndarray],
+               version: str | None = None) -> tuple[bytes, dict[str, str]]:
+        """The response body and its headers (with the header length when any output is binary).
+
+        ``version``: the model version that computed ``outputs`` (default: the contract's).
+        """
         tensors, tail = [], []
         for name, binary in request.outputs.items():
             value = np.asarray(outputs[name])
@@ -204,7 +208,7 @@ class ProtocolCodec:
             else:
                 tensor["data"] = value.reshape(-1).tolist()
             tensors.append(tensor)
-        answer: dict[str, Any] = {"model_name": self.model.name, "model_version": self.model.version}
+        answer: dict[str, Any] = {"model_name": self.model.name, "model_version": version or self.model.version}
         if request.id is not None:
             answer["id"] = request.id
         answer["outputs"] = tensors

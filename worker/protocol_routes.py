@@ -5,6 +5,11 @@ model's output tensors. Errors on these routes are the protocol's
 ``{"error": "..."}`` body (a client of the protocol reads that key), with the
 status the project gives the same failure elsewhere (400 for a bad request,
 404 for another model, 413, 503 with Retry-After, 500).
+
+``/v2/models/{name}/versions/{version}/...`` is served by that version while it
+is loaded as the active version or the canary, and is 404 otherwise; without a
+version, a request goes to the canary with its traffic share, else to the active
+version. Every answer's ``model_version`` is the version that computed it.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from common.model_headers import model_headers
 from worker.contract import Model
 from worker.errors import WorkerError
+from worker.metrics import WorkerMetrics
 from worker.predictor import Predictor
 from worker.protocol import HEADER_LENGTH, ProtocolCodec, ProtocolError
 from worker.responses import json_response, protocol_error
+from worker.versions import LoadedVersion, Versions
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "jax-inference-worker"
@@ -35,10 +43,9 @@ class State(Protocol):
     """What the routes need of the worker's serving state."""
 
     metadata: dict[str, Any] | None
+    versions: Versions
 
     def require_ready(self) -> Predictor: ...
-
-
 
 
 def _errors_as_protocol(fn: Endpoint) -> Endpoint:
@@ -65,18 +72,21 @@ def _server_version() -> str:
 
 def protocol_routes(
     model: Model, state: State, read_body: Callable[[Request], Awaitable[bytes]], max_rows: int,
-    wrap: Callable[[str, Endpoint], Endpoint],
+    wrap: Callable[[str, Endpoint], Endpoint], metrics: WorkerMetrics,
 ) -> list[BaseRoute]:
     """The ``/v2`` routes; ``wrap(route, endpoint)`` adds the worker's request ids and metrics."""
     server = {"name": SERVER_NAME, "version": _server_version(), "extensions": EXTENSIONS}
     codec: ProtocolCodec | None = None
 
-    def check_model(request: Request) -> None:
+    def check_model(request: Request) -> LoadedVersion:
+        """The version that answers the request (the one it names, else the canary's share or the active)."""
         name, wanted = request.path_params["name"], request.path_params.get("version")
-        if name != model.name or wanted not in (None, model.version):
-            served = f"{model.name} version {model.version}"
+        if name != model.name:
+            served = f"{model.name} version {' and '.join(state.versions.serving)}"
             asked = name if wanted is None else f"{name} version {wanted}"
             raise ProtocolError(f"unknown model {asked}; this server serves {served}", 404)
+        state.require_ready()
+        return state.versions.choose() if wanted is None else state.versions.named(wanted)
 
     async def server_metadata(request: Request) -> Response:
         return json_response(server)
@@ -90,12 +100,11 @@ def protocol_routes(
 
     async def model_metadata(request: Request) -> Response:
         check_model(request)
-        state.require_ready()
         metadata = state.metadata or {}
         keys = ("name", "datatype", "shape")
         return json_response({
             "name": metadata["name"],
-            "versions": metadata["versions"],
+            "versions": state.versions.serving,
             "platform": metadata["platform"],
             "inputs": [{key: tensor[key] for key in keys} for tensor in metadata["inputs"]],
             "outputs": [{key: tensor[key] for key in keys} for tensor in metadata["outputs"]],
@@ -103,19 +112,19 @@ def protocol_routes(
 
     async def model_ready(request: Request) -> Response:
         check_model(request)
-        state.require_ready()
         return json_response({"name": model.name, "ready": True})
 
     async def infer(request: Request) -> Response:
-        check_model(request)
+        version = check_model(request)
         nonlocal codec
         predictor = state.require_ready()
         if codec is None:  # the outputs are known once the model is ready
             codec = ProtocolCodec(model, predictor.outputs, max_rows)
         infer_request = codec.decode(await read_body(request), request.headers.get(HEADER_LENGTH))
-        outputs = await predictor.batcher.submit(infer_request.rows)
-        body, headers = codec.encode(infer_request, outputs)
-        return Response(body, headers=headers)
+        outputs = await predictor.batcher.submit(infer_request.rows, version.target)
+        body, headers = codec.encode(infer_request, outputs, version.label)
+        metrics.predictions.labels("/v2/models/{name}/infer", version.label).inc()
+        return Response(body, headers={**headers, **model_headers(model.name, version.label)})
 
     def route(path: str, fn: Endpoint, methods: list[str] | None = None) -> Route:
         return Route(path, wrap(path, _errors_as_protocol(fn)), methods=methods)

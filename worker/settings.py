@@ -30,6 +30,13 @@ class WorkerSettings(BaseSettings):
         1024, ge=1, description="Rows one /batch_predict may carry before 413."
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="Largest request body, else 413.")
+    worker_versions_dir: Path | None = Field(
+        None, description="Folder the worker unpacks the model versions it is sent into (one sub-folder each, "
+        "removed when the version is unloaded); unset: a temporary folder of its own.",
+    )
+    worker_max_artifact_bytes: int = Field(
+        1024**3, ge=1, description="Largest model version (its files in all) the worker accepts, else 413.",
+    )
     jax_cache_dir: str = Field(".cache/jax", description="Persistent XLA compilation cache folder; empty disables it.")
     xla_cpu_threads: int | None = Field(
         None, ge=1, le=1, description="1: XLA's CPU kernels run on one thread each (unset: XLA decides)."
