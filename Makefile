@@ -8,11 +8,18 @@ GATEWAY_PROCESSES ?= 1
 PORT ?= 8080
 GATEWAY_URL ?= http://127.0.0.1:$(PORT)
 
-.DEFAULT_GOAL := help
-.PHONY: help install run test train smoke lint bench bench-jobs chaos
+# `make docs` serves the documentation site on DOCS_PORT; `make docs-build` writes it to DOCS_SITE_DIR.
+DOCS_PORT ?= 8001
+DOCS_SITE_DIR ?= build/site
 
+.DEFAULT_GOAL := help
+.PHONY: help install run test train smoke lint docs docs-build bench bench-jobs chaos
+
+# The name column is as wide as the longest target name.
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} \
+		{ names[NR] = $$1; helps[NR] = $$2; if (length($$1) > width) width = length($$1) } \
+		END { for (i = 1; i <= NR; i++) printf "  \033[36m%-" width "s\033[0m  %s\n", names[i], helps[i] }'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +52,13 @@ chaos: install ## Break local stacks under load (kill -9, SIGTERM, hang, gateway
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 lint: install ## Ruff over the code
-	$(VENV)/bin/ruff check gateway worker jobs launcher bench tests
+	$(VENV)/bin/ruff check common gateway worker jobs launcher inference_client bench tests deploy
+
+docs: install ## Serve the documentation site on http://127.0.0.1:8001 (DOCS_PORT), rebuilt on every edit (MkDocs)
+	$(VENV)/bin/mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
+
+docs-build: install ## Build the documentation site into DOCS_SITE_DIR (build/site); a warning fails it
+	$(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE_DIR)
 
 # --- Docker: the whole system in containers (docs/docker.md) ------------------
 # docker-compose.yml runs on the CPU, docker-compose.gpu.yml runs one worker per
@@ -136,9 +149,14 @@ check-containers: install ## Validate the compose files, lint the Dockerfiles, r
 	PYTHON=$(PY) bash scripts/check_containers.sh
 
 # --- Kubernetes (docs/kubernetes.md) ------------------------------------------
-.PHONY: check-kubernetes
+.PHONY: kubernetes-model check-kubernetes
 
-check-kubernetes: install ## Render both Kubernetes overlays, validate every object, run tests/kubernetes/ (no cluster needed)
+# The one place the manifests learn the served model: MODEL (default worker.model, what
+# worker/model.py holds). Run it after changing either; tests/kubernetes fails until then.
+kubernetes-model: install ## Write deploy/kubernetes/base/served-model.env from MODEL: the workers' model and the queue KEDA watches
+	$(PY) deploy/kubernetes/served_model.py
+
+check-kubernetes: kubernetes-model ## Render both Kubernetes overlays, validate every object, run tests/kubernetes/ (no cluster needed)
 	$(PY) -m pytest tests/kubernetes -q
 
 docker-urls:

@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
+# A path made absolute: the Makefile tests run make, which runs $PYTHON, in temporary folders.
+case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;; esac
+export PYTHON
 run_tests=1
 [ "${1:-}" = "--no-tests" ] && run_tests=0
 
@@ -37,8 +40,9 @@ hadolint=$(command -v hadolint || true)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# .env.example with its empty secrets filled in, and with them left empty.
-sed -E 's/^([A-Z_]*PASSWORD)=$/\1=Check0nly1234/' .env.example > "$work/filled.env"
+# .env.example with its empty secrets (passwords and API keys, as `make up` fills them) filled in,
+# and with them left empty.
+sed -E 's/^([A-Z_]*(PASSWORD|API_KEY))=$/\1=Check0nly1234/' .env.example > "$work/filled.env"
 cp .env.example "$work/empty.env"
 # A clean environment: the caller's variables must not stand in for .env.
 clean_env=(env -i "PATH=$PATH" "HOME=$work")

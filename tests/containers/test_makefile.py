@@ -76,6 +76,14 @@ def test_makefile_lists_every_docker_target(make_docker) -> None:
         assert target in result.stdout
 
 
+def test_make_help_lines_up_every_target_after_the_longest_name(make_docker) -> None:
+    documented = re.findall(r"(?m)^([a-zA-Z_-]+):.*?## (.*)$", (REPO / "Makefile").read_text())
+    width = max(len(name) for name, _ in documented)
+    result, _ = make_docker("help")
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout).splitlines()
+    assert lines == [f"  {name.ljust(width)}  {text}" for name, text in documented]
+
+
 def test_make_up_writes_env_waits_and_prints_the_urls(make_docker, tmp_path: Path) -> None:
     result, calls = make_docker("up")
     assert result.returncode == 0, result.stderr
