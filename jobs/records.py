@@ -113,10 +113,10 @@ _STATUS_COLUMNS = (
     "cancel_requested, created_at, started_at, finished_at, updated_at, model_name, model_version, owner, priority, "
     "input_shape, result_model_name, result_model_version, earlier_runs"
 )
-_RECORD_COLUMNS = f"{_STATUS_COLUMNS}, fingerprint, options, input_key, input_data, result, result_key"
+_RECORD_COLUMNS = f"{_STATUS_COLUMNS}, fingerprint, options, input_key, input_data, result, result_key, promote"
 _INSERT_COLUMNS = (
     "job_id, task, status, fingerprint, options, input_key, input_data, progress_total, owner, model_name, "
-    "model_version, created_at, updated_at, priority, input_shape"
+    "model_version, created_at, updated_at, priority, input_shape, promote"
 )
 _INSERT_WIDTH = _INSERT_COLUMNS.count(",") + 1
 #: A status write's values, in the order of the VALUES rows of ``_write_many``, with the types PostgreSQL needs
@@ -175,7 +175,8 @@ def _shape(job: NewJob) -> str | None:
 
 def _record(row: dict[str, Any]) -> JobRecord:
     spec = JobSpec(job_id=row["job_id"], task=row["task"], input_key=row["input_key"],
-                   options=orjson.loads(row["options"]), fingerprint=row["fingerprint"], priority=row["priority"])
+                   options=orjson.loads(row["options"]), fingerprint=row["fingerprint"], priority=row["priority"],
+                   promote=bool(row["promote"]))
     return JobRecord(_status(row), spec, _text(row["input_data"]), _text(row["result"]), row["result_key"])
 
 
@@ -237,7 +238,8 @@ class JobRecords:
             spec = job.spec
             args += [spec.job_id, spec.task, "queued", spec.fingerprint, orjson.dumps(spec.options).decode(),
                      spec.input_key, None if job.input_data is None else job.input_data.decode(), job.total,
-                     job.owner, job.model_name, job.model_version, now, now, spec.priority, _shape(job)]
+                     job.owner, job.model_name, job.model_version, now, now, spec.priority, _shape(job),
+                     int(spec.promote)]
         rows = await self.db.fetch(
             f"INSERT INTO jobs ({_INSERT_COLUMNS}) VALUES {_placeholders(len(padded), _INSERT_WIDTH)} "
             "ON CONFLICT (job_id) DO NOTHING RETURNING job_id", *args,

@@ -174,6 +174,7 @@ class Registry:
 
         ``only_if_empty``: only as the model's first version (the first-start path of several gateways at once);
         None when the model has a version, or another process is registering its first.
+        Raises InvalidVersion for a model or file name a store key cannot hold.
         """
         check_model_name(model_name)
         if not files:
@@ -198,7 +199,14 @@ class Registry:
             f"CAST($6 AS TEXT), CAST($7 AS TEXT) WHERE 1 = 1 {first_only} ON CONFLICT DO NOTHING",
             model_name, number, int(manifest.created_at * 1_000_000), source, job_id, trained_from, body.decode(),
         )
-        return manifest if inserted else None
+        if inserted:
+            return manifest
+        # Nothing inserted: another process's first version got there first (only_if_empty), or this insert
+        # landed once already and its answer was lost (a sidecar's database retries a statement).
+        row = await self.database.fetchrow(
+            "SELECT manifest FROM model_versions WHERE model_name = $1 AND version = $2", model_name, number,
+        )
+        return manifest if row is not None and row["manifest"] == body.decode() else None
 
     async def _claim_next(self, model_name: str) -> int:
         row = await self.database.fetchrow(

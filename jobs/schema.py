@@ -52,6 +52,10 @@ class JobSubmission(BaseModel):
     priority: int = Field(
         0, description="0 (the default, lowest) to JOB_PRIORITY_LEVELS - 1: a higher one overtakes queued lower ones."
     )
+    promote: bool = Field(
+        False, description="train only: activate the version the job makes once it succeeds (a gateway swaps every "
+        "worker to it); the result says whether it did (\"promoted\").",
+    )
 
 
 class Progress(BaseModel):
@@ -116,5 +120,6 @@ class JobSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str = Field(description="Hash of the submission, to tell an idempotent retry from a reuse.")
     priority: int = 0
+    promote: bool = Field(False, description="Activate the model version the job makes (train).")
     run: int = Field(0, description="Which run of the job this message is: 0, then one more for each retry of "
                      "it (POST /jobs/{id}/retry), so a late dead letter of an earlier run is told apart.")

@@ -119,12 +119,14 @@ class JobService:
         input_key, total = await self._check_inputs(task, submission)
         if not 0 <= submission.priority < self.settings.job_priority_levels:
             raise InvalidJob(f"priority: from 0 to {self.settings.job_priority_levels - 1}")
+        if submission.promote and not task.promotes:
+            raise InvalidJob(f"promote: task {task.name!r} makes no model version to promote")
         metadata, model = self._served_identity()
         if task.check is not None:
             task.check(submission.inputs or [], submission.options, metadata)
-        fingerprint = hashlib.sha256(
-            orjson.dumps(submission.model_dump(exclude_none=True), option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()
+        # "promote" only when asked for: the fingerprints of jobs that do not promote stay what they were.
+        asked = submission.model_dump(exclude_none=True, exclude=None if submission.promote else {"promote"})
+        fingerprint = hashlib.sha256(orjson.dumps(asked, option=orjson.OPT_SORT_KEYS)).hexdigest()
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= 255:
                 raise InvalidJob("Idempotency-Key: 1 to 255 characters")
@@ -142,7 +144,8 @@ class JobService:
                 await self.store.put(input_key, input_data)
                 input_data = None
         spec = JobSpec(job_id=job_id, task=task.name, input_key=input_key,
-                       options=options.model_dump(), fingerprint=fingerprint, priority=submission.priority)
+                       options=options.model_dump(), fingerprint=fingerprint, priority=submission.priority,
+                       promote=submission.promote)
         job = NewJob(spec, total, input_data, owner, model.name, model.version, model.input_shape)
 
         status, existing = await self.records.create(job)

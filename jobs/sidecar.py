@@ -73,6 +73,7 @@ from jobs.dependencies import MAX_BACKOFF_S, Dependencies, PatientDatabase, pati
 from jobs.errors import InvalidJob, JobCancelled, JobsUnavailable, TaskFailed
 from jobs.metrics import JobsMetrics
 from jobs.records import JobRecord, JobRecords
+from jobs.registry import Registry
 from jobs.routing import ModelIdentity
 from jobs.schema import ErrorInfo, JobSpec, JobStatus, utc_now, validate
 from jobs.settings import JobsSettings
@@ -98,6 +99,8 @@ class Sidecar:
         self.records = JobRecords(self.database, store, settings)
         store.outages = self.dependencies
         self.store = store
+        #: Where a train job registers the version it makes (the database and store above, their outages waited).
+        self.registry = Registry(self.database, store, claim_stale_s=settings.registry_claim_stale_s)
         #: Results computed while the store was down, written on the job's next delivery.
         self.spool = ResultSpool.from_settings(settings)
         self.broker = broker
@@ -360,7 +363,8 @@ class Sidecar:
         last = running  # what the attempt's last write starts from, should stopping the progress writes be cut off
         spread = None if self.spreader is None else functools.partial(self.spreader.predict, model=model)
         context = TaskContext(spec.job_id, task.options.model_validate(record.spec.options), self.settings,
-                              self.store, self.worker, run.checkpoint, self.coalescer.predict, spread)
+                              self.store, self.worker, run.checkpoint, self.coalescer.predict, spread,
+                              registry=self.registry, promote=record.spec.promote)
         try:
             try:
                 rows = await self._rows(record, task)

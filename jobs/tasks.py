@@ -42,7 +42,8 @@ from common.binary_rows import DATATYPES, pack_row
 from common.forwarder import UpstreamResponse
 from common.rows import MAX_RANK, NestedNumbers, PredictRow, is_plain_row_envelope, nested_shape
 from jobs.coalesce import WorkerRefused
-from jobs.errors import InvalidJob, TaskFailed
+from jobs.errors import InvalidJob, InvalidVersion, TaskFailed
+from jobs.registry import Manifest, Registry
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, model_key
 
@@ -68,6 +69,10 @@ class TaskContext:
     #: it), from any worker behind SIDECAR_SPREAD_URL (the own worker when that gateway does not answer;
     #: jobs.spread); None when SIDECAR_SPREAD_URL is unset.
     spread: Callable[[list[dict[str, Any]], str], Awaitable[bytes]] | None = None
+    #: The model versions of this deployment (jobs.registry), where a task that makes a version registers it.
+    registry: Registry | None = None
+    #: The job asked for the version it makes to be activated ("promote": true).
+    promote: bool = False
 
 
 class NoOptions(BaseModel):
@@ -96,6 +101,8 @@ class TaskType:
     #: ``plain(data)``: the decoded rows as they are when each is exactly what ``row`` accepts unchanged,
     #: else None (then ``row`` validates them and words the refusal). Spares a model object per row.
     plain: Callable[[Any], list[Any] | None] | None = None
+    #: It makes a model version, which ``"promote": true`` in the job's body activates.
+    promotes: bool = False
 
 
 TASKS: dict[str, TaskType] = {}
@@ -104,14 +111,14 @@ TASKS: dict[str, TaskType] = {}
 def task(
     name: str, *, row: type[BaseModel], options: type[BaseModel] = NoOptions,
     inputs: Literal["required", "optional"] = "required", check: CheckFn | None = None,
-    plain: Callable[[Any], list[Any] | None] | None = None,
+    plain: Callable[[Any], list[Any] | None] | None = None, promotes: bool = False,
 ) -> Callable[[TaskFn], TaskFn]:
     """Register the decorated function as the task type ``name``."""
 
     def register(fn: TaskFn) -> TaskFn:
         if name in TASKS:
             raise ValueError(f"task type {name!r} is registered twice")
-        TASKS[name] = TaskType(name, fn, row, options, inputs, check, plain)
+        TASKS[name] = TaskType(name, fn, row, options, inputs, check, plain, promotes)
         return fn
 
     return register
@@ -267,17 +274,47 @@ def _check_training(rows: list[Any], options: dict[str, Any], metadata: dict[str
         raise InvalidJob(f"options{where}: {exc.message}") from None
 
 
-@task("train", row=TrainRow, options=AnyOptions, inputs="optional", check=_check_training)
+@task("train", row=TrainRow, options=AnyOptions, inputs="optional", check=_check_training, promotes=True)
 async def train(ctx: TaskContext, rows: list[TrainRow]) -> dict[str, Any]:
-    """Fit the model this sidecar's worker serves (on its own training data without inputs); store a new version."""
-    import tempfile
-    from pathlib import Path
+    """Fit the model this sidecar's worker serves (on its own training data without inputs) and register the
+    parameters as its next version (not active); with ``"promote": true``, ask a gateway to activate it and
+    wait for the outcome (PROMOTION_TIMEOUT_S at most).
 
+    A retried attempt of a job whose version was registered already does not fit again: it takes that version.
+    """
     from worker.contract import load_model_class  # the model's own code: only in the sidecar
-    from worker.train import fit_checked
 
+    if ctx.registry is None:
+        raise TaskFailed("no_registry", "this sidecar has no model registry to register the trained version in")
     metadata = (await ctx.worker.get("/metadata")).raise_for_status().json()
     model = load_model_class(metadata["model_class"])()
+    versions = await ctx.registry.versions(model.name)
+    manifest = next((v.manifest for v in versions if v.job_id == ctx.job_id and v.source == "train"), None)
+    if manifest is None:
+        manifest = await _fit_and_register(ctx, model, rows, str(metadata["version"]))
+    result: dict[str, Any] = {
+        "model_name": model.name,
+        "version": manifest.version,
+        "trained_from_version": manifest.trained_from,
+        "artifact_uri": ctx.store.uri_for_key(model_key(model.name, manifest.version, "")),
+        "files": [entry.name for entry in manifest.files],
+        "rows": manifest.metrics.get("rows"),
+    }
+    if ctx.promote:
+        error = await _promote(ctx, ctx.registry, manifest)
+        result |= {"promoted": error is None, "promotion_error": error}
+    return result
+
+
+async def _fit_and_register(ctx: TaskContext, model: Any, rows: list[TrainRow], served: str) -> Manifest:
+    """``model.fit`` on ``rows`` (or its own data), its parameters saved and registered as a new version."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from worker.train import fit_checked
+
+    assert ctx.registry is not None
     data = (([row.input_data for row in rows], [row.target for row in rows]) if rows
             else model.training_data())
     if data is None:
@@ -288,21 +325,45 @@ async def train(ctx: TaskContext, rows: list[TrainRow]) -> dict[str, Any]:
         # On the training thread: a cancel raised here stops the fit at its next call.
         asyncio.run_coroutine_threadsafe(ctx.checkpoint(done, total), loop).result()
 
-    options = ctx.options.model_dump()
+    started = time.monotonic()
     try:
-        params = await asyncio.to_thread(fit_checked, model, data[0], data[1], options, progress)
+        params = await asyncio.to_thread(fit_checked, model, data[0], data[1], ctx.options.model_dump(), progress)
     except ValueError as exc:
         raise TaskFailed("invalid_input", str(exc)) from None
+    fit_s = round(time.monotonic() - started, 3)
     with tempfile.TemporaryDirectory() as folder:
         model.save(params, Path(folder))
-        files = sorted(path for path in Path(folder).rglob("*") if path.is_file())
-        for path in files:
-            await ctx.store.put(model_key(model.name, ctx.job_id, str(path.relative_to(folder))), path.read_bytes())
-    return {
-        "model_name": model.name,
-        "trained_from_version": metadata["version"],
-        "version": ctx.job_id,
-        "artifact_uri": ctx.store.uri_for_key(model_key(model.name, ctx.job_id, "")),
-        "files": [str(path.relative_to(folder)) for path in files],
-        "rows": len(data[0]),
-    }
+        files = {str(path.relative_to(folder)): path.read_bytes()
+                 for path in sorted(Path(folder).rglob("*")) if path.is_file()}
+    try:
+        manifest = await ctx.registry.register(model.name, files, source="train", job_id=ctx.job_id,
+                                               trained_from=served, metrics={"rows": len(data[0]), "fit_s": fit_s})
+    except InvalidVersion as exc:
+        raise TaskFailed("invalid_output", f"model {model.name!r}: save() wrote what cannot be a version: "
+                                           f"{exc.message}") from None
+    assert manifest is not None  # only a first-start registration may find it is not needed
+    return manifest
+
+
+async def _promote(ctx: TaskContext, registry: Registry, manifest: Manifest) -> str | None:
+    """Ask for ``manifest``'s version to be activated and wait for a gateway's outcome: None once it is active,
+    else why not. Past PROMOTION_TIMEOUT_S a request no gateway took is withdrawn, so it never happens later."""
+    import time
+
+    timeout_s = ctx.settings.promotion_timeout_s
+    await registry.request_promotion(manifest.model_name, manifest.version, ctx.job_id)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, error = await registry.promotion_outcome(ctx.job_id)
+        if done:
+            return error
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(min(ctx.settings.promotion_poll_s, max(0.0, deadline - time.monotonic())))
+    await registry.withdraw_promotion(ctx.job_id, f"no gateway took the promotion within {timeout_s:g} s "
+                                                  "(PROMOTION_TIMEOUT_S); the version is registered, not active")
+    done, error = await registry.promotion_outcome(ctx.job_id)
+    if done:
+        return error
+    return (f"a gateway is still activating version {manifest.version} after {timeout_s:g} s (PROMOTION_TIMEOUT_S); "
+            f"GET /models/{manifest.model_name}/versions tells whether it became active")

@@ -1,4 +1,5 @@
-"""Jobs on the real Iris model (by name): predictions through a worker process, and a NUTS training job."""
+"""Jobs on the real Iris model (by name): predictions through a worker process, and a NUTS training job that
+registers its output as a model version."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobs.registry import Registry
 from jobs.store import ArtifactStore
 from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, wait_for_job
 
@@ -28,7 +30,7 @@ async def test_batch_predict_job_on_the_iris_model(iris_worker: str, tmp_path: P
     assert len(output[0]["probabilities"]) == 3 and output[1]["probabilities"] is None
 
 
-async def test_train_job_writes_a_new_model_version(iris_worker: str, tmp_path: Path) -> None:
+async def test_train_job_registers_a_new_model_version(iris_worker: str, tmp_path: Path) -> None:
     settings = embedded_settings(tmp_path, iris_worker)
     options = {"num_warmup": 30, "num_samples": 20, "seed": 1}
     async with gateway(settings) as client, sidecar(settings):
@@ -37,12 +39,19 @@ async def test_train_job_writes_a_new_model_version(iris_worker: str, tmp_path: 
         assert status["status"] == "succeeded", status
         assert status["progress"] == {"done": 50, "total": 50}
         output = (await client.get(status["result_url"])).json()["output"]
-    assert output["version"] == job["job_id"] and output["rows"] == 150
-    assert output["model_name"] == "iris-bayes-logreg" and output["files"] == ["posterior.npz"]
+    assert output["rows"] == 150 and output["model_name"] == "iris-bayes-logreg"
+    assert output["files"] == ["posterior.npz"]
+    registry = Registry.from_settings(settings)
+    try:
+        manifest = await registry.manifest("iris-bayes-logreg", output["version"])
+        files = await registry.files("iris-bayes-logreg", output["version"])  # checked against the manifest
+    finally:
+        await registry.close()
+    assert (manifest.source, manifest.job_id, manifest.trained_from) == ("train", job["job_id"],
+                                                                         output["trained_from_version"])
     store = ArtifactStore.from_settings(settings)
-    data = await store.get(store.key_for_uri(output["artifact_uri"] + "posterior.npz"))
-    assert data is not None
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+    assert await store.get(store.key_for_uri(output["artifact_uri"] + "posterior.npz")) == files["posterior.npz"]
+    with np.load(io.BytesIO(files["posterior.npz"]), allow_pickle=False) as npz:
         assert npz["W"].shape == (20, 4, 3) and npz["b"].shape == (20, 3)
 
 
