@@ -3,6 +3,7 @@ example block has a rule its test can read (tests/test_readme_examples.py runs t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,18 @@ def test_a_rule_reads_its_block_and_the_answer_after_it() -> None:
 def test_a_wrong_rule_is_an_error_not_a_skip(text: str) -> None:
     with pytest.raises(ValueError, match=r"README\.md:\d+"):
         read_examples(text)
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's ids of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", re.sub(r"^```.*?^```", "", markdown, flags=re.M | re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("target", sorted(set(re.findall(r"\]\(((?!https?:)[^)\s]+)\)", README))))
+def test_every_link_of_the_readme_leads_somewhere(target: str) -> None:
+    path, _, anchor = target.partition("#")
+    page = REPO / path if path else REPO / "README.md"
+    assert page.exists(), f"{path} does not exist"
+    if anchor:
+        assert anchor in _anchors(page.read_text()), f"{page.name} has no heading #{anchor}"
