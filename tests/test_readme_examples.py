@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.readme_examples import Example, readme_examples
+from tests.readme_examples import README_PATH, Example, readme_examples
 from tests.support import (
     JAX_CACHE_DIR,
     free_port_run,
@@ -199,3 +199,12 @@ def test_the_launchers_try_line_sends_my_key_as_the_readme_says(keyed_stack: Sta
     line = keyed_stack.try_line()
     assert '"Authorization: Bearer $MY_KEY"' in line
     assert "prediction" in json.loads(run_bash(line, keyed_stack, tmp_path))
+
+
+@pytest.mark.parametrize("route", ["/health", "/gateway/health"])
+def test_the_endpoint_table_lists_the_fields_the_route_answers(route: str, stack: Stack) -> None:
+    table_row = rf"^\| `GET {re.escape(route)}` \| [^|]+ \| `\{{(?P<fields>[^`]*)\}}`"
+    row = re.search(table_row, README_PATH.read_text(), re.MULTILINE)
+    assert row, f"the README's endpoint table has no row for GET {route} starting with its fields"
+    listed = {re.match(r'"(\w+)"', field)[1] for field in row["fields"].split(", ")}  # "name" or "name": values
+    assert listed == set(httpx.get(f"{stack.url}{route}", timeout=5).json())
