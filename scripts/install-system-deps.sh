@@ -11,6 +11,8 @@
 #   s3rver          an S3 server that keeps objects on disk: the store outage of
 #                   make chaos stops and restarts it (bench/outage_servers.py)
 # apt-get runs only when a package is missing, so a ready machine pays nothing.
+# Without these, the tests that need them skip locally, each naming what it misses;
+# CI runs this script before the suite, so there they run.
 set -euo pipefail
 
 PACKAGES=(wrk docker-compose chromium chromium-driver)
