@@ -88,8 +88,6 @@ def create_app(
 ) -> ASGIApp:
     """``drain``: while it is active (after SIGTERM), /health answers 503 "draining"; requests are still served."""
     model = runtime.model
-    versions = Versions(runtime, str(model.version), settings.model_artifacts, settings.worker_versions_dir)
-    state = ServingState(versions)
     drain = drain or Drain()
     batcher = Batcher(
         runtime.infer,
@@ -98,6 +96,9 @@ def create_app(
         max_queue_rows=settings.max_queue_rows,
         metrics=metrics,
     )
+    versions = Versions(runtime, batcher, str(model.version), settings.model_artifacts,
+                        settings.worker_versions_dir)
+    state = ServingState(versions)
 
     async def start_model() -> None:
         try:

@@ -78,12 +78,17 @@ class Batcher:
         # One thread: the device runs one batch at a time, in order.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._task: asyncio.Task[None] | None = None
+        self._computing: Target | None = None
         self._last_batch_requests = 0
         self._stopping = False
 
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    def holds(self, target: Target) -> bool:
+        """Whether rows for ``target`` wait or compute: what they compute with is still needed."""
+        return self._computing is target or any(p.target is target and not p.future.done() for p in self._queue)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
@@ -176,6 +181,7 @@ class Batcher:
         now = time.monotonic()
         rows = np.concatenate([p.rows[start:stop] for p, start, stop in batch])
         started = time.monotonic()
+        self._computing = target
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, target.infer, rows)
             _check_lengths(outputs, len(rows))
@@ -185,6 +191,7 @@ class Batcher:
                 _fail(pending, failure)
             return
         finally:
+            self._computing = None
             if self._metrics is not None:
                 self._metrics.observe_batch(
                     size=len(rows),

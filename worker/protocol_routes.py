@@ -115,12 +115,14 @@ def protocol_routes(
         return json_response({"name": model.name, "ready": True})
 
     async def infer(request: Request) -> Response:
-        version = check_model(request)
+        check_model(request)
         nonlocal codec
         predictor = state.require_ready()
         if codec is None:  # the outputs are known once the model is ready
             codec = ProtocolCodec(model, predictor.outputs, max_rows)
         infer_request = codec.decode(await read_body(request), request.headers.get(HEADER_LENGTH))
+        # Chosen again with nothing awaited before the rows are queued: a version unloaded meanwhile is not used.
+        version = check_model(request)
         outputs = await predictor.batcher.submit(infer_request.rows, version.target)
         body, headers = codec.encode(infer_request, outputs, version.label)
         metrics.predictions.labels("/v2/models/{name}/infer", version.label).inc()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from common import artifact_archive
-from worker.batcher import Target
+from worker.batcher import Batcher, Target
 from worker.contract import ContractError, Model, TensorSpec
 from worker.errors import InvalidVersion, ModelUnloaded, NotReady, VersionConflict, VersionNotServed, VersionRefused
 from worker.predictor import Predictor
@@ -89,9 +89,11 @@ def _describe(outputs: tuple[TensorSpec, ...]) -> str:
 class Versions:
     """The loaded versions and the serving state: active, canary and its traffic, loaded, origin."""
 
-    def __init__(self, runtime: VersionRuntime, start_label: str, start_folder: Path, versions_dir: Path | None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, runtime: VersionRuntime, batcher: Batcher, start_label: str, start_folder: Path,
+                 versions_dir: Path | None, rng: random.Random | None = None) -> None:
         self._runtime = runtime
+        self._batcher = batcher
+        self._releasing: set[asyncio.Task[None]] = set()
         self._model = runtime.model
         self._start_folder = start_folder
         self._parent_dir = versions_dir
@@ -232,10 +234,18 @@ class Versions:
             self._dir = Path(tempfile.mkdtemp(prefix="worker-versions-", dir=self._parent_dir))
         return self._dir
 
+    async def _release_start_params(self, target: Target) -> None:
+        """The runtime holds the start parameters itself: free them once no request still needs them."""
+        while self._batcher.holds(target):
+            await asyncio.sleep(0.05)
+        self._runtime.release_start_params()
+
     def _discard(self, entry: LoadedVersion) -> None:
         """Forget a version: its parameters are freed once the batches still queued for it are done."""
         if entry.folder is None:
-            self._runtime.release_start_params()
+            release = asyncio.get_running_loop().create_task(self._release_start_params(entry.target))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
         else:
             shutil.rmtree(entry.folder, ignore_errors=True)
         log.info("version %s of model %s unloaded", entry.label, self._model.name)
