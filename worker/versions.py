@@ -198,14 +198,19 @@ class Versions:
         return {"version": label, "compilations": loaded.compilations, "load_ms": loaded.load_ms}
 
     def serve(self, active: str, canary: str | None, canary_traffic: int, loaded: bool) -> dict[str, Any]:
-        """Switch what serves (from the next batch on); versions not named are unloaded."""
-        missing = [label for label in (active, canary) if label is not None and label not in self._versions]
+        """Switch what serves (from the next batch on); versions not named are unloaded.
+
+        Unloaded (``loaded`` false), the named versions need not be loaded (those that are stay, so that
+        loading the model again is instant); loaded, they must be.
+        """
+        named = [label for label in (active, canary) if label is not None]
+        missing = [label for label in named if label not in self._versions] if loaded else []
         if missing:
             raise VersionConflict("version_not_loaded", f"model {self._model.name!r}: version "
                                   f"{' and '.join(missing)} not loaded on this worker (PUT /admin/versions first)")
         self.active, self.canary, self.loaded, self.origin = active, canary, loaded, "registry"
         self.canary_traffic = canary_traffic if canary is not None else 0
-        for label in [label for label in self._versions if label not in self.serving]:
+        for label in [label for label in self._versions if label not in named]:
             self._discard(self._versions.pop(label))
         log.info("model %s serving %s", self._model.name, self.state())
         return self.state()

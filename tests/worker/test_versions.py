@@ -7,6 +7,7 @@ change without changing its outputs, and whose outputs a version can break.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 import threading
@@ -102,8 +103,10 @@ class Served:
         self.runtime = ModelRuntime(model, artifacts, self.settings.bucket_sizes, self.metrics)
 
     @contextlib.contextmanager
-    def client(self) -> Iterator[TestClient]:
-        with TestClient(create_app(self.settings, self.runtime, self.metrics)) as client:
+    def client(self, **settings: Any) -> Iterator[TestClient]:
+        """A client of a fresh app, once ready; ``settings`` change the module's."""
+        config = self.settings.model_copy(update=settings)
+        with TestClient(create_app(config, self.runtime, self.metrics)) as client:
             wait_ready(client)
             yield client
 
@@ -228,6 +231,14 @@ def test_a_corrupt_archive_is_refused_with_the_reason(weighted: Served) -> None:
         assert example(client, weighted.model).headers[MODEL_VERSION_HEADER] == "1"
 
 
+def test_a_version_over_the_size_limit_is_413(weighted: Served, tmp_path: Path) -> None:
+    files = files_of(Weighted(), weighted_params(scale=2.0))
+    with weighted.client(worker_max_artifact_bytes=len(pack(files)) - 1, worker_versions_dir=tmp_path) as client:
+        refused = put_version(client, weighted.model, "2", files)
+        assert refused.status_code == 413 and refused.json()["error"]["code"] == "payload_too_large"
+        assert not any(tmp_path.iterdir())  # nothing was unpacked
+
+
 def test_a_canary_answers_its_share_of_the_requests(weighted: Served) -> None:
     with weighted.client() as client:
         assert put_version(client, weighted.model, "2", files_of(Weighted(), weighted_params(scale=2.0))).is_success
@@ -254,6 +265,12 @@ def test_unloaded_predictions_are_404_health_200_and_loaded_again_it_serves(weig
         assert client.get("/health").status_code == 200
         assert client.put("/admin/serving", json={"active": "1", "loaded": True}).status_code == 200
         assert example(client, weighted.model).json()["prediction"] == [10.0]
+        # Unloaded, the versions named need not be loaded; to serve again they must be.
+        assert client.put("/admin/serving", json={"active": "7", "loaded": False}).status_code == 200
+        assert client.get("/health").json()["serving"] | {"origin": ""} == {
+            "active": "7", "canary": None, "canary_traffic": 0, "loaded": False, "origin": ""}
+        refused = client.put("/admin/serving", json={"active": "7", "loaded": True})
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "version_not_loaded"
 
 
 def infer(client: TestClient, path: str) -> httpx.Response:
@@ -339,8 +356,6 @@ def test_the_batcher_computes_each_version_in_batches_of_its_own() -> None:
     a, b = version("a", 100.0), version("b", 200.0)
 
     async def scenario() -> list[dict[str, np.ndarray]]:
-        import asyncio
-
         batcher = Batcher(a.infer, max_batch_size=8, timeout_s=0, max_queue_rows=64)
         batcher.start()
         first = asyncio.create_task(batcher.submit(np.array([[0.0]]), a))
@@ -351,8 +366,6 @@ def test_the_batcher_computes_each_version_in_batches_of_its_own() -> None:
         answers = await asyncio.gather(first, *rest)
         await batcher.stop()
         return answers
-
-    import asyncio
 
     answers = asyncio.run(scenario())
     assert calls == [("a", [0.0]), ("a", [1.0, 3.0, 5.0]), ("b", [2.0, 4.0, 6.0])]
