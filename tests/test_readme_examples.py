@@ -75,9 +75,13 @@ def start_stack(folder: Path, extra_env: dict[str, str], *launcher_args: str) ->
     }
     argv = [sys.executable, "-m", "launcher", "--workers", "1", "--port", str(port), *launcher_args]
     launcher = start_process(argv, env, log)
-    wait_until(lambda: launcher.poll() is not None or "ready in" in log.read_text(), STACK_START_TIMEOUT_S,
-               "the stack")
-    assert launcher.poll() is None, log.read_text()[-3000:]
+    try:
+        wait_until(lambda: launcher.poll() is not None or "ready in" in log.read_text(), STACK_START_TIMEOUT_S,
+                   "the stack")
+        assert launcher.poll() is None, log.read_text()[-3000:]
+    except BaseException:
+        stop_process(launcher, timeout_s=20)
+        raise
     return launcher, Stack(f"http://127.0.0.1:{port}", log)
 
 
