@@ -1,11 +1,12 @@
 """The gateway app: its own routes, the docs, and the proxy to the workers.
 
 ``create_app(settings)`` builds everything; the lifespan opens the worker
-client and starts the health checks, and closes them on shutdown. No module
+client and starts the health checks and the model reconciler
+(gateway/reconciler.py), and closes them on shutdown. No module
 globals, no JAX.
 
 A path the gateway answers itself (``/gateway/*``, ``/metrics``, the docs,
-``/jobs``, ``/v2/health/*``) is a Starlette route, never proxied: another
+``/jobs``, ``/models``, ``/v2``, ``/v2/health/*``, ``/v2/repository/*``) is a Starlette route, never proxied: another
 method on it is 405 with ``Allow``. Only the workers' known routes are proxied
 (gateway/proxied_routes.py, plain ASGI beside Starlette, for speed); any other
 path is 404 without touching a worker. Plain ASGI middleware around both,
@@ -21,6 +22,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -34,6 +36,7 @@ from common.forwarder import WorkerClient
 from common.gc_tuning import frozen_startup_heap
 from gateway import __version__
 from gateway.access_log import AccessLog
+from gateway.activation import Activation, WorkerAdmin
 from gateway.auth import access_middleware
 from gateway.backends import BackendPool
 from gateway.content_type import RequireJson
@@ -44,12 +47,15 @@ from gateway.health import HealthChecker
 from gateway.job_routes import job_routes, jobs_openapi
 from gateway.launcher_status import read_processes
 from gateway.metrics import GatewayMetrics
+from gateway.model_routes import model_routes, models_openapi
 from gateway.protocol import is_protocol_path, protocol_body, protocol_error_response, protocol_health_routes
 from gateway.protocol_docs import protocol_api
 from gateway.proxied_routes import ProxiedRoutes
 from gateway.proxy import Proxy
+from gateway.reconciler import Reconciler
 from gateway.request_context import RequestContext, request_id_pattern
 from gateway.settings import GatewaySettings
+from jobs.registry import Registry
 from jobs.service import JobService
 from jobs.settings import JobsSettings
 
@@ -75,6 +81,7 @@ def build_document(model: dict[str, Any] | None, api_keys: bool = False) -> dict
     prediction_api(openapi, model)
     protocol_api(openapi, model)
     jobs_openapi(openapi, model)
+    models_openapi(openapi)
     document_access(openapi, api_keys)
     return openapi.document
 
@@ -103,6 +110,13 @@ def create_app(
     proxy = Proxy(pool, client, metrics, settings, batch_rows=settings.gateway_batching)
     protocol_proxy = Proxy(pool, client, metrics, settings, errors=protocol_error_response)
     access_log = AccessLog(flush_s=settings.access_log_flush_s, max_lines=settings.access_log_max_lines)
+    keys_on = bool(settings.api_keys or settings.admin_api_keys)
+    admin_client = httpx.AsyncClient()
+    registry = Registry(jobs.database, jobs.store, claim_stale_s=jobs.settings.registry_claim_stale_s)
+    activation = Activation(registry, pool, WorkerAdmin(admin_client), settings.activation_timeout_s)
+    reconciler = Reconciler(activation, pool, interval_s=settings.model_reconcile_s,
+                            max_artifact_bytes=settings.model_max_artifact_bytes,
+                            timeout_s=settings.activation_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,14 +124,20 @@ def create_app(
         await client.start()
         await checker.probe_all()  # a restarted gateway knows its workers before it takes a request
         health_task = asyncio.create_task(checker.run(), name="health-checks")
+        reconcile_task = asyncio.create_task(reconciler.run(), name="model-reconciler")
         frozen_startup_heap()
         try:
             yield
         finally:
-            health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await health_task
+            reconciler.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reconcile_task), settings.activation_timeout_s)
+            for task in (reconcile_task, health_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await checker.aclose()
+            await admin_client.aclose()
             await client.aclose()
             await jobs.close()
             access_log.close()
@@ -163,9 +183,10 @@ def create_app(
         Route("/gateway/health", gateway_health),
         Route("/gateway/info", gateway_info),
         Route("/metrics", metrics_endpoint),
-        *docs_routes(LiveDocument(functools.partial(build_document, api_keys=bool(settings.api_keys)),
-                                  pool.served_model)),
+        *docs_routes(LiveDocument(functools.partial(build_document, api_keys=keys_on), pool.served_model)),
         *job_routes(jobs, settings.retry_after_s),
+        *model_routes(activation, pool, settings.model_max_artifact_bytes, settings.activation_timeout_s,
+                      settings.retry_after_s),
         *protocol_health_routes(pool),
     ]
 

@@ -82,7 +82,7 @@ class OpenAPIBuilder:
         answers: dict[str, Any] = {str(ok_status): {"description": "OK", "content": {"application/json": ok_content}}}
         error_ref = {"application/json": {"schema": self.schema(ErrorResponse)}}
         for status in errors:
-            answers[str(status)] = {"description": _ERROR_TEXT[status], "content": error_ref}
+            answers[str(status)] = {"description": ERROR_TEXT[status], "content": error_ref}
         return answers
 
 
@@ -96,9 +96,10 @@ def _local_refs(schema: Any) -> Any:
     return schema
 
 
-_ERROR_TEXT = {
+ERROR_TEXT = {
     400: "Malformed JSON",
     401: "No valid API key (Authorization: Bearer <key> or X-API-Key)",
+    403: "Not an admin key (ADMIN_API_KEYS): only admins change which model version serves",
     404: "Not found",
     409: "Not finished yet",
     413: "Body or row count over the limit",
@@ -270,12 +271,12 @@ def document_access(builder: OpenAPIBuilder, api_keys: bool) -> None:
         for operation in operations.values():
             answers = operation["responses"]
             if "requestBody" in operation:
-                answers["415"] = {"description": _ERROR_TEXT[415], "content": error}
+                answers["415"] = {"description": ERROR_TEXT[415], "content": error}
             if not api_keys or path in OPEN_PATHS or path == "/metrics":
                 continue
             operation["security"] = [{"bearer": []}, {"apiKey": []}]
-            answers["401"] = {"description": _ERROR_TEXT[401], "content": error}
-            answers["429"] = {"description": _ERROR_TEXT[429], "content": error, "headers": {
+            answers["401"] = {"description": ERROR_TEXT[401], "content": error}
+            answers["429"] = {"description": ERROR_TEXT[429], "content": error, "headers": {
                 "Retry-After": {"description": "Seconds until the key's bucket has a token",
                                 "schema": {"type": "integer"}}}}
 

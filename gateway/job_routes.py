@@ -95,7 +95,7 @@ def _owner(request: Request) -> str | None:
     return request.scope["state"].get("key_id")
 
 
-def _page_headers(page: bytes) -> dict[str, str]:
+def page_headers(page: bytes) -> dict[str, str]:
     """Only the page's own inline script and style run, and it talks only to this origin.
 
     The page holds an API key (in sessionStorage): injected code or a framing
@@ -146,7 +146,7 @@ def job_routes(service: JobService, retry_after_s: int) -> list[Route]:
         return Response(JobList(jobs=jobs, next_cursor=cursor).model_dump_json(), media_type="application/json")
 
     page = UI_PAGE.read_bytes()
-    headers = _page_headers(page)
+    headers = page_headers(page)
 
     async def ui(request: Request) -> Response:
         return HTMLResponse(page, headers=headers)
