@@ -24,6 +24,7 @@ from inference_client._exceptions import (
     UnavailableError,
 )
 from inference_client._models import (
+    ActivationResult,
     BackendInfo,
     EarlierRun,
     GatewayHealth,
@@ -31,11 +32,16 @@ from inference_client._models import (
     JobErrorInfo,
     JobResult,
     JobStatus,
+    ModelSummary,
+    ModelVersion,
+    ModelVersions,
     Prediction,
     Progress,
+    WorkerChange,
 )
 
 __all__ = [
+    "ActivationResult",
     "AsyncInferenceClient",
     "AuthenticationError",
     "BackendInfo",
@@ -52,10 +58,14 @@ __all__ = [
     "JobFailedError",
     "JobResult",
     "JobStatus",
+    "ModelSummary",
+    "ModelVersion",
+    "ModelVersions",
     "NotFoundError",
     "Prediction",
     "Progress",
     "RateLimitError",
     "ServerError",
     "UnavailableError",
+    "WorkerChange",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -11,9 +12,19 @@ import httpx
 
 from inference_client import _calls as calls
 from inference_client._base import ClientBase
-from inference_client._calls import Call, Row
+from inference_client._calls import Call, Row, read_files
 from inference_client._exceptions import transport_errors
-from inference_client._models import GatewayHealth, GatewayInfo, JobResult, JobStatus, Prediction
+from inference_client._models import (
+    ActivationResult,
+    GatewayHealth,
+    GatewayInfo,
+    JobResult,
+    JobStatus,
+    ModelSummary,
+    ModelVersion,
+    ModelVersions,
+    Prediction,
+)
 from inference_client._waiting import JobWaiter
 
 T = TypeVar("T")
@@ -63,6 +74,21 @@ class AsyncInferenceClient(ClientBase):
 
     async def retry_job(self, job_id: str) -> JobStatus:
         return await self._call(calls.retry_job(job_id))
+
+    async def models(self) -> list[ModelSummary]:
+        return await self._call(calls.models())
+
+    async def versions(self, name: str) -> ModelVersions:
+        return await self._call(calls.versions(name))
+
+    async def upload(self, name: str, paths: Iterable[str | Path]) -> ModelVersion:
+        return await self._call(calls.upload(name, read_files(paths)))
+
+    async def activate(self, name: str, version: str | int, traffic: int | None = None) -> ActivationResult:
+        return await self._call(calls.activate(name, version, traffic))
+
+    async def rollback(self, name: str) -> ActivationResult:
+        return await self._call(calls.rollback(name))
 
     async def health(self) -> GatewayHealth:
         return await self._call(calls.health())

@@ -7,9 +7,11 @@ and one thin method per client.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -18,7 +20,17 @@ from httpx_retries import Retry
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from inference_client._exceptions import ServerError, raise_for_response
-from inference_client._models import GatewayHealth, GatewayInfo, JobResult, JobStatus, Prediction
+from inference_client._models import (
+    ActivationResult,
+    GatewayHealth,
+    GatewayInfo,
+    JobResult,
+    JobStatus,
+    ModelSummary,
+    ModelVersion,
+    ModelVersions,
+    Prediction,
+)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -36,6 +48,7 @@ class Call(Generic[T]):
     path: str
     parse: Callable[[httpx.Response], T]
     json: Any = None
+    files: Any = None  # multipart/form-data fields: [(name, (file name, bytes))]
     headers: Mapping[str, str] = field(default_factory=dict)
     retry: bool = True
     follow_redirects: bool = False
@@ -43,7 +56,8 @@ class Call(Generic[T]):
     def request_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``httpx.Client.request`` / ``httpx.AsyncClient.request``."""
         return {
-            "method": self.method, "url": self.path, "json": self.json, "headers": dict(self.headers),
+            "method": self.method, "url": self.path, "json": self.json, "files": self.files,
+            "headers": dict(self.headers),
             "follow_redirects": self.follow_redirects, "extensions": {} if self.retry else {"retry": _NO_RETRY},
         }
 
@@ -142,3 +156,50 @@ def health() -> Call[GatewayHealth]:
 
 def info() -> Call[GatewayInfo]:
     return Call("GET", "/gateway/info", _model(GatewayInfo))
+
+
+def read_files(paths: Iterable[str | Path]) -> dict[str, bytes]:
+    """A version's files by their names (no folders: a version is a flat set of files)."""
+    return {Path(path).name: Path(path).read_bytes() for path in paths}
+
+
+def _model_path(name: str, tail: str = "") -> str:
+    return f"/models/{quote(name, safe='')}{tail}"
+
+
+class _ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+def models() -> Call[list[ModelSummary]]:
+    return Call("GET", "/models", lambda response: _model(_ModelList)(response).models)
+
+
+def versions(name: str) -> Call[ModelVersions]:
+    return Call("GET", _model_path(name, "/versions"), _model(ModelVersions))
+
+
+def upload(name: str, files: Mapping[str, bytes]) -> Call[ModelVersion]:
+    """Not retried: each upload that arrives registers a version."""
+    fields = [("files", (file_name, data)) for file_name, data in files.items()]
+    return Call("POST", _model_path(name, "/versions"), _manifest, files=fields, retry=False)
+
+
+def _manifest(response: httpx.Response) -> ModelVersion:
+    """The upload's answer is the manifest; as a ModelVersion, with the manifest kept whole."""
+    def validate(content: bytes) -> ModelVersion:
+        manifest = json.loads(content)
+        return ModelVersion.model_validate({**manifest, "manifest": manifest})
+
+    return _validated(response, validate)
+
+
+def activate(name: str, version: str | int, traffic: int | None) -> Call[ActivationResult]:
+    body = None if traffic is None else {"traffic": traffic}
+    return Call("POST", _model_path(name, f"/versions/{quote(str(version), safe='')}/activate"),
+                _model(ActivationResult), json=body)
+
+
+def rollback(name: str) -> Call[ActivationResult]:
+    """Not retried: a second rollback would go one version further back."""
+    return Call("POST", _model_path(name, "/rollback"), _model(ActivationResult), retry=False)

@@ -79,6 +79,19 @@ def _run(client: InferenceClient, args: argparse.Namespace) -> Any:
             return client.cancel(args.job_id)
         case "retry":
             return client.retry_job(args.job_id)
+        case "models":
+            return client.models()
+        case "versions":
+            return client.versions(args.model)
+        case "upload":
+            missing = [path for path in args.files if not Path(path).is_file()]
+            if missing:
+                raise UsageError(f"not a file: {missing[0]}")
+            return client.upload(args.model, args.files)
+        case "activate":
+            return client.activate(args.model, args.version, args.traffic)
+        case "rollback":
+            return client.rollback(args.model)
         case "health":
             return client.health()
         case "info":
@@ -138,6 +151,18 @@ def parser() -> argparse.ArgumentParser:
         if name == "wait":
             command.add_argument("--timeout", type=float, dest="wait_timeout", help="give up after this many seconds")
             command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_parser("models", help="every model: its active version, canary and number of versions")
+    versions = add_parser("versions", help="a model's versions, what serves and the history of changes")
+    versions.add_argument("model")
+    upload = add_parser("upload", help="upload files (what the model's save() wrote) as a new version")
+    upload.add_argument("model")
+    upload.add_argument("files", nargs="+", metavar="FILE")
+    activate = add_parser("activate", help="serve a version on every worker (hot), or as a canary with --traffic")
+    activate.add_argument("model")
+    activate.add_argument("version")
+    activate.add_argument("--traffic", type=int, help="1-99: a canary with that percent of the requests")
+    rollback = add_parser("rollback", help="serve the version that was active before the current one")
+    rollback.add_argument("model")
     add_parser("health", help="the gateway's health (exit status 1 when unhealthy)")
     add_parser("info", help="the gateway and its workers")
     return main

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -11,9 +12,19 @@ import httpx
 
 from inference_client import _calls as calls
 from inference_client._base import ClientBase
-from inference_client._calls import Call, Row
+from inference_client._calls import Call, Row, read_files
 from inference_client._exceptions import transport_errors
-from inference_client._models import GatewayHealth, GatewayInfo, JobResult, JobStatus, Prediction
+from inference_client._models import (
+    ActivationResult,
+    GatewayHealth,
+    GatewayInfo,
+    JobResult,
+    JobStatus,
+    ModelSummary,
+    ModelVersion,
+    ModelVersions,
+    Prediction,
+)
 from inference_client._waiting import JobWaiter
 
 T = TypeVar("T")
@@ -84,6 +95,27 @@ class InferenceClient(ClientBase):
         returns the failed job instead: this is how it runs again.
         """
         return self._call(calls.retry_job(job_id))
+
+    def models(self) -> list[ModelSummary]:
+        """Every model: its active version, canary and number of versions."""
+        return self._call(calls.models())
+
+    def versions(self, name: str) -> ModelVersions:
+        """A model's versions with their manifests, what serves, and the history of changes."""
+        return self._call(calls.versions(name))
+
+    def upload(self, name: str, paths: Iterable[str | Path]) -> ModelVersion:
+        """Upload files (what the model's ``save`` wrote) as a new version; a worker checks it first
+        (InvalidInputError with the reason if it is refused). Needs an admin key when keys are on."""
+        return self._call(calls.upload(name, read_files(paths)))
+
+    def activate(self, name: str, version: str | int, traffic: int | None = None) -> ActivationResult:
+        """Serve ``version`` on every worker; ``traffic`` 1..99: as a canary with that percent of requests."""
+        return self._call(calls.activate(name, version, traffic))
+
+    def rollback(self, name: str) -> ActivationResult:
+        """Serve the version that was active before the current one."""
+        return self._call(calls.rollback(name))
 
     def health(self) -> GatewayHealth:
         """The gateway's health, unhealthy included (never retried)."""

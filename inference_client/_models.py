@@ -91,3 +91,57 @@ class GatewayInfo(_Answer):
     version: str
     total_backends: int
     backends: list[BackendInfo]
+
+
+class ModelSummary(_Answer):
+    """One model of ``GET /models``: what serves it and how many versions it has."""
+
+    name: str
+    active: str | None = None
+    canary: str | None = None
+    canary_traffic: int = 0
+    loaded: bool | None = None
+    versions: int = 0
+
+
+class ModelVersion(_Answer):
+    """A version and its manifest (files with size and sha256, the specs it was checked with, fit's metrics)."""
+
+    version: str
+    created_at: float
+    source: str
+    job_id: str | None = None
+    trained_from: str | None = None
+    manifest: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelVersions(_Answer):
+    """A model's versions (oldest first), what serves, and its history of changes (newest first)."""
+
+    model_name: str
+    active: str | None = None
+    canary: str | None = None
+    canary_traffic: int = 0
+    loaded: bool | None = None
+    versions: list[ModelVersion] = Field(default_factory=list)
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class WorkerChange(_Answer):
+    worker: str
+    ok: bool
+    compilations: int = 0
+    load_ms: float = 0.0
+    error: str | None = None
+
+
+class ActivationResult(_Answer):
+    """The state every worker serves after an activate or a rollback, and each worker's part."""
+
+    model_name: str
+    active: str
+    canary: str | None = None
+    canary_traffic: int = 0
+    loaded: bool = True
+    workers: list[WorkerChange] = Field(default_factory=list)
+    took_ms: float = 0.0
