@@ -185,14 +185,16 @@ class Worker(Process):
         super().stop(timeout_s)
 
     def metric_sums(self) -> dict[str, float]:
-        """Counters of /metrics that say how the batcher behaved (sums and counts)."""
+        """Counters of /metrics that say how the batcher behaved (sums and counts), summed over their labels
+        (the batch histogram has one series per model version)."""
         text = httpx.get(self.url + "/metrics", timeout=5.0).text
         wanted = ("worker_batch_size_sum", "worker_batch_size_count", COMPILATIONS)
-        values = {}
+        values: dict[str, float] = {}
         for line in text.splitlines():
-            name, _, value = line.partition(" ")
+            series, _, value = line.rpartition(" ")
+            name = series.partition("{")[0]
             if name in wanted:
-                values[name] = float(value)
+                values[name] = values.get(name, 0.0) + float(value)
         return values
 
 
