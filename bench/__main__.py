@@ -5,11 +5,13 @@ For each model (the heavy MLP and the default model) it starts, on loopback:
 /predict, with Open Inference Protocol infer requests (one row, JSON) and with
 /batch_predict of ``--rows`` rows; (c) a gateway in front of (b)'s worker, driven
 the same three ways; (d) a gateway in front of two workers; (e) the same with
-``--gateway-processes`` gateway processes on one socket (GATEWAY_PROCESSES); and
-drives each with closed-loop load at several concurrencies. It also measures the
-in-process limit (``bench.inprocess``) and, through the gateway, the proxy client
-(the gateway's own, production, against httpx). Results: ``bench/results/latest.json``, the
-generated block of ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
+``--gateway-processes`` gateway processes on one socket (GATEWAY_PROCESSES); (f)
+HAProxy in front of (d)'s workers at 1 and 64 clients, the anchor of the proxy hop
+(``bench.haproxy``; skipped where haproxy is not installed); and drives each
+with closed-loop load at several concurrencies. It also measures the in-process
+limit (``bench.inprocess``) and, through the gateway, the proxy client (the
+gateway's own, production, against httpx). Results: ``bench/results/latest.json``,
+the generated block of ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
 
 ``--quick`` is a short run (heavy MLP, c=1 and 64, written under .cache/bench/);
 ``--url`` measures any running endpoint instead of starting a stack;
@@ -29,20 +31,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import report
+from bench import haproxy, report
 from bench.inprocess_runner import run_inprocess
 from bench.loadgen import binary_rows_body, find_wrk, infer_url, request_body, run_load
 from bench.machine import describe
-from bench.stack import COMPILATIONS, Gateway, Worker
+from bench.stack import COMPILATIONS, Gateway, Process, Worker
 from common import binary_rows
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {"heavy": "worker.examples.mlp:HeavyMLP", "default": "worker.model"}
 #: *_v2: one row per Open Inference Protocol infer (JSON) instead of /predict; *_batch_predict: --rows rows per
 #: /batch_predict (*_binary: as binary rows, common/binary_rows.py); gateway_2_procs: (d) with
-#: --gateway-processes gateway processes.
+#: --gateway-processes gateway processes; haproxy_2: HAProxy in front of (d)'s two workers (bench/haproxy.py).
 CONFIGS = ("direct_nobatch", "direct_batch", "direct_v2", "direct_batch_predict", "direct_batch_predict_binary",
-           "gateway_1", "gateway_1_v2", "gateway_1_batch_predict", "gateway_2", "gateway_2_procs")
+           "gateway_1", "gateway_1_v2", "gateway_1_batch_predict", "gateway_2", "gateway_2_procs", "haproxy_2")
 ONE_WORKER = set(CONFIGS) - {"direct_nobatch"}
 
 
@@ -124,7 +126,7 @@ class Runner:
         self.runs: list[dict] = []
         self.workers: list[Worker] = []
 
-    def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Gateway | None = None,
+    def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Process | None = None,
                 rows: int = 1, binary: bool = False) -> dict:
         """One point: a warm-up, then ``--repeat`` measured runs; the run of median req/s stands
         for the point (a neighbour's burst on a shared machine spoils one run, not the point),
@@ -145,7 +147,7 @@ class Runner:
         return chosen
 
     def _measure_once(self, url: str, body: bytes, content_type: str, rows: int, concurrency: int, workers,
-                      gateway: Gateway | None) -> dict:
+                      gateway: Process | None) -> dict:
         args = self.args
         processes = ([gateway] if gateway else []) + list(workers)
         before = [w.metric_sums() for w in workers]
@@ -176,17 +178,20 @@ class Runner:
             batches = sum(a.get("worker_batch_size_count", 0) - b.get("worker_batch_size_count", 0)
                           for a, b in zip(after, before, strict=True))
             result["mean_batch_size"] = round(rows / batches, 2) if batches else None
-            # Any compilation while serving is a bug (issue 3): record it.
+            # Any compilation while serving is a bug: record it.
             result["compilations_during_run"] = sum(
                 a.get(COMPILATIONS, 0) - b.get(COMPILATIONS, 0)
                 for a, b in zip(after, before, strict=True))
         return result
 
     def sweep(
-        self, model: str, config: str, url: str, workers: list[Worker], gateway: Gateway | None = None,
-        rows: int = 1, binary: bool = False,
+        self, model: str, config: str, url: str, workers: list[Worker], gateway: Process | None = None,
+        rows: int = 1, binary: bool = False, concurrencies: list[int] | None = None,
     ) -> None:
-        for concurrency in self.args.rows_concurrency if rows > 1 else self.args.concurrency:
+        """``concurrencies``: the client counts of this sweep, where not the run's (``--concurrency``,
+        or ``--rows-concurrency`` for rows > 1)."""
+        default = self.args.rows_concurrency if rows > 1 else self.args.concurrency
+        for concurrency in concurrencies or default:
             result = {"model": model, "config": config,
                       **self.measure(url, concurrency, workers, gateway, rows, binary)}
             self.runs.append(result)
@@ -207,7 +212,7 @@ class Runner:
                        env=self.args.gateway_env, processes=processes)
 
     def compilations_after_ready(self) -> dict[str, int | None]:
-        """Per worker started: XLA compilations between its readiness and its stop (issue 12: none)."""
+        """Per worker started: XLA compilations between its readiness and its stop (none expected)."""
         return {w.name: w.compilations_after_ready for w in self.workers}
 
 
@@ -245,7 +250,7 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
                 print(f"  {model:8s} client {client:8s} c=64   {result['rps']:8.0f} req/s  "
                       f"p50 {result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}  "
                       f"cpu ms/req {result.get('cpu_ms_per_request')}", flush=True)
-        if {"gateway_2", "gateway_2_procs"} & set(configs):
+        if {"gateway_2", "gateway_2_procs", "haproxy_2"} & set(configs):
             with runner.worker(f"{model}-w1", model, worker_id="1") as w1:
                 if "gateway_2" in configs:
                     with runner.gateway(f"{model}-gw2", [w0, w1]) as gw:
@@ -253,6 +258,10 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
                 if "gateway_2_procs" in configs:
                     with runner.gateway(f"{model}-gw2-procs", [w0, w1], processes=args.gateway_processes) as gw:
                         runner.sweep(model, "gateway_2_procs", gw.url + "/predict", [w0, w1], gw)
+                if "haproxy_2" in configs and haproxy.find_haproxy():
+                    with haproxy.HAProxy(f"{model}-haproxy", [w0.address, w1.address], runner.log_dir) as proxy:
+                        runner.sweep(model, "haproxy_2", proxy.url + "/predict", [w0, w1], proxy,
+                                     concurrencies=haproxy.concurrencies(args.concurrency))
 
 
 @contextlib.contextmanager
@@ -292,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
         from bench.profile import profile
 
         return profile(args)
+    if "haproxy_2" in args.configs and not args.url and not haproxy.find_haproxy():
+        print("haproxy not found (scripts/install-system-deps.sh): no HAProxy anchor in this run", file=sys.stderr)
     started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     results: dict = {"runs": [], "inprocess": {}, "client_comparison": []}
     with log_folder() as logs:
@@ -313,16 +324,17 @@ def main(argv: list[str] | None = None) -> dict:
     results["targets"] = report.targets(results) if not args.url else []
     results["protocol"] = report.protocol_ratios(results)
     results["gateway_capacity"] = report.gateway_capacity(results)
+    results["haproxy_anchor"] = haproxy.anchor(results)
     report.write_json(results, args.out)
     print(f"wrote {args.out}")
     if not args.no_docs:
-        report.update_doc(args.doc, report.markdown(results))
+        report.update_doc(args.doc, report.markdown(results) + haproxy.markdown(results["haproxy_anchor"]))
         report.plot(results, args.plot)
         print(f"wrote {args.doc} and {args.plot}")
     for r in results["protocol"]:
         print(f"  {r['model']} c={r['concurrency']}: /v2 infer / /predict, {r['where']}: {r['ratio']} "
               f"({r['infer_rps']:.0f} / {r['predict_rps']:.0f} req/s)")
-    for line in report.capacity_lines(results):
+    for line in report.capacity_lines(results) + haproxy.lines(results["haproxy_anchor"]):
         print(f"  {line}")
     for t in results["targets"]:
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]
