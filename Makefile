@@ -13,7 +13,7 @@ DOCS_PORT ?= 8001
 DOCS_SITE_DIR ?= build/site
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test train smoke lint docs docs-build bench bench-jobs chaos
+.PHONY: help install run test train smoke lint docs docs-build bench bench-jobs chaos gpu-wheels bench-gpu
 
 # The name column is as wide as the longest target name.
 help: ## List the targets
@@ -47,6 +47,12 @@ bench: install ## Benchmark the stack (bench/results/, docs/benchmarks.md, a PNG
 
 bench-jobs: install ## 1,000 concurrent jobs per deployment: jobs/s, p50/p99; and a 100,000-row job against /batch_predict
 	$(PY) -m bench.jobs_bench --stack all $(JOBS_BENCH_ARGS)
+
+gpu-wheels: install ## Download into build/gpu-wheels what a GPU machine without network lacks (wheels for Python 3.12, wrk): docs/gpu.md
+	$(PY) -m bench.gpu.carry $(GPU_WHEELS_ARGS)
+
+bench-gpu: ## On a GPU machine: install the carried wheels, measure the stack on the GPU(s) (bench/results/gpu.json, .md); BENCH_GPU_ARGS
+	$(PYTHON) -m bench.gpu $(BENCH_GPU_ARGS)
 
 chaos: install ## Break local stacks under load (kill -9, SIGTERM, hang, gateway restart, overload, worker crash loop, sidecar kill, broker, store and database outages); CHAOS_ARGS="--scenarios database database-wipe" for some: docs/reliability.md
 	$(PY) -m bench.chaos $(CHAOS_ARGS)

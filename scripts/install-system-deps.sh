@@ -7,6 +7,7 @@
 #   chromium, chromium-driver   the headless browser of the job page's test
 #                   (tests/jobs/test_ui_browser.py, driven by selenium)
 #   jq              the README's job and CLI examples (tests/test_readme_examples.py)
+#   haproxy         the proxy make bench measures beside the gateway (bench/haproxy.py)
 #   npm             installs s3rver (below)
 # and from npm:
 #   s3rver          an S3 server that keeps objects on disk: the store outage of
@@ -16,7 +17,7 @@
 # CI runs this script before the suite, so there they run.
 set -euo pipefail
 
-PACKAGES=(wrk docker-compose chromium chromium-driver jq)
+PACKAGES=(wrk docker-compose chromium chromium-driver jq haproxy)
 S3RVER=s3rver@3.7.1
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then
