@@ -3,6 +3,7 @@
 The gateway only submits, reads, cancels and retries (``jobs.service``); sidecars run jobs.
 
     POST   /jobs               202 + Location once the job is stored and queued
+    POST   /jobs/batch         202 + the ids of many jobs, in order, once all are stored and queued
     GET    /jobs               the newest jobs, filtered, a page at a time (keyset cursor)
     GET    /jobs/ui            a page to watch them (gateway/jobs_ui.html); open without a key, it holds no data
     GET    /jobs/{id}          its status
@@ -33,7 +34,7 @@ from gateway.docs import OpenAPIBuilder
 from gateway.errors import GatewayError, PayloadTooLarge, error_response
 from gateway.request_body import read_body
 from jobs.errors import InvalidJob, JobError, JobTooLarge
-from jobs.schema import JobState, JobStatus, JobSubmission
+from jobs.schema import BatchedJob, JobBatchAccepted, JobState, JobStatus, JobSubmission
 from jobs.service import JobService
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,9 @@ def job_routes(service: JobService, retry_after_s: int) -> list[Route]:
 
         return endpoint
 
-    async def read_job_body(request: Request) -> bytes:
+    async def read_job_body(request: Request, limit: int | None = None) -> bytes:
         try:
-            return await read_body(request.scope, request.receive, service.settings.job_max_inline_bytes)
+            return await read_body(request.scope, request.receive, limit or service.settings.job_max_inline_bytes)
         except PayloadTooLarge as exc:
             raise JobTooLarge(f"{exc.message}: put the rows in the store and send input_uri") from None
 
@@ -139,6 +140,13 @@ def job_routes(service: JobService, retry_after_s: int) -> list[Route]:
         if submitted.replayed:
             headers["Idempotent-Replayed"] = "true"
         return _json(submitted.status, 202, headers)
+
+    async def submit_batch(request: Request) -> Response:
+        body = await read_job_body(request, service.settings.job_batch_max_bytes)
+        submitted = await service.submit_many(body, owner=_owner(request))
+        accepted = JobBatchAccepted(job_ids=[one.status.job_id for one in submitted],
+                                    replayed=[one.replayed for one in submitted])
+        return Response(accepted.model_dump_json(), 202, media_type="application/json")
 
     async def list_jobs(request: Request) -> Response:
         arguments = _list_arguments(request, service.settings.job_list_max_limit)
@@ -171,6 +179,7 @@ def job_routes(service: JobService, retry_after_s: int) -> list[Route]:
     return [
         Route("/jobs", handler(submit), methods=["POST"]),
         Route("/jobs", handler(list_jobs), methods=["GET"]),
+        Route("/jobs/batch", handler(submit_batch), methods=["POST"]),
         Route("/jobs/ui", ui, methods=["GET"]),
         Route("/jobs/{job_id}", handler(status), methods=["GET"]),
         Route("/jobs/{job_id}", handler(cancel), methods=["DELETE"]),
@@ -193,6 +202,19 @@ def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
         }],
         "requestBody": builder.json_body(builder.schema(JobSubmission), example),
         "responses": builder.responses(JobStatus, 400, 413, 422, 503, ok_status=202),
+    })
+    batch_example = None if example is None else {"jobs": [example, {**example, "idempotency_key": "row-2"}]}
+    builder.add("/jobs/batch", "post", {
+        "summary": "Submit many jobs at once; 202 with their ids in order once all are stored and queued",
+        "description": "Each job is a POST /jobs body with an optional idempotency_key (as that route's header). "
+                       "All are checked first: a bad one is 422 naming its index (jobs[i]), with nothing stored. "
+                       "At most JOB_BATCH_MAX jobs.",
+        "tags": ["jobs"],
+        "requestBody": builder.json_body({"type": "object", "required": ["jobs"], "additionalProperties": False,
+                                          "properties": {"jobs": {"type": "array", "minItems": 1,
+                                                                  "items": builder.schema(BatchedJob)}}},
+                                         batch_example),
+        "responses": builder.responses(JobBatchAccepted, 400, 413, 422, 503, ok_status=202),
     })
     filters = [
         ("status", "Only jobs in this state.", {"type": "string", "enum": list(get_args(JobState))}),
@@ -220,9 +242,10 @@ def jobs_openapi(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
         "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
     })
     builder.add("/jobs/{job_id}", "get", {
-        "summary": "A job's status: queued, running, succeeded, failed or cancelled, with progress",
+        "summary": "A job's status: queued, running, succeeded, failed, cancelled or expired, with progress",
         "tags": ["jobs"],
         "parameters": [job_id],
+        "description": "404 also for a finished job deleted after JOB_RETENTION_S.",
         "responses": builder.responses(JobStatus, 404, 503),
     })
     builder.add("/jobs/{job_id}", "delete", {

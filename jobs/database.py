@@ -44,7 +44,58 @@ from typing import Any, Protocol
 from jobs.errors import JobsUnavailable
 from jobs.settings import JobsSettings
 
-MIGRATIONS: list[str] = [
+_JOB_COLUMNS_5 = (
+    "ALTER TABLE jobs ADD COLUMN callback_url TEXT",
+    "ALTER TABLE jobs ADD COLUMN callback_events TEXT",
+    "ALTER TABLE jobs ADD COLUMN expires_at BIGINT",
+)
+#: One row per webhook: the job's state as the change left it (the body is built from it, so every delivery of
+#: one webhook sends the same), and its delivery's progress.
+_OUTBOX_5 = """
+    CREATE TABLE IF NOT EXISTS job_webhooks (
+        event_id {serial},
+        job_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        progress_done BIGINT NOT NULL,
+        progress_total BIGINT,
+        error_code TEXT,
+        error_message TEXT,
+        started_at BIGINT,
+        finished_at BIGINT,
+        updated_at BIGINT NOT NULL,
+        result_model_name TEXT,
+        result_model_version TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        deliveries INTEGER NOT NULL DEFAULT 0,
+        last_status INTEGER,
+        last_error TEXT,
+        next_at BIGINT NOT NULL,
+        lease_owner TEXT,
+        lease_until BIGINT,
+        delivered_at BIGINT
+    )
+"""
+_INDEXES_5 = (
+    "CREATE INDEX IF NOT EXISTS job_webhooks_due ON job_webhooks (state, next_at)",
+    "CREATE INDEX IF NOT EXISTS job_webhooks_of_job ON job_webhooks (job_id, event_id)",
+    "CREATE INDEX jobs_queued_deadline ON jobs (expires_at) WHERE status = 'queued' AND expires_at IS NOT NULL",
+    "CREATE INDEX jobs_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS job_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until BIGINT NOT NULL)",
+)
+_WANTS_5 = "NEW.callback_url IS NOT NULL AND NEW.callback_events LIKE ('%,' || NEW.status || ',%')"
+_OUTBOX_INSERT_5 = (
+    "INSERT INTO job_webhooks (job_id, url, status, attempts, progress_done, progress_total, error_code, "
+    "error_message, started_at, finished_at, updated_at, result_model_name, result_model_version, next_at) "
+    "VALUES (NEW.job_id, NEW.callback_url, NEW.status, NEW.attempts, NEW.progress_done, NEW.progress_total, "
+    "NEW.error_code, NEW.error_message, NEW.started_at, NEW.finished_at, NEW.updated_at, NEW.result_model_name, "
+    "NEW.result_model_version, NEW.updated_at)"
+)
+
+#: A script of statements separated by ";", or, where the engines need different SQL (triggers), the list of
+#: statements for each ("sqlite", "postgresql"), not split.
+MIGRATIONS: list[str | dict[str, list[str]]] = [
     # 1: one row per job, status and small payloads inline.
     """
     CREATE TABLE jobs (
@@ -132,6 +183,33 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS model_promotions_pending ON model_promotions (state, requested_at, job_id);
     ALTER TABLE jobs ADD COLUMN promote INTEGER NOT NULL DEFAULT 0
     """,
+    # 5: webhooks, deadlines, retention. A job's callback URL, the states it wants webhooks for (",a,b,": a LIKE
+    # finds one in both engines) and its deadline; the outbox of webhooks (jobs.outbox), filled by a trigger in
+    # the statement that changes a job's state, so no writer can change one and forget its webhook; leases that
+    # let one process at a time do the deployment's housekeeping (jobs.housekeeping). IF NOT EXISTS where the
+    # tables outlive a lost jobs table, as in 4.
+    {
+        "sqlite": [
+            *_JOB_COLUMNS_5,
+            _OUTBOX_5.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"),
+            *_INDEXES_5,
+            f"CREATE TRIGGER job_webhooks_on_insert AFTER INSERT ON jobs WHEN {_WANTS_5} "
+            f"BEGIN {_OUTBOX_INSERT_5}; END",
+            f"CREATE TRIGGER job_webhooks_on_update AFTER UPDATE OF status ON jobs "
+            f"WHEN OLD.status <> NEW.status AND {_WANTS_5} BEGIN {_OUTBOX_INSERT_5}; END",
+        ],
+        "postgresql": [
+            *_JOB_COLUMNS_5,
+            _OUTBOX_5.format(serial="BIGSERIAL PRIMARY KEY"),
+            *_INDEXES_5,
+            "CREATE OR REPLACE FUNCTION job_webhook_event() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN {_OUTBOX_INSERT_5}; RETURN NULL; END $$",
+            "CREATE TRIGGER job_webhooks_on_insert AFTER INSERT ON jobs FOR EACH ROW "
+            f"WHEN ({_WANTS_5}) EXECUTE FUNCTION job_webhook_event()",
+            "CREATE TRIGGER job_webhooks_on_update AFTER UPDATE OF status ON jobs FOR EACH ROW "
+            f"WHEN (OLD.status <> NEW.status AND {_WANTS_5}) EXECUTE FUNCTION job_webhook_event()",
+        ],
+    },
 ]
 
 log = logging.getLogger(__name__)
@@ -182,8 +260,10 @@ def create_database(settings: JobsSettings) -> Database:
     return SqliteDatabase(settings.jobs_dir / "jobs.sqlite3")
 
 
-def _statements(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]
+def _statements(migration: str | dict[str, list[str]], engine: str) -> list[str]:
+    if isinstance(migration, dict):
+        return migration[engine]
+    return [part.strip() for part in migration.split(";") if part.strip()]
 
 
 class _Lazy(abc.ABC):
@@ -318,7 +398,7 @@ class PostgresDatabase(_Lazy):
             await connection.execute(_VERSION_TABLE)
             done = await connection.fetchval("SELECT MAX(version) FROM schema_version") or 0
             for version, script in enumerate(MIGRATIONS[done:], start=done + 1):
-                for statement in _statements(script):
+                for statement in _statements(script, "postgresql"):
                     await connection.execute(statement)
                 await connection.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
@@ -392,7 +472,7 @@ class SqliteDatabase(_Lazy):
             async with db.execute("SELECT MAX(version) FROM schema_version") as cursor:
                 done = (await cursor.fetchone())[0] or 0
             for version, script in enumerate(MIGRATIONS[done:], start=done + 1):
-                for statement in _statements(script):
+                for statement in _statements(script, "sqlite"):
                     await db.execute(statement)
                 await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
             await db.execute("COMMIT")

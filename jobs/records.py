@@ -32,12 +32,12 @@ import orjson
 from jobs.batching import Batcher
 from jobs.database import Database
 from jobs.errors import InvalidJob, JobNotFound
-from jobs.schema import EarlierRun, ErrorInfo, JobSpec, JobState, JobStatus, utc_now
+from jobs.schema import CallbackState, EarlierRun, ErrorInfo, JobSpec, JobState, JobStatus, utc_now
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, job_key
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-_NOT_FINISHED = "status NOT IN ('succeeded', 'failed', 'cancelled')"
+_NOT_FINISHED = "status NOT IN ('succeeded', 'failed', 'cancelled', 'expired')"
 
 
 def check_job_id(job_id: str) -> str:
@@ -60,7 +60,7 @@ def _stamp(moment: datetime | None) -> int | None:
     return None if moment is None else _micros(moment)
 
 
-def _moment(micros: int | None) -> datetime | None:
+def moment(micros: int | None) -> datetime | None:
     return None if micros is None else _EPOCH + micros * _MICROSECOND
 
 
@@ -84,6 +84,14 @@ class NewJob:
     model_name: str | None = None
     model_version: str | None = None
     input_shape: tuple[int, ...] | None = None
+    callback_url: str | None = None
+    callback_events: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+
+
+def _events(events: tuple[str, ...] | list[str]) -> str:
+    """``",a,b,"``: the database's trigger finds a state in it with one LIKE in either engine."""
+    return f",{','.join(events)},"
 
 
 def _status(row: dict[str, Any]) -> JobStatus:
@@ -93,15 +101,33 @@ def _status(row: dict[str, Any]) -> JobStatus:
         job_id=job_id, task=row["task"], status=row["status"],
         progress={"done": row["progress_done"], "total": row["progress_total"]},
         attempts=row["attempts"], error=error, cancel_requested=bool(row["cancel_requested"]),
-        created_at=_moment(row["created_at"]), started_at=_moment(row["started_at"]),
-        finished_at=_moment(row["finished_at"]), updated_at=_moment(row["updated_at"]),
+        created_at=moment(row["created_at"]), started_at=moment(row["started_at"]),
+        finished_at=moment(row["finished_at"]), updated_at=moment(row["updated_at"]),
         status_url=f"/jobs/{job_id}", result_url=f"/jobs/{job_id}/result",
         model_name=row["model_name"], model_version=row["model_version"],
         input_shape=None if row["input_shape"] is None else orjson.loads(row["input_shape"]),
         result_model_name=row["result_model_name"], result_model_version=row["result_model_version"],
         owner=row["owner"], priority=row["priority"],
         earlier_runs=orjson.loads(row["earlier_runs"]) if row["earlier_runs"] else [],
+        expires_at=moment(row["expires_at"]),
+        callback=None if row["callback_url"] is None else CallbackState(
+            url=row["callback_url"], events=row["callback_events"].strip(",").split(",")),
     )
+
+
+def _new_status(job: NewJob, now: int) -> JobStatus:
+    """The status of ``job`` as its insert at ``now`` records it."""
+    spec = job.spec
+    return _status({
+        "job_id": spec.job_id, "task": spec.task, "status": "queued", "progress_done": 0,
+        "progress_total": job.total, "attempts": 0, "error_code": None, "error_message": None,
+        "cancel_requested": 0, "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
+        "model_name": job.model_name, "model_version": job.model_version, "owner": job.owner,
+        "priority": spec.priority, "input_shape": _shape(job),
+        "result_model_name": None, "result_model_version": None, "earlier_runs": None,
+        "expires_at": _stamp(job.expires_at), "callback_url": job.callback_url,
+        "callback_events": _events(job.callback_events),
+    })
 
 
 def _text(value: Any) -> bytes | None:
@@ -111,12 +137,12 @@ def _text(value: Any) -> bytes | None:
 _STATUS_COLUMNS = (
     "job_id, task, status, progress_done, progress_total, attempts, error_code, error_message, "
     "cancel_requested, created_at, started_at, finished_at, updated_at, model_name, model_version, owner, priority, "
-    "input_shape, result_model_name, result_model_version, earlier_runs"
+    "input_shape, result_model_name, result_model_version, earlier_runs, expires_at, callback_url, callback_events"
 )
 _RECORD_COLUMNS = f"{_STATUS_COLUMNS}, fingerprint, options, input_key, input_data, result, result_key, promote"
 _INSERT_COLUMNS = (
     "job_id, task, status, fingerprint, options, input_key, input_data, progress_total, owner, model_name, "
-    "model_version, created_at, updated_at, priority, input_shape, promote"
+    "model_version, created_at, updated_at, priority, input_shape, promote, callback_url, callback_events, expires_at"
 )
 _INSERT_WIDTH = _INSERT_COLUMNS.count(",") + 1
 #: A status write's values, in the order of the VALUES rows of ``_write_many``, with the types PostgreSQL needs
@@ -212,22 +238,21 @@ class JobRecords:
     async def create(self, job: NewJob) -> tuple[JobStatus, JobRecord | None]:
         """Insert ``job`` as queued: its status, and the record already there if its id was taken."""
         now = _micros(utc_now())
-        spec = job.spec
-        status = _status({
-            "job_id": spec.job_id, "task": spec.task, "status": "queued", "progress_done": 0,
-            "progress_total": job.total, "attempts": 0, "error_code": None, "error_message": None,
-            "cancel_requested": 0, "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
-            "model_name": job.model_name, "model_version": job.model_version, "owner": job.owner,
-            "priority": spec.priority, "input_shape": _shape(job),
-            "result_model_name": None, "result_model_version": None, "earlier_runs": None,
-        })
         inserted = await self._inserts((job, now))
+        status = _new_status(job, now)
         if inserted:
             return status, None
-        existing = await self.get(spec.job_id)
+        existing = await self.get(job.spec.job_id)
         if existing is None:
-            raise JobNotFound(f"job {spec.job_id} was taken and is gone")
+            raise JobNotFound(f"job {job.spec.job_id} was taken and is gone")
         return status, existing
+
+    async def create_many(self, jobs: list[NewJob]) -> list[JobStatus | None]:
+        """Insert ``jobs`` as queued in one statement (one transaction: all or none): each one's status, None for
+        one whose id was taken (before, or earlier in ``jobs``)."""
+        now = _micros(utc_now())
+        inserted = await self._insert_many([(job, now) for job in jobs])
+        return [_new_status(job, now) if new else None for job, new in zip(jobs, inserted, strict=True)]
 
     async def _insert_many(self, jobs: list[tuple[NewJob, int]]) -> list[bool]:
         """One INSERT for ``jobs`` (each with its creation time): whether each was new (an id taken before, or
@@ -239,7 +264,8 @@ class JobRecords:
             args += [spec.job_id, spec.task, "queued", spec.fingerprint, orjson.dumps(spec.options).decode(),
                      spec.input_key, None if job.input_data is None else job.input_data.decode(), job.total,
                      job.owner, job.model_name, job.model_version, now, now, spec.priority, _shape(job),
-                     int(spec.promote)]
+                     int(spec.promote), job.callback_url,
+                     None if job.callback_url is None else _events(job.callback_events), _stamp(job.expires_at)]
         rows = await self.db.fetch(
             f"INSERT INTO jobs ({_INSERT_COLUMNS}) VALUES {_placeholders(len(padded), _INSERT_WIDTH)} "
             "ON CONFLICT (job_id) DO NOTHING RETURNING job_id", *args,

@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from common.rows import validation_message
 from jobs.errors import InvalidJob
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "expired"})
+#: The states a webhook is sent for unless callback_events names others: the final ones.
+DEFAULT_CALLBACK_EVENTS: tuple[str, ...] = ("succeeded", "failed", "cancelled", "expired")
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
@@ -55,6 +57,56 @@ class JobSubmission(BaseModel):
     promote: bool = Field(
         False, description="train only: activate the version the job makes once it succeeds (a gateway swaps every "
         "worker to it); the result says whether it did (\"promoted\").",
+    )
+    callback_url: str | None = Field(
+        None, max_length=2048, description="http(s) URL the job's status is POSTed to (signed as Standard Webhooks "
+        "says) when it reaches a state of callback_events.",
+    )
+    callback_events: list[JobState] | None = Field(
+        None, min_length=1, description="The states that trigger a webhook; default: the final ones (succeeded, "
+        "failed, cancelled, expired).",
+    )
+    deadline_s: float | None = Field(
+        None, gt=0, description="Seconds from now: a job not started by then ends expired and never runs.",
+    )
+    expires_at: datetime | None = Field(
+        None, description="Instead of deadline_s, the moment itself (ISO 8601 with a time zone).",
+    )
+
+
+class BatchedJob(JobSubmission):
+    """One job of ``POST /jobs/batch``: a ``POST /jobs`` body, and the Idempotency-Key that request would send."""
+
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=255, description="As the Idempotency-Key header of POST /jobs, for this job.",
+    )
+
+
+class JobBatch(BaseModel):
+    """Body of ``POST /jobs/batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[dict[str, Any]] = Field(min_length=1, description="POST /jobs bodies, each with an optional "
+                                       "idempotency_key; at most JOB_BATCH_MAX.")
+
+
+class JobBatchAccepted(BaseModel):
+    job_ids: list[str] = Field(description="The jobs' ids, in the order of the request's jobs.")
+    replayed: list[bool] = Field(description="For each: whether its idempotency_key named a job that existed.")
+
+
+class CallbackState(BaseModel):
+    """Where a job's webhooks go, and how the newest one fared."""
+
+    url: str
+    events: list[JobState]
+    attempts: int = Field(0, description="Deliveries of the newest webhook so far.")
+    last_status: int | None = Field(None, description="The receiver's HTTP status on the last try; null: no answer.")
+    delivered_at: datetime | None = Field(None, description="When the newest webhook was accepted (2xx).")
+    state: Literal["none", "pending", "delivered", "failed"] = Field(
+        "none", description="The newest webhook's: none sent yet, pending (retrying), delivered, or failed (gave up "
+        "after WEBHOOK_RETRY_S).",
     )
 
 
@@ -105,6 +157,8 @@ class JobStatus(BaseModel):
     earlier_runs: list[EarlierRun] = Field(
         default_factory=list, description="Its failed runs before each retry (POST /jobs/{id}/retry), oldest first."
     )
+    expires_at: datetime | None = Field(None, description="Its deadline: not started by then, it ends expired.")
+    callback: CallbackState | None = Field(None, description="Its webhooks, when it asked for them (callback_url).")
 
     @property
     def finished(self) -> bool:

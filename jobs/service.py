@@ -14,6 +14,9 @@ published to that model's queue, which only sidecars of that model consume.
 While no worker has reported its model, ``POST /jobs`` is 503: there is
 nothing to check the rows against, nor a queue to put them on.
 
+``POST /jobs/batch`` takes many jobs at once (``submit_many``): all are checked
+first, the new ones recorded in one statement and published together.
+
 A failed job can be run again under its id (``retry``): its record goes back
 to queued, its failed run kept in ``earlier_runs``, and it is published as a
 submission is. A resubmission with its Idempotency-Key returns the failed job
@@ -23,9 +26,7 @@ as it is (only a job whose first publish failed is queued again that way).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,12 +47,14 @@ from jobs.errors import (
     MalformedJob,
 )
 from jobs.metrics import JobsMetrics
-from jobs.records import JobRecords, NewJob, check_job_id
+from jobs.outbox import Outbox
+from jobs.records import JobRecords, check_job_id, moment
 from jobs.routing import ModelIdentity
-from jobs.schema import JobSpec, JobState, JobStatus, JobSubmission, validate
+from jobs.schema import BatchedJob, JobBatch, JobSpec, JobState, JobStatus, JobSubmission, validate
 from jobs.settings import JobsSettings
 from jobs.store import ArtifactStore, job_key
-from jobs.tasks import TASKS, TaskType, import_task_modules
+from jobs.submission import PreparedJob, Submissions
+from jobs.tasks import import_task_modules
 from jobs.waiting import FinishedWatch
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,8 @@ class JobService:
         self.store = store
         self.database = database
         self.records = JobRecords(database, store, settings)
+        self.submissions = Submissions(settings, store)
+        self.outbox = Outbox(database)
         self.finished = FinishedWatch(self.records.finished_among, settings.job_result_poll_s)
         self.broker = broker
         self.metrics = metrics
@@ -111,53 +116,85 @@ class JobService:
             await self.broker.publish(model, body, priority, self.settings.job_priority_levels)
 
     async def submit(self, body: bytes, idempotency_key: str | None, owner: str | None = None) -> Submitted:
-        submission = self._parse(body)
-        task = TASKS.get(submission.task)
-        if task is None:
-            raise InvalidJob(f"task: unknown task type {submission.task!r}; known: {', '.join(sorted(TASKS))}")
-        options = validate(task.options, submission.options, "options")
-        input_key, total = await self._check_inputs(task, submission)
-        if not 0 <= submission.priority < self.settings.job_priority_levels:
-            raise InvalidJob(f"priority: from 0 to {self.settings.job_priority_levels - 1}")
-        if submission.promote and not task.promotes:
-            raise InvalidJob(f"promote: task {task.name!r} makes no model version to promote")
+        submission = validate(JobSubmission, self._parse(body), "")
         metadata, model = self._served_identity()
-        if task.check is not None:
-            task.check(submission.inputs or [], submission.options, metadata)
-        # "promote" only when asked for: the fingerprints of jobs that do not promote stay what they were.
-        asked = submission.model_dump(exclude_none=True, exclude=None if submission.promote else {"promote"})
-        fingerprint = hashlib.sha256(orjson.dumps(asked, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        if idempotency_key is not None:
-            if not 1 <= len(idempotency_key) <= 255:
-                raise InvalidJob("Idempotency-Key: 1 to 255 characters")
-            # Per owner: two API keys using the same Idempotency-Key get two jobs.
-            scope = "idempotency" if owner is None else f"idempotency:{owner}"
-            job_id = hashlib.sha256(f"{scope}:{idempotency_key}".encode()).hexdigest()[:32]
-        else:
-            job_id = uuid.uuid4().hex
-        input_data = None
-        if submission.inputs is not None:
-            input_data = orjson.dumps(submission.inputs)
-            if len(input_data) > self.settings.job_inline_input_bytes:
-                # Keyed by the fingerprint: a reused Idempotency-Key never overwrites the first job's rows.
-                input_key = job_key(job_id, f"input-{fingerprint[:16]}.json")
-                await self.store.put(input_key, input_data)
-                input_data = None
-        spec = JobSpec(job_id=job_id, task=task.name, input_key=input_key,
-                       options=options.model_dump(), fingerprint=fingerprint, priority=submission.priority,
-                       promote=submission.promote)
-        job = NewJob(spec, total, input_data, owner, model.name, model.version, model.input_shape)
-
+        prepared = await self.submissions.prepare(submission, idempotency_key, owner, metadata, model)
+        await self.submissions.check_callbacks([submission], "")
+        await self.submissions.store_input(prepared)
+        job = prepared.job
         status, existing = await self.records.create(job)
         if existing is not None:
-            if existing.spec.fingerprint != fingerprint:
+            if existing.spec.fingerprint != job.spec.fingerprint:
                 raise InvalidJob("Idempotency-Key: already used for a different job")
             if not (existing.status.error and existing.status.error.code == "not_queued"):
                 return Submitted(existing.status, replayed=True)
             # The first submission failed to publish: queue it again here, for the model it was bound to.
-            status = await self.records.requeue_unpublished(job_id) or status
-        await self._queue(status, spec, status.model_name or model.name)
+            status = await self.records.requeue_unpublished(job.spec.job_id) or status
+        await self._queue(status, job.spec, status.model_name or model.name)
         return Submitted(status, replayed=False)
+
+    async def submit_many(self, body: bytes, owner: str | None = None) -> list[Submitted]:
+        """``POST /jobs/batch``: every job checked first (422 naming the first bad one, nothing stored), then
+        the new ones recorded in one statement and published together (the broker confirms them as a pipeline,
+        not one round trip each). A job whose publish failed is marked not_queued, as for ``submit``, and the
+        request is 503: sent again with the same idempotency keys, the queued jobs are replayed and the others
+        queued."""
+        batch = validate(JobBatch, self._parse(body), "")
+        if len(batch.jobs) > self.settings.job_batch_max:
+            raise InvalidJob(f"jobs: {len(batch.jobs)} jobs; the limit is {self.settings.job_batch_max} "
+                             "(JOB_BATCH_MAX)")
+        metadata, model = self._served_identity()
+        submissions: list[BatchedJob] = []
+        prepared: list[PreparedJob] = []
+        for index, raw in enumerate(batch.jobs):
+            try:
+                submission = validate(BatchedJob, raw, "")
+                submissions.append(submission)
+                prepared.append(await self.submissions.prepare(submission, submission.idempotency_key, owner,
+                                                               metadata, model))
+            except InvalidJob as exc:
+                raise InvalidJob(f"jobs[{index}]: {exc.message}") from None
+        await self.submissions.check_callbacks(submissions, "jobs[{index}].")
+        await self._check_replays(submissions, prepared)
+        for one in prepared:
+            await self.submissions.store_input(one)
+        created = await self.records.create_many([one.job for one in prepared])
+        answers: list[Submitted] = []
+        to_queue: list[tuple[JobStatus, JobSpec, str]] = []
+        for one, status in zip(prepared, created, strict=True):
+            spec = one.job.spec
+            replayed = status is None
+            if status is None:  # its idempotency key named a job recorded before (or earlier in this batch)
+                status = await self.records.status(spec.job_id)
+                if status is None:
+                    raise JobsUnavailable(f"job {spec.job_id} was taken and is gone")
+                if status.error is not None and status.error.code == "not_queued":  # its first publish failed
+                    status = await self.records.requeue_unpublished(spec.job_id) or status
+                    replayed = False
+            if not replayed:
+                to_queue.append((status, spec, status.model_name or model.name))
+            answers.append(Submitted(status, replayed))
+        failures = await asyncio.gather(*(self._queue(*one) for one in to_queue), return_exceptions=True)
+        for failure in failures:
+            if isinstance(failure, BaseException):
+                raise failure
+        return answers
+
+    async def _check_replays(self, submissions: list[BatchedJob], prepared: list[PreparedJob]) -> None:
+        """422 naming the first job whose idempotency key already named a different job (read before anything
+        is stored; a batch whose key names an earlier job of it is checked the same way)."""
+        seen: dict[str, str] = {}
+        for index, one in enumerate(prepared):
+            spec = one.job.spec
+            earlier = seen.setdefault(spec.job_id, spec.fingerprint)
+            if earlier != spec.fingerprint:
+                raise InvalidJob(f"jobs[{index}]: idempotency_key: already used for a different job of this batch")
+        pairs = enumerate(zip(submissions, prepared, strict=True))
+        keyed = [(index, one.job.spec) for index, (submission, one) in pairs if submission.idempotency_key is not None]
+        records = await asyncio.gather(*(self.records.get(spec.job_id) for _, spec in keyed))
+        for (index, spec), record in zip(keyed, records, strict=True):
+            if record is not None and record.spec.fingerprint != spec.fingerprint:
+                raise InvalidJob(f"jobs[{index}]: idempotency_key: already used for a different job")
 
     def _served_identity(self) -> tuple[dict[str, Any], ModelIdentity]:
         """The served model's metadata and identity, which a job is bound to; 503 while there is none."""
@@ -183,52 +220,43 @@ class JobService:
             raise JobsUnavailable("the job broker is unavailable; try again") from exc
         self.metrics.count("queued")
 
-    def _parse(self, body: bytes) -> JobSubmission:
+    def _parse(self, body: bytes) -> Any:
         try:
-            data = orjson.loads(body)
+            return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             if has_non_finite_numbers(body):
                 raise InvalidJob(NON_FINITE_MESSAGE) from None
             raise MalformedJob(f"body is not valid JSON: {exc}") from None
-        return validate(JobSubmission, data, "")
-
-    async def _check_inputs(self, task: TaskType, submission: JobSubmission) -> tuple[str | None, int | None]:
-        """The input object's key (input_uri) and the row count if known; 422 if the inputs are wrong."""
-        if submission.inputs is not None and submission.input_uri is not None:
-            raise InvalidJob("give either inputs or input_uri, not both")
-        if submission.inputs is not None:
-            rows = len(submission.inputs)
-            if rows == 0 and task.inputs == "required":
-                raise InvalidJob("inputs: at least one row")
-            if rows > self.settings.job_max_rows:
-                raise InvalidJob(f"inputs: {rows} rows; the limit is {self.settings.job_max_rows}")
-            validate(list[task.row], submission.inputs, "inputs")  # type: ignore[name-defined]
-            return None, rows
-        if submission.input_uri is not None:
-            key = self.store.key_for_uri(submission.input_uri)
-            size = await self.store.size(key)
-            if size is None:
-                raise InvalidJob(f"input_uri: no object at {submission.input_uri}")
-            if size > self.settings.job_max_input_bytes:
-                raise InvalidJob(f"input_uri: {size} bytes; the limit is {self.settings.job_max_input_bytes}")
-            return key, None
-        if task.inputs == "required":
-            raise InvalidJob(f"task {task.name!r} needs inputs or input_uri")
-        return None, None
 
     async def status(self, job_id: str, owner: str | None = None) -> JobStatus:
         """A job's status; with API keys (``owner``), another key's job is not found."""
         status = await self.records.status(check_job_id(job_id))
         if status is None or (owner is not None and status.owner != owner):
             raise JobNotFound(f"no job {job_id!r}")
-        return status
+        return (await self._with_callbacks([status]))[0]
+
+    async def _with_callbacks(self, statuses: list[JobStatus]) -> list[JobStatus]:
+        """``statuses`` with how their newest webhook fared (one read for all)."""
+        newest = await self.outbox.newest([status.job_id for status in statuses if status.callback is not None])
+        answers = []
+        for status in statuses:
+            row = newest.get(status.job_id)
+            if row is not None and status.callback is not None:
+                callback = status.callback.model_copy(update={
+                    "state": row["state"], "attempts": row["deliveries"], "last_status": row["last_status"],
+                    "delivered_at": moment(row["delivered_at"])})
+                status = status.model_copy(update={"callback": callback})
+            answers.append(status)
+        return answers
 
     async def list(
         self, *, status: JobState | None = None, task: str | None = None, model: str | None = None,
         owner: str | None = None, limit: int = 50, cursor: str | None = None,
     ) -> tuple[list[JobStatus], str | None]:
         """Newest first; the next page's cursor, None on the last page."""
-        return await self.records.list(status=status, task=task, model=model, owner=owner, limit=limit, cursor=cursor)
+        page, next_cursor = await self.records.list(status=status, task=task, model=model, owner=owner, limit=limit,
+                                                    cursor=cursor)
+        return await self._with_callbacks(page), next_cursor
 
     async def result(self, job_id: str, owner: str | None = None, wait_s: float = 0.0) -> bytes | str:
         """The result's JSON, or a presigned URL when it is large and the store can sign.

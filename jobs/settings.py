@@ -166,6 +166,52 @@ class JobsSettings(BaseSettings):
         600.0, gt=0, description="A model's first version claimed this long ago and still not registered (its "
         "process died) may be registered by another process.",
     )
+    job_batch_max: int = Field(1000, ge=1, description="Most jobs one POST /jobs/batch may carry (422 beyond).")
+    job_batch_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1, description="Largest POST /jobs/batch body (413 beyond).",
+    )
+    job_retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Finished jobs older than this (since they finished) are deleted, "
+        "record and store objects; GET of one is 404 after.",
+    )
+    job_retention_batch: int = Field(
+        500, ge=1, description="Most finished jobs the janitor deletes per round (one statement each way).",
+    )
+    job_housekeeping_s: float = Field(
+        5.0, gt=0, description="How often one process of the deployment (holding the database lease) expires "
+        "queued jobs past their deadline and deletes jobs past JOB_RETENTION_S.",
+    )
+    webhook_secret: str | None = Field(
+        None, description="Signing secret of webhooks, 'whsec_' + base64 of 24 to 64 random bytes (Standard "
+        "Webhooks); unset: a job with callback_url is refused (422).",
+    )
+    webhook_retry_s: float = Field(
+        24 * 3600.0, gt=0, description="How long a webhook is tried again (exponential backoff with jitter, from "
+        "WEBHOOK_MIN_BACKOFF_S to WEBHOOK_MAX_BACKOFF_S) before it is marked failed.",
+    )
+    webhook_min_backoff_s: float = Field(
+        1.0, gt=0, description="Wait before the second try of a webhook; it doubles with each try after.",
+    )
+    webhook_max_backoff_s: float = Field(600.0, gt=0, description="Longest wait between two tries of a webhook.")
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="Timeout of one webhook request (connect, send, answer).",
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, description="Webhook requests one process has in flight: a slow receiver holds one of these, "
+        "never the others' deliveries.",
+    )
+    webhook_host_concurrency: int = Field(
+        4, ge=1, description="Webhook requests one process has in flight to one receiving host.",
+    )
+    webhook_poll_s: float = Field(0.5, gt=0, description="How often a process looks for webhooks due.")
+    webhook_lease_s: float = Field(
+        60.0, gt=0, description="A webhook a process claimed and did not settle in this long (it died) is "
+        "claimed by another; more than WEBHOOK_TIMEOUT_S.",
+    )
+    webhook_allow_private_networks: bool = Field(
+        False, description="Allow callback URLs on loopback, private, link-local and metadata addresses (tests, "
+        "local use); off, they are refused at submit (422) and again at delivery.",
+    )
     job_task_modules: CommaSeparated = Field(
         default_factory=list,
         description="Extra modules imported at start-up to register task types, comma separated.",
@@ -178,6 +224,16 @@ class JobsSettings(BaseSettings):
                              "deployment, not over TLS)")
         if self.sidecar_spread_url and not self.sidecar_spread_url.startswith("http://"):
             raise ValueError("SIDECAR_SPREAD_URL must be an http:// URL (a gateway of this deployment, not over TLS)")
+        return self
+
+    @model_validator(mode="after")
+    def _webhooks_are_consistent(self) -> JobsSettings:
+        if self.webhook_secret is not None:
+            from jobs.webhook_signing import secret_key
+
+            secret_key(self.webhook_secret)  # ValueError naming the format
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError("WEBHOOK_LEASE_S must be more than WEBHOOK_TIMEOUT_S")
         return self
 
     @model_validator(mode="after")

@@ -42,6 +42,13 @@ handed back with the reason on its record, uncounted where the broker can, and a
 result already computed waits in the spool (jobs.spool) for its next delivery.
 No dependency's error ends a consumer or the sidecar.
 
+A job with a deadline (``expires_at``) is checked before it starts: past it,
+the job ends ``expired`` without running; before it, the record says running
+at once (one more write, for these jobs only), so the deployment's expiry of
+queued jobs (jobs.housekeeping) never expires one that started. Each sidecar
+also runs the webhook dispatcher (jobs.webhooks) and the housekeeping loop, so
+every deployment that runs jobs delivers webhooks, expires and cleans up.
+
 SIGTERM or SIGINT: stop taking jobs, give running ones SIDECAR_SHUTDOWN_GRACE_S
 to finish, hand back the rest to the broker, exit.
 """
@@ -71,7 +78,9 @@ from jobs.coalesce import Coalescer
 from jobs.database import Database, create_database
 from jobs.dependencies import MAX_BACKOFF_S, Dependencies, PatientDatabase, patiently
 from jobs.errors import InvalidJob, JobCancelled, JobsUnavailable, TaskFailed
+from jobs.housekeeping import EXPIRED_MESSAGE, Housekeeping, process_id
 from jobs.metrics import JobsMetrics
+from jobs.outbox import Outbox
 from jobs.records import JobRecord, JobRecords
 from jobs.registry import Registry
 from jobs.routing import ModelIdentity
@@ -81,6 +90,7 @@ from jobs.spool import ResultSpool
 from jobs.spread import Spreader
 from jobs.store import ArtifactStore
 from jobs.tasks import TASKS, TaskContext, TaskType, import_task_modules
+from jobs.webhooks import WebhookDispatcher
 
 log = logging.getLogger("jobs.sidecar")
 
@@ -125,11 +135,16 @@ class Sidecar:
         self._running: set[asyncio.Task[None]] = set()
         #: Job id -> set when this sidecar's run of that job ends: a duplicate delivery waits for it.
         self._runs: dict[str, asyncio.Event] = {}
+        owner = process_id()
+        self.webhooks = WebhookDispatcher(settings, self.records, Outbox(self.database), metrics, owner)
+        self.housekeeping = Housekeeping(settings, self.database, store, metrics, owner)
         import_task_modules(settings.job_task_modules)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then shut down as the module docstring says."""
         sweeping = asyncio.create_task(self._sweep_spool(), name="spool-sweep")
+        background = [asyncio.create_task(self.webhooks.run(), name="webhooks"),
+                      asyncio.create_task(self.housekeeping.run(), name="housekeeping")]
         try:
             while not stop.is_set():
                 model = await self._wait_for_worker(stop)
@@ -138,6 +153,9 @@ class Sidecar:
                 await self._serve(model, stop)
         finally:
             sweeping.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             if self._running:
                 log.info("waiting for %d running job(s)", len(self._running))
                 _, late = await asyncio.wait(self._running, timeout=self.settings.sidecar_shutdown_grace_s)
@@ -358,6 +376,15 @@ class Sidecar:
         # Running from here, in memory: the record says so once the job has run PROGRESS_INTERVAL_S (ProgressWriter).
         running = status.model_copy(update={"status": "running", "attempts": delivery.attempt,
                                             "started_at": status.started_at or utc_now(), "error": None})
+        if status.expires_at is not None and status.status == "queued":
+            if status.expires_at <= utc_now():
+                await self._finish(delivery, status, "expired", ErrorInfo(code="expired", message=EXPIRED_MESSAGE))
+                return
+            started = await self.records.save(running)  # now, or the expiry of queued jobs could take it
+            if started is None:  # expired (or cancelled) meanwhile
+                await delivery.ack()
+                return
+            running = started
         self.metrics.count("running")
         run = ProgressWriter(self.records, running)
         last = running  # what the attempt's last write starts from, should stopping the progress writes be cut off

@@ -168,6 +168,19 @@ class ArtifactStore:
         except FileNotFoundError:
             return None
 
+    async def delete_under(self, prefix: str) -> int:
+        """Delete every object whose key starts with ``prefix`` (a job's ``jobs/<id>/``); how many there were."""
+        async def delete() -> int:
+            keys = [meta["path"] async for batch in obstore.list(self._store, prefix) for meta in batch]
+            if keys:
+                await obstore.delete_async(self._store, keys)
+            return len(keys)
+
+        try:
+            return await self._call(delete)
+        except FileNotFoundError:  # a local folder that was never made: nothing to delete
+            return 0
+
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``; in a sidecar tried again in a transient failure until ``retry_s`` have passed since the
         first try (jobs.dependencies.patiently, which also keeps the sidecar's database window).

@@ -1,0 +1,196 @@
+"""Webhooks: signed as Standard Webhooks says (checked with the standardwebhooks library), delivered at least once
+from the outbox whatever process dies, retried with backoff, and never sent where they may not go."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import uvicorn
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from jobs.callback_urls import CallbackRefused, resolve
+from jobs.settings import JobsSettings
+from jobs.webhook_signing import secret_key, signed_headers
+from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, sidecar_process, until, wait_for_job
+from tests.jobs.fake_worker import FakeWorker
+from tests.support import free_port
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+ROWS = [{"input_data": [1.0, 2.0, 3.0, 4.0]}]
+
+
+class Receiver:
+    """A webhook receiver on loopback: answers ``failures`` requests 500 first (``hang``: holds the first one
+    unanswered), then 200; keeps each verified delivery."""
+
+    def __init__(self, failures: int = 0, hang: bool = False) -> None:
+        self.failures = failures
+        self.hang = hang
+        self.requests = 0
+        self.verified: list[tuple[str, dict[str, Any]]] = []  # (webhook-id, body), 2xx answered ones only
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+
+    async def hook(self, request: Request) -> Response:
+        self.requests += 1
+        body = await request.body()
+        payload = Webhook(SECRET).verify(body, dict(request.headers))  # raises unless the signature holds
+        if self.hang and self.requests == 1:
+            await asyncio.sleep(3600)
+        if self.requests <= self.failures:
+            return Response(status_code=500)
+        self.verified.append((request.headers["webhook-id"], payload))
+        return Response(status_code=204)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Receiver]:
+        app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            yield self
+        finally:
+            server.should_exit = True
+            server.force_exit = True
+            await serving
+
+
+def with_webhooks(settings: JobsSettings, **changes: Any) -> JobsSettings:
+    values = {"webhook_secret": SECRET, "webhook_allow_private_networks": True, "webhook_min_backoff_s": 0.1,
+              "webhook_poll_s": 0.05, "webhook_timeout_s": 5.0, **changes}
+    return JobsSettings(**{**settings.model_dump(), **values})
+
+
+def test_signatures_verify_with_the_standardwebhooks_library() -> None:
+    body = orjson.dumps({"type": "job.succeeded", "data": {"job_id": "x"}})
+    fresh = signed_headers(secret_key(SECRET), "msg_1", int(time.time()), body)
+    assert Webhook(SECRET).verify(body, fresh) == {"type": "job.succeeded", "data": {"job_id": "x"}}
+    with pytest.raises(WebhookVerificationError):  # another body under the same signature
+        Webhook(SECRET).verify(body + b" ", fresh)
+
+
+def test_a_secret_not_in_the_standard_format_is_refused() -> None:
+    for bad in ("plain", "whsec_", "whsec_!!!", "whsec_" + base64.b64encode(b"short").decode()):
+        with pytest.raises(ValueError, match="whsec_"):
+            secret_key(bad)
+
+
+async def test_a_receiver_that_fails_twice_gets_the_final_state_once(jobs_settings: JobsSettings) -> None:
+    settings = with_webhooks(jobs_settings)
+    async with Receiver(failures=2).running() as receiver, gateway(settings) as client, sidecar(settings):
+        submitted = await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS,
+                                                     "callback_url": receiver.url})
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        assert submitted.json()["callback"]["url"] == receiver.url
+        await wait_for_job(client, job_id, finished)
+        await until(lambda: len(receiver.verified) == 1)
+        status = await wait_for_job(client, job_id, lambda s: s["callback"]["state"] == "delivered")
+        await asyncio.sleep(0.3)  # nothing more comes
+    assert receiver.requests == 3 and len(receiver.verified) == 1
+    webhook_id, payload = receiver.verified[0]
+    assert webhook_id.startswith(f"msg_{job_id}_")
+    assert payload["type"] == "job.succeeded" and payload["data"]["job_id"] == job_id
+    assert payload["data"]["status"] == "succeeded" and payload["data"]["progress"] == {"done": 1, "total": 1}
+    assert status["callback"] == {"url": receiver.url, "events": ["succeeded", "failed", "cancelled", "expired"],
+                                  "attempts": 3, "last_status": 204, "delivered_at": status["callback"]["delivered_at"],
+                                  "state": "delivered"}
+
+
+async def test_every_state_asked_for_and_each_once(tmp_path: Path, fake_worker: FakeWorker) -> None:
+    settings = with_webhooks(embedded_settings(tmp_path, fake_worker.url))
+    async with Receiver().running() as receiver, gateway(settings) as client, sidecar(settings):
+        body = {"task": "batch_predict", "inputs": ROWS, "callback_url": receiver.url,
+                "callback_events": ["queued", "succeeded"]}
+        job_id = (await client.post("/jobs", json=body)).json()["job_id"]
+        await until(lambda: len(receiver.verified) == 2)
+    assert sorted(payload["type"] for _, payload in receiver.verified) == ["job.queued", "job.succeeded"]
+    assert len({webhook_id for webhook_id, _ in receiver.verified}) == 2
+    assert {payload["data"]["job_id"] for _, payload in receiver.verified} == {job_id}
+
+
+async def test_a_change_no_dispatcher_saw_is_delivered_once_one_runs(jobs_settings: JobsSettings) -> None:
+    """The gateway cancels a queued job (it runs no dispatcher): the outbox keeps the webhook for a sidecar."""
+    settings = with_webhooks(jobs_settings)
+    async with Receiver().running() as receiver, gateway(settings) as client:
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS,
+                                                   "callback_url": receiver.url})).json()["job_id"]
+        assert (await client.delete(f"/jobs/{job_id}")).json()["status"] == "cancelled"
+        await asyncio.sleep(0.3)
+        assert receiver.requests == 0
+        assert (await client.get(f"/jobs/{job_id}")).json()["callback"]["state"] == "pending"
+        async with sidecar(settings):
+            await until(lambda: len(receiver.verified) == 1)
+    assert receiver.verified[0][1]["type"] == "job.cancelled"
+
+
+async def test_a_sidecar_killed_mid_delivery_loses_no_webhook(tmp_path: Path, fake_worker: FakeWorker) -> None:
+    """The first sidecar dies (SIGKILL) while its delivery hangs; once its lease runs out another delivers it, under
+    the same webhook-id."""
+    settings = with_webhooks(embedded_settings(tmp_path, fake_worker.url), webhook_lease_s=6.0,
+                             webhook_timeout_s=5.0)
+    async with Receiver(hang=True).running() as receiver, gateway(settings) as client:
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS,
+                                                   "callback_url": receiver.url})).json()["job_id"]
+        process = sidecar_process(settings, tmp_path / "sidecar.log")
+        try:
+            await until(lambda: receiver.requests == 1, timeout_s=60)
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        assert (await client.get(f"/jobs/{job_id}")).json()["status"] == "succeeded"
+        async with sidecar(settings):
+            await until(lambda: len(receiver.verified) == 1, timeout_s=30)
+    assert receiver.requests == 2
+    assert receiver.verified[0][0].startswith(f"msg_{job_id}_")
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("http://127.0.0.1:9/hook", "loopback, private"),
+    ("http://169.254.169.254/latest/meta-data", "loopback, private"),
+    ("http://10.1.2.3/hook", "loopback, private"),
+    ("http://[::1]/hook", "loopback, private"),
+    ("ftp://example.com/hook", "only http:// and https://"),
+    ("not a url", "only http:// and https://"),
+])
+async def test_callback_urls_that_webhooks_may_not_go_to_are_422(
+    tmp_path: Path, fake_worker: FakeWorker, url: str, reason: str,
+) -> None:
+    settings = with_webhooks(embedded_settings(tmp_path, fake_worker.url), webhook_allow_private_networks=False)
+    async with gateway(settings) as client:
+        answer = await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS, "callback_url": url})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["message"].startswith("callback_url: ")
+        assert reason in answer.json()["error"]["message"]
+        assert (await client.get("/jobs")).json()["jobs"] == []
+
+
+async def test_without_a_secret_callbacks_are_refused(tmp_path: Path, fake_worker: FakeWorker) -> None:
+    async with gateway(embedded_settings(tmp_path, fake_worker.url)) as client:
+        answer = await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS,
+                                                  "callback_url": "https://example.com/hook"})
+        assert answer.status_code == 422 and "WEBHOOK_SECRET" in answer.json()["error"]["message"]
+
+
+async def test_delivery_checks_the_address_again() -> None:
+    with pytest.raises(CallbackRefused, match="loopback"):
+        await resolve("http://localhost:8080/hook", allow_private=False)
+    destination = await resolve("http://localhost:8080/hook?x=1", allow_private=True)
+    assert destination.request_url() in ("http://127.0.0.1:8080/hook?x=1", "http://[::1]:8080/hook?x=1")
