@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -46,7 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,49 @@ async def example_rows(gateway: _Gateway) -> list[Any]:
     return [(np.asarray(example, dtype=float) * (1 + 0.1 * i)).tolist() for i in range(ROW_VARIANTS)]
 
 
+async def reference_answers(gateway: _Gateway) -> tuple[list[Any], list[Any]]:
+    """The rows jobs are made of, and the prediction ``/batch_predict`` answers for each."""
+    rows = await example_rows(gateway)
+    answers = await gateway.call("POST", "/batch_predict", [{"input_data": row} for row in rows])
+    return rows, [answer["prediction"] for answer in answers]
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(times: list[tuple[float, float]], started: float) -> dict[str, Any]:
+    """The figures of one run from each job's (submitted, result in hand) times: jobs/s from ``started`` to the
+    last result, p50 / p99 of submit -> result."""
+    latencies = [finished - submitted for submitted, finished in times]
+    elapsed = max(finished for _, finished in times) - started
+    return {
+        "jobs": len(times),
+        "succeeded": len(times),
+        "seconds": round(elapsed, 2),
+        "jobs_per_s": round(len(times) / elapsed, 1),
+        "p50_ms": round(_percentile(latencies, 0.50) * 1000, 1),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
+    }
+
+
+async def _waited(client: _Gateway, job_id: str, timeout_s: float) -> tuple[Any, float]:
+    """A job's output, asked for with ``wait=``, and when it arrived."""
+    while True:
+        try:
+            output = await client.call("GET", f"/jobs/{job_id}/result?wait={timeout_s}", gated=False,
+                                       timeout_s=60 + timeout_s)
+            return output["output"], time.time()
+        except RuntimeError as exc:  # 409: not finished yet, or failed
+            status = await client.call("GET", f"/jobs/{job_id}")
+            if status["status"] in ("failed", "cancelled", "expired"):
+                raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}") from exc
+
+
+def _check(job_id: str, output: Any, expected: Any) -> None:
+    if [row["prediction"] for row in output] != [expected]:
+        raise RuntimeError(f"job {job_id}: wrong result {output}")
 
 
 async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200, poll_s: float = 1.0,
@@ -131,21 +172,8 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
     """
     # Waiting result requests hold a connection each, outside the ``concurrency`` that bounds the others.
     async with _Gateway(gateway, concurrency, concurrency + jobs) as client:
-        rows = await example_rows(client)
-        reference = await client.call("POST", "/batch_predict", [{"input_data": row} for row in rows])
-        expected = [answer["prediction"] for answer in reference]
+        rows, expected = await reference_answers(client)
         run = uuid.uuid4().hex[:8]
-
-        async def waited(job_id: str) -> tuple[Any, float]:
-            while True:
-                try:
-                    output = await client.call("GET", f"/jobs/{job_id}/result?wait={timeout_s}", gated=False,
-                                               timeout_s=60 + timeout_s)
-                    return output["output"], time.time()
-                except RuntimeError as exc:  # 409: not finished yet, or failed
-                    status = await client.call("GET", f"/jobs/{job_id}")
-                    if status["status"] in ("failed", "cancelled"):
-                        raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}") from exc
 
         async def polled(job_id: str) -> tuple[Any, float]:
             wait_s = poll_s
@@ -153,7 +181,7 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
                 await asyncio.sleep(wait_s)
                 wait_s = min(wait_s * 2, poll_s * 8)
                 status = await client.call("GET", f"/jobs/{job_id}")
-                if status["status"] in ("succeeded", "failed", "cancelled"):
+                if status["status"] not in ("queued", "running"):
                     break
             if status["status"] != "succeeded":
                 raise RuntimeError(f"job {job_id} {status['status']}: {status.get('error')}")
@@ -165,23 +193,45 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
             answer = await client.call("POST", "/jobs", {
                 "task": "batch_predict", "inputs": [{"input_data": rows[i % len(rows)]}],
             }, {"idempotency-key": f"bench-{run}-{i}"})
-            output, finished = await (waited if wait else polled)(answer["job_id"])
-            if [row["prediction"] for row in output] != [expected[i % len(rows)]]:
-                raise RuntimeError(f"job {answer['job_id']}: wrong result {output}")
+            job_id = answer["job_id"]
+            output, finished = await (_waited(client, job_id, timeout_s) if wait else polled(job_id))
+            _check(job_id, output, expected[i % len(rows)])
             return submitted, finished
 
         started = time.time()
         times = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(jobs))), timeout_s)
-    latencies = [finished - submitted for submitted, finished in times]
-    elapsed = max(finished for _, finished in times) - started
-    return {
-        "jobs": jobs,
-        "succeeded": len(times),
-        "seconds": round(elapsed, 2),
-        "jobs_per_s": round(jobs / elapsed, 1),
-        "p50_ms": round(_percentile(latencies, 0.50) * 1000, 1),
-        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
-    }
+    return summary(times, started)
+
+
+async def run_bulk_jobs_bench(gateway: str, jobs: int = 10_000, batch_size: int = 500, concurrency: int = 200,
+                              timeout_s: float = 600.0) -> dict[str, Any]:
+    """``jobs`` one-row jobs submitted with ``POST /jobs/batch``, ``batch_size`` a request, every batch at once
+    (at most ``concurrency`` requests in flight); then each result asked for with ``wait=``, ``concurrency`` at
+    a time, and checked. A job's time runs from its batch's submit to its result in the client's hands."""
+    async with _Gateway(gateway, concurrency, 2 * concurrency) as client:
+        rows, expected = await reference_answers(client)
+        run = uuid.uuid4().hex[:8]
+        waits = asyncio.Semaphore(concurrency)
+
+        async def result(i: int, job_id: str, submitted: float) -> tuple[float, float]:
+            async with waits:
+                output, finished = await _waited(client, job_id, timeout_s)
+            _check(job_id, output, expected[i % len(rows)])
+            return submitted, finished
+
+        async def batch(first: int) -> list[tuple[float, float]]:
+            indexes = range(first, min(first + batch_size, jobs))
+            submitted = time.time()
+            answer = await client.call("POST", "/jobs/batch", {"jobs": [
+                {"task": "batch_predict", "inputs": [{"input_data": rows[i % len(rows)]}],
+                 "idempotency_key": f"bench-{run}-{i}"} for i in indexes]})
+            return await asyncio.gather(*(result(i, job_id, submitted)
+                                          for i, job_id in zip(indexes, answer["job_ids"], strict=True)))
+
+        started = time.time()
+        batches = await asyncio.wait_for(asyncio.gather(*(batch(first) for first in range(0, jobs, batch_size))),
+                                         timeout_s)
+    return {**summary([each for times in batches for each in times], started), "batch_size": batch_size}
 
 
 async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows_count: int, workers: int,
@@ -351,11 +401,54 @@ async def _delete_queues(env: dict[str, str], models: list[str]) -> None:
     await broker.close()
 
 
+def measure_celery(reference: tuple[list[Any], list[Any]], results_in: str, workers: int, jobs: int,
+                   group_jobs: int, group_size: int, concurrency: int, warmup_jobs: int, log_dir: Path
+                   ) -> dict[str, Any]:
+    """Celery 5 under the same rules (bench/celery_bench.py), results in ``results_in`` (redis or postgresql), its
+    answers checked against ``reference``: one task per call, then groups; the worker's CPU ms per job beside each."""
+    from bench.celery_bench import celery_worker, run_celery_jobs
+
+    rows, expected = reference
+    results: dict[str, Any] = {}
+    with celery_worker(workers, results_in, log_dir) as (app, cpu):
+        if warmup_jobs:
+            run_celery_jobs(app, rows, expected, warmup_jobs, concurrency)
+        for name, count, size in (("one_per_call", jobs, 0), ("group", group_jobs, group_size)):
+            before = cpu()
+            results[name] = run_celery_jobs(app, rows, expected, count, concurrency, size)
+            results[name]["cpu_ms_per_job"] = {"worker": round((cpu() - before) * 1000 / count, 2)}
+            if size:
+                results[name]["group_size"] = size
+    return results
+
+
+def comparison_table(results: dict[str, Any]) -> str:
+    """Ours and Celery in one Markdown table, each rate also as a multiple of Celery's best."""
+    ours: list[tuple[str, dict[str, Any]]] = []
+    celery: list[tuple[str, dict[str, Any]]] = []
+    for name, result in results.items():
+        if name.startswith("celery-"):
+            where = name.removeprefix("celery-")
+            celery += [(f"Celery ({where} results), one task per apply_async", result["one_per_call"]),
+                       (f"Celery ({where} results), group of {result['group']['group_size']}", result["group"])]
+        else:
+            ours.append((f"ours ({name}), one job per POST /jobs", result))
+            if "bulk" in result:
+                ours.append((f"ours ({name}), POST /jobs/batch of {result['bulk']['batch_size']}", result["bulk"]))
+    lines = ours + celery
+    best = max(result["jobs_per_s"] for _, result in celery)
+    table = ["| path | jobs | jobs/s | p50 | p99 | / Celery's best |", "|---|--:|--:|--:|--:|--:|"]
+    table += [f"| {label} | {r['jobs']:,} | {r['jobs_per_s']:,.0f} | {r['p50_ms'] / 1000:.2f} s | "
+              f"{r['p99_ms'] / 1000:.2f} s | {r['jobs_per_s'] / best:.2f} |" for label, r in lines]
+    return "\n".join(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.jobs_bench", description=__doc__.split("\n")[0])
-    target = parser.add_mutually_exclusive_group(required=True)
+    target = parser.add_mutually_exclusive_group()
     target.add_argument("--gateway", help="URL of a running gateway")
-    target.add_argument("--stack", choices=[*PAIRS, "all"], help="start a local stack per deployment")
+    target.add_argument("--stack", choices=[*PAIRS, "all"],
+                        help="start a local stack per deployment (with --against and no target: rabbitmq-postgres)")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs submitted (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=200, help="HTTP requests in flight")
     parser.add_argument("--workers", type=int, default=2, help="workers (and sidecars) of --stack")
@@ -366,25 +459,54 @@ def main(argv: list[str] | None = None) -> None:
                         "connections and prepares their statements (default: %(default)s)")
     parser.add_argument("--large-rows", type=int, default=100_000,
                         help="rows of the one large job measured per --stack deployment (0: none)")
+    parser.add_argument("--bulk-jobs", type=int,
+                        help="one-row jobs also submitted with POST /jobs/batch, and run as Celery groups "
+                        "(default: 10,000 with --against, else 0: none)")
+    parser.add_argument("--batch-size", type=int, default=500,
+                        help="jobs per POST /jobs/batch and per Celery group (default: %(default)s)")
+    parser.add_argument("--against", choices=["celery"],
+                        help="also run Celery 5 on the same broker, database and model, with --workers processes "
+                        "(needs the celery extra: pip install '.[celery]')")
+    parser.add_argument("--celery-results", nargs="+", choices=["redis", "postgresql"], default=["redis"],
+                        help="Celery's result stores, one Celery run each: redis (REDIS_URL, Celery's fastest) "
+                        "and/or postgresql (DATABASE_URL: as durable as our records) (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.against and importlib.util.find_spec("celery") is None:
+        parser.error("--against celery needs Celery: pip install '.[celery]'")
+    if not (args.gateway or args.stack):
+        if not args.against:
+            parser.error("one of the arguments --gateway --stack is required")
+        args.stack = "rabbitmq-postgres"
+    bulk_jobs = args.bulk_jobs if args.bulk_jobs is not None else 10_000 if args.against else 0
+    references: list[tuple[list[Any], list[Any]]] = []
 
     def measured(url: str, cpu: CpuSeconds | None = None) -> dict[str, Any]:
-        """The small jobs' figures after the warm-up; with ``cpu``, the CPU ms per job of each role."""
+        """The small jobs' figures after the warm-up, then the bulk path's; with ``cpu``, the CPU ms per job of
+        each role."""
         if args.warmup_jobs:
             uvloop.run(run_jobs_bench(url, args.warmup_jobs, args.concurrency, wait=not args.poll))
-        before = cpu() if cpu else {}
-        result = uvloop.run(run_jobs_bench(url, args.jobs, args.concurrency, wait=not args.poll))
-        if cpu:
-            result["cpu_ms_per_job"] = {role: round((seconds - before.get(role, 0.0)) * 1000 / args.jobs, 2)
-                                        for role, seconds in sorted(cpu().items())}
+
+        def with_cpu(run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+            before = cpu() if cpu else {}
+            figures = uvloop.run(run())
+            if cpu:
+                figures["cpu_ms_per_job"] = {role: round((seconds - before.get(role, 0.0)) * 1000 / figures["jobs"], 2)
+                                             for role, seconds in sorted(cpu().items())}
+            return figures
+
+        result = with_cpu(lambda: run_jobs_bench(url, args.jobs, args.concurrency, wait=not args.poll))
+        if bulk_jobs:
+            result["bulk"] = with_cpu(lambda: run_bulk_jobs_bench(url, bulk_jobs, args.batch_size, args.concurrency))
+        if args.against and not references:
+            references.append(uvloop.run(_reference(url)))
         return result
 
-    if args.gateway:
-        results = {"gateway": measured(args.gateway)}
-    else:
-        results = {}
-        pairs = PAIRS if args.stack == "all" else [args.stack]
-        with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
+        if args.gateway:
+            results["gateway"] = measured(args.gateway)
+        else:
+            pairs = PAIRS if args.stack == "all" else [args.stack]
             for pair in pairs:
                 with local_stack(pair, args.workers, Path(tmp)) as (url, upload, cpu):
                     results[pair] = measured(url, cpu)
@@ -392,7 +514,20 @@ def main(argv: list[str] | None = None) -> None:
                         results[pair]["large_job"] = uvloop.run(
                             run_large_job_bench(url, upload, args.large_rows, args.workers))
                 print(f"{pair}: {json.dumps(results[pair])}", flush=True)
+        # After the stacks are stopped: Celery has the machine to itself, as each stack had.
+        for results_in in args.celery_results if args.against else []:
+            name = f"celery-{results_in}"
+            results[name] = measure_celery(references[0], results_in, args.workers, args.jobs, bulk_jobs or args.jobs,
+                                           args.batch_size, args.concurrency, args.warmup_jobs, Path(tmp))
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
     print(json.dumps(results, indent=2))
+    if args.against:
+        print(comparison_table(results))
+
+
+async def _reference(url: str) -> tuple[list[Any], list[Any]]:
+    async with _Gateway(url, 1, 1) as client:
+        return await reference_answers(client)
 
 
 if __name__ == "__main__":
