@@ -2,6 +2,7 @@
 
     python -m bench.jobs_bench --gateway http://127.0.0.1:8080      # a running stack
     python -m bench.jobs_bench --stack all [--jobs 1000]            # starts its own, per deployment
+    python -m bench.jobs_bench --against celery                     # rabbitmq-postgres, bulk, then Celery
 
 ``--stack`` runs ``python -m launcher`` (workers + one sidecar each + gateway)
 on free loopback ports, once per deployment: ``embedded`` (embedded broker,
@@ -30,6 +31,18 @@ JOB_CHUNK_ROWS-row calls, two per worker in flight. The launcher gives its
 sidecars SIDECAR_SPREAD_URL (its gateway), so the job's chunks go through the
 gateway too, SIDECAR_SPREAD_CALLS (4) in flight; ``SIDECAR_SPREAD_URL=`` in
 the environment measures a job on one sidecar's worker instead.
+
+``--bulk-jobs`` one-row jobs (default 10,000 with ``--against``, else none) are
+then submitted with ``POST /jobs/batch``, ``--batch-size`` (500) a request, all
+batches at once, and each result is waited for as above, ``--concurrency`` at a
+time; a job's time runs from its batch's submit. ``--against celery`` (the
+``celery`` extra; alone it implies ``--stack rabbitmq-postgres``) then runs
+Celery 5 once the stacks have stopped, as ``bench/celery_bench.py`` says: the
+same model, broker, rows and checks, ``--warmup-jobs`` first, ``--jobs`` tasks
+one per ``apply_async``, then ``--bulk-jobs`` tasks in ``group``s of
+``--batch-size``, once per ``--celery-results`` store (redis: Celery's fastest;
+postgresql: as durable as our records); a table sets every rate against Celery's
+best.
 """
 
 from __future__ import annotations
