@@ -26,8 +26,9 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.integration.conftest import KeyedStack
 
-pytestmark = pytest.mark.integration
-OPEN = ("/gateway/health", "/v2/health/live", "/v2/health/ready", "/metrics", "/jobs/ui")  # the job page holds no data
+pytestmark = [pytest.mark.integration, pytest.mark.served_model]
+#: Routes that answer without a key: the probes, the metrics and the job and model pages (they hold no data).
+OPEN = ("/gateway/health", "/v2/health/live", "/v2/health/ready", "/metrics", "/jobs/ui", "/models/ui")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 BOUNDED = settings(
     max_examples=25, deadline=timedelta(seconds=10), phases=[Phase.explicit, Phase.generate],
