@@ -40,3 +40,10 @@ def iris_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real worker serving the Iris model, by name."""
     with worker_process(tmp_path_factory, MODEL=IRIS_MODEL) as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on ``running_worker`` runs the served model, so it is ``served_model``: CI runs it with a second one."""
+    for item in items:
+        if "running_worker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.served_model)

@@ -8,11 +8,14 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from bench.stack import terminate as stop_process  # noqa: F401 - the tests' name for it
+from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 #: One XLA compilation cache for every test process: restarts skip compilation.
@@ -65,6 +68,25 @@ def start_process(argv: list[str], env: dict[str, str], log_path: Path, cwd: Pat
             argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
             start_new_session=True,
         )
+
+
+def served_model() -> str:
+    """The model a worker the tests start serves unless told otherwise: the MODEL setting (worker/model.py when
+    unset), so a test that names it serves what the user serves, however they chose it."""
+    return WorkerSettings().model
+
+
+def rows_near(metadata: dict[str, Any], count: int) -> list[Any]:
+    """``count`` input rows (``input_data`` values) of the model ``metadata`` (its /metadata) describes, whatever
+    its shape and dtype: its example moved a little more each time, scaled for floats, shifted for integers."""
+    [tensor] = metadata["inputs"]
+    datatype, example = tensor["datatype"], np.asarray(metadata["example"]["input_data"])
+    if datatype == "BOOL":
+        return [example.tolist()] * count
+    if datatype.startswith(("INT", "UINT")):
+        limits = np.iinfo(datatype.lower())
+        return [np.clip(example.astype(np.int64) + i, limits.min, limits.max).tolist() for i in range(count)]
+    return [(example.astype(np.float64) * (1 + 0.1 * i)).tolist() for i in range(count)]
 
 
 def worker_env(port: int, worker_id: str = "0", **extra: str) -> dict[str, str]:

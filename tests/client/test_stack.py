@@ -30,7 +30,7 @@ from inference_client import (
 )
 from tests.support import JAX_CACHE_DIR, REPO, free_port_run, start_process, stop_process, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.served_model]
 
 
 @dataclass

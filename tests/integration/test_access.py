@@ -7,7 +7,7 @@ import pytest
 
 from tests.integration.conftest import KeyedStack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.served_model]
 
 
 def test_every_protected_route_is_401_without_a_key_and_answers_with_one(keyed_stack: KeyedStack) -> None:

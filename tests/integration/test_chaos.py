@@ -18,7 +18,7 @@ from bench.chaos import BROKER_ROW, STORE_ROW
 from bench.outage_servers import rabbitmq_bin, s3rver_bin
 from tests.support import JAX_CACHE_DIR, REPO, require_postgres_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.served_model]
 
 
 def test_quick_chaos_loses_no_request(tmp_path) -> None:

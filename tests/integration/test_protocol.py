@@ -17,16 +17,21 @@ import numpy as np
 import pytest
 
 from tests.integration.test_models import launched_stack
-from tests.support import REPO
+from tests.support import REPO, rows_near, served_model
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (the dev extra) is not installed")
-from tritonclient.utils import InferenceServerException  # noqa: E402 - after the skip
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype  # noqa: E402 - after the skip
 
 pytestmark = pytest.mark.integration
 REGRESSION = "worker.examples.regression:BayesianLinearRegression"
 
 
-@pytest.fixture(scope="module", params=["worker.model", REGRESSION])
+#: The served model (a ``served_model`` test: CI serves a second model too) and, unless it is that, the regression.
+MODELS = [pytest.param(served_model(), marks=pytest.mark.served_model),
+          *([REGRESSION] if served_model() != REGRESSION else [])]
+
+
+@pytest.fixture(scope="module", params=MODELS)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running stack, its worker's address and the served model's /metadata."""
     with launched_stack(request.param, tmp_path_factory.mktemp("protocol")) as url:
@@ -39,9 +44,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def rows_of(metadata: dict[str, Any]) -> np.ndarray:
     """Three rows near the model's example (whatever its shape and dtype)."""
     [tensor] = metadata["inputs"]
-    dtype = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}[tensor["datatype"]]
-    example = np.asarray(metadata["example"]["input_data"], dtype=np.float64)
-    return np.stack([example, example * 0.9, example * 1.1]).astype(dtype)
+    return np.asarray(rows_near(metadata, 3), dtype=triton_to_np_dtype(tensor["datatype"]))
 
 
 def infer(address: str, metadata: dict[str, Any], rows: np.ndarray, binary: bool) -> dict[str, np.ndarray]:

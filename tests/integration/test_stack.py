@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
-import numpy as np
 import pytest
 
 from tests.support import (
@@ -25,13 +24,14 @@ from tests.support import (
     free_port,
     free_port_run,
     http_ok,
+    rows_near,
     same_answer,
     start_process,
     stop_process,
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.served_model]
 
 
 @dataclass
@@ -45,9 +45,8 @@ class Stack:
         return self.metadata["example"]
 
     def rows(self, count: int) -> list[dict]:
-        """``count`` different rows of the served model's shape: its example, scaled."""
-        base = np.asarray(self.example["input_data"], dtype=float)
-        return [{"input_data": (base * (1 + 0.1 * i)).tolist()} for i in range(count)]
+        """``count`` different rows of the served model's shape and dtype, from its example."""
+        return [{"input_data": row} for row in rows_near(self.metadata, count)]
 
     def health(self) -> dict:
         return httpx.get(f"{self.url}/gateway/health", timeout=2).json()
@@ -157,7 +156,7 @@ def test_bad_input_gets_the_right_4xx_in_the_envelope(stack: Stack, path: str, b
 
 
 def test_a_request_id_is_generated_when_absent(stack: Stack) -> None:
-    response = httpx.post(f"{stack.url}/predict", json={"input_data": [1]})
+    response = httpx.post(f"{stack.url}/predict", json={"input_data": ["a"]})  # refused by any model
     assert response.status_code == 422
     assert response.json()["request_id"] == response.headers["x-request-id"] != ""
 

@@ -1,7 +1,7 @@
 """Two stacks side by side, serving different models: every job is answered by its own stack's model.
 
-Issue 9's bug: two ``make run`` stacks in one checkout shared the embedded queue, and one stack's jobs
-came back with the other model's answers, marked succeeded. Here two launchers (one worker and its
+The bug this guards against: two ``make run`` stacks in one checkout shared the embedded queue, and one
+stack's jobs came back with the other model's answers, marked succeeded. Here two launchers (one worker and its
 sidecar each) run from one folder: on the embedded broker with the launcher's default job folders, and
 on RabbitMQ with one broker, one JOB_QUEUE prefix and one PostgreSQL database of records, so they truly
 share them. The two models take rows of
@@ -11,7 +11,6 @@ the same shape, so a job that reached the wrong stack would succeed with the wro
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from jobs.broker_amqp import AmqpBroker
 from tests.integration.test_models import launched_stacks, numbers
 from tests.jobs.conftest import amqp_url, database_url, postgres_server  # noqa: F401 - fixtures (skip if absent)
+from tests.support import rows_near, same_answer
 
 pytestmark = pytest.mark.integration
 
@@ -29,24 +29,12 @@ MODELS = ["worker.examples.iris:IrisBayesianLogReg", "worker.examples.mlp:SmallM
 JOBS_PER_STACK = 6
 
 
-def _close(a: Any, b: Any) -> bool:
-    """Equal, numbers to float32 precision (a row's numbers may differ in the last bits between batch sizes)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[key], b[key]) for key in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
-        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
-    return a == b
-
-
 async def _jobs_answer_as_their_own_stack(url: str) -> str:
     """Submit JOBS_PER_STACK jobs and check each against the stack's own /batch_predict; the model's name."""
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         metadata = (await client.get("/metadata")).raise_for_status().json()
         example = metadata["example"]
-        rows = [{**example, "input_data": [value * (1 + 0.05 * i) for value in example["input_data"]]}
-                for i in range(JOBS_PER_STACK + 1)]
+        rows = [{**example, "input_data": row} for row in rows_near(metadata, JOBS_PER_STACK + 1)]
         expected = (await client.post("/batch_predict", json=rows)).raise_for_status().json()
         jobs = []
         for i in range(JOBS_PER_STACK):
@@ -60,7 +48,7 @@ async def _jobs_answer_as_their_own_stack(url: str) -> str:
             assert status["result_model_version"] == metadata["version"]
             result = (await client.get(status["result_url"])).json()
             assert result["model_name"] == metadata["name"]
-            assert all(_close(numbers(got), numbers(want)) for got, want in zip(result["output"], answers,
+            assert all(same_answer(numbers(got), numbers(want)) for got, want in zip(result["output"], answers,
                                                                                  strict=True)), (result, answers)
     return metadata["name"]
 

@@ -102,6 +102,7 @@ def two_gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 
 
 @pytest.mark.integration
+@pytest.mark.served_model
 def test_two_gateway_processes_share_the_port_and_each_is_restarted(two_gateways) -> None:
     url, launcher_pid, log = two_gateways
     assert "starting 2 gateway processes" in log.read_text()
