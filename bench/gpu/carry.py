@@ -72,6 +72,7 @@ def download_wrk(dest: Path) -> bool:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         return False
     with tempfile.TemporaryDirectory(prefix="gpu-wrk-") as tmp:
+        os.chmod(tmp, 0o777)  # apt downloads as its own user where it can
         subprocess.run(["apt-get", "download", "-qq", *WRK_DEBS], cwd=tmp, check=True)
         root = Path(tmp) / "root"
         for deb in Path(tmp).glob("*.deb"):
