@@ -33,9 +33,9 @@ gateway too, SIDECAR_SPREAD_CALLS (4) in flight; ``SIDECAR_SPREAD_URL=`` in
 the environment measures a job on one sidecar's worker instead.
 
 ``--bulk-jobs`` one-row jobs (default 10,000 with ``--against``, else none) are
-then submitted with ``POST /jobs/batch``, ``--batch-size`` (500) a request, all
-batches at once, and each result is waited for as above, ``--concurrency`` at a
-time; a job's time runs from its batch's submit. ``--against celery`` (the
+then submitted with ``POST /jobs/batch``, ``--batch-size`` (500) a request,
+``--bulk-submitters`` (8) requests in flight, and each result is waited for as
+above, ``--concurrency`` at a time; a job's time runs from its batch's submit. ``--against celery`` (the
 ``celery`` extra; alone it implies ``--stack rabbitmq-postgres``) then runs
 Celery 5 once the stacks have stopped, as ``bench/celery_bench.py`` says: the
 same model, broker, rows and checks, ``--warmup-jobs`` first, ``--jobs`` tasks
@@ -216,12 +216,12 @@ async def run_jobs_bench(gateway: str, jobs: int = 1000, concurrency: int = 200,
     return summary(times, started)
 
 
-async def run_bulk_jobs_bench(gateway: str, jobs: int = 10_000, batch_size: int = 500, concurrency: int = 200,
-                              timeout_s: float = 600.0) -> dict[str, Any]:
-    """``jobs`` one-row jobs submitted with ``POST /jobs/batch``, ``batch_size`` a request, every batch at once
-    (at most ``concurrency`` requests in flight); then each result asked for with ``wait=``, ``concurrency`` at
-    a time, and checked. A job's time runs from its batch's submit to its result in the client's hands."""
-    async with _Gateway(gateway, concurrency, 2 * concurrency) as client:
+async def run_bulk_jobs_bench(gateway: str, jobs: int = 10_000, batch_size: int = 500, submitters: int = 8,
+                              concurrency: int = 200, timeout_s: float = 600.0) -> dict[str, Any]:
+    """``jobs`` one-row jobs submitted with ``POST /jobs/batch``, ``batch_size`` a request, ``submitters``
+    requests in flight; each result asked for with ``wait=`` once its batch is in, ``concurrency`` at a time,
+    and checked. A job's time runs from its batch's submit to its result in the client's hands."""
+    async with _Gateway(gateway, submitters, submitters + concurrency) as client:
         rows, expected = await reference_answers(client)
         run = uuid.uuid4().hex[:8]
         waits = asyncio.Semaphore(concurrency)
@@ -244,7 +244,8 @@ async def run_bulk_jobs_bench(gateway: str, jobs: int = 10_000, batch_size: int 
         started = time.time()
         batches = await asyncio.wait_for(asyncio.gather(*(batch(first) for first in range(0, jobs, batch_size))),
                                          timeout_s)
-    return {**summary([each for times in batches for each in times], started), "batch_size": batch_size}
+    return {**summary([each for times in batches for each in times], started), "batch_size": batch_size,
+            "submitters": submitters}
 
 
 async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows_count: int, workers: int,
@@ -415,10 +416,11 @@ async def _delete_queues(env: dict[str, str], models: list[str]) -> None:
 
 
 def measure_celery(reference: tuple[list[Any], list[Any]], results_in: str, workers: int, jobs: int,
-                   group_jobs: int, group_size: int, concurrency: int, warmup_jobs: int, log_dir: Path
-                   ) -> dict[str, Any]:
+                   group_jobs: int, group_size: int, concurrency: int, submitters: int, warmup_jobs: int,
+                   log_dir: Path) -> dict[str, Any]:
     """Celery 5 under the same rules (bench/celery_bench.py), results in ``results_in`` (redis or postgresql), its
-    answers checked against ``reference``: one task per call, then groups; the worker's CPU ms per job beside each."""
+    answers checked against ``reference``: one task per call (``concurrency`` submitters at most), then groups
+    (``submitters`` threads); the worker's CPU ms per job beside each."""
     from bench.celery_bench import celery_worker, run_celery_jobs
 
     rows, expected = reference
@@ -426,9 +428,10 @@ def measure_celery(reference: tuple[list[Any], list[Any]], results_in: str, work
     with celery_worker(workers, results_in, log_dir) as (app, cpu):
         if warmup_jobs:
             run_celery_jobs(app, rows, expected, warmup_jobs, concurrency)
-        for name, count, size in (("one_per_call", jobs, 0), ("group", group_jobs, group_size)):
+        for name, count, size, threads in (("one_per_call", jobs, 0, concurrency),
+                                           ("group", group_jobs, group_size, submitters)):
             before = cpu()
-            results[name] = run_celery_jobs(app, rows, expected, count, concurrency, size)
+            results[name] = run_celery_jobs(app, rows, expected, count, threads, size)
             results[name]["cpu_ms_per_job"] = {"worker": round((cpu() - before) * 1000 / count, 2)}
             if size:
                 results[name]["group_size"] = size
@@ -477,6 +480,9 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: 10,000 with --against, else 0: none)")
     parser.add_argument("--batch-size", type=int, default=500,
                         help="jobs per POST /jobs/batch and per Celery group (default: %(default)s)")
+    parser.add_argument("--bulk-submitters", type=int, default=8,
+                        help="POST /jobs/batch requests in flight, and threads applying Celery groups: 10,000 jobs "
+                        "published at once outlast the gateway's JOB_PUBLISH_TIMEOUT_S (default: %(default)s)")
     parser.add_argument("--against", choices=["celery"],
                         help="also run Celery 5 on the same broker, database and model, with --workers processes "
                         "(needs the celery extra: pip install '.[celery]')")
@@ -509,7 +515,8 @@ def main(argv: list[str] | None = None) -> None:
 
         result = with_cpu(lambda: run_jobs_bench(url, args.jobs, args.concurrency, wait=not args.poll))
         if bulk_jobs:
-            result["bulk"] = with_cpu(lambda: run_bulk_jobs_bench(url, bulk_jobs, args.batch_size, args.concurrency))
+            result["bulk"] = with_cpu(lambda: run_bulk_jobs_bench(url, bulk_jobs, args.batch_size,
+                                                                  args.bulk_submitters, args.concurrency))
         if args.against and not references:
             references.append(uvloop.run(_reference(url)))
         return result
@@ -531,7 +538,8 @@ def main(argv: list[str] | None = None) -> None:
         for results_in in args.celery_results if args.against else []:
             name = f"celery-{results_in}"
             results[name] = measure_celery(references[0], results_in, args.workers, args.jobs, bulk_jobs or args.jobs,
-                                           args.batch_size, args.concurrency, args.warmup_jobs, Path(tmp))
+                                           args.batch_size, args.concurrency, args.bulk_submitters,
+                                           args.warmup_jobs, Path(tmp))
             print(f"{name}: {json.dumps(results[name])}", flush=True)
     print(json.dumps(results, indent=2))
     if args.against:

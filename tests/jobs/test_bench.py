@@ -50,7 +50,8 @@ async def test_the_large_job_benchmark_runs_and_follows_a_presigned_result(jobs_
 
 async def test_the_bulk_benchmark_submits_in_batches_and_checks_every_result(jobs_settings: JobsSettings) -> None:
     async with gateway(jobs_settings) as client, sidecar(jobs_settings):
-        result = await run_bulk_jobs_bench(str(client.base_url), jobs=20, batch_size=8, concurrency=4, timeout_s=60)
+        result = await run_bulk_jobs_bench(str(client.base_url), jobs=20, batch_size=8, submitters=2,
+                                           concurrency=4, timeout_s=60)
         listed = (await client.get("/jobs", params={"limit": 50})).json()["jobs"]
     assert result["jobs"] == result["succeeded"] == 20 and result["batch_size"] == 8
     assert result["jobs_per_s"] > 0 and result["p99_ms"] >= result["p50_ms"]
