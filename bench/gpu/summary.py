@@ -14,7 +14,7 @@ SERVED_SHARE_MIN = 0.5
 #: The GPU busy at least this share of the time (nvidia-smi utilization.gpu) at the most clients.
 GPU_BUSY_MIN_PCT = 70.0
 CONFIG_LABELS = {
-    "direct": "worker direct (GPU 0)",
+    "direct": "worker direct (the first worker)",
     "gateway_per_gpu": "gateway + one worker per GPU",
     "gateway_shared": "gateway + two workers sharing GPU 0",
 }
