@@ -374,6 +374,7 @@ def models_openapi(builder: OpenAPIBuilder) -> None:
         "tags": ["protocol"],
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {
             "type": "array", "items": index_entry}}}},
+            "400": {"description": "The body is not a JSON object", "content": protocol_error},
             "503": {"description": "The registry did not answer", "content": protocol_error}},
     })
     for verb, text in (("load", "Serve the model again (its newest version if none was active)"),
@@ -382,5 +383,5 @@ def models_openapi(builder: OpenAPIBuilder) -> None:
             "summary": text, "tags": ["protocol"], "parameters": [name],
             "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {
                 "type": "object"}}}}, **{str(status): {"description": ERROR_TEXT[status], "content": protocol_error}
-                                        for status in (403, 404, 422, 503)}},
+                                        for status in (400, 403, 404, 409, 413, 422, 503)}},
         })
