@@ -101,20 +101,27 @@ class Reconciler:
         if self._activation.busy(model_name):
             return  # a change is under way; it sets every worker itself
         async with self._activation.lock(model_name):
+            # What the workers said before the registry is read: a worker state seen then was set by a change
+            # committed before, so the registry's state is at least as new and pushing it never goes back.
+            workers = self._activation.workers(model_name)
+            reported = [dict(backend.serving or {}) for backend in workers]
             state = await self._registry.serving(model_name)
             if state is None:
                 state = await self._first_start(model_name)
                 if state is None:
                     return
             target = Target.of(state)
-            stale = [backend for backend in self._activation.workers(model_name)
-                     if not serves(backend.serving or {}, target.wire())]
+            stale = [backend for backend, serving in zip(workers, reported, strict=True)
+                     if not serves(serving, target.wire())]
             if stale:
-                await self._push(model_name, target, stale)
+                await self._push(model_name, target, stale, state.generation)
             self._pool.expect(model_name, target.wire())
 
-    async def _push(self, model_name: str, target: Target, stale: list[Backend]) -> None:
+    async def _push(self, model_name: str, target: Target, stale: list[Backend], generation: int) -> None:
         archives = await self._activation.archives(model_name, target.versions())
+        latest = await self._registry.serving(model_name)
+        if latest is None or latest.generation != generation:
+            return  # another gateway changed it meanwhile and sets the workers itself; the next round checks
         outcomes = await asyncio.gather(*(self._activation.push(backend, model_name, target, archives)
                                           for backend in stale))
         for backend, outcome in zip(stale, outcomes, strict=True):

@@ -125,3 +125,25 @@ async def test_a_pending_promotion_is_activated_and_its_outcome_recorded(registr
     assert await registry.promotion_outcome("job-1") == (True, None)
     assert next(iter(workers)).serving["active"] == second
     assert (await registry.history(MODEL))[0].action == "promote"
+
+
+async def test_a_push_is_skipped_when_another_gateway_changed_the_model_meanwhile(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = await versions(registry, 2)
+    workers = Workers("w1")
+    reconciler, _ = reconciler_over(registry, workers)  # the worker is on its start files: stale
+    read_files = registry.files
+
+    async def files_while_another_gateway_activates(model_name: str, version: str) -> dict[str, bytes]:
+        state = await registry.serving(model_name)
+        if state is not None and state.active == first:
+            await registry.set_serving(MODEL, active=second, canary=None, canary_traffic=0, loaded=True,
+                                       expected_generation=state.generation, by_key=None, action="activate")
+        return await read_files(model_name, version)
+
+    monkeypatch.setattr(registry, "files", files_while_another_gateway_activates)
+    await reconciler.round()
+    assert next(iter(workers)).serve_calls == 0  # version 1 was not pushed over the newer change
+    await reconciler.round()
+    assert next(iter(workers)).serving["active"] == second
