@@ -4,7 +4,9 @@ It first installs the carried wheels (``make gpu-wheels``) where the stack's
 packages are missing, then measures the in-process limit at each ``--batches``,
 the first worker direct, a gateway in front of one worker per GPU, and a gateway
 in front of two workers sharing GPU 0, at each ``--concurrency``, with GPU
-utilisation and the CPU per request of every process. It writes one JSON
+utilisation, the CPU per request of every process and the workers' own timings,
+then profiles the gateway and a worker with py-spy under the heaviest load
+(where py-spy is found; ``--no-profile`` to skip). It writes one JSON
 (``--out``) and one Markdown table (``--markdown``). With ``JAX_PLATFORMS=cpu``
 it runs the same on a machine without a GPU (the suite does, with a tiny model).
 """
@@ -43,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=256, help="the workers' MAX_BATCH_SIZE")
     parser.add_argument("--shared-mem-fraction", type=float, default=0.4,
                         help="XLA_PYTHON_CLIENT_MEM_FRACTION of each of two workers sharing a GPU")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip the py-spy profile of the gateway and a worker under the heaviest load")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra worker settings")
     parser.add_argument("--gateway-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra gateway settings")

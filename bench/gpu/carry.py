@@ -30,12 +30,14 @@ SITE_DIR = REPO / "build" / "gpu-site"
 #: The carried folder's size limit: what travels with the working tree.
 MAX_BYTES = 64 * 1024 * 1024
 #: Distributions the gateway and worker import that the GPU machine lacks, with their own needs that it
-#: lacks too. gunicorn and the job path's clients (aio-pika, asyncpg, aiosqlite) stay behind: the kit runs
-#: ``python -m gateway`` and ``python -m worker`` with no job store or broker.
+#: lacks too; and py-spy, which profiles them there. gunicorn and the job path's clients (aio-pika,
+#: asyncpg, aiosqlite) stay behind: the kit runs ``python -m gateway`` and ``python -m worker`` with no
+#: job store or broker.
 DISTRIBUTIONS = (
     "starlette", "uvicorn", "httptools", "orjson", "pydantic", "pydantic-core", "pydantic-settings",
     "python-dotenv", "typing-inspection", "annotated-types", "typing-extensions", "python-multipart",
     "fastapi-standalone-docs", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "obstore",
+    "py-spy",
 )
 #: Import names whose absence means the wheels must be installed.
 MODULES = ("starlette", "uvicorn", "httptools", "orjson", "pydantic", "pydantic_settings", "jsonschema", "obstore")
@@ -123,6 +125,7 @@ def activate(wheels: Path = WHEELS_DIR, target: Path = SITE_DIR) -> list[str]:
         install(wheels, target)
         sys.path.insert(0, str(target))
         _prepend("PYTHONPATH", str(target))
+        _prepend("PATH", str(target / "bin"))  # the carried py-spy
         importlib.invalidate_caches()
         done.append(f"installed {len(list(wheels.glob('*.whl')))} wheels into {target.name}")
     carried_wrk = wheels / "bin" / "wrk"

@@ -6,7 +6,8 @@ one worker per GPU; one worker on a machine without GPUs) and ``gateway_shared``
 (a gateway in front of two workers on GPU 0, each with a share of its memory).
 Points are measured by ``bench.__main__.Runner`` (CPU per request of each
 process, mean batch, compilations), with nvidia-smi sampled over the measured
-seconds only.
+seconds only, and the workers' own timings of their model calls and queue
+(``bench.gpu.worker_time``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 
 from bench.__main__ import Runner
-from bench.gpu import inprocess, summary
+from bench.gpu import inprocess, summary, worker_time
+from bench.gpu.profiling import find_py_spy, profile_under_load
 from bench.gpu.utilisation import Sampler
 from bench.loadgen import find_wrk, request_body, run_load
 from bench.machine import describe
@@ -53,6 +55,7 @@ class Kit:
         self.runner = Runner(runner_args, log_dir)
         self.points: list[dict] = []
         self.compilations_after_ready: dict[str, int | None] = {}
+        self.profile: dict | None = None
 
     def workers(self, prefix: str, envs: list[dict[str, str]]) -> list[Worker]:
         return [Worker(f"{prefix}{i}", self.args.model, self.log_dir, worker_id=str(i),
@@ -63,9 +66,12 @@ class Kit:
         for concurrency in self.args.concurrency:
             if self.args.warmup > 0:
                 run_load(url, body, concurrency, self.args.warmup, generator=self.args.loadgen)
+            before = [worker_time.read(w.url) for w in workers]
             with Sampler() as sampler:
                 result = self.runner.measure(url, concurrency, workers, gateway)
-            point = {"config": config, **result, "gpu": sampler.result}
+            after = [worker_time.read(w.url) for w in workers]
+            point = {"config": config, **result, "gpu": sampler.result,
+                     "worker_time": worker_time.breakdown(before, after, result["duration_s"])}
             self.points.append(point)
             print(f"  {config:16s} c={concurrency:<4d} {point['rps']:8.0f} req/s  p50 {point['p50_ms']:7.2f}  "
                   f"p99 {point['p99_ms']:7.2f} ms  batch {point.get('mean_batch_size')}  "
@@ -90,10 +96,20 @@ class Kit:
             with Gateway(f"gw-{config}", [w.address for w in workers], self.log_dir,
                          env=self.args.gateway_env) as gateway:
                 self.sweep(config, gateway.url + "/predict", workers, gateway)
+                if config == "gateway_per_gpu" and self.args.profile:
+                    self._profile(gateway, workers[0])
         finally:
             for worker in started:
                 worker.stop()
                 self.compilations_after_ready[worker.name] = worker.compilations_after_ready
+
+
+    def _profile(self, gateway: Gateway, worker: Worker) -> None:
+        concurrency = max(self.args.concurrency)
+        print(f"  py-spy on the gateway and {worker.name} at c={concurrency} (not a measured point)", flush=True)
+        self.profile = profile_under_load(gateway.url + "/predict", concurrency, self.args.duration,
+                                          self.args.loadgen, {"gateway": gateway.pid, "worker": worker.pid},
+                                          self.log_dir)
 
 
 def _meta(args: argparse.Namespace, gpus: list[str], started: float, started_at: str, carried: list[str]) -> dict:
@@ -127,10 +143,14 @@ def run(args: argparse.Namespace, carried: list[str]) -> dict:
         print(f"  batch {m['batch']:5d}: {m['jit']['rows_per_s']:10.0f} rows/s jit, "
               f"{m['runtime']['rows_per_s']:10.0f} via ModelRuntime.infer "
               f"({results['inprocess']['device']})", flush=True)
+    if args.profile and find_py_spy() is None:
+        print("py-spy not found: no profile in this run", flush=True)
+        args.profile = False
     with tempfile.TemporaryDirectory(prefix="bench-gpu-logs-") as logs:
         kit = Kit(args, Path(logs), gpus)
         kit.run_configs()
     results["points"] = kit.points
+    results["profile"] = kit.profile
     results["compilations_after_ready"] = kit.compilations_after_ready
     results["meta"] = _meta(args, gpus, started, started_at, carried)
     summary.annotate(results)

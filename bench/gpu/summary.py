@@ -75,6 +75,22 @@ def _cpu(point: dict, part: str) -> float | None:
     return sum(workers) if workers else None
 
 
+def profile_lines(profile: dict, top: int = 5) -> list[str]:
+    """The py-spy profile in Markdown: per process, the parts of the stack and the functions that hold it."""
+    lines = [f"Profile (py-spy, gateway + one worker per GPU, c={profile['concurrency']}, "
+             f"{profile['rps']:,.0f} req/s while sampled):", ""]
+    for process in ("gateway", "worker"):
+        found = profile.get(process) or {}
+        if "error" in found:
+            lines.append(f"- {process}: no profile ({found['error'].strip().splitlines()[-1]})")
+            continue
+        parts = ", ".join(f"{name} {share:.0%}" for name, share in list(found["inclusive_share"].items())[:top])
+        functions = ", ".join(f"`{f['function']}` {f['share']:.0%}" for f in found["self_top"][:top])
+        lines.append(f"- {process}, {found['samples']} samples: by part (inclusive) {parts or '-'}; "
+                     f"by function (self) {functions or '-'}")
+    return lines
+
+
 def markdown(results: dict) -> str:
     meta, inprocess = results["meta"], results["inprocess"]
     lines = [
@@ -92,16 +108,22 @@ def markdown(results: dict) -> str:
     lines += [f"| {m['batch']} | {_fmt(m['jit']['rows_per_s'])} | {m['jit']['ms_per_call']:.3f} "
               f"| {_fmt(m['runtime']['rows_per_s'])} |" for m in inprocess["batches"]]
     lines += ["", "| configuration | c | req/s | rows/s | p50 ms | p99 ms | mean batch | share of limit "
-              "| GPU busy % | CPU ms/req gateway | CPU ms/req workers | load generator CPU | errors |",
-              "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+              "| GPU busy % | model call ms/batch | in model call % | queue wait ms | CPU ms/req gateway "
+              "| CPU ms/req workers | load generator CPU | errors |",
+              "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for p in results["points"]:
-        share = p.get("served_share")
+        share, timing = p.get("served_share"), p.get("worker_time") or {}
+        in_call = timing.get("in_model_call_share")
         lines.append(
             f"| {CONFIG_LABELS.get(p['config'], p['config'])} | {p['concurrency']} | {_fmt(p['rps'])} "
             f"| {_fmt(p['rows_per_s'])} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {_fmt(p.get('mean_batch_size'), 1)} "
             f"| {'-' if share is None else f'{share:.0%}'} | {_fmt(p.get('gpu_busy_pct'), 1)} "
+            f"| {_fmt(timing.get('model_call_ms_per_batch'), 3)} | {_fmt(None if in_call is None else in_call * 100)} "
+            f"| {_fmt(timing.get('queue_wait_ms_mean'), 3)} "
             f"| {_fmt(_cpu(p, 'gateway'), 3)} | {_fmt(_cpu(p, 'workers'), 3)} | {_fmt(p.get('loadgen_cpu'), 2)} "
             f"| {p['errors']} |")
+    if results.get("profile"):
+        lines += ["", *profile_lines(results["profile"])]
     if results.get("targets"):
         lines += ["", "| target | measured | wanted | |", "|---|--:|--:|---|"]
         for t in results["targets"]:

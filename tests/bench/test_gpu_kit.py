@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from bench.gpu import carry, summary
+from bench.gpu import carry, summary, worker_time
 from bench.gpu.__main__ import main
 from bench.gpu.run import device_envs
 from bench.gpu.utilisation import parse, summarise
@@ -43,14 +43,19 @@ def test_the_kit_measures_every_configuration_on_the_cpu(tmp_path: Path, monkeyp
         assert point["requests"] > 0 and point["errors"] == 0, point["error_kinds"]
         assert point["mean_batch_size"] >= 1 and point["limit_batch"] in (1, 8)
         assert point["gpu"] is None and point["gpu_busy_pct"] is None
+        assert point["worker_time"]["model_call_ms_per_batch"] > 0 and point["worker_time"]["queue_wait_ms_mean"] >= 0
         workers = 1 if point["config"] != "gateway_shared" else 2
         expected = {f"worker{i}" for i in range(workers)} | ({"gateway"} if point["config"] != "direct" else set())
         assert set(point["cpu_ms_per_request"]) == expected
     assert set(results["compilations_after_ready"].values()) == {0}
     assert results["meta"]["gpus"] == 0 and results["meta"]["worker_env"]["MAX_BATCH_SIZE"] == "8"
     assert [t["pass"] for t in results["targets"]][1] is None  # no GPU to be busy
+    # py-spy may be refused where ptrace is (a container): then the profile says why, and the run goes on.
+    assert results["profile"]["concurrency"] == 4
+    assert all("samples" in results["profile"][p] or "error" in results["profile"][p] for p in ("gateway", "worker"))
     table = out.with_suffix(".md").read_text()
     assert "| gateway + two workers sharing GPU 0 | 4 |" in table and "| 8 |" in table
+    assert "Profile (py-spy, gateway + one worker per GPU, c=4" in table
 
 
 def test_the_encoder_is_a_contract_valid_model_that_clips_token_ids() -> None:
@@ -74,6 +79,28 @@ def test_nvidia_smi_lines_become_utilisation_per_gpu() -> None:
         "1": {"util_mean_pct": 20.0, "util_max_pct": 20.0, "memory_max_mib": 30.0, "samples": 1},
     }
     assert summarise(parse("")) is None
+
+
+def test_worker_timings_come_from_the_histograms_summed_over_versions() -> None:
+    page = ('worker_batch_compute_seconds_sum{version="1"} 0.5\nworker_batch_compute_seconds_sum{version="2"} 0.5\n'
+            'worker_batch_compute_seconds_count{version="1"} 10\nworker_queue_wait_seconds_sum{version="1"} 2\n'
+            'worker_queue_wait_seconds_count{version="1"} 1000\n# HELP worker_ready x\nworker_ready 1\n')
+    before = [dict.fromkeys(worker_time.WANTED, 0.0)] * 2
+    after = [worker_time.parse(page), dict.fromkeys(worker_time.WANTED, 0.0)]
+    assert after[0]["worker_batch_compute_seconds_sum"] == 1.0
+    assert worker_time.breakdown(before, after, 2.0) == {
+        "model_call_ms_per_batch": 100.0, "in_model_call_share": 0.25, "queue_wait_ms_mean": 2.0}
+    assert worker_time.breakdown(before, before, 2.0)["model_call_ms_per_batch"] is None
+
+
+def test_the_profile_lines_name_the_parts_and_functions_or_why_there_is_none() -> None:
+    profile = {"concurrency": 256, "rps": 1000.0,
+               "gateway": {"samples": 10, "inclusive_share": {"proxy": 0.5},
+                           "self_top": [{"function": "exchange (forwarder.py)", "share": 0.4}]},
+               "worker": {"error": "Error: Permission denied\n"}}
+    text = "\n".join(summary.profile_lines(profile))
+    assert "proxy 50%" in text and "`exchange (forwarder.py)` 40%" in text
+    assert "worker: no profile (Error: Permission denied)" in text
 
 
 def _results(points: list[dict]) -> dict:
