@@ -197,3 +197,30 @@ async def test_upload_activate_rollback_canary_and_a_killed_worker_under_load(st
     assert load.versions_sent_after(killed_at) == {"2"}  # never its start files
     assert {a.version for a in load.answers if a.sent > returned} == {"2"}
     assert load.failures == [], load.failures[:5]
+
+
+def test_tritonclient_lists_unloads_and_loads_versions_of_the_real_stack(stack: Stack) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(stack.url.removeprefix("http://"))
+    try:
+        active = httpx.get(f"{stack.url}/models", timeout=10).json()["models"][0]["active"]
+        index = client.get_model_repository_index()
+        assert {"name": stack.model_name, "version": active, "state": "READY", "reason": ""} in index
+        assert all(entry["state"] == "UNAVAILABLE" for entry in index if entry["version"] != active)
+        assert "model_repository" in client.get_server_metadata()["extensions"]
+
+        client.unload_model(stack.model_name)
+        unloaded = httpx.post(f"{stack.url}/predict", json=stack.example, timeout=10)
+        assert unloaded.status_code == 404 and unloaded.json()["error"]["code"] == "model_unloaded"
+        assert httpx.get(f"{stack.url}/gateway/health", timeout=10).status_code == 200  # the workers are fine
+        entry = next(e for e in client.get_model_repository_index() if e["version"] == active)
+        assert (entry["state"], entry["reason"]) == ("UNAVAILABLE", "unloaded")
+
+        client.load_model(stack.model_name)
+        loaded = httpx.post(f"{stack.url}/predict", json=stack.example, timeout=10)
+        assert loaded.status_code == 200 and loaded.headers[MODEL_VERSION_HEADER] == active
+        assert {"name": stack.model_name, "version": active, "state": "READY", "reason": ""} in \
+            client.get_model_repository_index()
+    finally:
+        client.close()
