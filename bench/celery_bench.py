@@ -85,7 +85,7 @@ def celery_worker(workers: int, results: str, log_dir: Path, start_timeout_s: fl
     else:
         env.update(BENCH_CELERY_RESULTS=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
     app = make_app(broker_url, queue, env["BENCH_CELERY_RESULTS"], schema)
-    command = [sys.executable, "-m", "celery", "-A", "bench.celery_worker", "worker", "--pool", "prefork",
+    command = [sys.executable, "-m", "bench.celery_worker", "--pool", "prefork",
                "--concurrency", str(workers), "--queues", queue, "--without-gossip", "--without-mingle",
                "--without-heartbeat", "--loglevel", "WARNING"]
     with open(log_dir / f"celery-worker-{results}.log", "wb") as log:
