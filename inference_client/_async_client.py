@@ -55,6 +55,14 @@ class AsyncInferenceClient(ClientBase):
     ) -> JobStatus:
         return await self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key))
 
+    async def submit_jobs(
+        self, jobs: Iterable[Mapping[str, Any]], *, task: str = "batch_predict", batch_size: int = 500,
+    ) -> list[str]:
+        ids: list[str] = []
+        for chunk in calls.chunks(jobs, batch_size):
+            ids += (await self._call(calls.submit_jobs(chunk, task))).job_ids
+        return ids
+
     async def job_status(self, job_id: str) -> JobStatus:
         return await self._call(calls.job_status(job_id))
 

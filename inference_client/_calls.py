@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -24,6 +24,7 @@ from inference_client._models import (
     ActivationResult,
     GatewayHealth,
     GatewayInfo,
+    JobBatch,
     JobResult,
     JobStatus,
     ModelSummary,
@@ -71,6 +72,20 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain(item) for item in value]
     return value
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
+    if size < 1:
+        raise ValueError("batch_size: at least 1")
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def prediction_inputs(rows: Iterable[Row], return_probabilities: bool = False) -> list[dict[str, Any]]:
@@ -131,6 +146,14 @@ def submit_job(
     # Always keyed: a retried POST (after a 503 or a refused connection) then returns the same job.
     headers = {IDEMPOTENCY_HEADER: idempotency_key or uuid.uuid4().hex}
     return Call("POST", "/jobs", _model(JobStatus), json=body, headers=headers)
+
+
+def submit_jobs(jobs: list[Mapping[str, Any]], task: str) -> Call[JobBatch]:
+    """``POST /jobs/batch``; each job is a ``POST /jobs`` body (``task`` where it names none) and gets a fresh
+    idempotency key where it has none, so a retried POST returns the same jobs."""
+    body = {"jobs": [{"task": task, **plain(dict(job)), "idempotency_key": job.get("idempotency_key")
+                      or uuid.uuid4().hex} for job in jobs]}
+    return Call("POST", "/jobs/batch", _model(JobBatch), json=body)
 
 
 def job_status(job_id: str) -> Call[JobStatus]:

@@ -59,6 +59,25 @@ def _job_inputs(args: argparse.Namespace) -> list[Any] | None:
     return [item if isinstance(item, dict) else prediction_inputs([item], args.probabilities)[0] for item in items]
 
 
+def _submit_split(client: InferenceClient, args: argparse.Namespace, options: Any) -> dict[str, list[str]]:
+    """``submit --split N``: one job per N rows, sent with POST /jobs/batch; the jobs' ids in row order.
+
+    With --idempotency-key K, job i is keyed K-i: the same command run again returns the same jobs.
+    """
+    if args.split < 1:
+        raise UsageError("--split: at least 1 row per job")
+    inputs = _job_inputs(args)
+    if inputs is None:
+        raise UsageError("--split needs --inputs")
+    jobs: list[dict[str, Any]] = []
+    for start in range(0, len(inputs), args.split):
+        job: dict[str, Any] = {"inputs": inputs[start:start + args.split], "options": options or {}}
+        if args.idempotency_key:
+            job["idempotency_key"] = f"{args.idempotency_key}-{len(jobs)}"
+        jobs.append(job)
+    return {"job_ids": client.submit_jobs(jobs, task=args.task)}
+
+
 def _run(client: InferenceClient, args: argparse.Namespace) -> Any:
     match args.command:
         case "predict":
@@ -67,6 +86,8 @@ def _run(client: InferenceClient, args: argparse.Namespace) -> Any:
             return client.batch_predict(_read_rows(args.file), return_probabilities=args.probabilities)
         case "submit":
             options = _json_argument(args.options, "--options") if args.options else None
+            if args.split is not None:
+                return _submit_split(client, args, options)
             return client.submit_job(args.task, _job_inputs(args), options=options,
                                      idempotency_key=args.idempotency_key)
         case "status":
@@ -142,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--probabilities", action="store_true", help="batch_predict rows ask for probabilities")
     submit.add_argument("--options", help="the task's options as a JSON object")
     submit.add_argument("--idempotency-key", help="the same key and body return the same job")
+    submit.add_argument("--split", type=int, metavar="N", help="one job per N rows of --inputs, all sent with "
+                        "POST /jobs/batch; prints their ids (with --idempotency-key K, job i is keyed K-i)")
 
     for name, text in (("status", "a job's status"), ("wait", "wait for a job to succeed (progress on stderr)"),
                        ("result", "a succeeded job's result"), ("cancel", "cancel a job"),

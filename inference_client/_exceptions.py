@@ -8,7 +8,7 @@
     ├── UnavailableError      503 once retries are spent, or the gateway cannot be reached
     │   └── RateLimitError    429 once retries are spent
     ├── ServerError           500, 502 and other 5xx
-    ├── JobFailedError              ``wait`` saw the job fail; ``job`` holds its last status
+    ├── JobFailedError              ``wait`` saw the job fail or expire; ``job`` holds its last status
     │   └── JobCancelledError       ``wait`` saw the job cancelled
     └── InferenceTimeoutError 504, an HTTP timeout, or ``wait`` past its deadline (also a TimeoutError)
 

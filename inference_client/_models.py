@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 
 
 class _Answer(BaseModel):
@@ -63,7 +63,14 @@ class JobStatus(_Answer):
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "cancelled")
+        return self.status in ("succeeded", "failed", "cancelled", "expired")
+
+
+class JobBatch(_Answer):
+    """The answer to ``POST /jobs/batch``: the jobs' ids in the order they were sent."""
+
+    job_ids: list[str]
+    replayed: list[bool] = Field(default_factory=list)  # per job: its idempotency key named an existing job
 
 
 class JobResult(_Answer):

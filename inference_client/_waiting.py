@@ -47,7 +47,7 @@ class JobWaiter:
             return None
         if status.status == "cancelled":
             raise JobCancelledError(status)
-        if status.status == "failed":
+        if status.status in ("failed", "expired"):  # expired: not started by its deadline (code "expired")
             raise JobFailedError(status)
         remaining = float("inf") if self.deadline is None else self.deadline - time.monotonic()
         if remaining <= 0:

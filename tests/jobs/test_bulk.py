@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
+import pytest
+
+from inference_client import AsyncInferenceClient, InferenceClient
+from inference_client._cli import main
 from jobs.settings import JobsSettings
 from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, wait_for_job
 from tests.jobs.fake_worker import FakeWorker
@@ -64,3 +70,29 @@ async def test_idempotency_keys_per_job(tmp_path: Path, fake_worker: FakeWorker)
         twice = await client.post("/jobs/batch", json={"jobs": [job(7.0, idempotency_key="d")] * 2})
         assert twice.json()["job_ids"][0] == twice.json()["job_ids"][1]
         assert len((await client.get("/jobs")).json()["jobs"]) == 5
+
+
+async def test_the_clients_submit_jobs_and_the_cli_splits_rows(
+    tmp_path: Path, fake_worker: FakeWorker, capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [[float(i), 1.0, 2.0, 3.0] for i in range(5)]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    settings = embedded_settings(tmp_path, fake_worker.url)
+    async with gateway(settings) as client, sidecar(settings):
+        url = str(client.base_url)
+        async with AsyncInferenceClient(url) as caller:
+            ids = await caller.submit_jobs([job(float(i)) for i in range(5)], batch_size=2)  # 3 requests
+            assert len(set(ids)) == 5
+            assert [(await caller.wait(job_id)).status for job_id in ids] == ["succeeded"] * 5
+        with InferenceClient(url) as sync_caller:
+            again = await asyncio.to_thread(sync_caller.submit_jobs, [{"inputs": [{"input_data": rows[0]}]}])
+            assert len(again) == 1
+        argv = ["--url", url, "submit", "--inputs", str(tmp_path / "rows.json"), "--split", "2",
+                "--idempotency-key", "rows"]
+        assert await asyncio.to_thread(main, argv) == 0
+        split_ids = json.loads(capsys.readouterr().out)["job_ids"]
+        assert len(split_ids) == 3
+        sizes = [(await client.get(f"/jobs/{job_id}")).json()["progress"]["total"] for job_id in split_ids]
+        assert sizes == [2, 2, 1]
+        assert await asyncio.to_thread(main, argv) == 0  # the same keys: the same jobs
+        assert json.loads(capsys.readouterr().out)["job_ids"] == split_ids

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from inference_client import AsyncInferenceClient, JobFailedError
 from jobs.database import create_database
 from jobs.housekeeping import Housekeeping
 from jobs.metrics import JobsMetrics
@@ -106,3 +107,15 @@ async def test_expires_at_is_kept_as_given(tmp_path: Path, fake_worker: FakeWork
         job = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS,
                                                 "expires_at": moment.isoformat()})).json()
     assert datetime.fromisoformat(job["expires_at"]) == moment
+
+
+async def test_the_clients_wait_ends_on_an_expired_job(tmp_path: Path, fake_worker: FakeWorker) -> None:
+    settings = embedded_settings(tmp_path, fake_worker.url)
+    async with gateway(settings) as client:
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS,
+                                                   "deadline_s": 0.1})).json()["job_id"]
+        await asyncio.sleep(0.2)
+        async with sidecar(settings), AsyncInferenceClient(str(client.base_url)) as caller:
+            with pytest.raises(JobFailedError) as raised:
+                await caller.wait(job_id, timeout=20)
+    assert raised.value.job.status == "expired" and raised.value.code == "expired"
