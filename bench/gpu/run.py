@@ -5,7 +5,7 @@ Configurations, each driven by closed-loop load at every ``--concurrency``:
 one worker per GPU; one worker on a machine without GPUs) and ``gateway_shared``
 (a gateway in front of two workers on GPU 0, each with a share of its memory).
 Points are measured by ``bench.__main__.Runner`` (CPU per request of each
-process, mean batch, compilations), with nvidia-smi sampled over the measured
+process, mean batch, compilations), with the GPU utilisation sampled over the measured
 seconds only, and the workers' own timings of their model calls and queue
 (``bench.gpu.worker_time``).
 """

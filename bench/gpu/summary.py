@@ -59,7 +59,7 @@ def targets(results: dict) -> list[dict]:
                    f"{top.get('limit_batch', '-')}"},
         {"target": f"gateway + one worker per GPU, c={top['concurrency']}: GPU busy (%)", "value": busy,
          "op": ">=", "threshold": GPU_BUSY_MIN_PCT, "pass": None if busy is None else busy >= GPU_BUSY_MIN_PCT,
-         "detail": "nvidia-smi utilization.gpu, mean over the point" if busy is not None else "no nvidia-smi"},
+         "detail": "utilization.gpu (NVML), mean over the point" if busy is not None else "no GPU read"},
     ]
 
 

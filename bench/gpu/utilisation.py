@@ -1,17 +1,24 @@
-"""GPU utilisation while a point runs: ``nvidia-smi`` sampled in the background.
+"""GPU utilisation while a point runs, sampled on a thread of the kit.
 
 ``utilization.gpu`` is the share of the last sample period in which a kernel
-ran on the GPU: the "GPU busy" of the targets. A sampler started where there is
-no nvidia-smi records nothing and reports None, so the kit runs on a CPU too.
+ran on the GPU: the "GPU busy" of the targets. Each sample asks NVML through
+pynvml where it imports (cheap), else runs ``nvidia-smi`` once: a one-shot
+query, since a looping nvidia-smi writing to a pipe may hold its output in a
+buffer that is lost when it is stopped. Where neither exists the sampler
+records nothing and reports None, so the kit runs on a CPU too.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from statistics import mean
 
 QUERY = "index,utilization.gpu,memory.used"
+#: One reading: (GPU index, utilisation %, memory used MiB) per GPU.
+Reading = list[tuple[str, float, float]]
 
 
 def parse(lines: str) -> dict[str, list[tuple[float, float]]]:
@@ -37,29 +44,73 @@ def summarise(samples: dict[str, list[tuple[float, float]]]) -> dict[str, dict] 
             for gpu, rows in samples.items()}
 
 
-class Sampler:
-    """Context manager: samples every ``interval_ms`` while open; ``result`` once closed."""
+def _nvml_reader() -> Callable[[], str] | None:
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except pynvml.NVMLError:
+        return None
 
-    def __init__(self, interval_ms: int = 100) -> None:
-        self.interval_ms = interval_ms
+    def read() -> str:
+        rows = []
+        try:
+            for i, handle in enumerate(handles):
+                util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                used = pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+                rows.append(f"{i}, {util}, {used:.0f}")
+        except pynvml.NVMLError as error:
+            raise OSError(f"NVML: {error}") from error
+        return "\n".join(rows)
+
+    return read
+
+
+def _nvidia_smi_reader() -> Callable[[], str] | None:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    argv = [smi, f"--query-gpu={QUERY}", "--format=csv,noheader,nounits"]
+    return lambda: subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+
+
+def find_reader() -> Callable[[], str] | None:
+    """A function returning one reading as nvidia-smi's CSV lines; None where no GPU can be read."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    return _nvml_reader() or _nvidia_smi_reader()
+
+
+class Sampler:
+    """Context manager: reads every ``interval_s`` on a thread while open; ``result`` once closed."""
+
+    def __init__(self, interval_s: float = 0.1, reader: Callable[[], str] | None = None) -> None:
+        self.interval_s = interval_s
         self.result: dict[str, dict] | None = None
-        self._process: subprocess.Popen | None = None
+        self._reader = reader if reader is not None else find_reader()
+        self._lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._lines.append(self._reader())
+            except (OSError, subprocess.SubprocessError):
+                pass  # one lost sample
+            self._stop.wait(self.interval_s)
 
     def __enter__(self) -> Sampler:
-        smi = shutil.which("nvidia-smi")
-        if smi is not None:
-            self._process = subprocess.Popen(
-                [smi, f"--query-gpu={QUERY}", "--format=csv,noheader,nounits", f"--loop-ms={self.interval_ms}"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if self._reader is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._process is None:
+        if self._reader is None:
             return
-        self._process.terminate()
-        try:
-            out, _ = self._process.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            out, _ = self._process.communicate()
-        self.result = summarise(parse(out))
+        self._stop.set()
+        self._thread.join(timeout=15)
+        self.result = summarise(parse("\n".join(self._lines)))

@@ -9,8 +9,10 @@ are tested beside it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 from bench.gpu import carry, summary, worker_time
 from bench.gpu.__main__ import main
 from bench.gpu.run import device_envs
-from bench.gpu.utilisation import parse, summarise
+from bench.gpu.utilisation import Sampler, find_reader, parse, summarise
 from worker.contract import load_model_class
 
 TINY = "worker.examples.encoder:TinyTransformerEncoder"
@@ -79,6 +81,30 @@ def test_nvidia_smi_lines_become_utilisation_per_gpu() -> None:
         "1": {"util_mean_pct": 20.0, "util_max_pct": 20.0, "memory_max_mib": 30.0, "samples": 1},
     }
     assert summarise(parse("")) is None
+
+
+def test_the_sampler_reads_on_a_thread_until_closed_and_without_a_gpu_records_nothing() -> None:
+    with Sampler(interval_s=0.01, reader=lambda: "0, 40, 100\n1, 60, 200") as sampler:
+        time.sleep(0.1)
+    assert sampler.result["0"]["util_mean_pct"] == 40.0 and sampler.result["1"]["memory_max_mib"] == 200.0
+    assert sampler.result["0"]["samples"] >= 2
+    if find_reader() is None:
+        with Sampler() as sampler:
+            pass
+        assert sampler.result is None
+
+
+def test_without_nvml_each_sample_is_a_one_shot_nvidia_smi_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\n[ "$1" = "--query-gpu=index,utilization.gpu,memory.used" ] && echo "0, 55, 1234"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # as where nvidia-ml-py is not installed
+    with Sampler(interval_s=0.01) as sampler:
+        time.sleep(0.1)
+    assert sampler.result["0"]["util_mean_pct"] == 55.0 and sampler.result["0"]["memory_max_mib"] == 1234.0
 
 
 def test_worker_timings_come_from_the_histograms_summed_over_versions() -> None:
