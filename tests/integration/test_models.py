@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import sys
 import time
@@ -38,6 +39,7 @@ MODELS = [
     "worker.examples.mlp:SmallMLP",
     "worker.examples.regression:BayesianLinearRegression",
     "worker.examples.digits:DigitsCNN",
+    "worker.examples.hourly:HourlyLoad",
     "readme_model",  # the README's "Serve your own model" snippet, exactly as written
 ]
 
@@ -62,10 +64,12 @@ def launched_stacks(models: list[str], folder: Path, env: dict[str, str] | None 
         port = free_port_run(2)
         if all(abs(port - other) > 1 for other in ports):  # a gateway's and its worker's ports: no overlap
             ports.append(port)
+    # The README's model is in folder; a model of the user's own may be on their PYTHONPATH.
+    python_path = os.pathsep.join([str(folder), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     launchers = []
     try:
         for i, (model, port) in enumerate(zip(models, ports, strict=True)):
-            stack_env = {"MODEL": model, "PYTHONPATH": f"{folder}:{REPO}", "JAX_CACHE_DIR": str(JAX_CACHE_DIR),
+            stack_env = {"MODEL": model, "PYTHONPATH": python_path, "JAX_CACHE_DIR": str(JAX_CACHE_DIR),
                          "JOBS_DIR": str(folder / f"jobs-{i}") if jobs_dir else "", "HEALTH_INTERVAL_S": "0.5",
                          "MAX_BATCH_SIZE": "8", **(env or {})}
             log = folder / f"launcher-{i}.log"
