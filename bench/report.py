@@ -22,6 +22,7 @@ CONFIG_LABELS = {
     "gateway_1_batch_predict": "(c'') gateway + 1 worker, /batch_predict",
     "gateway_2": "(d) gateway + 2 workers",
     "gateway_2_procs": "(e) gateway processes + 2 workers",
+    "haproxy_2": "(f) HAProxy + 2 workers (anchor; its CPU in the gateway column)",
     "target": "target URL",
 }
 #: The stack's performance targets for the heavy MLP, each a figure of one run against a fixed threshold.
@@ -344,7 +345,9 @@ def redraw(results_path: Path, doc: Path, plot_path: Path) -> None:
     results["targets"] = targets(results)
     results["protocol"] = protocol_ratios(results)
     results["gateway_capacity"] = gateway_capacity(results)
-    update_doc(doc, markdown(results))
+    from bench import haproxy  # it imports bench.stack, which the report's other users need not load
+
+    update_doc(doc, markdown(results) + haproxy.markdown(haproxy.anchor(results)))
     plot(results, plot_path)
 
 
