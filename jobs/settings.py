@@ -166,7 +166,10 @@ class JobsSettings(BaseSettings):
         600.0, gt=0, description="A model's first version claimed this long ago and still not registered (its "
         "process died) may be registered by another process.",
     )
-    job_batch_max: int = Field(1000, ge=1, description="Most jobs one POST /jobs/batch may carry (422 beyond).")
+    job_batch_max: int = Field(
+        1000, ge=1, le=1024, description="Most jobs one POST /jobs/batch may carry (422 beyond); at most 1024, "
+        "since their records are one INSERT and its parameters are bounded.",
+    )
     job_batch_max_bytes: int = Field(
         32 * 1024 * 1024, ge=1, description="Largest POST /jobs/batch body (413 beyond).",
     )

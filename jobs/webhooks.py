@@ -29,6 +29,7 @@ from jobs.errors import JobsUnavailable
 from jobs.metrics import JobsMetrics
 from jobs.outbox import Outbox, Webhook
 from jobs.records import JobRecords, moment
+from jobs.schema import ErrorInfo
 from jobs.settings import JobsSettings
 from jobs.webhook_signing import secret_key, signed_headers
 
@@ -150,7 +151,7 @@ class WebhookDispatcher:
         if status is None:
             return None
         row = webhook.row
-        error = None if row["error_code"] is None else {"code": row["error_code"], "message": row["error_message"]}
+        error = None if row["error_code"] is None else ErrorInfo(code=row["error_code"], message=row["error_message"])
         moments = {name: row[name] for name in _SNAPSHOT}
         data = status.model_copy(update={
             **{name: value for name, value in moments.items() if not name.endswith("_at")},

@@ -194,3 +194,17 @@ async def test_delivery_checks_the_address_again() -> None:
         await resolve("http://localhost:8080/hook", allow_private=False)
     destination = await resolve("http://localhost:8080/hook?x=1", allow_private=True)
     assert destination.request_url() in ("http://127.0.0.1:8080/hook?x=1", "http://[::1]:8080/hook?x=1")
+
+
+async def test_a_webhook_no_one_accepts_is_given_up_after_webhook_retry_s(
+    tmp_path: Path, fake_worker: FakeWorker,
+) -> None:
+    settings = with_webhooks(embedded_settings(tmp_path, fake_worker.url), webhook_retry_s=1.0)
+    async with Receiver(failures=1000).running() as receiver, gateway(settings) as client, sidecar(settings) as runner:
+        bad_row = [{"input_data": [-1.0, 2.0, 3.0, 4.0]}]  # the worker refuses it: the job fails
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": bad_row,
+                                                   "callback_url": receiver.url})).json()["job_id"]
+        status = await wait_for_job(client, job_id, lambda s: s["callback"]["state"] == "failed")
+    assert status["status"] == "failed"
+    assert status["callback"]["last_status"] == 500 and status["callback"]["attempts"] == receiver.requests >= 2
+    assert runner.metrics.registry.get_sample_value("jobs_webhooks_total", {"outcome": "failed"}) == 1
