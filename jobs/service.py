@@ -159,13 +159,17 @@ class JobService:
         for one in prepared:
             await self.submissions.store_input(one)
         created = await self.records.create_many([one.job for one in prepared])
+        # Those whose idempotency key named a job recorded before (or earlier in this batch): read together.
+        taken = [one.job.spec.job_id for one, status in zip(prepared, created, strict=True) if status is None]
+        existing = dict(zip(taken, await asyncio.gather(*(self.records.status(job_id) for job_id in taken)),
+                            strict=True))
         answers: list[Submitted] = []
         to_queue: list[tuple[JobStatus, JobSpec, str]] = []
         for one, status in zip(prepared, created, strict=True):
             spec = one.job.spec
             replayed = status is None
-            if status is None:  # its idempotency key named a job recorded before (or earlier in this batch)
-                status = await self.records.status(spec.job_id)
+            if status is None:
+                status = existing[spec.job_id]
                 if status is None:
                     raise JobsUnavailable(f"job {spec.job_id} was taken and is gone")
                 if status.error is not None and status.error.code == "not_queued":  # its first publish failed
