@@ -21,9 +21,10 @@ serving.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,8 @@ class LoadedParams:
 
     params: Any
     outputs: tuple[TensorSpec, ...]
+    #: XLA compilations the load caused (0 when the shapes and dtypes are those of a loaded version).
     compilations: int
-    load_ms: float
 
 
 class ModelRuntime:
@@ -98,7 +99,6 @@ class ModelRuntime:
         Runs on the caller's thread (never the batcher's); raises :class:`ContractError` naming the method.
         """
         model = self.model
-        started = time.perf_counter()
         traces_before = getattr(self._traces, "count", 0)
         try:
             params = jax.device_put(model.load(folder))
@@ -113,7 +113,11 @@ class ModelRuntime:
             except Exception as exc:
                 raise ContractError(model, "predict_batch", f"failed to compile for a batch of {size}: {exc}") from exc
         compilations = getattr(self._traces, "count", 0) - traces_before
-        return LoadedParams(params, outputs, compilations, round((time.perf_counter() - started) * 1000, 3))
+        return LoadedParams(params, outputs, compilations)
+
+    def infer_with(self, params: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        """The model call with ``params`` (a loaded version's): it holds them while it is referenced."""
+        return functools.partial(self.infer, params=params)
 
     def release_start_params(self) -> None:
         """Forget the start artifacts' parameters (another version serves): their device memory is freed."""

@@ -15,20 +15,18 @@ two batches and no request fails or mixes versions.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
 from common import artifact_archive
-from worker.batcher import Batcher, Target
+from worker.batcher import Batcher, InferFn, Target
 from worker.contract import ContractError, Model, TensorSpec
 from worker.errors import InvalidVersion, ModelUnloaded, NotReady, VersionConflict, VersionNotServed, VersionRefused
 from worker.predictor import Predictor
@@ -46,7 +44,7 @@ class VersionRuntime(Protocol):
     model: Model
 
     def load_version(self, folder: Path) -> LoadedParams: ...
-    def infer(self, rows: np.ndarray, params: Any = None) -> dict[str, np.ndarray]: ...
+    def infer_with(self, params: Any) -> InferFn: ...
     def release_start_params(self) -> None: ...
 
 
@@ -60,8 +58,6 @@ class LoadedVersion:
     folder: Path | None
     #: Its files' digest (common/artifact_archive.py); for the start artifacts, read when first asked.
     files: list[dict] | None
-    compilations: int
-    load_ms: float
 
 
 def check_label(label: str) -> str:
@@ -112,7 +108,7 @@ class Versions:
     def started(self, predictor: Predictor, target: Target) -> None:
         """The start artifacts are loaded and checked: they serve as the active version."""
         self._predictor = predictor
-        self._versions[self.active] = LoadedVersion(self.active, target, None, None, 0, 0.0)
+        self._versions[self.active] = LoadedVersion(self.active, target, None, None)
 
     def state(self) -> dict[str, Any]:
         """What /health reports as "serving" and PUT /admin/serving answers."""
@@ -174,6 +170,7 @@ class Versions:
     async def _load(self, label: str, files: dict[str, bytes], digest: list[dict]) -> dict[str, Any]:
         assert self._predictor is not None
         async with self._load_lock:  # one load at a time: its compilations are its own
+            started = time.perf_counter()
             folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=self._versions_dir()))
             try:
                 await asyncio.to_thread(_write_files, folder, files)
@@ -181,7 +178,7 @@ class Versions:
                 if loaded.outputs != self._predictor.outputs:
                     raise ContractError(self._model, "predict_batch", f"outputs ({_describe(loaded.outputs)}) "
                                         f"differ from the served version's ({_describe(self._predictor.outputs)})")
-                target = Target(functools.partial(self._runtime.infer, params=loaded.params), label)
+                target = Target(self._runtime.infer_with(loaded.params), label)
                 await self._predictor.check_example(target)
             except Exception as exc:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -189,13 +186,14 @@ class Versions:
                     f"model {self._model.name!r}: load: {type(exc).__name__}: {exc}")
                 log.warning("version %s refused: %s", label, reason)
                 raise VersionRefused(f"version {label} refused: {reason}") from None
+        load_ms = round((time.perf_counter() - started) * 1000, 3)  # unpacked, loaded, compiled and checked
         replaced = self._versions.get(label)
-        self._versions[label] = LoadedVersion(label, target, folder, digest, loaded.compilations, loaded.load_ms)
+        self._versions[label] = LoadedVersion(label, target, folder, digest)
         if replaced is not None:
             self._discard(replaced)
         log.info("version %s of model %s loaded in %.0f ms, %d compilations", label, self._model.name,
-                 loaded.load_ms, loaded.compilations)
-        return {"version": label, "compilations": loaded.compilations, "load_ms": loaded.load_ms}
+                 load_ms, loaded.compilations)
+        return {"version": label, "compilations": loaded.compilations, "load_ms": load_ms}
 
     def serve(self, active: str, canary: str | None, canary_traffic: int, loaded: bool) -> dict[str, Any]:
         """Switch what serves (from the next batch on); versions not named are unloaded.

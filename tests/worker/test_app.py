@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,16 @@ class FakeRuntime:
         if self.load_error is not None:
             raise self.load_error
         return traced_outputs(SumModel)
+
+    def load_version(self, folder: Any) -> SimpleNamespace:
+        """Any version of the sum model sums (what worker/runtime.py's LoadedParams holds, without JAX)."""
+        return SimpleNamespace(params={}, outputs=traced_outputs(SumModel), compilations=0)
+
+    def infer_with(self, params: Any) -> Any:
+        return self.infer
+
+    def release_start_params(self) -> None:
+        """Nothing to free: the sum needs no parameters."""
 
     def infer(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         if self.fail:
