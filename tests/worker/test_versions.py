@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from common.artifact_archive import pack, unpack
 from common.model_headers import MODEL_VERSION_HEADER
 from tests.conftest import worker_process
+from tests.worker.test_app import FakeRuntime, make_client
 from worker.app import create_app
 from worker.batcher import Batcher, Target
 from worker.contract import Model, Params, load_model_class, load_npz
@@ -340,6 +341,46 @@ def test_serving_changes_are_checked(weighted: Served) -> None:
         assert put_version(client, weighted.model, "no/slash", {"a": b"x"}).status_code == 404  # not a route
         invalid = put_version(client, weighted.model, "x" * 65, {"a": b"x"})
         assert invalid.status_code == 400 and invalid.json()["error"]["code"] == "invalid_version"
+
+
+class GatedRuntime(FakeRuntime):
+    """The fake summing runtime: while ``open`` is clear a model call waits; it records when it frees the start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warm.set()
+        self.open, self.entered, self.released = threading.Event(), threading.Event(), threading.Event()
+        self.open.set()
+
+    def infer(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        self.entered.set()
+        self.open.wait(10)
+        return super().infer(rows)
+
+    def release_start_params(self) -> None:
+        self.released.set()
+
+
+def test_the_start_parameters_are_freed_once_no_request_needs_them() -> None:
+    runtime = GatedRuntime()
+    with make_client(runtime) as client:
+        wait_ready(client)
+        assert put_version(client, runtime.model, "4", {"any": b"file"}).status_code == 200
+        runtime.open.clear()
+        runtime.entered.clear()
+        answers: list[httpx.Response] = []
+        computing = threading.Thread(target=lambda: answers.append(
+            client.post("/predict", json={"input_data": [1, 2, 3, 4]})))
+        computing.start()
+        assert runtime.entered.wait(5)  # a request of the start version is in the model
+        assert client.put("/admin/serving", json={"active": "4"}).status_code == 200
+        time.sleep(0.2)
+        assert not runtime.released.is_set()
+        runtime.open.set()
+        computing.join()
+        assert answers[0].status_code == 200 and answers[0].headers[MODEL_VERSION_HEADER] == "3"
+        assert runtime.released.wait(5)
+        assert client.post("/predict", json={"input_data": [1, 2, 3, 4]}).headers[MODEL_VERSION_HEADER] == "4"
 
 
 def test_the_batcher_computes_each_version_in_batches_of_its_own() -> None:
