@@ -30,6 +30,7 @@ from celery import Celery, group
 from celery.result import AsyncResult
 
 from bench.celery_app import TASK_NAME, make_app
+from bench.jobs_bench import summary
 
 REPO = Path(__file__).resolve().parent.parent
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -88,11 +89,12 @@ def celery_worker(workers: int, results: str, log_dir: Path, start_timeout_s: fl
     command = [sys.executable, "-m", "bench.celery_worker", "--pool", "prefork",
                "--concurrency", str(workers), "--queues", queue, "--without-gossip", "--without-mingle",
                "--without-heartbeat", "--loglevel", "WARNING"]
-    with open(log_dir / f"celery-worker-{results}.log", "wb") as log:
+    log_file = log_dir / f"celery-worker-{results}.log"
+    with open(log_file, "wb") as log:
         process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                    cwd=REPO, start_new_session=True)
     try:
-        _wait_until_it_answers(app, process, start_timeout_s)
+        _wait_until_it_answers(app, process, log_file, start_timeout_s)
         yield app, lambda: process_tree_cpu_seconds(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)  # warm shutdown: the pool's processes finish and exit too
@@ -110,13 +112,14 @@ def celery_worker(workers: int, results: str, log_dir: Path, start_timeout_s: fl
             _sql(database, f"DROP SCHEMA {schema} CASCADE")
 
 
-def _wait_until_it_answers(app: Celery, process: subprocess.Popen, timeout_s: float) -> None:
+def _wait_until_it_answers(app: Celery, process: subprocess.Popen, log_file: Path, timeout_s: float) -> None:
     """One task, answered: the worker is up and its processes have loaded and compiled the model."""
     result = app.send_task(TASK_NAME, args=([],))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the Celery worker exited with {process.returncode} (see celery-worker.log)")
+            last_lines = "\n".join(log_file.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"the Celery worker exited with {process.returncode}:\n{last_lines}")
         if result.ready():
             result.get()
             return
@@ -159,15 +162,4 @@ def run_celery_jobs(app: Celery, rows: list[Any], expected: list[Any], jobs: int
                 times.append((submitted, time.time()))
                 index += 1
     client_cpu_s = time.process_time() - cpu_before
-    latencies = [finished - submitted for submitted, finished in times]
-    elapsed = max(finished for _, finished in times) - started
-    ordered = sorted(latencies)
-    return {
-        "jobs": jobs,
-        "succeeded": len(times),
-        "seconds": round(elapsed, 2),
-        "jobs_per_s": round(jobs / elapsed, 1),
-        "p50_ms": round(ordered[min(len(ordered) - 1, int(0.50 * len(ordered)))] * 1000, 1),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
-        "client_cpu_ms_per_job": round(client_cpu_s * 1000 / jobs, 2),
-    }
+    return {**summary(times, started), "client_cpu_ms_per_job": round(client_cpu_s * 1000 / jobs, 2)}
