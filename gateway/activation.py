@@ -93,6 +93,13 @@ class ActivationFailed(GatewayError):
         self.workers = [outcome.describe() for outcome in outcomes]
 
 
+class VersionlessModel(GatewayError):
+    """The model has no versions (or no active one) in the registry."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
 class ChangeRefused(GatewayError):
     """The change asked for makes no sense in the model's state (no earlier version, canary of the active...)."""
 
@@ -335,10 +342,3 @@ class Activation:
         for result in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(result, Exception):
                 log.warning("could not drop a version loaded for a failed change: %s", result)
-
-
-class VersionlessModel(GatewayError):
-    """The model has no versions (or no active one) in the registry."""
-
-    status_code = 404
-    code = "model_not_found"

@@ -176,7 +176,7 @@ def model_routes(activation: Activation, pool: BackendPool, max_artifact_bytes: 
         try:
             form = await Request(request.scope, replay).form(max_files=MAX_UPLOAD_FILES, max_fields=MAX_UPLOAD_FILES,
                                                              max_part_size=max_artifact_bytes)
-        except (MultiPartException, AssertionError) as exc:
+        except MultiPartException as exc:
             raise InvalidVersion(f"the body is not multipart/form-data with files fields: {exc}") from None
         files: dict[str, bytes] = {}
         try:

@@ -52,8 +52,9 @@ class AsyncInferenceClient(ClientBase):
     async def submit_job(
         self, task: str = "batch_predict", inputs: Iterable[Any] | None = None, *,
         options: Mapping[str, Any] | None = None, input_uri: str | None = None, idempotency_key: str | None = None,
+        promote: bool = False,
     ) -> JobStatus:
-        return await self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key))
+        return await self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key, promote))
 
     async def submit_jobs(
         self, jobs: Iterable[Mapping[str, Any]], *, task: str = "batch_predict", batch_size: int = 500,

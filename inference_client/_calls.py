@@ -136,9 +136,11 @@ def batch_predict(rows: Iterable[Row], return_probabilities: bool) -> Call[list[
 
 def submit_job(
     task: str, inputs: Iterable[Any] | None, options: Mapping[str, Any] | None, input_uri: str | None,
-    idempotency_key: str | None,
+    idempotency_key: str | None, promote: bool = False,
 ) -> Call[JobStatus]:
     body: dict[str, Any] = {"task": task, "options": plain(options or {})}
+    if promote:
+        body["promote"] = True
     if inputs is not None:
         body["inputs"] = plain(inputs if hasattr(inputs, "tolist") else list(inputs))
     if input_uri is not None:

@@ -89,7 +89,7 @@ def _run(client: InferenceClient, args: argparse.Namespace) -> Any:
             if args.split is not None:
                 return _submit_split(client, args, options)
             return client.submit_job(args.task, _job_inputs(args), options=options,
-                                     idempotency_key=args.idempotency_key)
+                                     idempotency_key=args.idempotency_key, promote=args.promote)
         case "status":
             return client.job_status(args.job_id)
         case "wait":
@@ -163,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--probabilities", action="store_true", help="batch_predict rows ask for probabilities")
     submit.add_argument("--options", help="the task's options as a JSON object")
     submit.add_argument("--idempotency-key", help="the same key and body return the same job")
+    submit.add_argument("--promote", action="store_true",
+                        help="train: activate the version the job registers once it succeeds")
     submit.add_argument("--split", type=int, metavar="N", help="one job per N rows of --inputs, all sent with "
                         "POST /jobs/batch; prints their ids (with --idempotency-key K, job i is keyed K-i)")
 

@@ -57,13 +57,15 @@ class InferenceClient(ClientBase):
     def submit_job(
         self, task: str = "batch_predict", inputs: Iterable[Any] | None = None, *,
         options: Mapping[str, Any] | None = None, input_uri: str | None = None, idempotency_key: str | None = None,
+        promote: bool = False,
     ) -> JobStatus:
         """Queue a job (for ``batch_predict``, ``inputs`` are ``/batch_predict`` items); answers once it is queued.
 
         The same ``idempotency_key`` with the same body returns the same job; without one, a fresh key
-        still makes this call's own retries safe.
+        still makes this call's own retries safe. ``promote`` (``train`` only): activate the version the job
+        registers once it succeeds.
         """
-        return self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key))
+        return self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key, promote))
 
     def submit_jobs(
         self, jobs: Iterable[Mapping[str, Any]], *, task: str = "batch_predict", batch_size: int = 500,

@@ -10,7 +10,7 @@ import pytest
 
 from inference_client import ActivationResult, InvalidInputError, ModelVersion, ModelVersions
 from inference_client._cli import main
-from tests.client.fakes import Gateway, envelope
+from tests.client.fakes import Gateway, envelope, job_status
 
 MANIFEST = {"model_name": "iris", "version": "2", "created_at": 1.5, "source": "upload", "job_id": None,
             "trained_from": None, "files": [{"name": "params.npz", "size": 3, "sha256": "ab"}], "inputs": None,
@@ -89,3 +89,12 @@ def test_the_cli_activates_and_rolls_back(monkeypatch: pytest.MonkeyPatch, capsy
     assert gateway.requests[-1].url.path == "/models/iris/rollback"
     assert main(["--url", "http://gateway.test", "upload", "iris", str(tmp_path / "missing.npz")]) == 2
     assert "not a file" in capsys.readouterr().err
+
+
+def test_a_train_job_asks_for_promotion_only_when_told(client) -> None:
+    gateway = Gateway(httpx.Response(202, json=job_status("queued")))
+    caller = client(gateway)
+    caller.submit_job("train", promote=True)
+    caller.submit_job("train")
+    assert json.loads(gateway.requests[0].content) == {"task": "train", "options": {}, "promote": True}
+    assert "promote" not in json.loads(gateway.requests[1].content)
