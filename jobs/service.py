@@ -84,6 +84,7 @@ class JobService:
         self.metrics = metrics
         self._broker_started = False
         self._broker_lock = asyncio.Lock()
+        self._publishing = asyncio.Semaphore(settings.job_publish_concurrency)
         import_task_modules(settings.job_task_modules)
 
     @classmethod
@@ -107,8 +108,11 @@ class JobService:
         A publish cut off here may still be confirmed later. Its job is marked not_queued by then, so the
         sidecar that gets that message skips it as finished; a retry with the same Idempotency-Key queues it
         again, and a duplicate message of a job is already handled (jobs.sidecar).
+
+        At most JOB_PUBLISH_CONCURRENCY publishes are in flight per process, and a publish's time starts once
+        it is: a few large batches at once wait their turn instead of spending their timeout in line.
         """
-        async with asyncio.timeout(self.settings.job_publish_timeout_s):
+        async with self._publishing, asyncio.timeout(self.settings.job_publish_timeout_s):
             async with self._broker_lock:
                 if not self._broker_started:
                     await self.broker.start()

@@ -25,6 +25,10 @@ class JobsSettings(BaseSettings):
         5.0, gt=0, description="Longest wait for the broker to take a job (connect, publish, confirm); beyond it "
         "POST /jobs answers 503 with Retry-After, e.g. while RabbitMQ blocks publishers on a resource alarm.",
     )
+    job_publish_concurrency: int = Field(
+        256, ge=1, description="Publishes one gateway process has in flight (a POST /jobs/batch publishes all its "
+        "jobs at once); JOB_PUBLISH_TIMEOUT_S counts from a publish's start, not its wait for a turn.",
+    )
     job_queue: str = Field(
         "jobs", min_length=1, max_length=128,
         description="Prefix of the job queues: one per model name, '<prefix>.<model name>', dead letters in "
