@@ -29,8 +29,9 @@ import httpx
 import numpy as np
 
 from bench.hammer import comparable, same_answer
+from jobs.schema import TERMINAL_STATES
 
-_DONE = ("succeeded", "failed", "cancelled")
+_DONE = TERMINAL_STATES
 
 
 async def submit_and_check(url: str, jobs: int, trigger: asyncio.Event, timeout_s: float, spread_s: float = 0.0,

@@ -74,6 +74,7 @@ import orjson
 import uvloop
 
 from common.forwarder import TransportError, WorkerClient
+from jobs.schema import TERMINAL_STATES
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = ["embedded", "rabbitmq-postgres", "rabbitmq-s3"]
@@ -291,8 +292,7 @@ async def run_large_job_bench(gateway: str, upload: Callable[[bytes], str], rows
         submitted = time.time()
         job_id = (await client.call("POST", "/jobs", {"task": "batch_predict", "input_uri": uri}))["job_id"]
         deadline = time.monotonic() + timeout_s
-        while (status := await client.call("GET", f"/jobs/{job_id}"))["status"] not in (
-                "succeeded", "failed", "cancelled"):
+        while (status := await client.call("GET", f"/jobs/{job_id}"))["status"] not in TERMINAL_STATES:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} not finished after {timeout_s}s")
             await asyncio.sleep(0.2)

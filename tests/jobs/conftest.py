@@ -34,6 +34,7 @@ from jobs.broker import Broker, create_broker
 from jobs.broker_amqp import AmqpBroker
 from jobs.database import Database, create_database
 from jobs.metrics import JobsMetrics
+from jobs.schema import TERMINAL_STATES
 from jobs.settings import JobsSettings
 from jobs.sidecar import Sidecar
 from jobs.store import ArtifactStore
@@ -265,7 +266,7 @@ async def wait_for_job(client: httpx.AsyncClient, job_id: str, done: Callable[[d
 
 
 def finished(status: dict[str, Any]) -> bool:
-    return status["status"] in ("succeeded", "failed", "cancelled")
+    return status["status"] in TERMINAL_STATES
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
