@@ -329,6 +329,7 @@ class Activation:
             outcome.ok = False
             outcome.error = f"switch: {_failure(exc, self._timeout_s)[0]} (the reconciler tries again)"
             log.warning("worker %s did not switch: %s", backend.url, outcome.error)
+            backend.held = True  # out of rotation until it serves the new state: no answer from the old one
             return outcome
         # What it serves now, until its next probe says so too.
         backend.info["serving"] = {**target.wire(), **answer, "origin": "registry"}

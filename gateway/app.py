@@ -75,8 +75,8 @@ def build_document(model: dict[str, Any] | None, api_keys: bool = False) -> dict
     """The OpenAPI document for a served model's metadata (None: generic); ``api_keys``: access control is on."""
     openapi = OpenAPIBuilder(
         "JAX inference gateway", __version__,
-        "Predictions from JAX / NumPyro models on a pool of workers, and async jobs "
-        "(watch them on [/jobs/ui](/jobs/ui)).",
+        "Predictions from JAX / NumPyro models on a pool of workers, async jobs "
+        "(watch them on [/jobs/ui](/jobs/ui)), and model versions (see them on [/models/ui](/models/ui)).",
     )
     prediction_api(openapi, model)
     protocol_api(openapi, model)

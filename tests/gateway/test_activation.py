@@ -308,3 +308,19 @@ async def test_unload_then_load_serves_the_same_version_again(registry: Registry
     assert answer["loaded"] is True and answer["active"] == first
     assert next(iter(workers)).serving == {"active": first, "canary": None, "canary_traffic": 0, "loaded": True,
                                            "origin": "registry"}
+
+
+async def test_a_worker_that_fails_to_switch_after_the_commit_leaves_rotation(registry: Registry) -> None:
+    first, second = await versions(registry, 2)
+    workers = Workers("w1", "w2")
+    activation, pool = activation_over(registry, workers)
+    await activation.activate(MODEL, first, None, None)
+    failing = workers.by_url["http://w2"]
+
+    async def refuse(request: Request) -> Response:
+        return JSONResponse({"error": {"code": "internal_error", "message": "dying"}}, 500)
+
+    failing.app.router.routes.insert(0, Route("/admin/serving", refuse, methods=["PUT"]))
+    answer = await activation.activate(MODEL, second, None, None)
+    assert [w["ok"] for w in answer["workers"]] == [True, False] and "dying" in answer["workers"][1]["error"]
+    assert {backend.url: backend.in_rotation for backend in pool.backends} == {"http://w1": True, "http://w2": False}
