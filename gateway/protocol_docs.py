@@ -98,7 +98,8 @@ def protocol_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
         ok = {"200": {"description": "OK", "content": {"application/json": {"schema": builder.schema(schema)}}}}
         return ok | {str(status): {"description": _ERRORS[status], "content": errors} for status in statuses}
 
-    builder.add(PREFIX, "get", {"summary": "Server metadata: name, version, extensions", "tags": _TAGS,
+    builder.add(PREFIX, "get", {"summary": "Server metadata: name, version, extensions (model_repository among "
+                                           "them: the gateway's /v2/repository routes)", "tags": _TAGS,
                                 "responses": answers(ServerMetadata, 503)})
     builder.add(f"{PREFIX}/health/live", "get", {"summary": "200 while the gateway runs", "tags": _TAGS,
                                                  "responses": {"200": {"description": "Live"}}})
