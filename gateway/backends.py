@@ -194,6 +194,12 @@ class BackendPool:
         for backend in self._backends:
             self.review(backend)
 
+    def forget(self, model_name: str) -> None:
+        """Stop holding ``model_name``'s workers to a registry state (it cannot be reached to push it)."""
+        self._expected.pop(model_name, None)
+        for backend in self._backends:
+            self.review(backend)
+
     def expected(self, model_name: str) -> dict[str, Any] | None:
         return self._expected.get(model_name)
 

@@ -16,7 +16,8 @@ through the activation and records the outcome the job waits for.
 
 While the job database or the store does not answer, the round changes
 nothing: workers keep serving what they serve, and the pool keeps the last
-state it knew.
+state it knew. Only when every worker of a model restarted meanwhile (none is
+in rotation) do they serve the files they started with, rather than nothing.
 """
 
 from __future__ import annotations
@@ -83,12 +84,23 @@ class Reconciler:
             if not self._outage_logged:
                 log.warning("model registry unavailable, workers keep what they serve: %s", exc.message)
                 self._outage_logged = True
+            self._serve_what_can_be_served(served)
             return
         finally:
             self._first_round_done()
         if self._outage_logged:
             log.info("model registry available again")
             self._outage_logged = False
+
+    def _serve_what_can_be_served(self, served: list[str]) -> None:
+        """In a registry outage, a model none of whose workers is in rotation (all restarted on their start
+        files) is served from those files rather than not at all, until the registry is back."""
+        for model_name in served:
+            workers = self._activation.workers(model_name)
+            if workers and not any(backend.in_rotation for backend in workers):
+                log.warning("model %s: no worker serves the registry's versions and the registry is unavailable; "
+                            "serving the files the workers started with until it is back", model_name)
+                self._pool.forget(model_name)
 
     def _first_round_done(self) -> None:
         """Workers on their start files were held until the registry was asked once (answered or not)."""

@@ -147,3 +147,26 @@ async def test_a_push_is_skipped_when_another_gateway_changed_the_model_meanwhil
     assert next(iter(workers)).serve_calls == 0  # version 1 was not pushed over the newer change
     await reconciler.round()
     assert next(iter(workers)).serving["active"] == second
+
+
+async def test_in_a_registry_outage_workers_all_restarted_serve_their_start_files_rather_than_nothing(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await versions(registry, 1)
+    workers = Workers("w1")
+    reconciler, pool = reconciler_over(registry, workers)
+    await reconciler.round()
+    restarted = next(iter(workers))
+    restarted.serving = {"active": "7", "canary": None, "canary_traffic": 0, "loaded": True, "origin": "start"}
+    workers.probe(pool)
+    assert not any(backend.in_rotation for backend in pool.backends)
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise JobsUnavailable("the job database did not answer")
+
+    monkeypatch.setattr(registry, "serving", down)
+    await reconciler.round()
+    assert all(backend.in_rotation for backend in pool.backends)
+    monkeypatch.undo()
+    await reconciler.round()  # the registry is back: its state is pushed
+    assert restarted.serving["origin"] == "registry"
