@@ -88,9 +88,12 @@ WAIT_TIMEOUT ?= 900
 	scale-workers rebuild-worker rebuild-gateway check-containers docker-urls docker-preflight
 
 .env:
-	@$(PYTHON) -c "import re, secrets; text = open('.env.example').read(); open('.env', 'w').write(re.sub(r'(?m)^(\w*PASSWORD|\w*API_KEY)=(?=\n)', lambda m: m.group(1) + '=' + secrets.token_hex(16), text))"
+	@$(PYTHON) -c "import base64, re, secrets; text = open('.env.example').read(); \
+		text = re.sub(r'(?m)^(\w*PASSWORD|\w*API_KEY)=(?=\n)', lambda m: m.group(1) + '=' + secrets.token_hex(16), text); \
+		text = re.sub(r'(?m)^WEBHOOK_SECRET=(?=\n)', lambda m: 'WEBHOOK_SECRET=whsec_' + base64.b64encode(secrets.token_bytes(32)).decode(), text); \
+		open('.env', 'w').write(text)"
 	@chmod 600 .env
-	@echo "Wrote .env from .env.example, with random passwords and API keys."
+	@echo "Wrote .env from .env.example, with random passwords, API keys and webhook secret."
 
 build: .env ## Build the gateway and CPU worker images
 	$(COMPOSE_CPU) build

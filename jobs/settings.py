@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.config import CommaSeparated
@@ -232,6 +232,12 @@ class JobsSettings(BaseSettings):
         if self.sidecar_spread_url and not self.sidecar_spread_url.startswith("http://"):
             raise ValueError("SIDECAR_SPREAD_URL must be an http:// URL (a gateway of this deployment, not over TLS)")
         return self
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        """Compose passes ``WEBHOOK_SECRET=`` when .env leaves it empty: that means no webhooks, not a bad secret."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _webhooks_are_consistent(self) -> JobsSettings:

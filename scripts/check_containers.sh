@@ -40,9 +40,10 @@ hadolint=$(command -v hadolint || true)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# .env.example with its empty secrets (passwords and API keys, as `make up` fills them) filled in,
+# .env.example with its empty secrets (passwords, API keys, the webhook secret, as `make up` fills them) filled in,
 # and with them left empty.
-sed -E 's/^([A-Z_]*(PASSWORD|API_KEY))=$/\1=Check0nly1234/' .env.example > "$work/filled.env"
+sed -E -e 's/^([A-Z_]*(PASSWORD|API_KEY))=$/\1=Check0nly1234/' \
+    -e 's/^WEBHOOK_SECRET=$/WEBHOOK_SECRET=whsec_Q2hlY2swbmx5LXdlYmhvb2stc2VjcmV0LTMyYnl0ZXM=/' .env.example > "$work/filled.env"
 cp .env.example "$work/empty.env"
 # A clean environment: the caller's variables must not stand in for .env.
 clean_env=(env -i "PATH=$PATH" "HOME=$work")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.settings import JobsSettings
 from tests.containers.support import REPO
 
 DOCKER_TARGETS = ["build", "build-gpu", "up", "up-gpu", "down", "logs", "logs-gateway", "logs-workers", "restart",
@@ -91,7 +92,9 @@ def test_make_up_writes_env_waits_and_prints_the_urls(make_docker, tmp_path: Pat
     passwords = re.findall(r"(?m)^\w*PASSWORD=(.*)$", env)
     assert len(passwords) == 4 and all(len(p) == 32 for p in passwords)
     keys = re.findall(r"(?m)^\w*API_KEY=(.*)$", env)
-    assert len(keys) == 2 and all(len(k) == 32 for k in keys) and keys[0] != keys[1]
+    assert len(keys) == 3 and all(len(k) == 32 for k in keys) and len(set(keys)) == 3
+    [secret] = re.findall(r"(?m)^WEBHOOK_SECRET=(whsec_.+)$", env)
+    JobsSettings(webhook_secret=secret)  # a secret the job path accepts
     assert oct((tmp_path / ".env").stat().st_mode & 0o777) == "0o600"
     assert "-f docker-compose.yml up -d --remove-orphans --wait --wait-timeout 900" in calls
     for url in ["http://localhost:8080", "http://localhost:8080/docs", "http://127.0.0.1:15672",
