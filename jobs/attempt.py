@@ -1,6 +1,7 @@
-"""What one attempt at a job holds besides the job: its delivery, settled once, and its progress, written seldom.
+"""What one attempt at a job holds besides the job: its delivery, settled once, its progress, written seldom,
+and the model versions that computed its rows.
 
-Both are the sidecar's (jobs.sidecar), kept apart so that its module is about running jobs.
+All are the sidecar's (jobs.sidecar), kept apart so that its module is about running jobs.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from jobs.broker import Delivery
 from jobs.errors import JobCancelled
@@ -17,6 +19,8 @@ from jobs.schema import JobStatus, Progress
 log = logging.getLogger("jobs.sidecar")
 #: Progress is written at most this often; a cancel is looked for at every checkpoint.
 PROGRESS_INTERVAL_S = 0.5
+T = TypeVar("T")
+Rows = list[dict[str, Any]]
 
 
 class SettledOnce:
@@ -88,3 +92,36 @@ class ProgressWriter:
                 self.status, self._shown = written, True
         if not self._stopped:
             self._timer = asyncio.get_running_loop().call_later(PROGRESS_INTERVAL_S, self._write_due)
+
+
+class ComputingVersions:
+    """The versions of the job's model whose answers make up one attempt's result.
+
+    A worker's version changes under running jobs (a hot swap; a canary answers some requests): that is not a
+    model change, so the attempt goes on, and its record names every version that computed some of its rows.
+    """
+
+    def __init__(self, started_on: str) -> None:
+        """``started_on``: the worker's version when the attempt started, named when no answer named one."""
+        self._started_on = started_on
+        self._seen: set[str] = set()
+
+    def collecting(self, call: Callable[[Rows, str], Awaitable[tuple[T, str | None]]]
+                   ) -> Callable[[Rows, str], Awaitable[T]]:
+        """``call`` as a task calls it (its answers only), each answer's version noted here."""
+        async def answers(rows: Rows, request_id: str) -> T:
+            answer, version = await call(rows, request_id)
+            if version is not None:
+                self._seen.add(version)
+            return answer
+
+        return answers
+
+    def describe(self) -> str:
+        """The one version, or every version in ascending order, comma-separated: ``"3,4"``."""
+        return ",".join(sorted(self._seen, key=_version_order)) or self._started_on
+
+
+def _version_order(version: str) -> tuple[int, int, str]:
+    """Numbered versions (the registry's) by number, before any other label, those by text."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)

@@ -6,7 +6,9 @@ a queue while ``SIDECAR_WORKER_CALLS`` calls are in flight, and the next call
 takes everything waiting, up to ``JOB_CHUNK_ROWS`` rows: no timer, so a lone
 job pays no delay, and under load the batches grow by themselves.
 
-Each job still gets exactly its own answers, in order. A batch the worker
+Each job still gets exactly its own answers, in order, with the model version
+that computed them: one call is one version's answer, so every job whose rows
+rode in it was computed by that version. A batch the worker
 refuses (4xx) is split in halves and each sent again, down to single jobs, so
 the refusal reaches only the job with the bad row and the others stay
 batched (a few extra calls, not one per job); a 5xx or a broken connection fails every job of the
@@ -39,11 +41,15 @@ class WorkerFailed(Exception):
     """The worker answered an error a retry may not repeat (5xx, 408, 429): the attempt is retried."""
 
 
+#: Answers and the model version that computed them (None: the answer named none, nor did the check know one).
+Versioned = tuple[list[Any], str | None]
+
+
 @dataclass
 class _Call:
     rows: list[dict[str, Any]]
     request_id: str
-    answer: asyncio.Future[list[Any]]
+    answer: asyncio.Future[Versioned]
 
 
 def refused(status: int) -> bool:
@@ -53,10 +59,11 @@ def refused(status: int) -> bool:
 
 class Coalescer:
     """Sends waiting jobs' rows to the worker at ``worker_url`` together; ``check_answer(headers)`` runs on
-    every answer first (the sidecar's check of the model that computed it), and may raise."""
+    every answer first (the sidecar's check of the model that computed it): it may raise, else it names the
+    version that computed the answer."""
 
     def __init__(self, worker_url: str, api_key: str | None, timeout_s: float,
-                 check_answer: Callable[[Mapping[str, str]], None], max_rows: int, calls: int) -> None:
+                 check_answer: Callable[[Mapping[str, str]], str | None], max_rows: int, calls: int) -> None:
         self._worker = BatchPredictClient(worker_url, api_key, timeout_s, calls)
         self._check_answer = check_answer
         self.max_rows = max_rows
@@ -66,8 +73,9 @@ class Coalescer:
         self._sender: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def predict(self, rows: list[dict[str, Any]], request_id: str) -> list[Any]:
-        """The worker's answers to ``rows``, sent with other jobs' rows when they wait at the same time."""
+    async def predict(self, rows: list[dict[str, Any]], request_id: str) -> Versioned:
+        """The worker's answers to ``rows``, sent with other jobs' rows when they wait at the same time, and the
+        version that computed them."""
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_waiting(), name="coalescer")
         call = _Call(rows, request_id, asyncio.get_running_loop().create_future())
@@ -119,7 +127,7 @@ class Coalescer:
         try:
             answer = await self._worker.send(orjson.dumps([row for call in batch for row in call.rows]),
                                              batch[0].request_id)
-            self._check_answer(answer.headers)
+            version = self._check_answer(answer.headers)
             if refused(answer.status) and len(batch) > 1:
                 half = len(batch) // 2
                 await asyncio.gather(self._send(batch[:half]), self._send(batch[half:]))
@@ -137,5 +145,5 @@ class Coalescer:
         start = 0
         for call in batch:
             if not call.answer.done():
-                call.answer.set_result(answers[start:start + len(call.rows)])
+                call.answer.set_result((answers[start:start + len(call.rows)], version))
             start += len(call.rows)

@@ -366,7 +366,8 @@ class JobRecords:
                       computed_by: tuple[str, str] | None = None) -> JobStatus | None:
         """The result and the succeeded state, in one write (the result via the store when large).
 
-        ``computed_by``: the (name, version) of the model that computed ``output``, kept with the result.
+        ``computed_by``: the (name, version) of the model that computed ``output``, kept with the result (and
+        in its JSON); the version is several, comma-separated, when several computed its rows (jobs.attempt).
         """
         name, version = computed_by or (None, None)
         body = orjson.dumps({"job_id": spec.job_id, "task": spec.task, "model_name": name, "model_version": version,

@@ -151,7 +151,9 @@ class JobStatus(BaseModel):
     model_version: str | None = Field(None, description="Its version at acceptance.")
     input_shape: list[int] | None = Field(None, description="The per-row input shape the rows were checked against.")
     result_model_name: str | None = Field(None, description="The model that computed the result (once succeeded).")
-    result_model_version: str | None = Field(None, description="Its version.")
+    result_model_version: str | None = Field(
+        None, description="Its version; when rows came from several (a hot swap, a canary): each, ascending, "
+                          "comma-separated, e.g. \"3,4\".")
     owner: str | None = Field(None, description="Who submitted it (an API key id), when known.")
     priority: int = Field(0, description="Its priority; higher ones run first.")
     earlier_runs: list[EarlierRun] = Field(

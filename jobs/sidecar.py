@@ -29,11 +29,14 @@ model's queue. A job whose record names another model, or an input shape the
 worker does not take, is refused without running: the reason is recorded and
 the delivery counted as a failed attempt, so past JOB_MAX_DELIVERIES it is
 dead-lettered and failed with that reason; it is never marked succeeded. A job
-accepted for another version of the same model runs, and its result records
-the version that computed it. The worker's /health is read again every
-SIDECAR_MODEL_CHECK_S, and every answer of the worker names its model
-(common.model_headers): once the worker serves another model (or version) the
-sidecar hands back every job it holds, untouched, and binds to the new model.
+accepted for another version of the same model runs. The worker's /health is
+read again every SIDECAR_MODEL_CHECK_S, and every answer of the worker names its
+model (common.model_headers): once the worker serves another model (another
+name, or another input shape) the sidecar hands back every job it holds,
+untouched, and binds to the new model. Another version of the same model (a hot
+swap, a canary answering some requests) is followed, not a change: running jobs
+go on, and each result records every version that computed some of its rows
+(jobs.attempt.ComputingVersions).
 
 Outages of the database, the broker or the store are not the job's failures
 (jobs.dependencies): a call that meets one is tried again, with the delivery
@@ -62,6 +65,7 @@ import logging
 import math
 import signal
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -72,7 +76,7 @@ from pydantic import ValidationError
 
 from common.gc_tuning import frozen_startup_heap
 from common.model_headers import answering_model
-from jobs.attempt import ProgressWriter, SettledOnce
+from jobs.attempt import ComputingVersions, ProgressWriter, SettledOnce
 from jobs.broker import Broker, Delivery, create_broker
 from jobs.coalesce import Coalescer
 from jobs.database import Database, create_database
@@ -96,7 +100,7 @@ log = logging.getLogger("jobs.sidecar")
 
 
 class ModelChanged(Exception):
-    """The worker answered as another model than the one this sidecar is bound to."""
+    """The worker answered as another model (another name) than the one this sidecar is bound to."""
 
 
 class Sidecar:
@@ -122,7 +126,8 @@ class Sidecar:
             limits=httpx.Limits(max_connections=settings.sidecar_worker_calls + 4),
             event_hooks={"response": [self._check_answering_model]},
         )
-        #: The model of the worker whose queue this sidecar consumes; None before it knows.
+        #: The model of the worker whose queue this sidecar consumes, at the version the worker last named;
+        #: None before it knows.
         self.model: ModelIdentity | None = None
         self._model_changed = asyncio.Event()
         #: Why the jobs being cancelled are handed back (the worker's new model), while they are.
@@ -243,32 +248,44 @@ class Sidecar:
         return None
 
     async def _watch_model(self, model: ModelIdentity) -> str:
-        """Once the worker serves another model than ``model`` (its /health says so, or an answer did): what."""
+        """Once the worker serves another model than ``model`` (its /health says so, or an answer did): what.
+        Another version of it, taking the same input shape, is followed (``self.model``), not a change."""
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._model_changed.wait(), self.settings.sidecar_model_check_s)
             if self._model_changed.is_set():
-                return f"the worker's answers are no longer those of model {model.describe()}"
+                return f"the worker's answers are no longer those of model {model.name!r}"
             # A worker restarting: its jobs' attempts fail as before. ModelChanged: seen at the top of the loop.
             with contextlib.suppress(httpx.HTTPError, ModelChanged):
                 served = await self._identify()
-                if served is not None and served != model:
+                if served is None:
+                    continue
+                if (served.name, served.input_shape) != (model.name, model.input_shape):
                     return f"the worker serves model {served.describe()} now, not {model.describe()}"
+                self.model = served
 
     async def _check_answering_model(self, response: httpx.Response) -> None:
         """Every answer of the worker but /health names the model that computed it: it must be this sidecar's."""
         if response.request.url.path != "/health":
             self._check_answer(response.headers)
 
-    def _check_answer(self, headers: Mapping[str, str]) -> None:
-        """Raise ModelChanged when an answer's headers name another model than this sidecar's."""
+    def _check_answer(self, headers: Mapping[str, str]) -> str | None:
+        """The version that computed an answer (the worker's last known one when the answer names none);
+        ModelChanged when its headers name another model than this sidecar's. Another version of the model is
+        the worker's version from now on."""
         answering = answering_model(headers)
-        if self.model is None or answering is None:
-            return
-        if answering != (self.model.name, self.model.version):
+        if self.model is None:
+            return None if answering is None else answering[1]
+        if answering is None:
+            return self.model.version
+        name, version = answering
+        if name != self.model.name:
             self._model_changed.set()
-            raise ModelChanged(f"the worker answered as model {answering[0]!r} version {answering[1]!r}, "
+            raise ModelChanged(f"the worker answered as model {name!r} version {version!r}, "
                                f"not {self.model.describe()}")
+        if version != self.model.version:
+            self.model = replace(self.model, version=version)
+        return version
 
     def _refusal(self, status: JobStatus, model: ModelIdentity) -> str | None:
         """Why a job cannot run on ``model``, or None. Another version of the same model may run it."""
@@ -352,6 +369,8 @@ class Sidecar:
         if status.cancel_requested:
             await self._finish(delivery, status, "cancelled")
             return
+        # The worker's version now (self.model follows it; None only while this consumer is being stopped).
+        model = self.model or model
         if (refusal := self._refusal(status, model)) is not None:
             log.warning("job %s attempt %d: %s", spec.job_id, delivery.attempt, refusal)
             await self.records.save(status, status="queued", attempts=delivery.attempt,
@@ -388,10 +407,12 @@ class Sidecar:
         self.metrics.count("running")
         run = ProgressWriter(self.records, running)
         last = running  # what the attempt's last write starts from, should stopping the progress writes be cut off
-        spread = None if self.spreader is None else functools.partial(self.spreader.predict, model=model)
+        versions = ComputingVersions(model.version)
+        spread = None if self.spreader is None else versions.collecting(
+            functools.partial(self.spreader.predict, model_name=model.name))
         context = TaskContext(spec.job_id, task.options.model_validate(record.spec.options), self.settings,
-                              self.store, self.worker, run.checkpoint, self.coalescer.predict, spread,
-                              registry=self.registry, promote=record.spec.promote)
+                              self.store, self.worker, run.checkpoint, versions.collecting(self.coalescer.predict),
+                              spread, registry=self.registry, promote=record.spec.promote)
         try:
             try:
                 rows = await self._rows(record, task)
@@ -423,7 +444,7 @@ class Sidecar:
             await asyncio.sleep(self.settings.job_retry_delay_s * delivery.attempt)
             await delivery.retry()
         else:
-            await self._succeed(delivery, last, record.spec, output, (model.name, model.version))
+            await self._succeed(delivery, last, record.spec, output, (model.name, versions.describe()))
 
     async def _succeed(self, delivery: Delivery, status: JobStatus, spec: JobSpec, output: Any,
                        computed_by: tuple[str | None, str | None], *, kept: bool = False) -> None:

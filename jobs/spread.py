@@ -17,10 +17,10 @@ answers for its own:
 - each answer names the model that computed it (common.model_headers). Another
   model's name fails the attempt (:class:`ChunkOfAnotherModel`, retried: the
   gateway balances over workers this job's rows are not for). Another version
-  of the job's model, or an answer naming no model, is computed again on the
-  own worker, so every row of a result comes from the one version its record
-  names (the own worker's, as without spreading) even while the workers
-  behind the gateway are half upgraded.
+  of the job's model is its answer all the same (workers half upgraded, or a
+  canary): the version is passed on with the answer, and the job's record
+  names every version that computed some of its rows. An answer naming no
+  model says nothing of whose it is: it is computed again on the own worker.
 
 An answer is passed on as the bytes the gateway sent (a JSON array, one item
 per row, as the worker's contract says; the own worker's answers are sliced by
@@ -46,8 +46,7 @@ import orjson
 from common.forwarder import BadResponse, DeadlineExceeded, TransportError, UpstreamResponse
 from common.model_headers import answering_model
 from jobs.batch_client import BatchPredictClient
-from jobs.coalesce import WorkerRefused, refused
-from jobs.routing import ModelIdentity
+from jobs.coalesce import Versioned, WorkerRefused, refused
 from jobs.settings import JobsSettings
 
 log = logging.getLogger("jobs.spread")
@@ -56,7 +55,7 @@ GATEWAY_UNAVAILABLE = frozenset({401, 403, 429, 502, 503, 504})
 #: One warning per reason this often at most: a 100,000-row job falling back would log 400 lines otherwise.
 WARN_EVERY_S = 60.0
 
-Predict = Callable[[list[dict[str, Any]], str], Awaitable[list[Any]]]
+Predict = Callable[[list[dict[str, Any]], str], Awaitable[Versioned]]
 
 
 class ChunkOfAnotherModel(Exception):
@@ -69,7 +68,7 @@ class GatewayFailed(Exception):
 
 class Spreader:
     def __init__(self, settings: JobsSettings, fallback: Predict) -> None:
-        """``fallback(rows, request_id)``: the own worker's answers (the sidecar's coalescer)."""
+        """``fallback(rows, request_id)``: the own worker's answers and their version (the sidecar's coalescer)."""
         assert settings.sidecar_spread_url
         self.url = settings.sidecar_spread_url
         # No connection within CONNECT_TIMEOUT_S (jobs.batch_client): the own worker answers the chunk.
@@ -79,20 +78,24 @@ class Spreader:
         self._fallback = fallback
         self._warned: dict[str, float] = {}
 
-    async def predict(self, rows: list[dict[str, Any]], request_id: str, model: ModelIdentity) -> bytes:
-        """The answers of model ``model`` to ``rows``, a JSON array's bytes: of any worker behind the gateway,
-        else of the own one."""
+    async def predict(self, rows: list[dict[str, Any]], request_id: str,
+                      model_name: str) -> tuple[bytes, str | None]:
+        """The answers of model ``model_name`` to ``rows``, a JSON array's bytes, and the version that computed
+        them: of any worker behind the gateway, else of the own one."""
         async with self._slots:
-            answers = await self._through_gateway(rows, request_id, model)
-        return orjson.dumps(await self._fallback(rows, request_id)) if answers is None else answers
+            answered = await self._through_gateway(rows, request_id, model_name)
+        if answered is not None:
+            return answered
+        answers, version = await self._fallback(rows, request_id)
+        return orjson.dumps(answers), version
 
     async def close(self) -> None:
         await self.gateway.aclose()
 
     async def _through_gateway(self, rows: list[dict[str, Any]], request_id: str,
-                               model: ModelIdentity) -> bytes | None:
-        """The gateway's answers as it sent them, if they are ``model``'s; None when the own worker is to
-        answer instead."""
+                               model_name: str) -> tuple[bytes, str] | None:
+        """The gateway's answers as it sent them and their version, if they are of model ``model_name``; None
+        when the own worker is to answer instead."""
         try:
             answer = await self.gateway.send(orjson.dumps(rows), request_id)
         except (TransportError, DeadlineExceeded, BadResponse) as exc:
@@ -105,17 +108,16 @@ class Spreader:
         if answer.status != 200:
             _refuse(answer)
         answering = answering_model(answer.headers)
-        if answering is not None and answering[0] != model.name:
-            raise ChunkOfAnotherModel(f"the gateway at {self.url} answered with model {answering[0]!r}, not "
-                                      f"{model.name!r}: its workers serve another model")
-        if answering != (model.name, model.version):
-            said = "no model" if answering is None else f"version {answering[1]!r}"
-            self._warn(f"the gateway's answers name {said}, not {model.describe()}: computed again on the own worker")
+        if answering is None:
+            self._warn(f"the gateway's answers name no model, not {model_name!r}: computed again on the own worker")
             return None
+        if answering[0] != model_name:
+            raise ChunkOfAnotherModel(f"the gateway at {self.url} answered with model {answering[0]!r}, not "
+                                      f"{model_name!r}: its workers serve another model")
         body = answer.body.strip()
         if not (body.startswith(b"[") and body.endswith(b"]")):  # its items are the worker's to get right
             raise ValueError(f"the gateway's answer to /batch_predict is not a JSON array: {body[:100]!r}")
-        return body
+        return body, answering[1]
 
     def _warn(self, reason: str) -> None:
         """Log ``reason``, unless it was logged less than WARN_EVERY_S ago."""

@@ -4,7 +4,9 @@ It answers each row with the sum of its input_data, so a result shows which
 row went where; rows whose first value is negative get the worker's 422
 envelope. It serves model ``model_name`` version ``model_version`` (in /health,
 /metadata and, as a real worker does, in every answer's headers): change them to
-play a worker restarted with another model. ``delay_s`` slows every call down (to catch a job mid-run),
+play a worker restarted with another model, or hot-swapped to another version. ``canary_versions`` set,
+its /batch_predict answers name these versions in turn (a canary taking some requests).
+``delay_s`` slows every call down (to catch a job mid-run),
 ``rows_seen`` counts the rows it answered and ``calls`` the calls that answered; ``failures`` is how many
 calls from now on get a 503 (a worker overloaded or restarting).
 """
@@ -30,6 +32,7 @@ class FakeWorker:
     def __init__(self, input_shape: tuple[int, ...] = (4,)) -> None:
         self.input_shape = list(input_shape)  # published in /metadata, as a real worker does
         self.model_name, self.model_version = FAKE_MODEL, "1"
+        self.canary_versions: list[str] = []
         self.delay_s = 0.0
         self.rows_seen = 0
         self.calls = 0
@@ -51,6 +54,12 @@ class FakeWorker:
     def _identity(self) -> dict[str, str]:
         return model_headers(self.model_name, self.model_version)
 
+    def _answering_identity(self) -> dict[str, str]:
+        """The headers of a /batch_predict answer: the next canary version when there are any."""
+        if not self.canary_versions:
+            return self._identity()
+        return model_headers(self.model_name, self.canary_versions[self.calls % len(self.canary_versions)])
+
     async def _metadata(self, request: Request) -> JSONResponse:
         tensor = {"name": "input_data", "datatype": "FP32", "shape": [-1, *self.input_shape]}
         return JSONResponse({"name": self.model_name, "version": self.model_version, "inputs": [tensor], "outputs": [],
@@ -67,10 +76,11 @@ class FakeWorker:
             body = {"error": {"code": "invalid_input", "message": "input_data: negative"}, "request_id": None}
             return JSONResponse(body, 422, headers=self._identity())
         await asyncio.sleep(self.delay_s)
+        headers = self._answering_identity()
         self.rows_seen += len(rows)
         self.calls += 1
         answers = [{"prediction": [sum(row["input_data"])], "worker_id": "fake"} for row in rows]
-        return JSONResponse(answers, headers=self._identity())
+        return JSONResponse(answers, headers=headers)
 
     def start(self) -> FakeWorker:
         self._thread.start()

@@ -1,4 +1,6 @@
-"""Jobs are bound to a model: a queue per model name, refusal of another model's job, a worker that changes model."""
+"""Jobs are bound to a model: a queue per model name, refusal of another model's job, a worker that changes model.
+
+A worker that changes only its version: tests/jobs/test_job_versions.py."""
 
 from __future__ import annotations
 
@@ -134,21 +136,6 @@ async def _delete_queues_of(settings: JobsSettings, *models: str) -> None:
     await broker.start()
     await broker.delete_queues(*models)
     await broker.close()
-
-
-async def test_a_worker_restarted_with_another_version_hands_its_job_back_and_the_new_version_runs_it(
-    tmp_path: Path, fake_worker: FakeWorker,
-) -> None:
-    settings = embedded_settings(tmp_path, fake_worker.url, job_chunk_rows=1, sidecar_model_check_s=0.1)
-    fake_worker.delay_s = 0.2
-    async with gateway(settings) as client, sidecar(settings):
-        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": LONG})).json()["job_id"]
-        await wait_for_job(client, job_id, lambda status: status["progress"]["done"] >= 1)
-        fake_worker.model_version = "2"  # its answers from now on say so
-        status = await wait_for_job(client, job_id, finished)
-    assert status["status"] == "succeeded", status
-    assert (status["model_version"], status["result_model_version"]) == ("1", "2")
-    assert fake_worker.rows_seen > len(LONG)  # it ran again, from the start, on version 2
 
 
 async def test_a_worker_restarted_with_another_model_gets_none_of_the_old_model_s_jobs(

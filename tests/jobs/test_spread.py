@@ -26,12 +26,11 @@ API_KEY = "spread-test-key"
 
 
 @contextlib.asynccontextmanager
-async def _other_worker(name: str | None = None, version: str = "1") -> AsyncIterator[FakeWorker]:
+async def _other_worker(name: str | None = None) -> AsyncIterator[FakeWorker]:
     """A second worker of the fake model (or of model ``name``), beside the module's."""
     worker = FakeWorker()
     if name is not None:
         worker.model_name = name
-    worker.model_version = version
     worker.start()
     try:
         yield worker
@@ -111,18 +110,6 @@ async def test_chunks_answered_by_another_model_never_make_a_result(tmp_path: Pa
     assert status["status"] == "failed" and status["result_model_name"] is None, status
     assert status["attempts"] == settings.job_max_deliveries and status["error"]["code"] == "delivery_limit"
     assert "'another-model', not 'fake'" in status["error"]["message"]
-
-
-async def test_chunks_of_another_version_are_computed_again_by_the_own_worker(
-    tmp_path: Path, fake_worker: FakeWorker,
-) -> None:
-    settings = embedded_settings(tmp_path, fake_worker.url)
-    async with _other_worker(version="2") as other, gateway(settings) as client:
-        async with _spreading(settings, other) as (_, spreading):
-            status = await _run(client, spreading, ROWS)
-    assert status["status"] == "succeeded", status
-    assert (status["model_version"], status["result_model_version"]) == ("1", "1")
-    assert other.rows_seen == fake_worker.rows_seen == len(ROWS)
 
 
 async def test_a_row_the_workers_refuse_fails_the_job_at_once_as_without_spreading(
