@@ -29,8 +29,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv and install the project with the CPU worker and dev tools
 
-run: install ## Start GATEWAY_PROCESSES gateways + NUM_WORKERS workers (+ sidecars) locally on PORT, in the foreground
-	$(PY) -m launcher --workers $(NUM_WORKERS) --port $(PORT) --gateway-processes $(GATEWAY_PROCESSES)
+# Several models, one pool each: MODELS="module:Class=N,module2:Other" (=N workers, default 1; @folder after
+# the class: that pool's MODEL_ARTIFACTS). Set, it replaces NUM_WORKERS and MODEL; unset, one model as before.
+MODELS ?=
+
+run: install ## Start GATEWAY_PROCESSES gateways + NUM_WORKERS workers (+ sidecars) locally on PORT, in the foreground; MODELS="a:A=2,b:B" for one pool per model
+	$(PY) -m launcher --workers $(NUM_WORKERS) --port $(PORT) --gateway-processes $(GATEWAY_PROCESSES)$(if $(MODELS), --models "$(MODELS)")
 
 test: install ## Run the whole test suite
 	$(PY) -m pytest

@@ -1,5 +1,9 @@
 """``python -m launcher`` (``make run``): gateway + N workers (+ one job sidecar each) on this machine.
 
+With MODELS (``--models``), one pool of workers per model instead (launcher/models.py):
+NUM_WORKERS (``--workers``) and MODEL are then ignored, as the launcher says in its first lines,
+and the gateway gets DEFAULT_MODEL (the first entry's model) unless it is set.
+
 Workers listen on PORT+1 .. PORT+N, each pinned to its own GPU where
 ``nvidia-smi -L`` lists GPUs, else on the CPU. Ctrl-C or SIGTERM stops all.
 A process that exits is restarted with capped backoff for as long as it takes;
@@ -36,6 +40,7 @@ import httpx
 
 from launcher.gateways import MULTIPROC_ENV, forget_process, gateway_names, listen_socket, metrics_folder
 from launcher.gpus import device_env, list_gpus
+from launcher.models import MODELS_ENV, ModelsError, Pool, parse_models, read_names
 from launcher.stack_lock import FolderInUse, jobs_dir, lock_jobs_dir
 from launcher.status import STATUS_ENV, StatusFile, status_path
 from launcher.supervisor import Child, Supervisor
@@ -56,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="gateway interface")
     parser.add_argument("--gateway-processes", type=int, default=_default_gateway_processes(),
                         help="gateway processes sharing the gateway's port (default: GATEWAY_PROCESSES, else 1)")
+    parser.add_argument("--models", default=os.environ.get(MODELS_ENV) or None,
+                        help="several models, one pool each: 'module:Class=N,module2:Other' (default: MODELS); "
+                        "--workers and MODEL are then ignored")
     parser.add_argument("--no-sidecars", action="store_true", help="do not start job sidecars")
     parser.add_argument("--max-fast-failures", type=int, default=3,
                         help="give up (exit 1) when every worker, or every gateway process, exits this many times "
@@ -78,32 +86,50 @@ def gateway_url(args: argparse.Namespace) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
 
 
+def worker_children(args: argparse.Namespace, gpus: list[str], pools: list[Pool] | None) -> list[Child]:
+    """The workers, on ports PORT+1 ..: ``args.workers`` of the MODEL setting's model, or each pool's in turn
+    (its MODEL, its MODEL_ARTIFACTS if the entry names one, a group of its own: a pool whose every worker
+    fails at start stops all, as the one pool does)."""
+    python = sys.executable
+    serving = pools or [Pool("", args.workers)]
+    children: list[Child] = []
+    for pool in serving:
+        pool_env = {"MODEL": pool.model} if pool.model else {}
+        if pool.artifacts is not None:
+            pool_env["MODEL_ARTIFACTS"] = str(pool.artifacts)
+        for _ in range(pool.workers):
+            i = len(children)
+            env = {"WORKER_ID": str(i), "HOST": "127.0.0.1", "PORT": str(args.port + 1 + i), **pool_env,
+                   **device_env(i, gpus)}
+            children.append(Child(f"worker-{i}", [python, "-m", "worker"], env, stop_rank=2,
+                                  group=f"worker {pool.name}" if pools else "worker",
+                                  model=pool.name or None, entry=pool.entry))
+    return children
+
+
 def build_children(
     args: argparse.Namespace, gpus: list[str], listen_fd: int | None = None,
     metrics_dir: Path | None = None, jobs_folder: Path | None = None, environ: Mapping[str, str] = os.environ,
+    pools: list[Pool] | None = None,
 ) -> list[Child]:
     """The stack's processes; ``jobs_folder`` becomes every child's JOBS_DIR and holds the status file the
     gateway processes read. ``environ``: the environment
-    they inherit, whose SIDECAR_SPREAD_URL, if any, is left as the user set it."""
+    they inherit, whose SIDECAR_SPREAD_URL, if any, is left as the user set it. ``pools``: MODELS, named
+    (launcher/models.py); None: one model, the MODEL setting's."""
     python = sys.executable
-    worker_ports = [args.port + 1 + i for i in range(args.workers)]
-    children = [
-        Child(
-            f"worker-{i}",
-            [python, "-m", "worker"],
-            {"WORKER_ID": str(i), "HOST": "127.0.0.1", "PORT": str(port), **device_env(i, gpus)},
-            stop_rank=2, group="worker",
-        )
-        for i, port in enumerate(worker_ports)
-    ]
-    workers = ",".join(f"127.0.0.1:{port}" for port in worker_ports)
-    gateway_env = {"HOST": args.host, "PORT": str(args.port), "WORKERS": workers}
+    children = worker_children(args, gpus, pools)
+    workers = list(children)
+    gateway_env = {"HOST": args.host, "PORT": str(args.port),
+                   "WORKERS": ",".join(f"127.0.0.1:{child.env['PORT']}" for child in workers)}
+    if pools and "DEFAULT_MODEL" not in environ:
+        gateway_env["DEFAULT_MODEL"] = pools[0].name
     if not args.no_sidecars:
         spread = _spread_env(args, environ, gateway_env)
         children += [
-            Child(f"sidecar-{i}", [python, "-m", "jobs.sidecar"], {"WORKER_URL": f"http://127.0.0.1:{port}", **spread},
-                  stop_rank=1, group="sidecar", essential=False)
-            for i, port in enumerate(worker_ports)
+            Child(f"sidecar-{i}", [python, "-m", "jobs.sidecar"],
+                  {"WORKER_URL": f"http://127.0.0.1:{worker.env['PORT']}", **spread},
+                  stop_rank=1, group="sidecar", essential=False, model=worker.model)
+            for i, worker in enumerate(workers)
         ]
     if listen_fd is not None:
         gateway_env["LISTEN_FD"] = str(listen_fd)
@@ -136,34 +162,56 @@ def _spread_env(args: argparse.Namespace, environ: Mapping[str, str], gateway_en
     return spread
 
 
-async def announce_when_ready(supervisor: Supervisor, url: str, workers: int, worker_url: str,
+async def announce_when_ready(supervisor: Supervisor, url: str, workers: int, examples_from: dict[str, str],
                               keyed: bool = False) -> None:
-    """Once every worker is healthy, print the URLs and a curl of the served model's own example.
+    """Once every worker is healthy, print the URLs and a curl of each served model's own example.
 
-    The example comes from a worker directly: with API keys the gateway's /metadata needs one the launcher
-    may not know (API_KEYS can hold only digests).
+    ``examples_from``: a route (``/predict`` for the default model, ``/models/{name}/predict`` for another)
+    -> the URL of a worker serving that model. The example comes from the worker directly: with API keys
+    the gateway's /metadata needs one the launcher may not know (API_KEYS can hold only digests).
     """
     started = time.monotonic()
+    examples: dict[str, object] = {}
     async with httpx.AsyncClient(timeout=1.0) as client:
         while True:
             try:
                 health = (await client.get(f"{url}/gateway/health")).json()
                 if health.get("alive_backends") == workers:
-                    example = (await client.get(f"{worker_url}/metadata")).raise_for_status().json()["example"]
+                    for route, worker_url in examples_from.items():
+                        answer = (await client.get(f"{worker_url}/metadata")).raise_for_status()
+                        examples[route] = answer.json()["example"]
                     break
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             await asyncio.sleep(0.5)
-    body = json.dumps(example, separators=(", ", ": "))
     key = ' -H "Authorization: Bearer $MY_KEY"' if keyed else ""
+    tries = "".join(
+        f"  try:     curl -s -X POST {url}{route} -H 'Content-Type: application/json'{key} "
+        f"-d '{json.dumps(example, separators=(', ', ': '))}'\n"
+        for route, example in examples.items()
+    )
     supervisor.say(
         f"ready in {time.monotonic() - started:.1f}s: {workers} worker(s) behind {url}\n"
         f"  docs:    {url}/docs\n"
         f"  health:  {url}/gateway/health\n"
-        f"  try:     curl -s -X POST {url}/predict -H 'Content-Type: application/json'"
-        f"{key} -d '{body}'\n"
+        f"{tries}"
         "  stop:    Ctrl-C"
     )
+
+
+def example_routes(args: argparse.Namespace, pools: list[Pool] | None,
+                   environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Where each model's example is read from, by the route its curl goes to: ``/predict`` for the
+    default model (DEFAULT_MODEL, else the first pool's), ``/models/{name}/predict`` for the others."""
+    if not pools:
+        return {"/predict": f"http://127.0.0.1:{args.port + 1}"}
+    default = environ.get("DEFAULT_MODEL") or pools[0].name
+    routes, first_port = {}, args.port + 1
+    for pool in pools:
+        route = "/predict" if pool.name == default else f"/models/{pool.name}/predict"
+        routes[route] = f"http://127.0.0.1:{first_port}"
+        first_port += pool.workers
+    return dict(sorted(routes.items(), key=lambda item: item[0] != "/predict"))
 
 
 def api_keys(environ: Mapping[str, str]) -> list[str]:
@@ -179,8 +227,23 @@ def access_line(environ: Mapping[str, str]) -> str:
     return f"access control: on, {len(keys)} API key(s); send Authorization: Bearer <key> or X-API-Key"
 
 
+def read_pools(args: argparse.Namespace) -> list[Pool] | None:
+    """MODELS as named pools, None without it; a MODELS that cannot be served raises ModelsError."""
+    if not args.models:
+        return None
+    return read_names(parse_models(args.models))
+
+
 async def main_async(args: argparse.Namespace) -> int:
     """Run the stack until Ctrl-C / SIGTERM (0) or until a child keeps failing (1)."""
+    if args.models:
+        print("launcher | MODELS is set: one pool per entry; NUM_WORKERS (--workers) and MODEL are ignored",
+              flush=True)
+    try:
+        pools = read_pools(args)
+    except ModelsError as exc:
+        print(f"launcher | {exc}; nothing started", flush=True)
+        return 1
     gpus = list_gpus()
     folder = jobs_dir(os.environ, args.port).absolute()
     try:
@@ -198,14 +261,16 @@ async def main_async(args: argparse.Namespace) -> int:
         lock.close()
         return 1
     with lock, gateway_socket, metrics_folder(args.gateway_processes) as metrics_dir:
-        return await _supervise(args, gpus, gateway_socket.fileno(), metrics_dir, folder)
+        return await _supervise(args, gpus, gateway_socket.fileno(), metrics_dir, folder, pools)
 
 
 async def _supervise(
-    args: argparse.Namespace, gpus: list[str], listen_fd: int, metrics_dir: Path | None, folder: Path
+    args: argparse.Namespace, gpus: list[str], listen_fd: int, metrics_dir: Path | None, folder: Path,
+    pools: list[Pool] | None,
 ) -> int:
+    workers = sum(pool.workers for pool in pools) if pools else args.workers
     supervisor = Supervisor(
-        build_children(args, gpus, listen_fd, metrics_dir, folder),
+        build_children(args, gpus, listen_fd, metrics_dir, folder, pools=pools),
         fast_exit_s=args.fast_exit_s, max_fast_failures=args.max_fast_failures,
         status_file=StatusFile(status_path(folder)),
     )
@@ -213,12 +278,15 @@ async def _supervise(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.stop)
     gateways = "gateway" if args.gateway_processes == 1 else f"{args.gateway_processes} gateway processes"
-    supervisor.say(f"starting {gateways} on :{args.port} and {args.workers} worker(s) on "
+    supervisor.say(f"starting {gateways} on :{args.port} and {workers} worker(s) on "
                    f"{'GPUs ' + ','.join(gpus) if gpus else 'the CPU'}")
+    for pool in pools or ():
+        folder_note = f", artifacts {pool.artifacts}" if pool.artifacts else ""
+        supervisor.say(f"  {pool.name}: {pool.workers} worker(s) of {pool.model}{folder_note}")
     supervisor.say(access_line(os.environ))
     supervisor.say(f"job folder: {folder}")
     announcer = asyncio.create_task(announce_when_ready(
-        supervisor, gateway_url(args), args.workers, f"http://127.0.0.1:{args.port + 1}", bool(api_keys(os.environ)),
+        supervisor, gateway_url(args), workers, example_routes(args, pools), bool(api_keys(os.environ)),
     ))
     code = await supervisor.run()
     announcer.cancel()

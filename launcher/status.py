@@ -5,11 +5,12 @@ scheduled); the gateway reads it on request and never imports launcher code,
 so the file is the whole interface::
 
     {"launcher_pid": 12, "updated_at": 1733300000.5,
-     "processes": [{"name": "worker-0", "group": "worker", "state": "backing-off", "pid": null,
-                    "restarts": 3, "fast_failures": 3, "last_exit_code": -9, "last_exit_at": 1733300000.4,
+     "processes": [{"name": "worker-0", "group": "worker", "model": "iris-bayes-logreg", "state": "backing-off",
+                    "pid": null, "restarts": 3, "fast_failures": 3, "last_exit_code": -9, "last_exit_at": 1733300000.4,
                     "backoff_s": 4.0}, ...]}
 
-``state`` is ``running``, ``backing-off`` (waiting ``backoff_s`` before its
+``model`` is the name of the model a worker (or its sidecar) serves when the launcher runs MODELS
+(launcher/models.py), else null. ``state`` is ``running``, ``backing-off`` (waiting ``backoff_s`` before its
 restart) or ``stopped``; ``last_exit_code`` is negative for a signal (-9: killed);
 times are wall-clock seconds, for display. Written to a temporary file and
 renamed over the old one, so a reader sees the old content or the new, never half.
@@ -37,6 +38,8 @@ State = Literal["running", "backing-off", "stopped"]
 class ProcessStatus:
     name: str
     group: str
+    #: The served model's name under MODELS (one pool per model); None for a single model or another process.
+    model: str | None = None
     state: State = "stopped"
     pid: int | None = None
     restarts: int = 0

@@ -75,6 +75,10 @@ class Child:
     essential: bool = True
     #: File descriptors the child inherits (the gateway's listening socket).
     pass_fds: tuple[int, ...] = ()
+    #: The model's name, for the status file: a worker's (and its sidecar's) under MODELS.
+    model: str | None = None
+    #: Where the process comes from, named when a broken model stops everything (its MODELS entry).
+    entry: str = ""
     #: Called with the pid of each of its processes once that process has exited.
     on_exit: Callable[[int], None] | None = field(default=None, repr=False)
     process: asyncio.subprocess.Process | None = None
@@ -84,7 +88,7 @@ class Child:
 
     def __post_init__(self) -> None:
         self.group = self.group or self.name
-        self.status = ProcessStatus(self.name, self.group)
+        self.status = ProcessStatus(self.name, self.group, self.model)
 
 
 class Supervisor:
@@ -156,7 +160,8 @@ class Supervisor:
             self._update(status, state="backing-off", pid=None, last_exit_code=code, last_exit_at=time.time(),
                          fast_failures=status.fast_failures + start_failure)
             if code == MODEL_BROKEN:  # every start, on every worker, would fail the same way: stop at the first
-                self._give_up(child, f"{child.name}: {self._model_failure(child)}; stopping everything")
+                where = f"{child.name} ({child.entry})" if child.entry else child.name
+                self._give_up(child, f"{where}: {self._model_failure(child)}; stopping everything")
                 return
             if self._whole_group_fails(child):
                 self._give_up(child, self._give_up_reason(child, why))

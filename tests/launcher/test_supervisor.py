@@ -211,8 +211,8 @@ async def test_the_status_file_says_what_each_child_does(tmp_path: Path) -> None
     await status.until(lambda seen: seen["worker-0"]["restarts"] >= 3 and seen["worker-1"]["state"] == "running")
     processes = {entry["name"]: entry for entry in json.loads(path.read_text())["processes"]}
     assert processes["worker-1"] == {
-        "name": "worker-1", "group": "worker", "state": "running", "pid": steady.process.pid, "restarts": 0,
-        "fast_failures": 0, "last_exit_code": None, "last_exit_at": None, "backoff_s": None,
+        "name": "worker-1", "group": "worker", "model": None, "state": "running", "pid": steady.process.pid,
+        "restarts": 0, "fast_failures": 0, "last_exit_code": None, "last_exit_at": None, "backoff_s": None,
     }
     assert processes["worker-0"]["last_exit_code"] == -9 and processes["worker-0"]["last_exit_at"] > 0
     supervisor.stop()
