@@ -104,10 +104,11 @@ def test_an_unexpected_answer_is_a_server_error(client) -> None:
 
 def test_the_public_api_is_pinned() -> None:
     assert sorted(inference_client.__all__) == [
-        "AsyncInferenceClient", "AuthenticationError", "BackendInfo", "ConflictError", "EarlierRun", "GatewayHealth",
-        "GatewayInfo", "InferenceClient", "InferenceError", "InferenceTimeoutError", "InvalidInputError",
-        "JobCancelledError", "JobErrorInfo", "JobFailedError", "JobResult", "JobStatus", "NotFoundError",
-        "Prediction", "Progress", "RateLimitError", "ServerError", "UnavailableError",
+        "ActivationResult", "AsyncInferenceClient", "AuthenticationError", "BackendInfo", "ConflictError",
+        "EarlierRun", "GatewayHealth", "GatewayInfo", "InferenceClient", "InferenceError", "InferenceTimeoutError",
+        "InvalidInputError", "JobCancelledError", "JobErrorInfo", "JobFailedError", "JobResult", "JobStatus",
+        "ModelSummary", "ModelVersion", "ModelVersions", "NotFoundError", "Prediction", "Progress", "RateLimitError",
+        "ServerError", "UnavailableError", "WorkerChange",
     ]
     public = {name for name in vars(inference_client) if not name.startswith("_")}
     assert public == set(inference_client.__all__)
