@@ -162,12 +162,18 @@ check-containers: install ## Validate the compose files, lint the Dockerfiles, r
 	PYTHON=$(PY) bash scripts/check_containers.sh
 
 # --- Kubernetes (docs/kubernetes.md) ------------------------------------------
-.PHONY: kubernetes-model check-kubernetes
+.PHONY: kubernetes-model kubernetes-models check-kubernetes
 
 # The one place the manifests learn the served model: MODEL (default worker.model, what
 # worker/model.py holds). Run it after changing either; tests/kubernetes fails until then.
 kubernetes-model: install ## Write deploy/kubernetes/base/served-model.env from MODEL: the workers' model and the queue KEDA watches
-	$(PY) deploy/kubernetes/served_model.py
+	MODELS= $(PY) deploy/kubernetes/served_model.py
+
+# Several models: the first entry goes to served-model.env, each further one becomes a worker Deployment and
+# KEDA ScaledObject of its own in components/models (=N: its minReplicaCount). `make kubernetes-model` goes back to one.
+kubernetes-models: install ## Write served-model.env and components/models from MODELS="a:A,b:B=3": one worker pool per model
+	@test -n "$(MODELS)" || { echo 'Usage: make kubernetes-models MODELS="module:Class,module2:Other=3"'; exit 2; }
+	MODELS="$(MODELS)" $(PY) deploy/kubernetes/served_model.py
 
 check-kubernetes: kubernetes-model ## Render both Kubernetes overlays, validate every object, run tests/kubernetes/ (no cluster needed)
 	$(PY) -m pytest tests/kubernetes -q

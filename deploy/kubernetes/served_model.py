@@ -6,11 +6,18 @@ the model class that MODEL names (the worker's own loader, the worker's own defa
 writes both; kustomization.yaml copies them into the worker's environment and the
 ScaledObject's trigger. `make kubernetes-model` runs it; tests/kubernetes checks the
 rendered manifests agree with the model.
+
+Several models: with MODELS (``--models``, the launcher's syntax: ``module:Class=N,module2:Other``;
+``make kubernetes-models``), the first entry is written here and every further one becomes a worker
+pool of its own in components/models (model_pools.py), which both overlays include; ``=N`` is a
+pool's minReplicaCount (default: the base's). Without MODELS that component adds nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -43,6 +50,29 @@ def served_model_env(model: str, job_queue: str) -> str:
     )
 
 
+def write_pools(models: str, base: Path, component: Path, job_queue: str) -> tuple[str, list[str]]:
+    """MODELS: served-model.env's text for the first entry; components/models for the others (written here).
+    Returns the env text and the pools' names."""
+    from model_pools import first_pool_patches, pool_copy, write_component
+
+    from jobs.routing import model_queue
+    from launcher.models import ModelsError, named, parse_models
+    from worker.contract import load_model_class
+
+    pools = parse_models(models)
+    if any(pool.artifacts is not None for pool in pools):
+        raise ModelsError("MODELS: @folder is the launcher's; in Kubernetes a pool's files come from its image "
+                          "or the model registry (docs/models.md)")
+    pools = named(pools, [load_model_class(pool.model).name for pool in pools])
+    given = [re.search(r"=\d+$", raw.strip()) is not None for raw in models.split(",")]
+    minimum = [pool.workers if explicit else None for pool, explicit in zip(pools, given, strict=True)]
+    documents = []
+    for pool, replicas in zip(pools[1:], minimum[1:], strict=True):
+        documents += pool_copy(base, pool.model, pool.name, model_queue(job_queue, pool.name), replicas)
+    write_component(component, documents, first_pool_patches(pools[0].name, minimum[0], narrow=len(pools) > 1))
+    return served_model_env(pools[0].model, job_queue), [pool.name for pool in pools]
+
+
 def main() -> None:
     # MODEL names modules as the worker imports them: from the repository's root.
     sys.path.insert(0, str(REPO))
@@ -51,18 +81,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=WorkerSettings().model,
                         help="'module:Class' or a module holding one model (default: the MODEL setting)")
+    parser.add_argument("--models", default=os.environ.get("MODELS") or None,
+                        help="several models, one worker pool each: 'module:Class=N,module2:Other' (default: MODELS)")
     parser.add_argument("--base", type=Path, default=BASE, help="the kustomize base: reads its jobs.env, writes there")
+    parser.add_argument("--component", type=Path, help="where the further models' pools go "
+                        "(default: components/models beside the base)")
     args = parser.parse_args()
+    from launcher.models import ModelsError
     from worker.contract import ContractError, ModelNotFound
 
+    component = args.component or args.base.parent / "components" / "models"
+    job_queue = deployed_job_queue(args.base / "jobs.env")
     try:
-        text = served_model_env(args.model, deployed_job_queue(args.base / "jobs.env"))
+        if args.models:
+            text, names = write_pools(args.models, args.base, component, job_queue)
+        else:
+            text, names = served_model_env(args.model, job_queue), []
     except ImportError as error:
-        sys.exit(f"served_model.py: MODEL={args.model}: {error}")
-    except (ModelNotFound, ContractError) as error:  # their messages name the model
+        sys.exit(f"served_model.py: MODEL={args.models or args.model}: {error}")
+    except (ModelNotFound, ContractError, ModelsError) as error:  # their messages name the model or the entry
         sys.exit(f"served_model.py: {error}")
+    if not args.models:
+        from model_pools import write_component
+
+        write_component(component, [], {})
     (args.base / "served-model.env").write_text(text)
     print("Wrote served-model.env:", ", ".join(text.splitlines()[-2:]))
+    if len(names) > 1:
+        print(f"Wrote {component.name}/: worker pools of {', '.join(names[1:])} beside {names[0]}'s")
 
 
 if __name__ == "__main__":
