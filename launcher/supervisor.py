@@ -11,7 +11,7 @@ A child that exits is started again, for as long as it takes: after a wait of
 again and again (an out-of-memory killer) leaves the other workers and the
 gateway serving. A child that exits with common.exit_codes.MODEL_BROKEN (a
 model that cannot start, which no restart would change) makes it give up at
-once, its last line naming the cause. Otherwise the supervisor gives up only on
+once, its last line naming the cause (and the child's MODELS entry, if any). Otherwise the supervisor gives up only on
 a failure every member of a group hits the same way (a port in use): when each
 has exited within ``fast_exit_s`` of its start
 ``max_fast_failures`` times in a row (a SIGKILL comes from outside: never

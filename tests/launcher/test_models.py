@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from common.exit_codes import MODEL_BROKEN, MODEL_BROKEN_LINE
 from launcher.__main__ import build_children, example_routes, parse_args
 from launcher.models import ModelsError, Pool, named, parse_models, read_names
 from launcher.supervisor import Child, Supervisor
-from tests.support import JAX_CACHE_DIR, free_port_run, start_process, stop_process, wait_until
+from tests.support import JAX_CACHE_DIR, REPO, free_port_run, start_process, stop_process, wait_until
 
 REGRESSION = "worker.examples.regression:BayesianLinearRegression"
 SMALL_MLP = "worker.examples.mlp:SmallMLP"
@@ -147,3 +149,13 @@ def test_a_broken_model_stops_the_launcher_naming_its_entry(tmp_path: Path) -> N
         assert "worker-1 (MODELS entry 2 (tests.launcher.broken_model:BrokenLoad)): the model cannot start" in last
     finally:
         stop_process(launcher, timeout_s=30)
+
+
+def test_make_run_passes_models_only_when_set() -> None:
+    def run_line(*assignments: str) -> str:
+        done = subprocess.run(["make", "-n", "--no-print-directory", "run", *assignments], cwd=REPO,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "MODELS": ""})
+        return done.stdout.strip().splitlines()[-1]
+
+    assert run_line(f"MODELS={REGRESSION}=2,{SMALL_MLP}").endswith(f'--models "{REGRESSION}=2,{SMALL_MLP}"')
+    assert "--models" not in run_line()
