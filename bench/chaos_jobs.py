@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import numpy as np
 
+from bench.example_rows import rows_near
 from bench.hammer import comparable, same_answer
 from jobs.schema import TERMINAL_STATES
 
@@ -41,8 +41,7 @@ async def submit_and_check(url: str, jobs: int, trigger: asyncio.Event, timeout_
     answered; wait for each; count the outcomes."""
     limits = httpx.Limits(max_connections=50)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        example = (await client.get("/metadata")).raise_for_status().json()["example"]["input_data"]
-        rows = [(np.asarray(example, dtype=float) * (1 + 0.1 * i)).tolist() for i in range(8)]
+        rows = rows_near((await client.get("/metadata")).raise_for_status().json(), 8)
         reference = (await client.post("/batch_predict", json=[{"input_data": r} for r in rows])).raise_for_status()
         expected = [comparable(answer) for answer in reference.json()]
         run = uuid.uuid4().hex[:8]

@@ -69,16 +69,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import orjson
 import uvloop
 
+from bench.example_rows import rows_near
 from common.forwarder import TransportError, WorkerClient
 from jobs.schema import TERMINAL_STATES
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = ["embedded", "rabbitmq-postgres", "rabbitmq-s3"]
-#: Different rows per job: the served model's example, scaled by 1.0, 1.1, ... 1.7.
+#: Different rows per job: the served model's example, moved a little each time (bench.example_rows).
 ROW_VARIANTS = 8
 #: Sends of one POST /jobs/batch answered 503 before the run fails.
 BATCH_TRIES = 5
@@ -138,9 +138,8 @@ class _Gateway:
 
 
 async def example_rows(gateway: _Gateway) -> list[Any]:
-    """``ROW_VARIANTS`` rows of the served model's shape, made from the example its workers publish."""
-    example = (await gateway.call("GET", "/metadata"))["example"]["input_data"]
-    return [(np.asarray(example, dtype=float) * (1 + 0.1 * i)).tolist() for i in range(ROW_VARIANTS)]
+    """``ROW_VARIANTS`` rows of the served model's shape and dtype, made from the example its workers publish."""
+    return rows_near(await gateway.call("GET", "/metadata"), ROW_VARIANTS)
 
 
 async def reference_answers(gateway: _Gateway) -> tuple[list[Any], list[Any]]:

@@ -8,12 +8,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
+from bench.example_rows import rows_near  # noqa: F401 - the tests use it from here too
 from bench.stack import terminate as stop_process  # noqa: F401 - the tests' name for it
 from worker.settings import WorkerSettings
 
@@ -74,19 +73,6 @@ def served_model() -> str:
     """The model a worker the tests start serves unless told otherwise: the MODEL setting (worker/model.py when
     unset), so a test that names it serves what the user serves, however they chose it."""
     return WorkerSettings().model
-
-
-def rows_near(metadata: dict[str, Any], count: int) -> list[Any]:
-    """``count`` input rows (``input_data`` values) of the model ``metadata`` (its /metadata) describes, whatever
-    its shape and dtype: its example moved a little more each time, scaled for floats, shifted for integers."""
-    [tensor] = metadata["inputs"]
-    datatype, example = tensor["datatype"], np.asarray(metadata["example"]["input_data"])
-    if datatype == "BOOL":
-        return [example.tolist()] * count
-    if datatype.startswith(("INT", "UINT")):
-        limits = np.iinfo(datatype.lower())
-        return [np.clip(example.astype(np.int64) + i, limits.min, limits.max).tolist() for i in range(count)]
-    return [(example.astype(np.float64) * (1 + 0.1 * i)).tolist() for i in range(count)]
 
 
 def worker_env(port: int, worker_id: str = "0", **extra: str) -> dict[str, str]:
