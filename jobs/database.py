@@ -210,6 +210,34 @@ MIGRATIONS: list[str | dict[str, list[str]]] = [
             f"WHEN (OLD.status <> NEW.status AND {_WANTS_5}) EXECUTE FUNCTION job_webhook_event()",
         ],
     },
+    # 6: API keys made at run time (jobs.usage: only their SHA-256 digests), and every key's usage per model per
+    # hour, added to by each gateway's flush. IF NOT EXISTS, as in 4.
+    """
+    CREATE TABLE IF NOT EXISTS api_keys (
+        key_id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        admin INTEGER NOT NULL DEFAULT 0,
+        models TEXT,
+        rate_limit_per_s DOUBLE PRECISION,
+        rows_per_day BIGINT,
+        rows_per_month BIGINT,
+        job_rows_per_day BIGINT,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );
+    CREATE TABLE IF NOT EXISTS key_usage (
+        key_id TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        hour BIGINT NOT NULL,
+        requests BIGINT NOT NULL,
+        rows BIGINT NOT NULL,
+        job_rows BIGINT NOT NULL,
+        model_ms DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (key_id, model_name, hour)
+    );
+    CREATE INDEX IF NOT EXISTS key_usage_hour ON key_usage (hour)
+    """,
 ]
 
 log = logging.getLogger(__name__)
