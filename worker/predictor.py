@@ -78,6 +78,13 @@ def _plain_numbers(value: Any, rank: int, limit: float) -> bool:
     return set(map(type, value)) <= _NUMBERS and (not value or -limit <= min(value) and max(value) <= limit)
 
 
+def _refuse_fractions(values: list[Any], dtype: np.dtype) -> None:
+    """An integer input takes whole numbers: 9.9 is refused, never cut to 9 (jobs and /v2 refuse it too)."""
+    numbers = np.asarray(values)  # ValueError when ragged: the caller words it
+    if numbers.dtype.kind == "f" and not np.array_equal(numbers, np.trunc(numbers)):
+        raise InvalidInput(f"input_data: values must be whole numbers for {dtype}")
+
+
 class Predictor:
     """Parses, batches and answers predictions for the served model."""
 
@@ -171,8 +178,11 @@ class Predictor:
         if not items:
             return Rows(np.empty((0, *shape), self._dtype), flags)
         try:
+            values = [item.input_data for item in items]
+            if self._dtype.kind in "iu":
+                _refuse_fractions(values, self._dtype)
             with np.errstate(over="ignore"):
-                rows = np.asarray([item.input_data for item in items], dtype=self.model.input_dtype)
+                rows = np.asarray(values, dtype=self.model.input_dtype)
         except ValueError:  # ragged nesting
             rows = None
         except OverflowError:  # a number beyond an integer input dtype

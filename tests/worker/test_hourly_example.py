@@ -6,9 +6,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
-from worker.contract import check_declarations, save_npz
+from worker.contract import TensorSpec, check_declarations, save_npz
+from worker.errors import InvalidInput
 from worker.examples.hourly import DAILY_CURVE, HourlyLoad
+from worker.predictor import Predictor
 
 
 def test_declarations_are_a_scalar_int_row() -> None:
@@ -38,3 +41,13 @@ def test_weights_in_the_artifact_folder_replace_the_shipped_curve(tmp_path: Path
     model = HourlyLoad()
     out = model.predict_batch(model.load(tmp_path), np.array([0, 13], np.int32))
     np.testing.assert_allclose(np.asarray(out["load"]), [10.0, 10.0])
+
+
+def test_an_integer_input_refuses_fractions_and_takes_whole_floats() -> None:
+    outputs = (TensorSpec("load", (), "float32", ""), TensorSpec("relative", (), "float32", ""))
+    predictor = Predictor(HourlyLoad(), outputs, batcher=None, worker_id="0", max_rows_per_request=8)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="whole numbers for int32"):
+        predictor.parse_one(b'{"input_data": 9.9}')
+    with pytest.raises(InvalidInput, match="whole numbers for int32"):
+        predictor.parse_many(b'[{"input_data": 3}, {"input_data": 9.5}]')
+    assert predictor.parse_one(b'{"input_data": 9.0}').values.tolist() == [9]  # 9.0 is the number 9
