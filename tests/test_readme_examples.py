@@ -39,7 +39,7 @@ from tests.support import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.served_model]
 
 EXAMPLES = readme_examples()
 #: Seconds one block may run: the jobs example waits up to 30 s for a job.

@@ -26,7 +26,7 @@ from common.model_headers import MODEL_VERSION_HEADER
 from inference_client import ActivationResult, InferenceClient
 from tests.support import JAX_CACHE_DIR, free_port_run, start_process, stop_process, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.served_model]
 CLIENTS = 16
 #: Answers the canary's share is measured on: its standard deviation is then under 0.7 points.
 CANARY_ANSWERS = 2000

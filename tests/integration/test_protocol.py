@@ -129,9 +129,6 @@ def test_bad_infer_requests_are_refused_with_the_protocol_s_error(stack: dict[st
 
 
 def test_the_readme_s_tritonclient_example_runs(stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    [tensor] = stack["metadata"]["inputs"]
-    if tensor["datatype"] != "FP32":
-        pytest.skip(f"the README's example sends FP32 rows; {stack['metadata']['name']} takes {tensor['datatype']}")
     section = (REPO / "README.md").read_text().split("## Open Inference Protocol", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(code.replace("127.0.0.1:8080", stack["gateway"]), {})  # noqa: S102 - the README's own code

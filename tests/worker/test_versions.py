@@ -34,6 +34,8 @@ from worker.runtime import ModelRuntime
 from worker.settings import WorkerSettings
 from worker.versions import read_folder
 
+pytestmark = pytest.mark.served_model  # the served model makes its second version: CI runs it with another model
+
 
 class Weighted(Model):
     """Mean of the row weighted by each of ``k`` rows of ``w`` (any ``k``), and the row through ``v`` (4 x m)."""
