@@ -158,7 +158,7 @@ def _spread_env(args: argparse.Namespace, environ: Mapping[str, str], gateway_en
     spread = {"SIDECAR_SPREAD_URL": gateway_url(args)}
     if api_keys(environ) and not environ.get("WORKER_API_KEY"):
         spread["WORKER_API_KEY"] = secrets.token_urlsafe(24)
-        gateway_env["API_KEYS"] = f"{environ['API_KEYS']},{spread['WORKER_API_KEY']}"
+        gateway_env["API_KEYS"] = ",".join(filter(None, [environ.get("API_KEYS", ""), spread["WORKER_API_KEY"]]))
     return spread
 
 
@@ -215,12 +215,14 @@ def example_routes(args: argparse.Namespace, pools: list[Pool] | None,
 
 
 def api_keys(environ: Mapping[str, str]) -> list[str]:
-    """The entries of API_KEYS, split as the gateway splits them (common.config): none means access control is off."""
-    return [entry.strip() for entry in environ.get("API_KEYS", "").split(",") if entry.strip()]
+    """The entries of API_KEYS and ADMIN_API_KEYS, split as the gateway splits them (common.config): none means
+    access control is off (either turns it on)."""
+    return [entry.strip() for name in ("API_KEYS", "ADMIN_API_KEYS")
+            for entry in environ.get(name, "").split(",") if entry.strip()]
 
 
 def access_line(environ: Mapping[str, str]) -> str:
-    """One line on access control, which is off unless API_KEYS is set (the gateway reads the same variable)."""
+    """One line on access control, which is off unless API_KEYS or ADMIN_API_KEYS is set (as for the gateway)."""
     keys = api_keys(environ)
     if not keys:
         return "access control: off (API_KEYS unset): every route is open to whoever reaches the port"

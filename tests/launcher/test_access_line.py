@@ -13,3 +13,7 @@ def test_without_api_keys_access_control_is_said_to_be_off() -> None:
 def test_with_api_keys_it_is_on_and_names_no_key() -> None:
     line = access_line({"API_KEYS": "secret-one,sha256:" + "a" * 64})
     assert line.startswith("access control: on, 2 API key(s)") and "secret-one" not in line
+
+
+def test_admin_keys_alone_turn_it_on_as_for_the_gateway() -> None:
+    assert access_line({"ADMIN_API_KEYS": "admin-one"}).startswith("access control: on, 1 API key(s)")

@@ -35,3 +35,8 @@ def test_with_api_keys_the_sidecars_get_a_key_the_gateway_takes() -> None:
     assert gateway.env["API_KEYS"] == f"sha256:abc,{key}"
     sidecars, gateway = _by_role({"API_KEYS": "sha256:abc", "WORKER_API_KEY": "mine"})
     assert all("WORKER_API_KEY" not in s.env for s in sidecars) and "API_KEYS" not in gateway.env
+
+
+def test_with_admin_keys_alone_the_sidecars_still_get_a_key() -> None:
+    sidecars, gateway = _by_role({"ADMIN_API_KEYS": "sha256:abc"})
+    assert gateway.env["API_KEYS"] == sidecars[0].env["WORKER_API_KEY"]
