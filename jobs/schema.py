@@ -42,6 +42,11 @@ class JobSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(description="Task type, e.g. batch_predict or train.")
+    model: str | None = Field(
+        None, min_length=1, description="The served model the job is for (GET /models lists them); default: the "
+        "gateway's default model (DEFAULT_MODEL). Its rows are checked against that model's input and the job "
+        "goes to that model's queue.",
+    )
     inputs: list[Any] | None = Field(
         None, description="The rows, inline (for batch_predict the same objects as /batch_predict)."
     )

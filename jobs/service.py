@@ -8,11 +8,13 @@ one confirmed publish, and only then 202. The broker and the database are
 connected on first use, so the gateway starts and serves predictions while
 they are still coming up.
 
-A job is bound to the model the gateway's workers serve when it is accepted
-(name, version, and the input shape its rows are checked against) and
-published to that model's queue, which only sidecars of that model consume.
-While no worker has reported its model, ``POST /jobs`` is 503: there is
-nothing to check the rows against, nor a queue to put them on.
+A job is bound to a served model when it is accepted (name, version, and the
+input shape its rows are checked against) and published to that model's
+queue, which only sidecars of that model consume. It names its model
+(``"model"``) or gets the gateway's default one; a name no worker serves is
+422 naming the served ones. While no healthy worker of its model has reported
+the model's metadata, ``POST /jobs`` is 503: there is nothing to check the rows
+against.
 
 ``POST /jobs/batch`` takes many jobs at once (``submit_many``): all are checked
 first, the new ones recorded in one statement and published together.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +62,21 @@ from jobs.waiting import FinishedWatch
 log = logging.getLogger(__name__)
 
 
+#: The default model's metadata as its workers publish it (None while no worker has).
+DefaultModel = Callable[[], dict[str, Any] | None]
+#: Every served model's name -> its metadata (None while none of its healthy workers has published it).
+ServedModels = Callable[[], Mapping[str, dict[str, Any] | None]]
+
+
+def only_default(served_model: DefaultModel) -> ServedModels:
+    """The served models of a gateway that knows of one model only: the default one, once reported."""
+    def served() -> dict[str, dict[str, Any] | None]:
+        metadata = served_model()
+        return {} if metadata is None or "name" not in metadata else {str(metadata["name"]): metadata}
+
+    return served
+
+
 @dataclass
 class Submitted:
     status: JobStatus
@@ -69,11 +86,13 @@ class Submitted:
 class JobService:
     def __init__(
         self, settings: JobsSettings, store: ArtifactStore, broker: Broker, database: Database, metrics: JobsMetrics,
-        served_model: Callable[[], dict[str, Any] | None] = lambda: None,
+        served_model: DefaultModel = lambda: None, served_models: ServedModels | None = None,
     ) -> None:
         self.settings = settings
-        #: The served model's metadata as its workers publish it (None while no worker has).
+        #: The model a job that names none is for.
         self.served_model = served_model
+        #: The models a job may name.
+        self.served_models = served_models or only_default(served_model)
         self.store = store
         self.database = database
         self.records = JobRecords(database, store, settings)
@@ -90,10 +109,11 @@ class JobService:
     @classmethod
     def from_settings(
         cls, settings: JobsSettings, registry: CollectorRegistry,
-        served_model: Callable[[], dict[str, Any] | None] = lambda: None,
+        served_model: DefaultModel = lambda: None, served_models: ServedModels | None = None,
     ) -> JobService:
         store, broker = ArtifactStore.from_settings(settings), create_broker(settings)
-        return cls(settings, store, broker, create_database(settings), JobsMetrics(registry), served_model)
+        return cls(settings, store, broker, create_database(settings), JobsMetrics(registry), served_model,
+                   served_models)
 
     async def close(self) -> None:
         await self.finished.close()
@@ -121,7 +141,7 @@ class JobService:
 
     async def submit(self, body: bytes, idempotency_key: str | None, owner: str | None = None) -> Submitted:
         submission = validate(JobSubmission, self._parse(body), "")
-        metadata, model = self._served_identity()
+        metadata, model = self._served_identity(submission.model)
         prepared = await self.submissions.prepare(submission, idempotency_key, owner, metadata, model)
         await self.submissions.check_callbacks([submission], "")
         await self.submissions.store_input(prepared)
@@ -147,13 +167,16 @@ class JobService:
         if len(batch.jobs) > self.settings.job_batch_max:
             raise InvalidJob(f"jobs: {len(batch.jobs)} jobs; the limit is {self.settings.job_batch_max} "
                              "(JOB_BATCH_MAX)")
-        metadata, model = self._served_identity()
+        identities: dict[str | None, tuple[dict[str, Any], ModelIdentity]] = {}  # each model looked up once
         submissions: list[BatchedJob] = []
         prepared: list[PreparedJob] = []
         for index, raw in enumerate(batch.jobs):
             try:
                 submission = validate(BatchedJob, raw, "")
                 submissions.append(submission)
+                if submission.model not in identities:
+                    identities[submission.model] = self._served_identity(submission.model, f"jobs[{index}]: ")
+                metadata, model = identities[submission.model]
                 prepared.append(await self.submissions.prepare(submission, submission.idempotency_key, owner,
                                                                metadata, model))
             except InvalidJob as exc:
@@ -180,7 +203,7 @@ class JobService:
                     status = await self.records.requeue_unpublished(spec.job_id) or status
                     replayed = False
             if not replayed:
-                to_queue.append((status, spec, status.model_name or model.name))
+                to_queue.append((status, spec, status.model_name or one.model.name))
             answers.append(Submitted(status, replayed))
         failures = await asyncio.gather(*(self._queue(*one) for one in to_queue), return_exceptions=True)
         for failure in failures:
@@ -204,12 +227,26 @@ class JobService:
             if record is not None and record.spec.fingerprint != spec.fingerprint:
                 raise InvalidJob(f"jobs[{index}]: idempotency_key: already used for a different job")
 
-    def _served_identity(self) -> tuple[dict[str, Any], ModelIdentity]:
-        """The served model's metadata and identity, which a job is bound to; 503 while there is none."""
-        metadata = self.served_model()
-        if metadata is None:
-            raise JobsUnavailable("no worker has reported its model yet, and a job is bound to the model it is "
-                                  "checked against; try again once a worker is ready")
+    def _served_identity(self, name: str | None = None, where: str = "") -> tuple[dict[str, Any], ModelIdentity]:
+        """The metadata and identity of the model a job is bound to: ``name``, or the default model when None.
+
+        422 for a name no worker serves (naming those served); 503 while the model's metadata is not known
+        (``where`` starts its message: a batch's ``jobs[i]: ``).
+        """
+        if name is None:
+            metadata = self.served_model()
+            if metadata is None:
+                raise JobsUnavailable("no worker has reported its model yet, and a job is bound to the model it is "
+                                      "checked against; try again once a worker is ready")
+        else:
+            served = self.served_models()
+            if name not in served:
+                known = ", ".join(repr(one) for one in sorted(served)) or "none yet"
+                raise InvalidJob(f"model: no model {name!r} is served here; served: {known}")
+            metadata = served[name]
+            if metadata is None:
+                raise JobsUnavailable(f"{where}no healthy worker of model {name!r} has reported its metadata, and a "
+                                      "job is checked against it; try again once one is ready")
         try:
             return metadata, ModelIdentity.from_metadata(metadata)
         except (KeyError, TypeError, ValueError, IndexError):

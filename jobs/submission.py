@@ -31,6 +31,8 @@ from jobs.tasks import TASKS, TaskType
 @dataclass
 class PreparedJob:
     job: NewJob
+    #: The served model it is bound to (its queue).
+    model: ModelIdentity
     #: Rows too large for the record, to be put in the store at ``job.spec.input_key`` once all is checked.
     large_input: bytes | None = None
 
@@ -79,7 +81,7 @@ class Submissions:
                        fingerprint=fingerprint, priority=submission.priority, promote=submission.promote)
         job = NewJob(spec, total, input_data, owner, model.name, model.version, model.input_shape,
                      callback_url=submission.callback_url, callback_events=events, expires_at=expires_at)
-        return PreparedJob(job, large)
+        return PreparedJob(job, model, large)
 
     async def check_callbacks(self, submissions: Sequence[JobSubmission], field: str) -> None:
         """422 naming the first callback URL a webhook may not go to (resolved: after the cheaper checks)."""
