@@ -45,6 +45,7 @@ from gateway.docs import LiveDocument, OpenAPIBuilder, docs_routes, document_acc
 from gateway.errors import error_response
 from gateway.health import HealthChecker
 from gateway.job_routes import job_routes, jobs_openapi
+from gateway.key_routes import key_routes
 from gateway.launcher_status import read_processes
 from gateway.metrics import GatewayMetrics
 from gateway.model_routes import model_routes, models_openapi
@@ -55,6 +56,7 @@ from gateway.proxy import Proxy
 from gateway.reconciler import Reconciler
 from gateway.request_context import RequestContext, request_id_pattern
 from gateway.settings import GatewaySettings
+from gateway.usage_control import UsageControl
 from jobs.registry import Registry
 from jobs.service import JobService
 from jobs.settings import JobsSettings
@@ -111,6 +113,8 @@ def create_app(
     protocol_proxy = Proxy(pool, client, metrics, settings, errors=protocol_error_response)
     access_log = AccessLog(flush_s=settings.access_log_flush_s, max_lines=settings.access_log_max_lines)
     keys_on = bool(settings.api_keys or settings.admin_api_keys)
+    control = UsageControl.build(settings, jobs.database, jobs.settings.jobs_dir, metrics.registry,
+                                 lambda: (pool.served_model() or {}).get("name"))
     admin_client = httpx.AsyncClient()
     registry = Registry(jobs.database, jobs.store, claim_stale_s=jobs.settings.registry_claim_stale_s)
     activation = Activation(registry, pool, WorkerAdmin(admin_client), settings.activation_timeout_s)
@@ -125,6 +129,7 @@ def create_app(
         await checker.probe_all()  # a restarted gateway knows its workers before it takes a request
         health_task = asyncio.create_task(checker.run(), name="health-checks")
         reconcile_task = asyncio.create_task(reconciler.run(), name="model-reconciler")
+        usage_tasks = [asyncio.create_task(loop(), name="keys-and-usage") for loop in control.background()]
         frozen_startup_heap()
         try:
             yield
@@ -132,13 +137,14 @@ def create_app(
             reconciler.stop()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reconcile_task), settings.activation_timeout_s)
-            for task in (reconcile_task, health_task):
+            for task in (reconcile_task, health_task, *usage_tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await checker.aclose()
             await admin_client.aclose()
             await client.aclose()
+            await control.close()
             await jobs.close()
             access_log.close()
 
@@ -188,6 +194,7 @@ def create_app(
         *model_routes(activation, pool, settings.model_max_artifact_bytes, settings.activation_timeout_s,
                       settings.retry_after_s),
         *protocol_health_routes(pool),
+        *key_routes(control),
     ]
 
     accepted_id = request_id_pattern(settings.request_id_chars, settings.request_id_max_length)
@@ -198,7 +205,7 @@ def create_app(
     middleware = [
         Middleware(RequestContext, metrics=metrics, request_id_pattern=accepted_id,
                    access_log=access_log if settings.access_log else None),
-        *access_middleware(settings),
+        *access_middleware(settings, control),
         Middleware(RequireJson),
     ]
     for cls, args, kwargs in reversed(middleware):

@@ -1,4 +1,4 @@
-"""Access control: API keys and a rate limit per key, as a plain ASGI middleware.
+"""Access control: API keys, as a plain ASGI middleware; their limits, quotas and usage in gateway/usage_control.py.
 
 A key comes as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Only
 SHA-256 digests of the keys are held (``API_KEYS`` entries ``sha256:<hex>``,
@@ -7,8 +7,9 @@ wrong key all get the same 401, so an answer never says which part was wrong.
 The key's id (the first 12 hex digits of its digest, not a secret) goes into
 ``scope["state"]["key_id"]``: the access log shows it and jobs belong to it.
 ``ADMIN_API_KEYS`` (same form) are valid keys too, and only they set
-``scope["state"]["admin"]``: the routes that change which model version serves
-need it (``is_admin``). With no keys at all everyone is an admin.
+``scope["state"]["admin"]``: the routes that change which model version serves,
+and the key and usage admin routes, need it (``is_admin``). With no keys at all everyone is an admin.
+Keys made at run time (``POST /admin/keys``) come from the job database (gateway/keys.py).
 
 Constant time enough: the presented key is hashed and its digest looked up in
 a dict. The lookup's timing (hash bucket, an early-exit ``==``) depends only on
@@ -27,9 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from starlette.middleware import Middleware
@@ -38,18 +38,20 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import error_response
+from gateway.keys import key_id
 from gateway.protocol import is_protocol_path, protocol_body
-from gateway.rate_limit import RateLimiter
 
 if TYPE_CHECKING:  # the settings import hash_key from here
     from gateway.settings import GatewaySettings
+    from gateway.usage_control import UsageControl
+
+__all__ = ["OPEN_PATHS", "access_middleware", "hash_key", "is_admin", "key_id", "presented_key"]
 
 #: Probes (the gateway's own health, the protocol's liveness and readiness), the docs, the job and model pages.
 OPEN_PATHS = frozenset({"/gateway/health", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json",
-                        "/jobs/ui", "/models/ui"})
+                        "/jobs/ui", "/models/ui", "/usage/ui"})
 OPEN_PREFIX = "/docs/assets/"
 METRICS_PATH = "/metrics"
-RATE_LIMITED_MESSAGE = "this API key is over its rate limit; retry after the Retry-After seconds"
 UNAUTHORIZED_MESSAGE = "a valid API key is required: send it as Authorization: Bearer <key> or X-API-Key: <key>"
 _HASHED = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -64,11 +66,6 @@ def hash_key(entry: str) -> str:
     if not entry:
         raise ValueError("an API key must not be empty")
     return "sha256:" + hashlib.sha256(entry.encode()).hexdigest()
-
-
-def key_id(hashed: str) -> str:
-    """A key's name in logs and job records: a prefix of its digest, never the key."""
-    return hashed.removeprefix("sha256:")[:12]
 
 
 def is_admin(scope: Scope) -> bool:
@@ -90,16 +87,13 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
 
 
 class AccessControl:
-    def __init__(
-        self, app: ASGIApp, *, api_keys: list[str], metrics_key: str | None, limiter: RateLimiter | None,
-        admin_keys: Sequence[str] = (),
-    ) -> None:
+    """Who may call (keys), how often (rate limits), how much (quotas) and which models; and what they used."""
+
+    def __init__(self, app: ASGIApp, *, control: UsageControl, metrics_key: str | None) -> None:
         self.app = app
-        self._keys = {bytes.fromhex(hashed.removeprefix("sha256:")): key_id(hashed)
-                      for hashed in (*api_keys, *admin_keys)}
-        self._admins = frozenset(key_id(hashed) for hashed in admin_keys)
+        self._control = control
+        self._ring = control.ring
         self._metrics_key = bytes.fromhex(metrics_key.removeprefix("sha256:")) if metrics_key else None
-        self._limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,53 +104,41 @@ class AccessControl:
             if self._metrics_key is not None and not self._is_metrics_key(scope):
                 await self._refuse(scope, receive, send)
                 return
-        elif self._keys and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
-            identity = self._identify(scope)
-            if identity is None:
+        elif self._ring.enabled and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
+            key = presented_key(scope["headers"])
+            policy = None if key is None else await self._ring.lookup_or_read(key)
+            if policy is None:
                 await self._refuse(scope, receive, send)
                 return
             state = scope.setdefault("state", {})
-            state["key_id"] = identity
-            state["admin"] = identity in self._admins
-            wait = self._limiter.take(identity) if self._limiter is not None else 0.0
-            if wait > 0.0:
-                response = _error(scope, 429, "rate_limited", RATE_LIMITED_MESSAGE,
-                                  {"Retry-After": str(max(1, math.ceil(wait)))})
-                await response(scope, receive, send)
-                return
+            state["key_id"] = policy.key_id
+            state["admin"] = policy.admin
+            await self._control.serve(policy, self.app, scope, receive, send)
+            return
         await self.app(scope, receive, send)
-
-    def _identify(self, scope: Scope) -> str | None:
-        key = presented_key(scope["headers"])
-        if key is None:
-            return None
-        return self._keys.get(hashlib.sha256(key).digest())
 
     def _is_metrics_key(self, scope: Scope) -> bool:
         key = presented_key(scope["headers"])
         return key is not None and hmac.compare_digest(hashlib.sha256(key).digest(), self._metrics_key or b"")
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error(scope, 401, "unauthorized", UNAUTHORIZED_MESSAGE,
-                          {"WWW-Authenticate": 'Bearer realm="gateway"'})
+        response = error_for(scope, 401, "unauthorized", UNAUTHORIZED_MESSAGE,
+                             {"WWW-Authenticate": 'Bearer realm="gateway"'})
         await response(scope, receive, send)
 
 
-def access_middleware(settings: GatewaySettings) -> list[Middleware]:
+def access_middleware(settings: GatewaySettings, control: UsageControl) -> list[Middleware]:
     """CORS (outside, so a browser's preflight needs no key) when origins are set, then access control."""
-    limiter = None
-    if (settings.api_keys or settings.admin_api_keys) and settings.rate_limit_per_s > 0:
-        limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     cors = [Middleware(
         CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", "Idempotency-Key"],
-        expose_headers=["X-Request-ID", "Retry-After", "Location"],
+        expose_headers=["X-Request-ID", "Retry-After", "Location", "RateLimit-Limit", "RateLimit-Remaining",
+                        "RateLimit-Reset"],
     )] if settings.cors_allow_origins else []
-    return [*cors, Middleware(AccessControl, api_keys=settings.api_keys, metrics_key=settings.metrics_api_key,
-                              limiter=limiter, admin_keys=settings.admin_api_keys)]
+    return [*cors, Middleware(AccessControl, control=control, metrics_key=settings.metrics_api_key)]
 
 
-def _error(scope: Scope, status: int, code: str, message: str, headers: dict[str, str]) -> Response:
+def error_for(scope: Scope, status: int, code: str, message: str, headers: dict[str, str]) -> Response:
     """The envelope, or on the Open Inference Protocol's paths the protocol's own body."""
     if is_protocol_path(scope["path"]):
         return protocol_body(status, message, headers)

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.config import CommaSeparated
 from gateway.auth import hash_key
+from gateway.keys import parse_key_models
 
 
 class GatewaySettings(BaseSettings):
@@ -121,6 +122,34 @@ class GatewaySettings(BaseSettings):
         100.0, ge=0, description="Requests a second each API key may make, sustained; 0: no limit."
     )
     rate_limit_burst: int = Field(200, ge=1, description="Requests an API key may make at once (its bucket size).")
+    api_key_models: CommaSeparated = Field(
+        default_factory=list,
+        description="Models some keys may use, comma separated <key id or key>=<model>|<model>: such a key gets 403 "
+        "on other models' routes and jobs. Keys not named use every model.",
+    )
+    keys_refresh_s: float = Field(
+        1.0, gt=0, le=5,
+        description="How often each gateway process reads the keys made with POST /admin/keys again: a revoked key "
+        "stops working everywhere within it.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis for rate limits and quotas shared by every gateway (redis://host:6379/0). Unset: shared "
+        "by one machine's gateway processes through limits.sqlite3 in JOBS_DIR.",
+    )
+    redis_timeout_s: float = Field(0.25, gt=0, description="Longest wait for one Redis call before it is an outage.")
+    limits_fail_open_s: float = Field(
+        30.0, ge=0,
+        description="While the rate limit and quota store is down, seconds of judging by the counts this process "
+        "knows (fail open) before refusing keyed requests with 503 (fail closed) until it is back.",
+    )
+    usage_counting: bool = Field(True, description="Count every key's requests, rows and model time (GET /usage).")
+    usage_flush_s: float = Field(
+        5.0, gt=0, description="Seconds between two writes of a process's counted usage to the job database."
+    )
+    usage_metrics_max_keys: int = Field(
+        50, ge=0, description="Key ids that get their own label in the per-key metrics; the rest are 'other'."
+    )
     cors_allow_origins: CommaSeparated = Field(
         default_factory=list, description="Origins browsers may call the gateway from, comma separated; empty: no CORS."
     )
@@ -187,6 +216,12 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _hash_api_keys(cls, value: list[str]) -> list[str]:
         return [hash_key(entry) for entry in value]
+
+    @field_validator("api_key_models")
+    @classmethod
+    def _check_key_models(cls, value: list[str]) -> list[str]:
+        parse_key_models(value)
+        return value
 
     @field_validator("metrics_api_key")
     @classmethod

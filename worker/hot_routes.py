@@ -44,6 +44,17 @@ async def read_body(receive: Receive, declared: str | bytes | None, limit: int) 
         raise ClientGone("the client closed the connection before its body arrived") from None
 
 
+def usage_headers(answer: Any) -> list[tuple[bytes, bytes]]:
+    """``X-Rows`` and ``X-Inference-Time-Ms`` of an answer, which the gateway counts per API key without parsing
+    the body (none for an answer without ``inference_time_ms``)."""
+    rows = answer if isinstance(answer, list) else [answer]
+    first = rows[0] if rows and isinstance(rows[0], dict) else {}
+    elapsed = first.get("inference_time_ms")
+    if not isinstance(elapsed, int | float):
+        return []
+    return [(b"x-rows", str(len(rows)).encode()), (b"x-inference-time-ms", str(elapsed).encode())]
+
+
 class PredictionRoute:
     """One POST route as an ASGI app: body within the limit, ``handle``, a JSON answer, counted.
 
@@ -82,7 +93,7 @@ class PredictionRoute:
             return
         identity, predictions = self._version(version)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                   *identity]
+                   *identity, *usage_headers(answer)]
         if request_id:
             headers.append((b"x-request-id", request_id))
         self._ok.inc()
