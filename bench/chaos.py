@@ -7,7 +7,8 @@ bad thing to one process, keeps the load on, and counts requests, failed
 overload), wrong (a 200 with another answer than the model's) and the
 seconds until the stack is whole again. Rows come from the served model's
 /metadata example. The job scenarios (bench/chaos_outages.py) and the
-database ones (bench/chaos_database.py) start stacks of their own. Each group
+database ones (bench/chaos_database.py) start stacks of their own, and so does
+the model-version one (bench/chaos_versions.py: promote, rollback, canary under load). Each group
 row replaces the one of its scenario in docs/reliability.md (bench/chaos_doc.py);
 the table goes to stdout too, and the exit status is 1
 when a scenario misses its target. ``--quick`` runs a subset with short load
@@ -52,6 +53,7 @@ from bench.chaos_stack import (
     under_load,
     whole_again,
 )
+from bench.chaos_versions import PROMOTE_ROWS, promote_under_load
 from bench.hammer import Tally, hammer
 from bench.outage_servers import postgres_bin, rabbitmq_bin, s3rver_bin
 from bench.stack import REPO, terminate
@@ -272,7 +274,9 @@ QUICK = ["kill", "sigterm", "hang", "gateway", "crashloop"]
 #: Scenarios that start job stacks of their own.
 JOB_SCENARIOS = ["sidecar", "broker", "store", "store-long", "sidecar-broker"]
 DATABASE_SCENARIOS = ["database", "database-wipe"]
-SCENARIOS = [*REQUEST_SCENARIOS, *JOB_SCENARIOS, *DATABASE_SCENARIOS]
+#: Model versions changed under load (bench/chaos_versions.py), on a stack of its own.
+VERSION_SCENARIOS = ["promote"]
+SCENARIOS = [*REQUEST_SCENARIOS, *JOB_SCENARIOS, *DATABASE_SCENARIOS, *VERSION_SCENARIOS]
 
 
 async def one(row: Awaitable[Row]) -> list[Row]:
@@ -287,7 +291,7 @@ async def run(args: argparse.Namespace) -> dict[str, list[Row]]:
     if args.jax_cache_dir:
         env["JAX_CACHE_DIR"] = args.jax_cache_dir
     chosen = args.scenarios or (QUICK if args.quick else SCENARIOS)
-    groups: dict[str, list[Row]] = {"requests": [], "jobs": [], "database": []}
+    groups: dict[str, list[Row]] = {"requests": [], "jobs": [], "database": [], "versions": []}
 
     def add(group: str, row: Row) -> None:
         print(render([row]).splitlines()[-1], flush=True)
@@ -345,6 +349,13 @@ async def run(args: argparse.Namespace) -> dict[str, list[Row]]:
                                     False))
         else:
             await database_scenarios(args, env, outages, wipe, lambda row: add("database", row))
+    if "promote" in chosen:
+        try:
+            rows = await promote_under_load(args, env)
+        except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:  # a step never completed: the rows say why
+            rows = [Row(name, 0, 0, 0, None, f"not completed: {exc}", False) for name in PROMOTE_ROWS]
+        for row in rows:
+            add("versions", row)
     return groups
 
 
@@ -374,11 +385,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db-backlog-rows", type=int, default=2000, help="rows of each large job")
     parser.add_argument("--db-wipe-down-s", type=float, default=5.0,
                         help="seconds between the wipe and the restart on the empty data folder")
+    parser.add_argument("--promote-clients", type=int, default=64, help="closed-loop clients of the promote scenario")
+    parser.add_argument("--train-options", default="{}",
+                        help="promote: the train job's options as JSON (default: the model's own defaults)")
+    parser.add_argument("--promote-timeout-s", type=float, default=300.0,
+                        help="promote: longest wait for the train job and its promotion")
+    parser.add_argument("--switch-target-s", type=float, default=2.0,
+                        help="promote: most seconds from a change to every worker serving it")
+    parser.add_argument("--canary-answers", type=int,
+                        help="promote: answers the canary's share is measured on (default 20000, --quick 4000)")
+    parser.add_argument("--canary-tolerance", type=float, default=3.0,
+                        help="promote: points the canary's measured share may be off its 10 %%")
+    parser.add_argument("--settle-s", type=float, default=1.0,
+                        help="promote: seconds of load after each change before the next")
     parser.add_argument("--log-dir", default=str(REPO / "bench" / "results" / "chaos"), help="process logs")
     parser.add_argument("--jax-cache-dir", default="", help="JAX_CACHE_DIR of the workers (default: theirs)")
     parser.add_argument("--no-doc", action="store_true", help=f"do not write {DOC.relative_to(REPO)}")
     args = parser.parse_args(argv)
     args.crash_kills = args.crash_kills or (3 if args.quick else 5)
+    args.canary_answers = args.canary_answers or (4000 if args.quick else 20000)
     args.db_down = args.db_down or ([10.0] if args.quick else [10.0, 60.0])
     args.db_backlog = args.db_backlog or (["without"] if args.quick else ["without", "with"])
     return args
