@@ -43,26 +43,42 @@ class AsyncInferenceClient(ClientBase):
             response = await self._http.request(**call.request_kwargs())
         return call.parse(response)
 
-    async def predict(self, row: Row, *, return_probabilities: bool = False) -> Prediction:
-        return await self._call(calls.predict(row, return_probabilities))
+    async def predict(self, row: Row, *, return_probabilities: bool = False, model: str | None = None) -> Prediction:
+        return await self._call(calls.predict(row, return_probabilities, model))
 
-    async def batch_predict(self, rows: Iterable[Row], *, return_probabilities: bool = False) -> list[Prediction]:
-        return await self._call(calls.batch_predict(rows, return_probabilities))
+    async def batch_predict(
+        self, rows: Iterable[Row], *, return_probabilities: bool = False, model: str | None = None,
+    ) -> list[Prediction]:
+        return await self._call(calls.batch_predict(rows, return_probabilities, model))
 
     async def submit_job(
         self, task: str = "batch_predict", inputs: Iterable[Any] | None = None, *,
         options: Mapping[str, Any] | None = None, input_uri: str | None = None, idempotency_key: str | None = None,
-        promote: bool = False,
+        promote: bool = False, model: str | None = None,
     ) -> JobStatus:
-        return await self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key, promote))
+        return await self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key, promote, model))
 
     async def submit_jobs(
         self, jobs: Iterable[Mapping[str, Any]], *, task: str = "batch_predict", batch_size: int = 500,
+        model: str | None = None,
     ) -> list[str]:
         ids: list[str] = []
         for chunk in calls.chunks(jobs, batch_size):
-            ids += (await self._call(calls.submit_jobs(chunk, task))).job_ids
+            ids += (await self._call(calls.submit_jobs(chunk, task, model))).job_ids
         return ids
+
+    async def list_jobs(
+        self, *, status: str | None = None, task: str | None = None, model: str | None = None, limit: int = 50,
+    ) -> list[JobStatus]:
+        jobs: list[JobStatus] = []
+        cursor: str | None = None
+        while len(jobs) < limit:
+            call = calls.list_jobs(status, task, model, min(limit - len(jobs), calls.JOB_PAGE), cursor)
+            page = await self._call(call)
+            jobs += page.jobs
+            if (cursor := page.next_cursor) is None:
+                break
+        return jobs
 
     async def job_status(self, job_id: str) -> JobStatus:
         return await self._call(calls.job_status(job_id))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from httpx_retries import Retry
@@ -25,6 +25,7 @@ from inference_client._models import (
     GatewayHealth,
     GatewayInfo,
     JobBatch,
+    JobPage,
     JobResult,
     JobStatus,
     ModelSummary,
@@ -39,6 +40,8 @@ M = TypeVar("M", bound=BaseModel)
 Row = Any
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Jobs per GET /jobs page the listing asks for: within the gateway's default JOB_LIST_MAX_LIMIT (200).
+JOB_PAGE = 100
 _NO_RETRY = Retry(total=0)
 _PREDICTIONS = TypeAdapter(list[Prediction])
 
@@ -125,20 +128,28 @@ def _job_path(job_id: str, tail: str = "") -> str:
     return f"/jobs/{quote(job_id, safe='')}{tail}"
 
 
-def predict(row: Row, return_probabilities: bool) -> Call[Prediction]:
+def _prediction_path(model: str | None, route: str) -> str:
+    """``/predict`` (the gateway's default model) or ``/models/<model>/predict``; likewise for batch_predict."""
+    return f"/{route}" if model is None else _model_path(model, f"/{route}")
+
+
+def predict(row: Row, return_probabilities: bool, model: str | None = None) -> Call[Prediction]:
     body = {"input_data": plain(row), "return_probabilities": return_probabilities}
-    return Call("POST", "/predict", _model(Prediction), json=body)
+    return Call("POST", _prediction_path(model, "predict"), _model(Prediction), json=body)
 
 
-def batch_predict(rows: Iterable[Row], return_probabilities: bool) -> Call[list[Prediction]]:
-    return Call("POST", "/batch_predict", _predictions, json=prediction_inputs(rows, return_probabilities))
+def batch_predict(rows: Iterable[Row], return_probabilities: bool, model: str | None = None) -> Call[list[Prediction]]:
+    return Call("POST", _prediction_path(model, "batch_predict"), _predictions,
+                json=prediction_inputs(rows, return_probabilities))
 
 
 def submit_job(
     task: str, inputs: Iterable[Any] | None, options: Mapping[str, Any] | None, input_uri: str | None,
-    idempotency_key: str | None, promote: bool = False,
+    idempotency_key: str | None, promote: bool = False, model: str | None = None,
 ) -> Call[JobStatus]:
     body: dict[str, Any] = {"task": task, "options": plain(options or {})}
+    if model is not None:
+        body["model"] = model
     if promote:
         body["promote"] = True
     if inputs is not None:
@@ -150,12 +161,21 @@ def submit_job(
     return Call("POST", "/jobs", _model(JobStatus), json=body, headers=headers)
 
 
-def submit_jobs(jobs: list[Mapping[str, Any]], task: str) -> Call[JobBatch]:
-    """``POST /jobs/batch``; each job is a ``POST /jobs`` body (``task`` where it names none) and gets a fresh
-    idempotency key where it has none, so a retried POST returns the same jobs."""
-    body = {"jobs": [{"task": task, **plain(dict(job)), "idempotency_key": job.get("idempotency_key")
+def submit_jobs(jobs: list[Mapping[str, Any]], task: str, model: str | None = None) -> Call[JobBatch]:
+    """``POST /jobs/batch``; each job is a ``POST /jobs`` body (``task``, and ``model`` when given, where it names
+    none) and gets a fresh idempotency key where it has none, so a retried POST returns the same jobs."""
+    defaults: dict[str, Any] = {"task": task} if model is None else {"task": task, "model": model}
+    body = {"jobs": [{**defaults, **plain(dict(job)), "idempotency_key": job.get("idempotency_key")
                       or uuid.uuid4().hex} for job in jobs]}
     return Call("POST", "/jobs/batch", _model(JobBatch), json=body)
+
+
+def list_jobs(status: str | None, task: str | None, model: str | None, limit: int,
+              cursor: str | None) -> Call[JobPage]:
+    """One page of ``GET /jobs``, newest first, with the filters given."""
+    filters = {"status": status, "task": task, "model": model, "cursor": cursor}
+    query = urlencode({"limit": limit, **{name: value for name, value in filters.items() if value is not None}})
+    return Call("GET", f"/jobs?{query}", _model(JobPage))
 
 
 def job_status(job_id: str) -> Call[JobStatus]:

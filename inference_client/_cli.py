@@ -75,21 +75,25 @@ def _submit_split(client: InferenceClient, args: argparse.Namespace, options: An
         if args.idempotency_key:
             job["idempotency_key"] = f"{args.idempotency_key}-{len(jobs)}"
         jobs.append(job)
-    return {"job_ids": client.submit_jobs(jobs, task=args.task)}
+    return {"job_ids": client.submit_jobs(jobs, task=args.task, model=args.model)}
 
 
 def _run(client: InferenceClient, args: argparse.Namespace) -> Any:
     match args.command:
         case "predict":
-            return client.predict(_json_argument(args.row, "the row"), return_probabilities=args.probabilities)
+            return client.predict(_json_argument(args.row, "the row"), return_probabilities=args.probabilities,
+                                  model=args.model)
         case "batch-predict":
-            return client.batch_predict(_read_rows(args.file), return_probabilities=args.probabilities)
+            return client.batch_predict(_read_rows(args.file), return_probabilities=args.probabilities,
+                                        model=args.model)
         case "submit":
             options = _json_argument(args.options, "--options") if args.options else None
             if args.split is not None:
                 return _submit_split(client, args, options)
             return client.submit_job(args.task, _job_inputs(args), options=options,
-                                     idempotency_key=args.idempotency_key, promote=args.promote)
+                                     idempotency_key=args.idempotency_key, promote=args.promote, model=args.model)
+        case "jobs":
+            return client.list_jobs(status=args.status, task=args.task, model=args.model, limit=args.limit)
         case "status":
             return client.job_status(args.job_id)
         case "wait":
@@ -167,6 +171,14 @@ def parser() -> argparse.ArgumentParser:
                         help="train: activate the version the job registers once it succeeds")
     submit.add_argument("--split", type=int, metavar="N", help="one job per N rows of --inputs, all sent with "
                         "POST /jobs/batch; prints their ids (with --idempotency-key K, job i is keyed K-i)")
+    for command in (predict, batch, submit):
+        command.add_argument("--model", metavar="NAME", help="the served model to use (GET /models lists them; "
+                             "default: the gateway's default model)")
+    jobs = add_parser("jobs", help="the newest jobs first, filtered")
+    jobs.add_argument("--status", help="only jobs in this state (queued, running, succeeded, ...)")
+    jobs.add_argument("--task", help="only jobs of this task type")
+    jobs.add_argument("--model", metavar="NAME", help="only jobs for this model")
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many jobs (default: 50)")
 
     for name, text in (("status", "a job's status"), ("wait", "wait for a job to succeed (progress on stderr)"),
                        ("result", "a succeeded job's result"), ("cancel", "cancel a job"),

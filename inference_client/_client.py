@@ -46,37 +46,54 @@ class InferenceClient(ClientBase):
             response = self._http.request(**call.request_kwargs())
         return call.parse(response)
 
-    def predict(self, row: Row, *, return_probabilities: bool = False) -> Prediction:
-        """Predict one row."""
-        return self._call(calls.predict(row, return_probabilities))
+    def predict(self, row: Row, *, return_probabilities: bool = False, model: str | None = None) -> Prediction:
+        """Predict one row with ``model`` (a served model's name; None: the gateway's default model)."""
+        return self._call(calls.predict(row, return_probabilities, model))
 
-    def batch_predict(self, rows: Iterable[Row], *, return_probabilities: bool = False) -> list[Prediction]:
-        """Predict many rows in one request; answers come in the rows' order."""
-        return self._call(calls.batch_predict(rows, return_probabilities))
+    def batch_predict(
+        self, rows: Iterable[Row], *, return_probabilities: bool = False, model: str | None = None,
+    ) -> list[Prediction]:
+        """Predict many rows in one request with ``model`` (None: the default one); answers in the rows' order."""
+        return self._call(calls.batch_predict(rows, return_probabilities, model))
 
     def submit_job(
         self, task: str = "batch_predict", inputs: Iterable[Any] | None = None, *,
         options: Mapping[str, Any] | None = None, input_uri: str | None = None, idempotency_key: str | None = None,
-        promote: bool = False,
+        promote: bool = False, model: str | None = None,
     ) -> JobStatus:
         """Queue a job (for ``batch_predict``, ``inputs`` are ``/batch_predict`` items); answers once it is queued.
 
         The same ``idempotency_key`` with the same body returns the same job; without one, a fresh key
         still makes this call's own retries safe. ``promote`` (``train`` only): activate the version the job
-        registers once it succeeds.
+        registers once it succeeds. ``model``: the served model it is for (None: the gateway's default model).
         """
-        return self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key, promote))
+        return self._call(calls.submit_job(task, inputs, options, input_uri, idempotency_key, promote, model))
 
     def submit_jobs(
         self, jobs: Iterable[Mapping[str, Any]], *, task: str = "batch_predict", batch_size: int = 500,
+        model: str | None = None,
     ) -> list[str]:
         """Queue many jobs, ``batch_size`` per ``POST /jobs/batch`` (at most the gateway's JOB_BATCH_MAX); their
         ids in order. Each job is a ``POST /jobs`` body (``inputs``, ``options``, ``callback_url``,
-        ``deadline_s``, ``idempotency_key``...); ``task`` fills in where one names none."""
+        ``deadline_s``, ``idempotency_key``, ``model``...); ``task`` and ``model`` fill in where one names none."""
         ids: list[str] = []
         for chunk in calls.chunks(jobs, batch_size):
-            ids += self._call(calls.submit_jobs(chunk, task)).job_ids
+            ids += self._call(calls.submit_jobs(chunk, task, model)).job_ids
         return ids
+
+    def list_jobs(
+        self, *, status: str | None = None, task: str | None = None, model: str | None = None, limit: int = 50,
+    ) -> list[JobStatus]:
+        """The newest jobs first, at most ``limit``, filtered by state, task type and model name (the pages
+        of ``GET /jobs`` followed); with API keys, the key's own jobs."""
+        jobs: list[JobStatus] = []
+        cursor: str | None = None
+        while len(jobs) < limit:
+            page = self._call(calls.list_jobs(status, task, model, min(limit - len(jobs), calls.JOB_PAGE), cursor))
+            jobs += page.jobs
+            if (cursor := page.next_cursor) is None:
+                break
+        return jobs
 
     def job_status(self, job_id: str) -> JobStatus:
         return self._call(calls.job_status(job_id))

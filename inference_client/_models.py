@@ -60,10 +60,21 @@ class JobStatus(_Answer):
     status_url: str | None = None
     result_url: str | None = None
     earlier_runs: list[EarlierRun] = Field(default_factory=list)  # oldest first
+    model_name: str | None = None  # the model the job was accepted for
+    model_version: str | None = None
+    result_model_name: str | None = None  # the model that computed the result, once succeeded
+    result_model_version: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.status in ("succeeded", "failed", "cancelled", "expired")
+
+
+class JobPage(_Answer):
+    """One page of ``GET /jobs`` (the client's ``list_jobs`` follows the cursors)."""
+
+    jobs: list[JobStatus]
+    next_cursor: str | None = None
 
 
 class JobBatch(_Answer):
@@ -76,6 +87,8 @@ class JobBatch(_Answer):
 class JobResult(_Answer):
     job_id: str
     task: str
+    model_name: str | None = None  # the model that computed the output
+    model_version: str | None = None
     output: Any  # for batch_predict: one prediction per input row, in order
 
 
