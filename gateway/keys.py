@@ -78,7 +78,7 @@ class KeyRing:
         self._store = store
         self.refresh_s = refresh_s
         self._keys = dict(bootstrap)
-        self._read_at = -MISS_REFRESH_S
+        self._missed_at = -MISS_REFRESH_S  # when an unknown key last made this process read the keys
         self._reading: asyncio.Task[None] | None = None
 
     @property
@@ -100,7 +100,8 @@ class KeyRing:
     async def lookup_or_read(self, presented: bytes) -> KeyPolicy | None:
         """``lookup``, and for an unknown key the database's keys read again first (if not read just now)."""
         policy = self.lookup(presented)
-        if policy is None and self._store is not None and time.monotonic() - self._read_at >= MISS_REFRESH_S:
+        if policy is None and self._store is not None and time.monotonic() - self._missed_at >= MISS_REFRESH_S:
+            self._missed_at = time.monotonic()
             await self.read()
             policy = self.lookup(presented)
         return policy
@@ -118,7 +119,6 @@ class KeyRing:
 
     async def _read(self) -> None:
         assert self._store is not None
-        self._read_at = time.monotonic()
         stored = await self._store.all()
         keys = dict(self._bootstrap)
         for key in stored:

@@ -6,9 +6,10 @@ naming the model, ``/predict`` and ``/batch_predict`` for the default model, a j
 be: a key with a quota, a job of a key limited to some models, and jobs when usage is counted (their rows).
 Rows charged to a quota are given back when the answer is not a success, so a failed request costs nothing.
 
-Usage is counted from the answer: the model that answered (``X-Model-Name``), the rows (``X-Rows``: ``1`` for a
-``/predict`` answered from a gathered call, whose share of the call's model time it gets) and the model time
-(``X-Inference-Time-Ms``), headers the workers set; the gateway takes the two usage headers off the answer.
+Usage is counted from the request and the answer: the model that answered (``X-Model-Name``), the rows (one for
+``/predict``, else the body's; a ``/predict`` answered from a gathered call gets its share of the call's model
+time) and the model time (``X-Inference-Time-Ms`` and ``X-Rows``, headers the workers set); the gateway takes
+the two usage headers off the answer.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class UsageControl:
             return
         named = model_of(path)
         body = None
-        if policy.has_quota or (job and (policy.models is not None or self.usage is not None)):
+        many = job or not _is_predict(path)  # a request of several rows, counted from its body
+        if policy.has_quota or (many and self.usage is not None) or (job and policy.models is not None):
             body, receive = await _buffered(receive, self.settings.max_body_bytes)
         job_models = _job_models(path, body) if job and body is not None else []
         model = job_models[0] if job_models else named
@@ -188,13 +190,18 @@ class UsageControl:
                          else "this API key may use only some models, and no model serves this route yet", {})
 
 
+def _is_predict(path: str) -> bool:
+    """``/predict`` or ``/models/{name}/predict``: one row."""
+    return path.rstrip("/").endswith("/predict") and not path.rstrip("/").endswith("/batch_predict")
+
+
 def _counted_rows(path: str, job: bool, asked: int | None, answer: _Answer) -> int:
-    """A request's rows: a job's from its body, ``/predict``'s one, else the worker's ``X-Rows`` or the body's."""
-    if job:
-        return asked or 0
-    if path.rstrip("/").endswith("/predict") and not path.rstrip("/").endswith("/batch_predict"):
+    """A request's rows: ``/predict``'s one, else those its body asked for, else the worker's ``X-Rows``."""
+    if not job and _is_predict(path):
         return 1
-    return answer.rows if answer.rows is not None else asked or 0
+    if asked is not None or job:
+        return asked or 0
+    return answer.rows or 0
 
 
 def _job_models(path: str, body: bytes) -> list[str | None]:
