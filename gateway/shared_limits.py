@@ -251,7 +251,7 @@ class GuardedLimits:
             log.warning("the shared limits store is available again")
 
     def _check_open(self) -> None:
-        if self._down_since is not None and self._clock() - self._down_since > self.fail_open_s:
+        if self._down_since is not None and self._clock() - self._down_since >= self.fail_open_s:
             raise LimitsUnavailable("the shared rate limit and quota store is unavailable")
 
     async def close(self) -> None:
