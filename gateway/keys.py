@@ -3,9 +3,10 @@
 ``API_KEYS`` and ``ADMIN_API_KEYS`` (and ``API_KEY_MODELS``) come from the settings and never change; the keys
 made with ``POST /admin/keys`` live in the job database (jobs/usage.py) and every gateway process reads them
 again every ``KEYS_REFRESH_S``: a new key works on every process within that time (at once on the one that
-made it, and on any other as soon as it is presented: an unknown key makes the process read the keys again, at
-most every ``MISS_REFRESH_S``), a revoked one stops working within it. A database outage keeps the keys last
-read.
+made it, and on any other as soon as it is presented: an unknown key makes the process read the keys again, and
+waits for that read, which starts at most every ``MISS_REFRESH_S``: a wrong key costs the database at most four
+reads a second however many are sent), a revoked one stops working within it. A database outage keeps the keys
+last read.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class KeyRing:
         self.refresh_s = refresh_s
         self._keys = dict(bootstrap)
         self._missed_at = -MISS_REFRESH_S  # when an unknown key last made this process read the keys
+        self._next_miss_read: asyncio.Future[None] | None = None
         self._reading: asyncio.Task[None] | None = None
 
     @property
@@ -100,11 +102,22 @@ class KeyRing:
     async def lookup_or_read(self, presented: bytes) -> KeyPolicy | None:
         """``lookup``, and for an unknown key the database's keys read again first (if not read just now)."""
         policy = self.lookup(presented)
-        if policy is None and self._store is not None and time.monotonic() - self._missed_at >= MISS_REFRESH_S:
-            self._missed_at = time.monotonic()
-            await self.read()
+        if policy is None and self._store is not None:
+            if self._next_miss_read is None:
+                self._next_miss_read = asyncio.ensure_future(self._read_for_misses())
+            with contextlib.suppress(JobsUnavailable):
+                await asyncio.shield(self._next_miss_read)
             policy = self.lookup(presented)
         return policy
+
+    async def _read_for_misses(self) -> None:
+        """A read for the unknown keys seen until it starts, at most one every ``MISS_REFRESH_S``."""
+        delay = self._missed_at + MISS_REFRESH_S - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._missed_at = time.monotonic()
+        self._next_miss_read = None  # a key presented from now on waits for the read after this one
+        await self._read()
 
     def add(self, key: StoredKey) -> None:
         """A key this process just made: valid here at once."""
