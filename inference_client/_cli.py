@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from inference_client import _keys
 from inference_client._base import API_KEY_ENV, DEFAULT_URL, URL_ENV
 from inference_client._calls import prediction_inputs
 from inference_client._client import InferenceClient
@@ -121,7 +122,26 @@ def _run(client: InferenceClient, args: argparse.Namespace) -> Any:
             return client.health()
         case "info":
             return client.info()
+        case "keys":
+            return _keys_command(client, args)
+        case "usage":
+            return client._call(_keys.usage(args.by, args.every_key))
     raise AssertionError(args.command)
+
+
+def _keys_command(client: InferenceClient, args: argparse.Namespace) -> Any:
+    match args.action:
+        case "create":
+            models = args.models.split(",") if args.models else None
+            return client._call(_keys.create_key(
+                args.name, admin=args.admin or None, models=models, rate_limit_per_s=args.rate_limit_per_s,
+                rows_per_day=args.rows_per_day, rows_per_month=args.rows_per_month,
+                job_rows_per_day=args.job_rows_per_day))
+        case "list":
+            return client._call(_keys.list_keys())
+        case "revoke":
+            return client._call(_keys.revoke_key(args.key_id))
+    raise AssertionError(args.action)
 
 
 def _dump(value: Any) -> Any:
@@ -202,6 +222,21 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("model")
     add_parser("health", help="the gateway's health (exit status 1 when unhealthy)")
     add_parser("info", help="the gateway and its workers")
+    keys = add_parser("keys", help="API keys made at run time (an admin key): create, list, revoke")
+    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="make a key; prints it, shown this once")
+    create.add_argument("name", help="what the key is for")
+    create.add_argument("--admin", action="store_true", help="may manage keys and model versions")
+    create.add_argument("--models", help="the only models it may use, comma separated (default: every model)")
+    create.add_argument("--rate-limit-per-s", type=float, help="requests a second (default: the gateway's)")
+    for quota in ("rows-per-day", "rows-per-month", "job-rows-per-day"):
+        create.add_argument(f"--{quota}", type=int, help=f"quota: {quota.replace('-', ' ')} (default: none)")
+    actions.add_parser("list", help="every key: the settings' and the made ones (never a key itself)")
+    revoke = actions.add_parser("revoke", help="revoke a made key: refused by every gateway within seconds")
+    revoke.add_argument("key_id")
+    usage = add_parser("usage", help="this key's usage per period and model, and its quotas")
+    usage.add_argument("--by", choices=["hour", "day", "month"], default="day", help="period (default: day)")
+    usage.add_argument("--every-key", action="store_true", help="every key's usage (an admin key)")
     return main
 
 
