@@ -73,6 +73,18 @@ def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
     return sorted(methods)
 
 
+def pool_summaries(pool: BackendPool) -> list[dict[str, Any]]:
+    """One entry per model's pool, for /gateway/info: its workers, how many take requests, which is the default."""
+    default = pool.default_model()
+    summaries = []
+    for name in pool.models():
+        backends = pool.pool(name)
+        summaries.append({"model": name, "default": name == default, "workers": len(backends),
+                          "healthy": sum(backend.in_rotation for backend in backends),
+                          "backends": [backend.url for backend in backends]})
+    return summaries
+
+
 def build_document(model: dict[str, Any] | None, api_keys: bool = False) -> dict[str, Any]:
     """The OpenAPI document for a served model's metadata (None: generic); ``api_keys``: access control is on."""
     openapi = OpenAPIBuilder(
@@ -94,7 +106,8 @@ def create_app(
     settings = settings or GatewaySettings()
     drain = drain or Drain()
     metrics = GatewayMetrics(settings.launcher_status_file)
-    pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker, balancer=settings.balancer)
+    pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker, balancer=settings.balancer,
+                       default_model=settings.default_model)
     jobs = JobService.from_settings(jobs_settings or JobsSettings(), metrics.registry, served_model=pool.served_model)
     client = WorkerClient(
         connect_timeout_s=settings.connect_timeout_s,
@@ -163,6 +176,8 @@ def create_app(
             "version": __version__,
             "total_backends": len(backends),
             "backends": [backend.describe() for backend in backends],
+            "default_model": pool.default_model(),
+            "pools": pool_summaries(pool),
         }
         processes = read_processes(settings.launcher_status_file)  # a small local file: read at each request
         if processes is not None:

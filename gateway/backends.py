@@ -25,6 +25,14 @@ files it was started with (origin ``start``) stays out until it has been told th
 state: a restarted worker never answers with its start files. A worker already in rotation stays
 in while an activation switches the workers one by one.
 
+Several models: each worker serves one model and names it in its /health (``model_name``). The
+backends are grouped by that name into one pool per model: a request for a model is balanced over
+that model's workers only (its own round robin, in-flight bounds and ejections), and a worker that
+restarts with another model moves to that model's pool at its next probe. The default model (the
+DEFAULT_MODEL setting, else the model of the first worker, in WORKERS order, that reported one)
+answers the routes that name no model. Workers that report no model name (before any probe) form
+no pool; while no worker reported a model at all, requests go to any worker.
+
 Two balancers: round robin (the default) and least outstanding requests,
 which sends each request to the backend with the fewest in flight (ties in
 round-robin order), so a slow worker gets fewer requests instead of an equal share.
@@ -165,15 +173,17 @@ BALANCERS = ("round_robin", "least_outstanding")
 
 
 class BackendPool:
-    """Round robin or least outstanding over healthy backends, bounded in flight per backend."""
+    """Round robin or least outstanding over the healthy backends of one model, bounded in flight per backend."""
 
-    def __init__(self, max_in_flight: int, balancer: str = "round_robin") -> None:
+    def __init__(self, max_in_flight: int, balancer: str = "round_robin", default_model: str | None = None) -> None:
         if balancer not in BALANCERS:
             raise ValueError(f"balancer must be one of {', '.join(BALANCERS)}, not {balancer!r}")
         self._backends: list[Backend] = []
         self._max_in_flight = max_in_flight
         self._least_outstanding = balancer == "least_outstanding"
-        self._next = 0
+        #: Per model name (None: no model known yet), where its round robin stands.
+        self._next: dict[str | None, int] = {}
+        self._default_model = default_model
         #: Per model name, the serving state the registry wants (active, canary, canary_traffic, loaded).
         self._expected: dict[str, dict[str, Any]] = {}
         #: Until the registry has been asked once (or failed to answer), a worker on its start files waits.
@@ -187,6 +197,22 @@ class BackendPool:
         """Set the backend list to ``(url, source)`` pairs, keeping the state of known URLs."""
         known = {backend.url: backend for backend in self._backends}
         self._backends = [known.get(url) or Backend(url=url, source=source) for url, source in wanted]
+
+    def models(self) -> list[str]:
+        """The model names the workers report, in WORKERS order: one pool each (a pool may have no healthy worker)."""
+        return list(dict.fromkeys(backend.model_name for backend in self._backends if backend.model_name))
+
+    def default_model(self) -> str | None:
+        """DEFAULT_MODEL, else the model of the first worker that reported one; None before any did."""
+        if self._default_model is not None:
+            return self._default_model
+        return next((backend.model_name for backend in self._backends if backend.model_name), None)
+
+    def pool(self, model_name: str | None) -> list[Backend]:
+        """The backends of ``model_name``; None: every backend (no worker has reported a model yet)."""
+        if model_name is None:
+            return list(self._backends)
+        return [backend for backend in self._backends if backend.model_name == model_name]
 
     def expect(self, model_name: str, state: dict[str, Any]) -> None:
         """What the registry wants ``model_name``'s workers to serve; every backend is reviewed against it."""
@@ -224,37 +250,49 @@ class BackendPool:
             backend.held = True
 
     def choose(
-        self, exclude: frozenset[Backend] | set[Backend] = frozenset(), least_outstanding: bool = False
+        self, model_name: str | None = None, exclude: frozenset[Backend] | set[Backend] = frozenset(),
+        least_outstanding: bool = False,
     ) -> Backend:
-        """The next healthy backend with room, by the balancer (or least outstanding when asked); raises if none."""
-        candidates = [b for b in self._backends if b.in_rotation and b not in exclude]
+        """The next healthy backend of ``model_name``'s pool with room, by the balancer (or least outstanding
+        when asked); raises if none. None: any backend (no worker has reported a model yet)."""
+        candidates = [b for b in self._backends if b.in_rotation and b not in exclude
+                      and (model_name is None or b.info.get("model_name") == model_name)]
         if not candidates:
-            raise NoHealthyBackend("no healthy worker")
+            raise NoHealthyBackend("no healthy worker" if model_name is None else
+                                   f"no healthy worker serves model {model_name!r}")
+        turn = self._next.get(model_name, 0)
+        self._next[model_name] = turn + 1
         if self._least_outstanding or least_outstanding:
-            start = self._next % len(candidates)
-            self._next += 1
+            start = turn % len(candidates)
             backend = min(candidates[start:] + candidates[:start], key=lambda b: b.in_flight)
             if backend.in_flight < self._max_in_flight:
                 return backend
             raise AllBackendsBusy(f"every healthy worker has {self._max_in_flight} requests in flight")
-        for _ in range(len(candidates)):
-            backend = candidates[self._next % len(candidates)]
-            self._next += 1
+        for step in range(len(candidates)):
+            backend = candidates[(turn + step) % len(candidates)]
             if backend.in_flight < self._max_in_flight:
+                self._next[model_name] = turn + step + 1
                 return backend
         raise AllBackendsBusy(f"every healthy worker has {self._max_in_flight} requests in flight")
 
-    def served_model(self) -> dict[str, Any] | None:
-        """The model metadata most healthy workers publish, or None before any did."""
+    def served_model(self, model_name: str | None = None) -> dict[str, Any] | None:
+        """The metadata most healthy workers of ``model_name`` (None: the default model) publish, or None
+        before any did."""
         counts: dict[tuple[Any, Any], int] = {}
         found: dict[tuple[Any, Any], dict[str, Any]] = {}
-        for backend in self._backends:
+        for backend in self.pool(model_name or self.default_model()):
             if backend.healthy and backend.metadata is not None:
                 key = (backend.metadata.get("name"), backend.metadata.get("version"))
                 counts[key] = counts.get(key, 0) + 1
                 found.setdefault(key, backend.metadata)
         return found[max(counts, key=counts.__getitem__)] if counts else None
 
-    def summary(self) -> tuple[int, int]:
-        """(alive, total): alive are the backends in rotation."""
-        return sum(b.in_rotation for b in self._backends), len(self._backends)
+    def served_models(self) -> dict[str, dict[str, Any]]:
+        """Per served model name, in WORKERS order, the metadata its workers publish (those that did)."""
+        found = {name: self.served_model(name) for name in self.models()}
+        return {name: metadata for name, metadata in found.items() if metadata is not None}
+
+    def summary(self, model_name: str | None = None) -> tuple[int, int]:
+        """(alive, total) of ``model_name``'s pool (None: every backend): alive are the backends in rotation."""
+        backends = self.pool(model_name)
+        return sum(b.in_rotation for b in backends), len(backends)

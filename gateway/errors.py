@@ -3,6 +3,7 @@
     GatewayError
     ├── MalformedRequest   400  unreadable body
     ├── PayloadTooLarge    413  body over MAX_BODY_BYTES
+    ├── UnknownModel       404  a model name no worker serves (the body lists the served ones)
     ├── ClientClosedRequest 499 the client left before its body arrived (nginx's code; only logs see it)
     ├── NoWorkerAvailable  503  no healthy worker (sent at once, with Retry-After)
     ├── Overloaded         503  every healthy worker at its in-flight bound (Retry-After)
@@ -40,6 +41,17 @@ class MalformedRequest(GatewayError):
 class PayloadTooLarge(GatewayError):
     status_code = 413
     code = "payload_too_large"
+
+
+class UnknownModel(GatewayError):
+    """A model name no worker reports; ``models``: the names that are served, for the client to pick from."""
+
+    status_code = 404
+    code = "model_not_found"
+
+    def __init__(self, message: str, models: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.models = models
 
 
 class ClientClosedRequest(GatewayError):
@@ -81,22 +93,28 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
-def error_body(code: str, message: str, request_id: str | None) -> bytes:
-    """The one error envelope, as JSON bytes (also written raw by ``gateway.http_protocol``)."""
-    return orjson.dumps({"error": {"code": code, "message": message}, "request_id": request_id})
+def error_body(code: str, message: str, request_id: str | None, models: list[str] | None = None) -> bytes:
+    """The one error envelope, as JSON bytes (also written raw by ``gateway.http_protocol``); ``models``: the
+    served model names, on a ``model_not_found``."""
+    error: dict[str, object] = {"code": code, "message": message}
+    if models is not None:
+        error["models"] = models
+    return orjson.dumps({"error": error, "request_id": request_id})
 
 
 def error_response(
     status_code: int, code: str, message: str, request_id: str | None, retry_after_s: int | None = None,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None, models: list[str] | None = None,
 ) -> Response:
     headers = dict(headers or {})
     if retry_after_s is not None:
         headers["Retry-After"] = str(retry_after_s)
-    return Response(error_body(code, message, request_id), status_code, headers, media_type="application/json")
+    return Response(error_body(code, message, request_id, models), status_code, headers,
+                    media_type="application/json")
 
 
 def gateway_error_response(error: GatewayError, request_id: str | None, retry_after_s: int) -> Response:
     return error_response(
-        error.status_code, error.code, error.message, request_id, retry_after_s if error.retry_after else None
+        error.status_code, error.code, error.message, request_id, retry_after_s if error.retry_after else None,
+        models=getattr(error, "models", None),
     )

@@ -3,7 +3,9 @@
 A worker is healthy when /health answers 200 (its model is loaded and warm).
 When a healthy worker reports a model the gateway has no metadata for, its
 ``/metadata`` is fetched: the API docs and the job checks follow the served
-model. The same loop re-resolves worker names, so scaled replicas join and leave.
+model. The same loop re-resolves worker names, so scaled replicas join and leave. A worker that
+now reports another model than before has moved pools (gateway/backends.py): it is logged, and its
+``gateway_backend_up`` series moves to the new model's label.
 """
 
 from __future__ import annotations
@@ -41,13 +43,15 @@ class HealthChecker:
         self._resolve_interval_s = resolve_interval_s
         self._client = httpx.AsyncClient(timeout=timeout_s)
         self._last_resolve = float("-inf")
+        #: Per backend URL, the model label its gateway_backend_up series has.
+        self._up_model: dict[str, str] = {}
 
     async def refresh_backends(self) -> None:
         self._pool.replace(await self._discovery.expand())
         self._last_resolve = time.monotonic()
 
     async def probe(self, backend: Backend) -> None:
-        before = backend.state
+        before, model_before = backend.state, backend.model_name
         try:
             response = await self._client.get(f"{backend.url}/health")
             info = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
@@ -61,9 +65,20 @@ class HealthChecker:
         if backend.state is not before:
             level = logging.INFO if backend.state is BackendState.HEALTHY else logging.WARNING
             log.log(level, "worker %s is %s (%s)", backend.url, backend.state.value, backend.last_error or "ok")
-        self._metrics.backend_up.labels(backend.url).set(1 if backend.in_rotation else 0)
+        if model_before is not None and backend.model_name != model_before:
+            log.warning("worker %s now serves model %s (was %s): it moves to that model's pool", backend.url,
+                        backend.model_name, model_before)
+        self._set_up(backend)
         if backend.needs_metadata():
             await self.fetch_metadata(backend)
+
+    def _set_up(self, backend: Backend) -> None:
+        model = backend.model_name or ""
+        old = self._up_model.get(backend.url)
+        if old is not None and old != model:
+            self._metrics.backend_up.remove(backend.url, old)
+        self._up_model[backend.url] = model
+        self._metrics.backend_up.labels(backend.url, model).set(1 if backend.in_rotation else 0)
 
     async def fetch_metadata(self, backend: Backend) -> None:
         try:

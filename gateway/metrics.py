@@ -37,16 +37,21 @@ class GatewayMetrics:
         self.requests = Counter(
             "gateway_requests", "Requests by route and status.", ["route", "status"], registry=self.registry
         )
+        self.model_requests = Counter(
+            "gateway_model_requests", "Requests by the model that answered (X-Model-Name; empty: none) and status.",
+            ["model", "status"], registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "gateway_request_duration_seconds", "Time to answer a request, retries included.", ["route"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.retries = Counter(
-            "gateway_retries", "Requests tried again on another worker, by reason.", ["reason"],
+            "gateway_retries", "Requests tried again on another worker of their model, by reason.", ["reason", "model"],
             registry=self.registry,
         )
         self.backend_up = Gauge(
-            "gateway_backend_up", "1 when the worker passes its health check.", ["backend"],
+            "gateway_backend_up", "1 when the worker passes its health check, by the model it serves.",
+            ["backend", "model"],
             registry=self.registry, multiprocess_mode="max",
         )
         self.in_flight = Gauge(
@@ -54,11 +59,12 @@ class GatewayMetrics:
         )
         self.outlier_ejections = Counter(
             "gateway_outlier_ejections", "Workers taken out of rotation after failed requests in a row.",
-            ["backend"], registry=self.registry,
+            ["backend", "model"], registry=self.registry,
         )
         self.shed = Counter(
-            "gateway_shed", "Requests the gateway itself answered 503 (no healthy worker, all busy), by reason.",
-            ["reason"], registry=self.registry,
+            "gateway_shed",
+            "Requests the gateway itself answered 503 (no healthy worker, all busy), by reason and model.",
+            ["reason", "model"], registry=self.registry,
         )
         self.batch_rows = Histogram(
             "gateway_batch_rows", "Rows per worker call of gathered /predict rows (not those that went at once).",

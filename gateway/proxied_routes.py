@@ -7,7 +7,8 @@ request. Here one set lookup and one regex decide, and the proxy
 (gateway/proxy.py) reads the ASGI scope and sends the answer itself.
 
 Only the workers' known routes are proxied (a trailing slash too: the worker
-redirects it); ``/v2`` and below is the Open Inference Protocol, whose errors
+redirects it), and ``/models/{name}/predict`` and ``/models/{name}/batch_predict`` (that
+model's pool, gateway/model_paths.py); ``/v2`` and below is the Open Inference Protocol, whose errors
 use that protocol's body. A path one of the gateway's own routes has, or any
 path under ``/gateway/``, is never proxied. Everything else goes to the
 Starlette app: the gateway's own routes, and 404 for an unknown path.
@@ -21,6 +22,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import error_response
+from gateway.model_paths import prediction_route
 from gateway.protocol import is_protocol_path, protocol_body
 
 WORKER_PATHS = frozenset({"/", "/predict", "/batch_predict", "/health", "/metadata", "/v2"})
@@ -40,7 +42,8 @@ class ProxiedRoutes:
         self._owned = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
 
     def is_proxied(self, path: str) -> bool:
-        if (path.rstrip("/") or "/") not in WORKER_PATHS and not path.startswith(WORKER_PREFIXES):
+        if ((path.rstrip("/") or "/") not in WORKER_PATHS and not path.startswith(WORKER_PREFIXES)
+                and prediction_route(path) is None):
             return False
         return self._owned.match(path) is None
 

@@ -8,7 +8,8 @@ line, the worker's request and the answer, so an unbounded or binary one could
 break all three (a 70 KB id once filled the launcher's log pipe and froze the
 gateway). The id is passed to the worker and returned to the client. Nothing
 here costs a syscall per request: generated ids come from a counter, log lines
-are written in batches (gateway/access_log.py).
+are written in batches (gateway/access_log.py). The model and version that answered (the worker's
+X-Model-Name and X-Model-Version headers) go into the log line, and the model into gateway_model_requests.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 import re
 import secrets
 import time
+import urllib.parse
 
 import orjson
 from prometheus_client.metrics import Counter, Histogram
@@ -26,6 +28,7 @@ from gateway.access_log import AccessLog
 from gateway.metrics import GatewayMetrics
 
 REQUEST_ID_HEADER = b"x-request-id"
+_MODEL_HEADERS = {b"x-model-name": "model_name", b"x-model-version": "model_version"}
 _KNOWN_ROUTES = frozenset(
     {"/", "/predict", "/batch_predict", "/health", "/metadata", "/metrics", "/gateway/health", "/gateway/info",
      "/docs", "/redoc", "/openapi.json", "/jobs", "/v2", "/v2/health/live", "/v2/health/ready"}
@@ -40,6 +43,9 @@ def route_label(path: str) -> str:
         return next((f"/jobs/{{id}}{end}" for end in ("/result", "/retry") if path.endswith(end)), "/jobs/{id}")
     if path.startswith("/docs/"):
         return "/docs/*"
+    if path.startswith("/models/"):
+        return next((f"/models/{{name}}/{end}" for end in ("predict", "batch_predict")
+                     if path.rstrip("/").endswith("/" + end)), "/models/*")
     if path.startswith("/v2/models/"):
         return "/v2/models/{name}" + next((end for end in ("/infer", "/ready") if path.endswith(end)), "")
     return "other"
@@ -65,6 +71,7 @@ class RequestContext:
         self._id_counter = itertools.count()
         # The metric children by label: prometheus_client's labels() costs ~1 us a call. Bounded by route_label.
         self._counted: dict[tuple[str, int], Counter] = {}
+        self._by_model: dict[tuple[str, int], Counter] = {}  # bounded by the models the workers name
         self._timed: dict[str, Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,7 +93,13 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), id_header]
+                headers = message.get("headers", [])
+                for name, value in headers:
+                    key = _MODEL_HEADERS.get(name.lower())
+                    if key is not None:
+                        text = value.decode("latin-1")
+                        state[key] = urllib.parse.unquote(text) if "%" in text else text
+                message["headers"] = [*headers, id_header]
             await send(message)
 
         try:
@@ -100,6 +113,11 @@ class RequestContext:
         if counted is None:
             counted = self._counted[route, status] = self.metrics.requests.labels(route, str(status))
         counted.inc()
+        model = state.get("model_name") or ""
+        by_model = self._by_model.get((model, status))
+        if by_model is None:
+            by_model = self._by_model[model, status] = self.metrics.model_requests.labels(model, str(status))
+        by_model.inc()
         timed = self._timed.get(route)
         if timed is None:
             timed = self._timed[route] = self.metrics.request_seconds.labels(route)
@@ -113,6 +131,8 @@ class RequestContext:
                 "status": status,
                 "key": state.get("key_id"),
                 "worker": state.get("backend"),
+                "model": state.get("model_name"),
+                "version": state.get("model_version"),
                 "attempts": state.get("attempts"),
                 "latency_ms": round(elapsed * 1000, 3),
             }))

@@ -18,7 +18,11 @@ a fixed cost per call: its HTTP, the thread hand-off, XLA's dispatch, the paddin
 bucket), and they spread over the workers as the load rises. Waiting rows are bounded like
 requests in flight (MAX_IN_FLIGHT_PER_WORKER per healthy worker), past that 503.
 
-Which rows are gathered. Only a body that is exactly a plain row of the served model
+Per model. Each served model has its own batcher (gateway/proxy.py): its rows are gathered only
+with rows of the same model and go to that model's workers, and its bounds count that model's
+healthy workers, so one model's load never delays or overloads another's.
+
+Which rows are gathered. Only a body that is exactly a plain row of the batcher's model
 (gateway/health.py fetches its metadata; re-read from the pool every 0.25 s): ``{"input_data":
 ..., "return_probabilities": bool?}``, of the model's input shape, every number finite and
 within the input dtype. Every other request (wrong shape, a boolean, an unknown field,
@@ -153,13 +157,16 @@ class RowSpec:
 
 
 class RowBatcher:
-    """Gathers plain ``/predict`` rows into ``/batch_predict`` calls made through ``forward``."""
+    """Gathers plain ``/predict`` rows of one model into ``/batch_predict`` calls made through ``forward``
+    (which goes to that model's workers); its bounds count that model's healthy workers."""
 
     def __init__(
-        self, forward: Forward, pool: BackendPool, metrics: GatewayMetrics, settings: GatewaySettings
+        self, forward: Forward, pool: BackendPool, metrics: GatewayMetrics, settings: GatewaySettings,
+        model_name: str | None = None,
     ) -> None:
         self._forward = forward
         self._pool = pool
+        self._model_name = model_name
         self._metrics = metrics
         self._max_rows = settings.gateway_max_batch_rows
         self._max_bytes = settings.max_body_bytes
@@ -187,11 +194,12 @@ class RowBatcher:
         if now - self._read_at < POOL_READ_INTERVAL_S:
             return
         self._read_at = now
-        metadata = self._pool.served_model()
+        metadata = self._pool.served_model(self._model_name)
         if metadata is not self._metadata:
             self._metadata = metadata
             self._spec = RowSpec.from_metadata(metadata) if metadata is not None else None
-        self._healthy = max(1, self._pool.summary()[0])  # none healthy: one call goes, and the proxy answers 503
+        # None healthy: one call goes, and the proxy answers 503.
+        self._healthy = max(1, self._pool.summary(self._model_name)[0])
 
     async def predict(self, headers: dict[str, str], body: bytes, state: dict) -> UpstreamResponse:
         """The answer to one ``POST /predict``, as the worker's ``/predict`` would give it."""

@@ -24,6 +24,11 @@ class GatewaySettings(BaseSettings):
         description="Worker addresses, comma separated host:port; a name resolving to several "
         "addresses becomes one backend per address.",
     )
+    default_model: str | None = Field(
+        None,
+        description="The model /predict and /batch_predict answer with (a model name its workers report); unset: "
+        "the model of the first worker, in WORKERS order, that reported one.",
+    )
     workers_resolve_interval_s: float = Field(10.0, gt=0, description="How often worker names are re-resolved.")
     health_interval_s: float = Field(2.0, gt=0, description="Seconds between active health probes.")
     health_timeout_s: float = Field(1.0, gt=0, description="Timeout of one health probe.")
@@ -227,6 +232,11 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _hash_metrics_key(cls, value: str | None) -> str | None:
         return hash_key(value) if value else None
+
+    @field_validator("default_model")
+    @classmethod
+    def _empty_default_model_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("workers")
     @classmethod

@@ -15,8 +15,8 @@ from jobs.settings import JobsSettings
 from launcher.status import ProcessStatus, StatusFile
 
 PROCESSES = [
-    ProcessStatus("worker-0", "worker", "backing-off", None, 3, 3, -9, 1733300000.5, 4.0),
-    ProcessStatus("worker-1", "worker", "running", 4242),
+    ProcessStatus("worker-0", "worker", "iris", "backing-off", None, 3, 3, -9, 1733300000.5, 4.0),
+    ProcessStatus("worker-1", "worker", "iris", "running", 4242),
 ]
 
 
@@ -36,7 +36,7 @@ def test_gateway_info_shows_each_supervised_process(jobs_settings: JobsSettings,
     with client(jobs_settings, status_file) as gateway:
         processes = gateway.get("/gateway/info").json()["processes"]
     assert processes[0] == {
-        "name": "worker-0", "group": "worker", "state": "backing-off", "pid": None, "restarts": 3,
+        "name": "worker-0", "group": "worker", "model": "iris", "state": "backing-off", "pid": None, "restarts": 3,
         "fast_failures": 3, "last_exit_code": -9, "last_exit_at": 1733300000.5, "backoff_s": 4.0,
     }
     assert processes[1]["state"] == "running" and processes[1]["pid"] == 4242

@@ -141,8 +141,8 @@ async def test_a_hung_worker_costs_one_try_timeout_then_leaves_rotation(jobs_set
             info = (await client.get(f"{url}/gateway/info")).json()
     assert [r.status_code for r in responses] == [200] * 8
     assert len(hung.requests) == 2 and len(fine.requests) == 8
-    assert f'gateway_outlier_ejections_total{{backend="http://{hung.address}"}} 1.0' in metrics
-    assert 'gateway_retries_total{reason="try_timeout"} 2.0' in metrics
+    assert f'gateway_outlier_ejections_total{{backend="http://{hung.address}",model=""}} 1.0' in metrics
+    assert 'gateway_retries_total{model="",reason="try_timeout"} 2.0' in metrics
     state = {b["url"]: b for b in info["backends"]}[f"http://{hung.address}"]
     assert state["state"] == "unhealthy" and "2 failed requests in a row" in state["last_error"]
 
