@@ -1,15 +1,15 @@
 """Two models under load through one gateway, each against the same model served alone (same run).
 
-    python -m bench.several_models [--duration 10] [--concurrency 32] [--models A B]
+    python -m bench.several_models [--duration 5] [--repeat 3] [--concurrency 32] [--models A B]
 
 The gateway gathers /predict rows into worker calls per model (GATEWAY_BATCHING): a row of one model must
 never wait in, or be sent with, another model's batch. This measures what that costs. One worker per model
-starts once; then each model is loaded alone through a gateway that knows only its worker, and then both at
-once through one gateway that knows both (WORKERS lists both workers; each model on its own route,
-``/models/<name>/predict``). Each model's rows/s together is set against its rows/s alone: on a machine
-with cores to spare, both stay near 1.0; on a small one the two models share the CPU and each gets about
-half. Every answer's X-Model-Name is checked over a sample of requests sent beside the load: an answer from
-the other model counts as wrong.
+and three gateways start once: one per model that knows only its worker, and one that knows both (WORKERS
+lists both workers; each model on its own route, ``/models/<name>/predict``). Each round loads each model
+alone through its own gateway, then both at once through the shared one; the median round is kept. Each
+model's rows/s together is set against its rows/s alone: on a machine with cores to spare, both stay near
+1.0; on a small one the two models share the CPU and each gets about half. Every answer's X-Model-Name is
+checked over a sample of requests sent beside the load: an answer from the other model counts as wrong.
 
 Results go to bench/results/several-models.json and a Markdown table to stdout.
 """
@@ -125,7 +125,14 @@ def load(gateway: Gateway, models: list[Served], concurrency: int, duration_s: f
     return Measured(results, checks, per_batch)
 
 
+def _median(runs: list[tuple[LoadResult, float]]) -> tuple[LoadResult, float]:
+    """The run of median rows/s (of an even count, the lower middle one), with its rows per batch."""
+    return sorted(runs, key=lambda run: run[0].rps)[(len(runs) - 1) // 2]
+
+
 def measure(args: argparse.Namespace, log_dir: Path) -> dict:
+    """Each round loads every model alone, then all together (the same gateways and workers throughout), so
+    a neighbour's burst on a shared machine spoils one round, not one side; the median round is kept."""
     started = time.time()
     env = dict(item.split("=", 1) for item in args.gateway_env)
     with ExitStack() as stack:
@@ -134,38 +141,47 @@ def measure(args: argparse.Namespace, log_dir: Path) -> dict:
             stack.callback(served.worker.stop)
         if len({served.name for served in models}) != len(models):
             raise SystemExit(f"--models: two entries serve the same model name ({[s.name for s in models]})")
-        alone: dict[str, tuple[LoadResult, float]] = {}
-        for index, served in enumerate(models):
-            with gateway_for([served], log_dir, f"gateway-alone-{index}", env) as gateway:
-                if args.warmup > 0:
-                    run_load(served.route(gateway), served.body, args.concurrency, args.warmup,
-                             generator=args.loadgen)
+        alone_gateways = [stack.enter_context(gateway_for([served], log_dir, f"gateway-alone-{index}", env))
+                          for index, served in enumerate(models)]
+        together_gateway = stack.enter_context(gateway_for(models, log_dir, "gateway-together", env))
+        if args.warmup > 0:
+            for served, gateway in zip(models, alone_gateways, strict=True):
+                load(gateway, [served], args.concurrency, args.warmup, args.loadgen)
+            load(together_gateway, models, args.concurrency, args.warmup, args.loadgen)
+        alone: dict[str, list[tuple[LoadResult, float]]] = {served.name: [] for served in models}
+        together: dict[str, list[tuple[LoadResult, float]]] = {served.name: [] for served in models}
+        checks = {served.name: [0, 0] for served in models}
+        for _ in range(args.repeat):
+            for served, gateway in zip(models, alone_gateways, strict=True):
                 measured = load(gateway, [served], args.concurrency, args.duration, args.loadgen)
-                alone[served.name] = (measured.runs[0], measured.rows_per_batch[0])
-        with gateway_for(models, log_dir, "gateway-together", env) as gateway:
-            if args.warmup > 0:
-                load(gateway, models, args.concurrency, args.warmup, args.loadgen)
-            together = load(gateway, models, args.concurrency, args.duration, args.loadgen)
+                alone[served.name].append((measured.runs[0], measured.rows_per_batch[0]))
+            measured = load(together_gateway, models, args.concurrency, args.duration, args.loadgen)
+            for index, served in enumerate(models):
+                together[served.name].append((measured.runs[index], measured.rows_per_batch[index]))
+                checks[served.name][0] += measured.checks[served.name][0]
+                checks[served.name][1] += measured.checks[served.name][1]
     figures = []
-    for served, run, per_batch in zip(models, together.runs, together.rows_per_batch, strict=True):
-        solo, solo_per_batch = alone[served.name]
-        wrong, checked = together.checks[served.name]
+    for served in models:
+        (solo, solo_per_batch), (run, per_batch) = _median(alone[served.name]), _median(together[served.name])
         figures.append(ModelFigures(
             model=served.name, alone_rows_s=solo.rps, together_rows_s=run.rps,
-            ratio=round(run.rps / solo.rps, 3) if solo.rps else 0.0, alone_errors=solo.errors,
-            together_errors=run.errors, wrong_model=wrong, checked=checked, alone_p50_ms=solo.p50_ms,
+            ratio=round(run.rps / solo.rps, 3) if solo.rps else 0.0,
+            alone_errors=sum(one.errors for one, _ in alone[served.name]),
+            together_errors=sum(one.errors for one, _ in together[served.name]),
+            wrong_model=checks[served.name][0], checked=checks[served.name][1], alone_p50_ms=solo.p50_ms,
             together_p50_ms=run.p50_ms, alone_rows_per_batch=solo_per_batch, together_rows_per_batch=per_batch))
     return {
         "meta": {"machine": describe_machine(), "started": started, "seconds": round(time.time() - started, 1),
-                 "duration_s": args.duration, "concurrency": args.concurrency, "loadgen": together.runs[0].loadgen,
-                 "models": args.models},
+                 "duration_s": args.duration, "repeat": args.repeat, "concurrency": args.concurrency,
+                 "loadgen": together[models[0].name][0][0].loadgen, "models": args.models},
         "models": [asdict(one) for one in figures],
     }
 
 
 def markdown(results: dict) -> str:
     meta = results["meta"]
-    lines = [f"{meta['concurrency']} connections per model, {meta['duration_s']:g} s, load generator "
+    lines = [f"{meta['concurrency']} connections per model, median of {meta['repeat']} rounds of "
+             f"{meta['duration_s']:g} s, load generator "
              f"{meta['loadgen']}, {meta['machine'].get('nproc', '?')} cores:", "",
              "| model | rows/s alone | rows/s together | together / alone | errors (alone, together) | "
              "wrong model | p50 ms alone, together | rows per worker batch alone, together |",
@@ -185,8 +201,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODULE:CLASS",
                         help="the models, one worker each (default: the iris and regression examples)")
     parser.add_argument("--concurrency", type=int, default=32, help="connections per model (default: 32)")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (default: 10)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="discarded seconds before each run (default: 3)")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default: 5)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (alone, then together); the median is kept "
+                        "(default: 3)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="discarded seconds per gateway first (default: 2)")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--gateway-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra gateway settings")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON")
@@ -195,6 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(args.models) < 2:
         parser.error("--models: at least two")
+    if args.repeat < 1 or args.duration <= 0:
+        parser.error("--repeat: at least 1; --duration: more than 0")
     return args
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def test_two_models_through_one_gateway_against_each_alone(tmp_path: Path) -> None:
     out = tmp_path / "several-models.json"
-    results = main(["--duration", "1", "--warmup", "0", "--concurrency", "2", "--loadgen", "python",
+    results = main(["--duration", "1", "--repeat", "1", "--warmup", "0", "--concurrency", "2", "--loadgen", "python",
                     "--out", str(out), "--log-dir", str(tmp_path / "logs")])
     assert json.loads(out.read_text()) == results
     assert [one["model"] for one in results["models"]] == ["iris-bayes-logreg", "bayes-linreg"]
