@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
 import httpx
@@ -41,7 +41,14 @@ from gateway.auth import access_middleware
 from gateway.backends import BackendPool
 from gateway.content_type import RequireJson
 from gateway.discovery import WorkerDiscovery
-from gateway.docs import LiveDocument, OpenAPIBuilder, docs_routes, document_access, prediction_api
+from gateway.docs import (
+    LiveDocument,
+    OpenAPIBuilder,
+    docs_routes,
+    document_access,
+    model_prediction_api,
+    prediction_api,
+)
 from gateway.errors import error_response
 from gateway.health import HealthChecker
 from gateway.job_routes import job_routes, jobs_openapi
@@ -85,14 +92,41 @@ def pool_summaries(pool: BackendPool) -> list[dict[str, Any]]:
     return summaries
 
 
-def build_document(model: dict[str, Any] | None, api_keys: bool = False) -> dict[str, Any]:
-    """The OpenAPI document for a served model's metadata (None: generic); ``api_keys``: access control is on."""
+#: The default model's name and every served model's metadata by name (gateway/backends.py).
+Served = tuple[str | None, dict[str, dict[str, Any]]]
+
+
+def served_now(pool: BackendPool) -> Served:
+    return pool.default_model(), pool.served_models()
+
+
+def served_identity(served: Served | None) -> Hashable:
+    """What the document depends on: the default model, and each served model's name and version."""
+    if served is None:
+        return None
+    default, models = served
+    return default, tuple((name, model.get("version")) for name, model in models.items())
+
+
+def build_served_document(served: Served | None, api_keys: bool = False) -> dict[str, Any]:
+    """The document of every served model: ``/predict`` documents the default one."""
+    if served is None:
+        return build_document(None, api_keys)
+    default, models = served
+    return build_document(models.get(default) if default else None, api_keys, models, default)
+
+
+def build_document(model: dict[str, Any] | None, api_keys: bool = False,
+                   models: dict[str, dict[str, Any]] | None = None, default: str | None = None) -> dict[str, Any]:
+    """The OpenAPI document for the default model's metadata (None: generic) and each of ``models`` (by name:
+    its own ``/models/{name}/...`` paths); ``api_keys``: access control is on."""
     openapi = OpenAPIBuilder(
         "JAX inference gateway", __version__,
         "Predictions from JAX / NumPyro models on a pool of workers, async jobs "
         "(watch them on [/jobs/ui](/jobs/ui)), and model versions (see them on [/models/ui](/models/ui)).",
     )
     prediction_api(openapi, model)
+    model_prediction_api(openapi, models or {}, default)
     protocol_api(openapi, model)
     jobs_openapi(openapi, model)
     models_openapi(openapi)
@@ -204,7 +238,8 @@ def create_app(
         Route("/gateway/health", gateway_health),
         Route("/gateway/info", gateway_info),
         Route("/metrics", metrics_endpoint),
-        *docs_routes(LiveDocument(functools.partial(build_document, api_keys=keys_on), pool.served_model)),
+        *docs_routes(LiveDocument(functools.partial(build_served_document, api_keys=keys_on),
+                                  functools.partial(served_now, pool), served_identity)),
         *job_routes(jobs, settings.retry_after_s),
         *model_routes(activation, pool, settings.model_max_artifact_bytes, settings.activation_timeout_s,
                       settings.retry_after_s),

@@ -6,7 +6,10 @@ deployment may have no internet.
 
 The prediction routes are documented from the metadata the served model's
 workers publish (``GET /metadata``: exact input shape, the model's outputs and
-example): the document is rebuilt when the served model changes. Before any
+example): the document is rebuilt when a served model changes. ``/predict`` and
+``/batch_predict`` document the default model; with several models each gets its
+own ``/models/{name}/predict`` and ``/models/{name}/batch_predict`` paths, with its
+own schemas (components prefixed by the model's name) and example. Before any
 worker has reported, the routes are documented generically. Nothing here
 imports the worker.
 """
@@ -14,7 +17,8 @@ imports the worker.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +62,14 @@ class OpenAPIBuilder:
             return {"$ref": REF.format(model=annotation.__name__)}
         return schema
 
-    def json_schema(self, name: str, schema: dict[str, Any]) -> dict[str, Any]:
-        """Register a JSON schema (as a worker publishes it) under ``name``; return its ``$ref``."""
+    def json_schema(self, name: str, schema: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """Register a JSON schema (as a worker publishes it) under ``prefix + name``, its definitions under
+        ``prefix`` too (two models' definitions may share a name); return its ``$ref``."""
         schema = dict(schema)
         for def_name, definition in schema.pop("$defs", {}).items():
-            self.document["components"]["schemas"][def_name] = _local_refs(definition)
-        self.document["components"]["schemas"][name] = _local_refs(schema)
-        return {"$ref": REF.format(model=name)}
+            self.document["components"]["schemas"][prefix + def_name] = _local_refs(definition, prefix)
+        self.document["components"]["schemas"][prefix + name] = _local_refs(schema, prefix)
+        return {"$ref": REF.format(model=prefix + name)}
 
     def add(self, path: str, method: str, operation: dict[str, Any]) -> None:
         self.document["paths"].setdefault(path, {})[method] = operation
@@ -86,14 +91,20 @@ class OpenAPIBuilder:
         return answers
 
 
-def _local_refs(schema: Any) -> Any:
-    """Point a JSON schema's ``#/$defs/X`` references at the document's components."""
+def _local_refs(schema: Any, prefix: str = "") -> Any:
+    """Point a JSON schema's ``#/$defs/X`` references at the document's components (``prefix`` + X)."""
     if isinstance(schema, dict):
-        return {key: (REF.format(model=value.rsplit("/", 1)[-1]) if key == "$ref" and isinstance(value, str)
-                      and value.startswith("#/$defs/") else _local_refs(value)) for key, value in schema.items()}
+        return {key: (REF.format(model=prefix + value.rsplit("/", 1)[-1]) if key == "$ref" and isinstance(value, str)
+                      and value.startswith("#/$defs/") else _local_refs(value, prefix))
+                for key, value in schema.items()}
     if isinstance(schema, list):
-        return [_local_refs(item) for item in schema]
+        return [_local_refs(item, prefix) for item in schema]
     return schema
+
+
+def component_prefix(model_name: str) -> str:
+    """A model's prefix for its component names (which allow only ``A-Za-z0-9._-``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model_name) + "."
 
 
 ERROR_TEXT = {
@@ -180,11 +191,21 @@ class BackendInfo(BaseModel):
     device: str | None
 
 
+class PoolInfo(BaseModel):
+    model: str = Field(description="The model name its workers report.")
+    default: bool = Field(description="Whether /predict and /batch_predict answer with this model.")
+    workers: int
+    healthy: int = Field(description="Workers in rotation.")
+    backends: list[str] = Field(description="The workers' URLs.")
+
+
 class GatewayInfo(BaseModel):
     name: str
     version: str
     total_backends: int
     backends: list[BackendInfo]
+    default_model: str | None = Field(description="DEFAULT_MODEL, else the first worker's model; null before any.")
+    pools: list[PoolInfo] = Field(description="One per served model.")
 
 
 def prediction_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
@@ -214,7 +235,7 @@ def prediction_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> Non
         "responses": builder.responses({"type": "array", "items": response}, *_PROXY_ERRORS),
     })
     builder.add("/metadata", "get", {
-        "summary": "The served model: name, version, inputs, outputs, labels, schemas, example",
+        "summary": "The default model: name, version, inputs, outputs, labels, schemas, example",
         "tags": ["worker"],
         "responses": builder.responses(ModelMetadata, 503),
     })
@@ -240,7 +261,7 @@ def prediction_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> Non
         },
     })
     builder.add("/gateway/info", "get", {
-        "summary": "The gateway and the state of each worker",
+        "summary": "The gateway, its pools (one per model) and the state of each worker",
         "tags": ["gateway"],
         "responses": builder.responses(GatewayInfo),
     })
@@ -251,6 +272,30 @@ def prediction_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> Non
             "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
         },
     })
+
+
+def model_prediction_api(builder: OpenAPIBuilder, models: dict[str, dict[str, Any]],
+                         default: str | None = None) -> None:
+    """``/models/{name}/predict`` and ``/batch_predict`` for each served model, with its own schemas and example."""
+    for name, model in models.items():
+        prefix = component_prefix(name)
+        request = builder.json_schema("PredictRequest", model["schemas"]["request"], prefix)
+        response = builder.json_schema("PredictResponse", model["schemas"]["response"], prefix)
+        example = model["example"]
+        shape = model["inputs"][0]["shape"][1:]
+        about = (f"Model {name} version {model['version']} (its own pool of workers): input_data has shape {shape}."
+                 + (" The default model: /predict answers the same." if name == default else ""))
+        tags = [f"model {name}"]
+        builder.add(f"/models/{name}/predict", "post", {
+            "summary": f"Predict one row with model {name}", "description": about, "tags": tags,
+            "requestBody": builder.json_body(request, example),
+            "responses": builder.responses(response, *_PROXY_ERRORS, 404),
+        })
+        builder.add(f"/models/{name}/batch_predict", "post", {
+            "summary": f"Predict many rows with model {name}; answers are in request order", "description": about,
+            "tags": tags, "requestBody": builder.json_body({"type": "array", "items": request}, [example, example]),
+            "responses": builder.responses({"type": "array", "items": response}, *_PROXY_ERRORS, 404),
+        })
 
 
 #: On the Open Inference Protocol's paths errors are its ``{"error": "..."}`` (gateway/protocol.py).
@@ -295,22 +340,29 @@ _REDOC_PAGE = """<!doctype html>
 <script src="/docs/assets/redoc/redoc.standalone.js"></script></body></html>"""
 
 
-class LiveDocument:
-    """The OpenAPI document of the model served now, rebuilt only when that model changes."""
+def model_identity(model: dict[str, Any] | None) -> Hashable:
+    """What a document depends on of one model's metadata: its name and version."""
+    return None if model is None else (model.get("name"), model.get("version"))
 
-    def __init__(self, build: Callable[[dict[str, Any] | None], dict[str, Any]],
-                 served_model: Callable[[], dict[str, Any] | None]) -> None:
+
+class LiveDocument:
+    """The OpenAPI document of what is served now, rebuilt only when that changes (``identity`` of what
+    ``served`` returns: by default one model's metadata, compared by name and version)."""
+
+    def __init__(self, build: Callable[[Any], dict[str, Any]], served: Callable[[], Any],
+                 identity: Callable[[Any], Hashable] = model_identity) -> None:
         self._build = build
-        self._served_model = served_model
-        self._for: tuple[Any, Any] | None = None
+        self._served = served
+        self._identity = identity
+        self._for: Hashable = identity(None)
         self._document = build(None)
         self.title: str = self._document["info"]["title"]
 
     def current(self) -> dict[str, Any]:
-        model = self._served_model()
-        key = None if model is None else (model.get("name"), model.get("version"))
+        served = self._served()
+        key = self._identity(served)
         if key != self._for:
-            self._document, self._for = self._build(model), key
+            self._document, self._for = self._build(served), key
         return self._document
 
 

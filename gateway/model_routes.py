@@ -1,6 +1,7 @@
 """The model routes: versions, uploads, activation, rollback, and the Open Inference Protocol's model repository.
 
-    GET  /models                                     every model: what serves, how many versions
+    GET  /models                                     every model: what serves, how many versions, its pool
+                                                     (workers, healthy) and which is the default
     GET  /models/ui                                  a page of them (gateway/models_ui.html); open, it holds no data
     GET  /models/{name}/versions                     its versions (manifests), serving state, history, workers
     POST /models/{name}/versions                     upload (multipart/form-data, ``files`` fields): 201 once a
@@ -39,7 +40,7 @@ from gateway.activation import Activation
 from gateway.auth import is_admin
 from gateway.backends import BackendPool
 from gateway.docs import ERROR_TEXT, OpenAPIBuilder
-from gateway.errors import GatewayError, MalformedRequest, NoWorkerAvailable
+from gateway.errors import GatewayError, MalformedRequest, NoWorkerAvailable, UnknownModel
 from gateway.job_routes import page_headers
 from gateway.protocol import PREFIX, is_protocol_path, protocol_body
 from gateway.request_body import read_body
@@ -57,11 +58,6 @@ REPOSITORY_EXTENSION = "model_repository"
 class Forbidden(GatewayError):
     status_code = 403
     code = "forbidden"
-
-
-class UnknownModel(GatewayError):
-    status_code = 404
-    code = "model_not_found"
 
 
 class VersionRefused(GatewayError):
@@ -116,6 +112,8 @@ def model_routes(activation: Activation, pool: BackendPool, max_artifact_bytes: 
                                         "request_id": request.scope["state"].get("request_id")}
                 if hasattr(exc, "workers"):
                     body["workers"] = exc.workers
+                if getattr(exc, "models", None) is not None:
+                    body["error"]["models"] = exc.models
                 return _json(body, exc.status_code, retry_after)
             except Exception:
                 log.exception("model route %s failed", request.url.path)
@@ -139,7 +137,8 @@ def model_routes(activation: Activation, pool: BackendPool, max_artifact_bytes: 
         return {"name": model_name, "active": state.active if state else None,
                 "canary": state.canary if state else None, "canary_traffic": state.canary_traffic if state else 0,
                 "loaded": state.loaded if state else None, "versions": len(versions),
-                "newest": versions[-1].version if versions else None, "workers": len(workers_of(model_name))}
+                "newest": versions[-1].version if versions else None, "workers": len(pool.pool(model_name)),
+                "healthy": pool.summary(model_name)[0], "default": model_name == pool.default_model()}
 
     async def list_models(request: Request) -> Response:
         names = sorted(set(await registry.models()) | served_names())
@@ -149,7 +148,7 @@ def model_routes(activation: Activation, pool: BackendPool, max_artifact_bytes: 
         name = request.path_params["name"]
         versions = await registry.versions(name)
         if not versions and name not in served_names():
-            raise UnknownModel(f"no model {name!r}: no versions, and no worker serves it")
+            raise UnknownModel(f"no model {name!r}: no versions, and no worker serves it", pool.models())
         state = await registry.serving(name)
         history = await registry.history(name)
         return _json({
