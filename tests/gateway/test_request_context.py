@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import httpx
+import orjson
 import pytest
 from pydantic import ValidationError
 from starlette.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 
+from gateway.access_log import AccessLog
 from gateway.app import create_app
-from gateway.request_context import route_label
+from gateway.metrics import GatewayMetrics
+from gateway.request_context import RequestContext, request_id_pattern, route_label
 from gateway.settings import GatewaySettings
 from jobs.settings import JobsSettings
+from tests.gateway.test_access_log import Records, logger_with
 
 
 @pytest.fixture
@@ -59,3 +65,32 @@ def test_route_labels_stay_bounded() -> None:
     assert route_label("/jobs/abc/result") == "/jobs/{id}/result"
     assert route_label("/jobs/abc/retry") == "/jobs/{id}/retry"
     assert route_label("/" + "x" * 1000) == "other"
+
+
+def test_model_routes_have_bounded_labels() -> None:
+    assert route_label("/models/iris/predict") == "/models/{name}/predict"
+    assert route_label("/models/iris/batch_predict/") == "/models/{name}/batch_predict"
+    assert route_label("/models/iris/versions") == "/models/*"
+
+
+async def test_the_access_log_line_names_the_model_and_version_that_answered() -> None:
+    records = Records()
+    access_log = AccessLog(flush_s=60, max_lines=1, logger=logger_with(records, "test.access.models"))
+    access_log.open()
+
+    async def worker_answer(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"]["backend"] = "http://w1"
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"x-model-name", b"my%20model"),
+                                (b"x-model-version", b"7")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    metrics = GatewayMetrics()
+    app = RequestContext(worker_answer, metrics, request_id_pattern=request_id_pattern("A-Za-z0-9", 16),
+                         access_log=access_log)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        assert (await client.post("/models/my%20model/predict", json={})).status_code == 200
+    access_log.close()
+    line = orjson.loads(records.messages[0])
+    assert (line["model"], line["version"], line["worker"]) == ("my model", "7", "http://w1")
+    assert metrics.model_requests.labels("my model", "200")._value.get() == 1
