@@ -120,6 +120,16 @@ def compilations(stack: Stack) -> list[float]:
     return totals
 
 
+async def registered_active(client: httpx.AsyncClient, model: str, timeout_s: float = 60.0) -> str:
+    """The registry's active version, once the gateway registered the start files (just after the stack is up)."""
+    deadline = time.monotonic() + timeout_s
+    while (active := (await client.get(f"/models/{model}/versions")).raise_for_status().json()["active"]) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no active version of {model} registered within {timeout_s:g} s")
+        await asyncio.sleep(0.2)
+    return str(active)
+
+
 def _grown(before: list[float], after: list[float]) -> list[float]:
     return [b - a for a, b in zip(before, after, strict=True)]
 
@@ -271,8 +281,7 @@ async def _changes(stack: Stack, args: argparse.Namespace) -> list[Row]:
     metadata = httpx.get(f"{stack.worker_urls[0]}/metadata", timeout=10).raise_for_status().json()
     model, target_s, settle_s = metadata["name"], args.switch_target_s, args.settle_s
     async with httpx.AsyncClient(base_url=stack.url, timeout=args.promote_timeout_s) as client:
-        state = (await client.get(f"/models/{model}/versions")).raise_for_status().json()
-        first = str(state["active"])
+        first = await registered_active(client, model)
         if await every_worker_serving(stack, first, timeout_s=60) is None:
             raise RuntimeError("the workers never served the registry's first version")
         load = VersionedLoad(stack.url, stack.row, reference={first: stack.expected})
