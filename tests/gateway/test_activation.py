@@ -324,3 +324,17 @@ async def test_a_worker_that_fails_to_switch_after_the_commit_leaves_rotation(re
     answer = await activation.activate(MODEL, second, None, None)
     assert [w["ok"] for w in answer["workers"]] == [True, False] and "dying" in answer["workers"][1]["error"]
     assert {backend.url: backend.in_rotation for backend in pool.backends} == {"http://w1": True, "http://w2": False}
+
+
+async def test_a_change_fans_out_to_the_workers_of_that_model_only(registry: Registry) -> None:
+    _, second = await versions(registry, 2)
+    workers = Workers("w1", "w2", "other")
+    other = workers.by_url["http://other"]
+    other.health = lambda: {"status": "healthy", "model_name": "another-model", "model_version": "1",  # type: ignore[method-assign]
+                            "serving": dict(other.serving)}
+    activation, pool = activation_over(registry, workers)
+    assert [backend.url for backend in activation.workers(MODEL)] == ["http://w1", "http://w2"]
+    answer = await activation.activate(MODEL, second, None, None)
+    assert [w["worker"] for w in answer["workers"]] == ["http://w1", "http://w2"]
+    assert other.serve_calls == 0 and other.loaded == {} and other.serving["origin"] == "start"
+    assert pool.expected("another-model") is None
