@@ -41,6 +41,8 @@ REQUEST_HEADERS = ("content-type", "accept", "x-request-id", "inference-header-c
 RESPONSE_HEADERS = (
     "content-type", "retry-after", "allow", "location", "inference-header-content-length", MODEL_NAME_HEADER,
     MODEL_VERSION_HEADER,
+    # What an answer cost, for the gateway's usage counts (gateway/usage_control.py reads and drops them).
+    "x-rows", "x-inference-time-ms",
 )
 #: Largest head of a worker's answer (status line and headers); a larger one is not an answer we can pass on.
 MAX_RESPONSE_HEAD_BYTES = 8190

@@ -8,6 +8,7 @@
 #                   (tests/jobs/test_ui_browser.py, driven by selenium)
 #   jq              the README's job and CLI examples (tests/test_readme_examples.py)
 #   haproxy         the proxy make bench measures beside the gateway (bench/haproxy.py)
+#   redis-server    the shared rate-limit and quota tests start one of their own (tests/gateway, tests/integration)
 #   npm             installs s3rver (below)
 # and from npm:
 #   s3rver          an S3 server that keeps objects on disk: the store outage of
@@ -17,7 +18,7 @@
 # CI runs this script before the suite, so there they run.
 set -euo pipefail
 
-PACKAGES=(wrk docker-compose chromium chromium-driver jq haproxy)
+PACKAGES=(wrk docker-compose chromium chromium-driver jq redis-server haproxy)
 S3RVER=s3rver@3.7.1
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then

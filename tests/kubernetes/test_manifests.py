@@ -185,6 +185,8 @@ def test_secrets_come_from_secret_objects_that_are_made_or_documented(overlay: s
 
 def _graceful_timeout(monkeypatch: pytest.MonkeyPatch, processes: str) -> int:
     monkeypatch.setenv("GATEWAY_PROCESSES", processes)
+    # The config sets PROMETHEUS_MULTIPROC_DIR for several processes: through monkeypatch, so it is undone after.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
     return runpy.run_path(str(REPO / "gateway/gunicorn_conf.py"))["graceful_timeout"]
 
 
