@@ -49,7 +49,9 @@ class JobResult(BaseModel):
     job_id: str
     task: str
     model_name: str | None = Field(None, description="The model that computed the output.")
-    model_version: str | None = Field(None, description="Its version.")
+    model_version: str | None = Field(
+        None, description='Its version; several, ascending and comma-separated (e.g. "3,4"), when rows came '
+        "from several.")
     output: Any
 
 
