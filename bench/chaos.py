@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import orjson
 
 from bench.chaos_database import DATABASE_ROWS, WIPE_ROW, database_scenarios
 from bench.chaos_doc import DOC, render, write_doc
@@ -404,6 +405,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.crash_kills = args.crash_kills or (3 if args.quick else 5)
     args.canary_answers = args.canary_answers or (4000 if args.quick else 20000)
+    try:
+        if not isinstance(orjson.loads(args.train_options), dict):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--train-options must be a JSON object, got {args.train_options!r}")
     args.db_down = args.db_down or ([10.0] if args.quick else [10.0, 60.0])
     args.db_backlog = args.db_backlog or (["without"] if args.quick else ["without", "with"])
     return args
