@@ -202,6 +202,10 @@ class BackendPool:
         """The model names the workers report, in WORKERS order: one pool each (a pool may have no healthy worker)."""
         return list(dict.fromkeys(backend.model_name for backend in self._backends if backend.model_name))
 
+    def serves(self, model_name: str) -> bool:
+        """Whether some worker reports ``model_name`` (cheaper than ``models()``: no list, per request)."""
+        return any(backend.info.get("model_name") == model_name for backend in self._backends)
+
     def default_model(self) -> str | None:
         """DEFAULT_MODEL, else the model of the first worker that reported one; None before any did."""
         if self._default_model is not None:

@@ -122,8 +122,8 @@ class Proxy:
         named, upstream_path = route if route is not None else (model_of(path), None)
         if named is None:
             return self._pool.default_model(), upstream_path
-        served = self._pool.models()
-        if named not in served:
+        if not self._pool.serves(named):
+            served = self._pool.models()
             if not served:
                 raise NoWorkerAvailable("no healthy worker; try again shortly")  # none has reported a model
             raise UnknownModel(f"no worker serves model {named!r}; served: {', '.join(served)}", served)

@@ -24,7 +24,7 @@ def pool_of(*backends: Backend, default: str | None = None, max_in_flight: int =
 
 def test_each_model_is_balanced_over_its_own_workers_only() -> None:
     pool = pool_of(reporting("a1", "a"), reporting("b1", "b"), reporting("a2", "a"))
-    assert pool.models() == ["a", "b"]
+    assert pool.models() == ["a", "b"] and pool.serves("b") and not pool.serves("c")
     assert [pool.choose("a").url for _ in range(4)] == ["a1", "a2", "a1", "a2"]
     assert {pool.choose("b").url for _ in range(3)} == {"b1"}
     assert pool.summary("a") == (2, 2) and pool.summary("b") == (1, 1) and pool.summary() == (3, 3)
