@@ -127,7 +127,7 @@ def build_document(model: dict[str, Any] | None, api_keys: bool = False,
     )
     prediction_api(openapi, model)
     model_prediction_api(openapi, models or {}, default)
-    protocol_api(openapi, model)
+    protocol_api(openapi, model, list(models or {}))
     jobs_openapi(openapi, model)
     models_openapi(openapi)
     document_access(openapi, api_keys)

@@ -84,13 +84,16 @@ def _example(model: dict[str, Any]) -> dict[str, Any]:
                         "data": _flat(row)}]}
 
 
-def protocol_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
-    """``/v2``: server metadata and health, model metadata and readiness, infer."""
+def protocol_api(builder: OpenAPIBuilder, model: dict[str, Any] | None, names: list[str] | None = None) -> None:
+    """``/v2``: server metadata and health, model metadata and readiness, infer; ``model`` the default model's
+    metadata (the example), ``names`` every served model's name (each goes to its own pool)."""
     name_schema: dict[str, Any] = {"type": "string"}
     if model is not None:
         name_schema["example"] = model["name"]
+    if names:
+        name_schema["enum"] = names
     params = [{"name": "model_name", "in": "path", "required": True, "schema": name_schema,
-               "description": "The served model's name; another is 404."}]
+               "description": "A served model's name: that model's workers answer; another is 404."}]
     versioned = [*params, {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}]
     errors = {"application/json": {"schema": builder.schema(ProtocolError)}}
 
@@ -126,7 +129,7 @@ def protocol_api(builder: OpenAPIBuilder, model: dict[str, Any] | None) -> None:
 
 _ERRORS = {
     400: "Bad request: shape, datatype, binary sizes (the message says which)",
-    404: "Another model than the one served",
+    404: "A model no worker serves (the message names the served ones)",
     413: "Body or rows over the limit",
     502: "Workers failed on every attempt",
     503: "No ready worker, or overloaded (Retry-After)",
