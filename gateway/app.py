@@ -142,7 +142,10 @@ def create_app(
     metrics = GatewayMetrics(settings.launcher_status_file)
     pool = BackendPool(max_in_flight=settings.max_in_flight_per_worker, balancer=settings.balancer,
                        default_model=settings.default_model)
-    jobs = JobService.from_settings(jobs_settings or JobsSettings(), metrics.registry, served_model=pool.served_model)
+    # Jobs name a model (default: the default one); a served model whose workers are all down is 503 to them, not 422.
+    jobs = JobService.from_settings(
+        jobs_settings or JobsSettings(), metrics.registry, served_model=pool.served_model,
+        served_models=lambda: {name: pool.served_model(name) for name in pool.models()})
     client = WorkerClient(
         connect_timeout_s=settings.connect_timeout_s,
         max_connections_per_worker=settings.max_connections_per_worker,

@@ -8,8 +8,10 @@ extension through ``tritonclient.http`` itself.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,21 +153,28 @@ async def test_unknown_models_and_versions_are_404(client: httpx.AsyncClient) ->
 async def test_tritonclient_lists_unloads_and_loads(client: httpx.AsyncClient, gateway: str,
                                                     fake_worker: tuple[FakeWorker, str]) -> None:
     assert (await upload(client, ADMIN, {"params.npz": b"v2"})).status_code == 201
-    triton_client = triton.InferenceServerClient(gateway.removeprefix("http://"))
+    # tritonclient's gevent connections belong to the thread that made them: one thread makes and uses them all.
+    thread = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    async def in_thread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(thread, functools.partial(call, *args, **kwargs))
+
+    triton_client = await in_thread(triton.InferenceServerClient, gateway.removeprefix("http://"))
     headers = auth(ADMIN)
-    index = await asyncio.to_thread(triton_client.get_model_repository_index, headers=auth(USER))
+    index = await in_thread(triton_client.get_model_repository_index, headers=auth(USER))
     assert index == [{"name": MODEL, "version": "1", "state": "READY", "reason": ""},
                      {"name": MODEL, "version": "2", "state": "UNAVAILABLE", "reason": "not active"}]
-    await asyncio.to_thread(triton_client.unload_model, MODEL, headers=headers)
+    await in_thread(triton_client.unload_model, MODEL, headers=headers)
     assert fake_worker[0].serving["loaded"] is False
-    index = await asyncio.to_thread(triton_client.get_model_repository_index, headers=auth(USER))
+    index = await in_thread(triton_client.get_model_repository_index, headers=auth(USER))
     assert index[0]["state"] == "UNAVAILABLE" and index[0]["reason"] == "unloaded"
-    await asyncio.to_thread(triton_client.load_model, MODEL, headers=headers)
+    await in_thread(triton_client.load_model, MODEL, headers=headers)
     assert fake_worker[0].serving["loaded"] is True
     with pytest.raises(InferenceServerException, match="admin key"):
-        await asyncio.to_thread(triton_client.unload_model, MODEL, headers=auth(USER))
+        await in_thread(triton_client.unload_model, MODEL, headers=auth(USER))
     with pytest.raises(InferenceServerException, match="no versions"):
-        await asyncio.to_thread(triton_client.load_model, "other", headers=headers)
-    metadata = await asyncio.to_thread(triton_client.get_server_metadata, headers=auth(USER))
+        await in_thread(triton_client.load_model, "other", headers=headers)
+    metadata = await in_thread(triton_client.get_server_metadata, headers=auth(USER))
     assert "model_repository" in metadata["extensions"] and "binary_tensor_data" in metadata["extensions"]
-    triton_client.close()
+    await in_thread(triton_client.close)
+    thread.shutdown()
