@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -100,6 +101,16 @@ def same_answer(a: object, b: object) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same_answer(a[key], b[key]) for key in a)
     return a == b
+
+
+def require_redis_server() -> str:
+    """The redis-server binary for a test's own Redis; skip without one, fail under REQUIRE_REDIS=1 (CI)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("REQUIRE_REDIS") == "1":
+            pytest.fail("REQUIRE_REDIS=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed; REQUIRE_REDIS=1 to fail")
+    return binary
 
 
 def require_postgres_server() -> None:

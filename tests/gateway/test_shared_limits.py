@@ -4,8 +4,6 @@ closed, and ends by itself. Redis tests use a Redis of their own (``redis-server
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.shared_limits import FileLimits, GuardedLimits, LimitStore, LimitsUnavailable, Quota, RedisLimits
-from tests.support import free_port, wait_until
+from tests.support import free_port, require_redis_server, wait_until
 
 QUOTA = Quota("rows_per_day", 100, "k:rows_per_day:2026-01-01", 2e9)
 MONTH = Quota("rows_per_month", 120, "k:rows_per_month:2026-01", 2e9)
@@ -23,11 +21,7 @@ MONTH = Quota("rows_per_month", 120, "k:rows_per_month:2026-01", 2e9)
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A Redis server of this test's own on a free port, nothing saved; skipped without redis-server (failed under
     REQUIRE_REDIS=1)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("REQUIRE_REDIS") == "1":
-            pytest.fail("REQUIRE_REDIS=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed; REQUIRE_REDIS=1 to fail")
+    binary = require_redis_server()
     port = free_port()
     server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no",
                                "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)

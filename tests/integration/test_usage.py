@@ -3,8 +3,6 @@ store and with a Redis of the test's own, which is stopped for 10 s under load."
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import JAX_CACHE_DIR, free_port, free_port_run, start_process, stop_process, wait_until
+from tests.support import (
+    JAX_CACHE_DIR,
+    free_port,
+    free_port_run,
+    require_redis_server,
+    start_process,
+    stop_process,
+    wait_until,
+)
 
 ADMIN = "usage-admin-key"
 
@@ -126,11 +132,7 @@ def test_usage_reports_the_rows_served_after_a_restart_too(stack) -> None:
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[list[subprocess.Popen], int, Path]]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("REQUIRE_REDIS") == "1":
-            pytest.fail("REQUIRE_REDIS=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed; REQUIRE_REDIS=1 to fail")
+    binary = require_redis_server()
     port = free_port()
     servers = [_redis(binary, port, tmp_path)]
     try:
