@@ -8,6 +8,7 @@ import runpy
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -151,6 +152,19 @@ def test_workers_share_the_jax_cache_on_a_named_volume(compose_file: Path) -> No
             cache = service["environment"]["JAX_CACHE_DIR"]
             assert any(v.split(":")[1] == cache and not v.startswith(".") for v in service["volumes"]), name
             assert "ports" not in service and "container_name" not in service, f"{name} could not be scaled"
+
+
+@compose_files
+def test_the_gateway_counts_rate_limits_in_the_redis_it_waits_for(compose_file: Path) -> None:
+    """Every gateway process shares one count per key: a limit is the same whatever GATEWAY_PROCESSES is."""
+    all_services = services(compose_file)
+    gateway = all_services["gateway"]
+    url = urlsplit(gateway["environment"]["REDIS_URL"])
+    assert url.scheme == "redis" and url.hostname in all_services, url.geturl()
+    redis = all_services[url.hostname]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert gateway["depends_on"][url.hostname]["condition"] == "service_healthy"
+    assert "ports" not in redis, "only the gateways use Redis: it needs no port on the host"
 
 
 def test_cpu_stack_runs_two_scalable_workers_and_keeps_uis_on_loopback() -> None:

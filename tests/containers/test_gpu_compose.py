@@ -38,7 +38,7 @@ def test_gpu_stack_runs_one_worker_per_device() -> None:
 def test_gpu_file_is_the_cpu_system_with_other_workers() -> None:
     cpu, gpu = load_compose(REPO / "docker-compose.yml"), load_compose(GPU_FILE)
     assert cpu["volumes"] == gpu["volumes"]
-    for name in ["rabbitmq", "minio", "createbuckets", "prometheus", "grafana"]:
+    for name in ["rabbitmq", "redis", "minio", "createbuckets", "prometheus", "grafana"]:
         assert cpu["services"][name] == gpu["services"][name], f"{name} differs between the CPU and GPU files"
 
     def without_workers(gateway: dict) -> dict:
