@@ -14,7 +14,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from common.forwarder import RESPONSE_HEADERS
 from common.model_headers import model_headers
 from gateway.app import create_app
 from gateway.keys import parse_key_models
@@ -222,8 +221,6 @@ def test_usage_counts_requests_rows_and_model_time_per_model_and_survives_a_rest
         assert f'gateway_key_rows_total{{key="{usage["key_id"]}",model="{MODEL}"}}' not in metrics  # other process
 
 
-@pytest.mark.skipif("x-inference-time-ms" not in RESPONSE_HEADERS,
-                    reason="the gateway's worker client does not pass X-Inference-Time-Ms and X-Rows on yet")
 def test_usage_sums_the_workers_model_time(row_worker: RowWorker, jobs_settings: JobsSettings) -> None:
     with gateway(row_worker, jobs_settings) as client:
         healthy(client)
