@@ -11,6 +11,7 @@ import json
 import re
 import runpy
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -377,6 +378,30 @@ def test_network_policies_let_only_the_gateway_reach_workers_and_the_job_path_re
         assert [p["port"] for p in service["spec"]["ports"] if p["name"] == "amqp"] == [5672]
     for client in (gateway_labels, worker_labels):  # the gateway publishes jobs, the sidecars consume them
         assert _policy_allows(broker, client, 5672)
+
+
+@overlays
+def test_the_gateways_share_rate_limits_through_a_redis_only_they_reach(overlay: str) -> None:
+    """Several gateway pods: a key's limit is counted once for all of them, in the Redis REDIS_URL names."""
+    objects = render(overlay)
+    gateway_labels = one(objects, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"]
+    url = urlsplit(environment(objects, containers(one(objects, "Deployment", "gateway"))["gateway"])["REDIS_URL"])
+    assert url.scheme == "redis", url.geturl()
+    service = one(objects, "Service", url.hostname)
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+    (redis,) = [w for w in workloads(objects)
+                if selects(service["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])]
+    assert redis["spec"]["replicas"] == 1 and redis["spec"]["strategy"]["type"] == "Recreate", "one count, not two"
+    (container,) = containers(redis).values()
+    (declared,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    assert container["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    redis_labels = redis["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [p for p in by_kind(objects, "NetworkPolicy") if selects(p["spec"]["podSelector"]["matchLabels"],
+                                                                         redis_labels)]
+    assert _policy_allows(policy, gateway_labels, declared["containerPort"])
+    worker_labels = one(objects, "Deployment", "worker")["spec"]["template"]["metadata"]["labels"]
+    assert not _policy_allows(policy, worker_labels, declared["containerPort"])
 
 
 @overlays
