@@ -6,8 +6,9 @@ are at the time: the Deployment ``worker-<name>`` with that model's MODEL, the S
 model's job queue. Every pool's pods keep ``app.kubernetes.io/component: worker``, so the headless
 Service ``worker`` (the gateway's WORKERS), the NetworkPolicies, the PodDisruptionBudget and the
 overlays' patches (which select workers by that label) cover them all; a label of the model's name
-keeps each Deployment's selector to its own pods, the first pool's included. Run by served_model.py
-(``make kubernetes-models``): never edit the files it writes.
+keeps each Deployment's selector to its own pods, the first pool's included. The gateway's DEFAULT_MODEL
+becomes the first model's name (merged into gateway-config), so /predict answers with it on every gateway.
+Run by served_model.py (``make kubernetes-models``): never edit the files it writes.
 """
 
 from __future__ import annotations
@@ -83,8 +84,16 @@ def first_pool_patches(name: str, min_replicas: int | None, narrow: bool) -> dic
     return patches
 
 
-def write_component(folder: Path, documents: list[dict[str, Any]], patches: dict[str, dict[str, Any]]) -> None:
-    """components/models: the pools as resources and the first pool's patches; none of either for one model."""
+def gateway_settings(names: list[str]) -> dict[str, str]:
+    """The gateway's settings for these models: with several, DEFAULT_MODEL is the first. The headless Service
+    returns every pool's pods in no fixed order, so "the first worker's model" would differ between gateways."""
+    return {"DEFAULT_MODEL": names[0]} if len(names) > 1 else {}
+
+
+def write_component(folder: Path, documents: list[dict[str, Any]], patches: dict[str, dict[str, Any]],
+                    gateway_config: dict[str, str]) -> None:
+    """components/models: the pools as resources, the first pool's patches and settings merged into the gateway's
+    ConfigMap (gateway-config); none of them for one model."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.yaml"):
         stale.unlink()
@@ -97,6 +106,9 @@ def write_component(folder: Path, documents: list[dict[str, Any]], patches: dict
         (folder / file_name).write_text(HEADER + yaml.safe_dump(patch, sort_keys=False))
     if patches:
         kustomization["patches"] = [{"path": file_name} for file_name in patches]
-    note = ("# The worker pools of the models after the first (MODELS); the overlays include this component.\n"
-            "# With one model it adds nothing.\n")
+    if gateway_config:
+        kustomization["configMapGenerator"] = [{"name": "gateway-config", "behavior": "merge",
+                                                "literals": [f"{k}={v}" for k, v in gateway_config.items()]}]
+    note = ("# The worker pools of the models after the first (MODELS), and the gateway's DEFAULT_MODEL;\n"
+            "# the overlays include this component. With one model it adds nothing.\n")
     (folder / "kustomization.yaml").write_text(HEADER + note + yaml.safe_dump(kustomization, sort_keys=False))

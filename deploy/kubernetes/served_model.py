@@ -10,7 +10,8 @@ rendered manifests agree with the model.
 Several models: with MODELS (``--models``, the launcher's syntax: ``module:Class=N,module2:Other``;
 ``make kubernetes-models``), the first entry is written here and every further one becomes a worker
 pool of its own in components/models (model_pools.py), which both overlays include; ``=N`` is a
-pool's minReplicaCount (default: the base's). Without MODELS that component adds nothing.
+pool's minReplicaCount (default: the base's); the gateway's DEFAULT_MODEL is the first entry's name.
+Without MODELS that component adds nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def served_model_env(model: str, job_queue: str) -> str:
 def write_pools(models: str, base: Path, component: Path, job_queue: str) -> tuple[str, list[str]]:
     """MODELS: served-model.env's text for the first entry; components/models for the others (written here).
     Returns the env text and the pools' names."""
-    from model_pools import first_pool_patches, pool_copy, write_component
+    from model_pools import first_pool_patches, gateway_settings, pool_copy, write_component
 
     from jobs.routing import model_queue
     from launcher.models import ModelsError, named, parse_models
@@ -69,7 +70,8 @@ def write_pools(models: str, base: Path, component: Path, job_queue: str) -> tup
     documents = []
     for pool, replicas in zip(pools[1:], minimum[1:], strict=True):
         documents += pool_copy(base, pool.model, pool.name, model_queue(job_queue, pool.name), replicas)
-    write_component(component, documents, first_pool_patches(pools[0].name, minimum[0], narrow=len(pools) > 1))
+    write_component(component, documents, first_pool_patches(pools[0].name, minimum[0], narrow=len(pools) > 1),
+                    gateway_settings([pool.name for pool in pools]))
     return served_model_env(pools[0].model, job_queue), [pool.name for pool in pools]
 
 
@@ -104,7 +106,7 @@ def main() -> None:
     if not args.models:
         from model_pools import write_component
 
-        write_component(component, [], {})
+        write_component(component, [], {}, {})
     (args.base / "served-model.env").write_text(text)
     print("Wrote served-model.env:", ", ".join(text.splitlines()[-2:]))
     if len(names) > 1:

@@ -101,6 +101,26 @@ def test_the_gateway_s_workers_name_finds_every_pool(two_models, overlay: str) -
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateways_default_model_is_the_first_one_named(two_models, overlay: str) -> None:
+    """One DNS name returns every pool's pods in no fixed order: the model /predict answers with is set, not found."""
+    from gateway.settings import GatewaySettings
+
+    objects = two_models[overlay]
+    gateway = environment(objects, containers(one(objects, "Deployment", "gateway"))["gateway"])
+    assert GatewaySettings(default_model=gateway["DEFAULT_MODEL"]).default_model == "iris-bayes-logreg"
+    shipped = render(overlay)
+    shipped_gateway = environment(shipped, containers(one(shipped, "Deployment", "gateway"))["gateway"])
+    assert {k: v for k, v in gateway.items() if k != "DEFAULT_MODEL"} == shipped_gateway, "the base's settings stay"
+    assert len([o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].startswith("gateway-config")]) == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_model_leaves_the_default_to_the_workers(overlay: str) -> None:
+    objects = render(overlay)
+    assert "DEFAULT_MODEL" not in environment(objects, containers(one(objects, "Deployment", "gateway"))["gateway"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_object_of_two_models_passes_its_schema(two_models, overlay: str) -> None:
     failures = {f"{o['kind']}/{o['metadata']['name']}": validate(o) for o in two_models[overlay]}
     assert {name: errors for name, errors in failures.items() if errors} == {}
