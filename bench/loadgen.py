@@ -129,9 +129,10 @@ def find_wrk() -> str | None:
 
 def run_wrk(
     url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0,
-    content_type: str = "application/json",
+    content_type: str = "application/json", headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    """One wrk run; wrk counts durations in whole seconds, so ``duration_s`` is rounded up."""
+    """One wrk run; wrk counts durations in whole seconds, so ``duration_s`` is rounded up. ``headers``: sent
+    with every request (e.g. an API key)."""
     wrk = find_wrk()
     if wrk is None:
         raise RuntimeError("wrk is not installed: run scripts/install-load-generator.sh")
@@ -142,6 +143,7 @@ def run_wrk(
         # The generator's CPU time shows whether it could have been the bottleneck.
         argv = [wrk, "-t1", f"-c{concurrency}", f"-d{math.ceil(duration_s)}s",
                 f"--timeout={timeout_s:g}s", "-s", str(script), url]
+        argv += [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
         cpu_before = _children_cpu_seconds()
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -188,12 +190,11 @@ def _children_cpu_seconds() -> float:
 
 
 async def _python_load(url: str, body: bytes, concurrency: int, duration_s: float, timeout_s: float,
-                       content_type: str):
+                       headers: dict[str, str]):
     import aiohttp
 
     latencies: list[float] = []
     errors = {"non_2xx": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
-    headers = {"Content-Type": content_type}
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -225,11 +226,12 @@ async def _python_load(url: str, body: bytes, concurrency: int, duration_s: floa
 
 def run_python(
     url: str, body: bytes, concurrency: int, duration_s: float, *, timeout_s: float = 10.0,
-    content_type: str = "application/json",
+    content_type: str = "application/json", headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """The same measurement with aiohttp in this process (when wrk is missing)."""
     cpu_before = time.process_time()
-    latencies, kinds, elapsed = asyncio.run(_python_load(url, body, concurrency, duration_s, timeout_s, content_type))
+    latencies, kinds, elapsed = asyncio.run(_python_load(url, body, concurrency, duration_s, timeout_s,
+                                                          {"Content-Type": content_type, **(headers or {})}))
     cpu = time.process_time() - cpu_before
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     requests = len(latencies) + kinds["non_2xx"]
@@ -252,11 +254,11 @@ def run_python(
 
 def run_load(
     url: str, body: bytes, concurrency: int, duration_s: float, *, generator: str = "auto",
-    content_type: str = "application/json",
+    content_type: str = "application/json", headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    """``generator``: "wrk", "python", or "auto" (wrk when installed)."""
+    """``generator``: "wrk", "python", or "auto" (wrk when installed); ``headers``: sent with every request."""
     if generator == "auto":
         generator = "wrk" if find_wrk() else "python"
     if generator == "wrk":
-        return run_wrk(url, body, concurrency, duration_s, content_type=content_type)
-    return run_python(url, body, concurrency, duration_s, content_type=content_type)
+        return run_wrk(url, body, concurrency, duration_s, content_type=content_type, headers=headers)
+    return run_python(url, body, concurrency, duration_s, content_type=content_type, headers=headers)
