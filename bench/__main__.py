@@ -7,8 +7,11 @@ For each model (the heavy MLP and the default model) it starts, on loopback:
 the same three ways; (d) a gateway in front of two workers; (e) the same with
 ``--gateway-processes`` gateway processes on one socket (GATEWAY_PROCESSES); (f)
 HAProxy in front of (d)'s workers at 1 and 64 clients, the anchor of the proxy hop
-(``bench.haproxy``; skipped where haproxy is not installed); and drives each
-with closed-loop load at several concurrencies. It also measures the in-process
+(``bench.haproxy``; skipped where haproxy is not installed); (g) (d) with an API key
+sent on every request and usage counted, and (g') the same with usage not counted,
+at 1 and 64 clients: their gateway CPU per request, against each other and (d), is
+what counting usage and checking a key cost; and drives each with closed-loop load
+at several concurrencies. It also measures the in-process
 limit (``bench.inprocess``) and, through the gateway, the proxy client (the
 gateway's own, production, against httpx). Results: ``bench/results/latest.json``,
 the generated block of ``docs/benchmarks.md`` and ``docs/benchmarks.png``.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import secrets
 import shlex
 import sys
 import tempfile
@@ -42,10 +46,17 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = {"heavy": "worker.examples.mlp:HeavyMLP", "default": "worker.model"}
 #: *_v2: one row per Open Inference Protocol infer (JSON) instead of /predict; *_batch_predict: --rows rows per
 #: /batch_predict (*_binary: as binary rows, common/binary_rows.py); gateway_2_procs: (d) with
-#: --gateway-processes gateway processes; haproxy_2: HAProxy in front of (d)'s two workers (bench/haproxy.py).
+#: --gateway-processes gateway processes; haproxy_2: HAProxy in front of (d)'s two workers (bench/haproxy.py);
+#: gateway_2_keys*: (d) with an API key sent on every request, usage counted or not (USAGE_COUNTING).
 CONFIGS = ("direct_nobatch", "direct_batch", "direct_v2", "direct_batch_predict", "direct_batch_predict_binary",
-           "gateway_1", "gateway_1_v2", "gateway_1_batch_predict", "gateway_2", "gateway_2_procs", "haproxy_2")
+           "gateway_1", "gateway_1_v2", "gateway_1_batch_predict", "gateway_2", "gateway_2_procs", "haproxy_2",
+           "gateway_2_keys", "gateway_2_keys_uncounted")
 ONE_WORKER = set(CONFIGS) - {"direct_nobatch"}
+#: The keyed configurations and their USAGE_COUNTING; measured at these client counts (among those asked for),
+#: enough to compare the gateway's CPU per request with (d)'s at the same points without lengthening the run much.
+KEYED = {"gateway_2_keys": "1", "gateway_2_keys_uncounted": "0"}
+KEYED_CONCURRENCY = (1, 64)
+TWO_WORKERS = {"gateway_2", "gateway_2_procs", "haproxy_2", *KEYED}
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
@@ -127,17 +138,21 @@ class Runner:
         self.workers: list[Worker] = []
 
     def measure(self, url: str, concurrency: int, workers: list[Worker] = (), gateway: Process | None = None,
-                rows: int = 1, binary: bool = False) -> dict:
+                rows: int = 1, binary: bool = False, headers: dict[str, str] | None = None,
+                body: bytes | None = None) -> dict:
         """One point: a warm-up, then ``--repeat`` measured runs; the run of median req/s stands
         for the point (a neighbour's burst on a shared machine spoils one run, not the point),
         and every run's req/s and p99 are kept under ``repeats``. ``binary``: /batch_predict's
-        rows as binary rows instead of JSON."""
+        rows as binary rows instead of JSON; ``headers``: sent with every request (an API key); ``body``:
+        the request's body where ``url``'s service cannot be asked for it without a key."""
         args = self.args
-        body = binary_rows_body(url, rows) if binary else request_body(url, rows)
+        if body is None:
+            body = binary_rows_body(url, rows) if binary else request_body(url, rows)
         content_type = binary_rows.CONTENT_TYPE if binary else "application/json"
         if args.warmup > 0:
-            run_load(url, body, concurrency, args.warmup, generator=args.loadgen, content_type=content_type)
-        runs = [self._measure_once(url, body, content_type, rows, concurrency, workers, gateway)
+            run_load(url, body, concurrency, args.warmup, generator=args.loadgen, content_type=content_type,
+                     headers=headers)
+        runs = [self._measure_once(url, body, content_type, rows, concurrency, workers, gateway, headers)
                 for _ in range(args.repeat)]
         chosen = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
         if len(runs) > 1:
@@ -147,14 +162,14 @@ class Runner:
         return chosen
 
     def _measure_once(self, url: str, body: bytes, content_type: str, rows: int, concurrency: int, workers,
-                      gateway: Process | None) -> dict:
+                      gateway: Process | None, headers: dict[str, str] | None) -> dict:
         args = self.args
         processes = ([gateway] if gateway else []) + list(workers)
         before = [w.metric_sums() for w in workers]
         cpu_before = [p.cpu_seconds() for p in processes]
         gateway_before = gateway.cpu_seconds_each() if gateway else []
         result = run_load(url, body, concurrency, args.duration, generator=args.loadgen,
-                          content_type=content_type).to_dict()
+                          content_type=content_type, headers=headers).to_dict()
         gateway_after = gateway.cpu_seconds_each() if gateway else []
         cpu_after = [p.cpu_seconds() for p in processes]
         after = [w.metric_sums() for w in workers]
@@ -187,15 +202,16 @@ class Runner:
     def sweep(
         self, model: str, config: str, url: str, workers: list[Worker], gateway: Process | None = None,
         rows: int = 1, binary: bool = False, concurrencies: list[int] | None = None,
+        headers: dict[str, str] | None = None, body: bytes | None = None,
     ) -> None:
         """``concurrencies``: the client counts of this sweep, where not the run's (``--concurrency``,
         or ``--rows-concurrency`` for rows > 1)."""
         default = self.args.rows_concurrency if rows > 1 else self.args.concurrency
         for concurrency in concurrencies or default:
             result = {"model": model, "config": config,
-                      **self.measure(url, concurrency, workers, gateway, rows, binary)}
+                      **self.measure(url, concurrency, workers, gateway, rows, binary, headers, body)}
             self.runs.append(result)
-            print(f"  {model:8s} {config:23s} c={concurrency:<4d} {result['rps']:8.0f} req/s  "
+            print(f"  {model:8s} {config:24s} c={concurrency:<4d} {result['rps']:8.0f} req/s  "
                   f"{result['rows_per_s']:8.0f} rows/s  "
                   f"p50 {result['p50_ms']:7.2f}  p95 {result['p95_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  "
                   f"errors {result['errors']}  batch {result.get('mean_batch_size')}  "
@@ -207,9 +223,11 @@ class Runner:
         self.workers.append(worker)
         return worker
 
-    def gateway(self, name: str, workers: list[Worker], module: str = "gateway", processes: int = 1) -> Gateway:
+    def gateway(self, name: str, workers: list[Worker], module: str = "gateway", processes: int = 1,
+                env: dict[str, str] | None = None) -> Gateway:
+        """``env``: this configuration's own settings, over ``--gateway-env``."""
         return Gateway(name, [w.address for w in workers], self.log_dir, module=module,
-                       env=self.args.gateway_env, processes=processes)
+                       env={**self.args.gateway_env, **(env or {})}, processes=processes)
 
     def compilations_after_ready(self) -> dict[str, int | None]:
         """Per worker started: XLA compilations between its readiness and its stop (none expected)."""
@@ -250,7 +268,7 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
                 print(f"  {model:8s} client {client:8s} c=64   {result['rps']:8.0f} req/s  "
                       f"p50 {result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}  "
                       f"cpu ms/req {result.get('cpu_ms_per_request')}", flush=True)
-        if {"gateway_2", "gateway_2_procs", "haproxy_2"} & set(configs):
+        if TWO_WORKERS & set(configs):
             with runner.worker(f"{model}-w1", model, worker_id="1") as w1:
                 if "gateway_2" in configs:
                     with runner.gateway(f"{model}-gw2", [w0, w1]) as gw:
@@ -262,6 +280,22 @@ def run_model(runner: Runner, model: str, clients: list[dict]) -> None:
                     with haproxy.HAProxy(f"{model}-haproxy", [w0.address, w1.address], runner.log_dir) as proxy:
                         runner.sweep(model, "haproxy_2", proxy.url + "/predict", [w0, w1], proxy,
                                      concurrencies=haproxy.concurrencies(args.concurrency))
+                for config in (c for c in KEYED if c in configs):
+                    key = "bench-" + secrets.token_urlsafe(16)
+                    env = keyed_env(key, KEYED[config], runner.log_dir / f"{model}-{config}-jobs")
+                    with runner.gateway(f"{model}-{config}", [w0, w1], env=env) as gw:
+                        runner.sweep(model, config, gw.url + "/predict", [w0, w1], gw,
+                                     concurrencies=[c for c in args.concurrency if c in KEYED_CONCURRENCY]
+                                     or args.concurrency, headers={"Authorization": f"Bearer {key}"},
+                                     body=request_body(w0.url + "/predict"))
+
+
+def keyed_env(key: str, usage_counting: str, jobs_dir: Path) -> dict[str, str]:
+    """A gateway with access control on (one key) and usage counted or not. The rate limit is off, so the
+    figures are the key's check and the counting, not a limit refusing the load; the job database the counts
+    are written to lives in the run's own folder."""
+    return {"API_KEYS": key, "RATE_LIMIT_PER_S": "0", "USAGE_COUNTING": usage_counting,
+            "JOBS_DIR": str(jobs_dir)}
 
 
 @contextlib.contextmanager
@@ -324,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["targets"] = report.targets(results) if not args.url else []
     results["protocol"] = report.protocol_ratios(results)
     results["gateway_capacity"] = report.gateway_capacity(results)
+    results["usage_counting"] = report.usage_counting(results)
     results["haproxy_anchor"] = haproxy.anchor(results)
     report.write_json(results, args.out)
     print(f"wrote {args.out}")
@@ -334,7 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
     for r in results["protocol"]:
         print(f"  {r['model']} c={r['concurrency']}: /v2 infer / /predict, {r['where']}: {r['ratio']} "
               f"({r['infer_rps']:.0f} / {r['predict_rps']:.0f} req/s)")
-    for line in report.capacity_lines(results) + haproxy.lines(results["haproxy_anchor"]):
+    for line in (report.capacity_lines(results) + haproxy.lines(results["haproxy_anchor"])
+                 + report.usage_counting_lines(results)):
         print(f"  {line}")
     for t in results["targets"]:
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]

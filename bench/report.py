@@ -23,6 +23,8 @@ CONFIG_LABELS = {
     "gateway_2": "(d) gateway + 2 workers",
     "gateway_2_procs": "(e) gateway processes + 2 workers",
     "haproxy_2": "(f) HAProxy + 2 workers (anchor; its CPU in the gateway column)",
+    "gateway_2_keys": "(g) gateway + 2 workers, an API key, usage counted",
+    "gateway_2_keys_uncounted": "(g') gateway + 2 workers, an API key, usage not counted",
     "target": "target URL",
 }
 #: The stack's performance targets for the heavy MLP, each a figure of one run against a fixed threshold.
@@ -120,7 +122,8 @@ def protocol_ratios(results: dict) -> list[dict]:
 
 
 #: The configurations behind a gateway, and the concurrency their capacity is read at (their highest up to 64).
-_GATEWAYED = ("gateway_1", "gateway_1_v2", "gateway_1_batch_predict", "gateway_2", "gateway_2_procs")
+_GATEWAYED = ("gateway_1", "gateway_1_v2", "gateway_1_batch_predict", "gateway_2", "gateway_2_procs",
+              "gateway_2_keys", "gateway_2_keys_uncounted")
 
 
 def gateway_capacity(results: dict) -> list[dict]:
@@ -171,6 +174,64 @@ def capacity_lines(results: dict) -> list[str]:
     return lines
 
 
+def usage_counting(results: dict) -> list[dict]:
+    """Per model and concurrency of (g): the gateway's CPU per request with a key and usage counted (g), with
+    the key and counting off (g'), and with no key at all (d), the same two workers behind each. (g) - (g') is
+    what counting usage costs a request; (g') - (d) is what checking the key costs."""
+    out = []
+    for run in results["runs"]:
+        if run["config"] != "gateway_2_keys":
+            continue
+        model, concurrency = run["model"], run["concurrency"]
+        uncounted = _point(results, model, "gateway_2_keys_uncounted", concurrency)
+        keyless = _point(results, model, "gateway_2", concurrency)
+        cpu = {"counted": _cpu(run, "gateway"), "uncounted": _cpu(uncounted, "gateway"),
+               "keyless": _cpu(keyless, "gateway")}
+        counting_ms = _difference(cpu["counted"], cpu["uncounted"])
+        out.append({
+            "model": model, "concurrency": concurrency,
+            "rps": {"counted": run["rps"], "uncounted": (uncounted or {}).get("rps"),
+                    "keyless": (keyless or {}).get("rps")},
+            "gateway_cpu_ms_per_request": cpu,
+            "counting_ms": counting_ms,
+            "counting_share": round(counting_ms / cpu["uncounted"], 3) if counting_ms is not None and cpu["uncounted"]
+            else None,
+            "key_check_ms": _difference(cpu["uncounted"], cpu["keyless"]),
+        })
+    return out
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 4)
+
+
+def usage_counting_lines(results: dict) -> list[str]:
+    """What counting usage cost the gateway per request, in words, at each point where (g) and (g') both ran."""
+    lines = []
+    for r in results.get("usage_counting") or []:
+        cpu = r["gateway_cpu_ms_per_request"]
+        if r["counting_share"] is None:
+            continue
+        keyless = (f"; with no key, (d): {cpu['keyless']:.3f} ms, so the key's check costs {r['key_check_ms']:+.3f} ms"
+                   if r["key_check_ms"] is not None else "")
+        lines.append(f"{r['model']}, c={r['concurrency']}: counting usage costs {r['counting_ms']:+.3f} ms of gateway "
+                     f"CPU per request ({cpu['counted']:.3f} ms counted, {cpu['uncounted']:.3f} ms not, "
+                     f"{r['counting_share']:+.0%}){keyless}")
+    return lines
+
+
+def usage_counting_table(results: dict) -> str:
+    lines = ["| model | c | req/s (d) no key | req/s (g') key | req/s (g) key, counted | gateway CPU ms/req (d) "
+             "| (g') | (g) | counting (g) - (g') | key check (g') - (d) |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in results.get("usage_counting") or []:
+        rps, cpu = r["rps"], r["gateway_cpu_ms_per_request"]
+        lines.append(f"| {r['model']} | {r['concurrency']} | {_fmt(rps['keyless'], 0)} | {_fmt(rps['uncounted'], 0)} "
+                     f"| {_fmt(rps['counted'], 0)} | {_fmt(cpu['keyless'], 3)} | {_fmt(cpu['uncounted'], 3)} "
+                     f"| {_fmt(cpu['counted'], 3)} | {_signed(r['counting_ms'])} | {_signed(r['key_check_ms'])} |")
+    return "\n".join(lines)
+
+
 def write_json(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")
@@ -178,6 +239,10 @@ def write_json(results: dict, path: Path) -> None:
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _signed(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
 
 
 def results_table(results: dict) -> str:
@@ -255,6 +320,10 @@ def markdown(results: dict) -> str:
         parts += ["Gateway capacity (CPU of the gateway tier per request; one core proxies 1000 / that many "
                   "requests a second):", "", capacity_table(results), ""]
         parts += [f"- {line}" for line in capacity_lines(results)] + [""]
+    if results.get("usage_counting"):
+        parts += ["Usage counting (gateway + 2 workers; (g) and (g') send an API key with every request, the rate "
+                  "limit off, `USAGE_COUNTING` on and off; (d) has no key):", "", usage_counting_table(results), ""]
+        parts += [f"- {line}" for line in usage_counting_lines(results)] + [""]
     if results.get("protocol"):
         parts += ["Open Inference Protocol (`POST /v2/models/{name}/infer`, one row, JSON) against `/predict`, "
                   "same processes:", "", "| model | where | c | /v2 infer req/s | /predict req/s | ratio |",
@@ -345,6 +414,7 @@ def redraw(results_path: Path, doc: Path, plot_path: Path) -> None:
     results["targets"] = targets(results)
     results["protocol"] = protocol_ratios(results)
     results["gateway_capacity"] = gateway_capacity(results)
+    results["usage_counting"] = usage_counting(results)
     from bench import haproxy  # it imports bench.stack, which the report's other users need not load
 
     update_doc(doc, markdown(results) + haproxy.markdown(haproxy.anchor(results)))

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from bench import report
-from bench.__main__ import CONFIGS, main
+from bench.__main__ import CONFIGS, keyed_env, main
 from bench.inprocess_runner import run_inprocess
 from bench.loadgen import LoadResult, binary_rows_body, infer_url, predict_body, request_body, run_python
 from bench.stack import Gateway
@@ -78,6 +79,35 @@ def test_a_gateway_of_two_processes_starts_both_on_one_port_and_serves(running_w
     assert sorted(tmp_path.glob("gw-*.log")) == [tmp_path / "gw-0.log", tmp_path / "gw-1.log"]
 
 
+@pytest.mark.parametrize("counting", ["1", "0"])
+def test_a_keyed_gateway_takes_only_the_key_the_load_sends_and_counts_usage_as_told(
+    running_worker: str, tmp_path: Path, counting: str
+) -> None:
+    address, body = running_worker.removeprefix("http://"), predict_body(f"{running_worker}/predict")
+    auth = {"Authorization": "Bearer bench-key"}
+    with Gateway("gw", [address], tmp_path, env=keyed_env("bench-key", counting, tmp_path / "jobs")) as gateway:
+        keyless = httpx.post(f"{gateway.url}/predict", content=body, timeout=10)
+        keyed = run_python(f"{gateway.url}/predict", body, 2, 0.5, headers=auth)
+        usage = httpx.get(f"{gateway.url}/usage", headers=auth, timeout=10).raise_for_status().json()
+    assert keyless.status_code == 401
+    assert keyed.requests > 0 and keyed.errors == 0, keyed.error_kinds  # the rate limit is off
+    assert usage["totals"]["requests"] == (keyed.requests if counting == "1" else 0)
+
+
+def test_the_keyed_configurations_run_at_one_and_64_clients_and_compare_usage_counting(tmp_path: Path) -> None:
+    results = main(["--models", "default", "--configs", "gateway_2", "gateway_2_keys", "gateway_2_keys_uncounted",
+                    "--concurrency", "1", "2", "--duration", "1", "--warmup", "0", "--repeat", "1",
+                    "--inprocess-duration", "0.1", "--no-docs", "--out", str(tmp_path / "results.json")])
+    assert [(run["config"], run["concurrency"]) for run in results["runs"]] == [
+        ("gateway_2", 1), ("gateway_2", 2), ("gateway_2_keys", 1), ("gateway_2_keys_uncounted", 1)]
+    for run in results["runs"]:
+        assert run["errors"] == 0, run["error_kinds"]  # a key not sent would be 401s
+    [row] = results["usage_counting"]
+    assert (row["model"], row["concurrency"]) == ("default", 1)
+    assert row["counting_ms"] is not None and row["key_check_ms"] is not None
+    assert report.usage_counting_lines(results)[0].startswith("default, c=1: counting usage costs")
+
+
 @pytest.mark.parametrize("module", ["gateway", "bench.httpx_gateway"])
 def test_gateways_of_the_client_comparison(running_worker: str, tmp_path: Path, module: str) -> None:
     address = running_worker.removeprefix("http://")
@@ -121,6 +151,7 @@ def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
     results["targets"] = report.targets(results)
     results["protocol"] = report.protocol_ratios(results)
     results["gateway_capacity"] = report.gateway_capacity(results)
+    results["usage_counting"] = report.usage_counting(results)
     assert [(r["where"], r["concurrency"], r["ratio"]) for r in results["protocol"]] == [
         ("worker direct", 1, 1.0), ("worker direct", 64, 1.0), ("gateway + 1 worker", 1, 1.0),
         ("gateway + 1 worker", 64, 1.0)]
@@ -134,6 +165,11 @@ def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
     assert capacity["gateway_1_batch_predict"]["gateway_cpu_ms_per_row"] == 0.25
     assert capacity["gateway_2_procs"]["cpu_share"] == [0.6, 0.4]
     assert len(report.capacity_lines(results)) == 3
+    assert [(r["concurrency"], r["counting_ms"], r["key_check_ms"]) for r in results["usage_counting"]] == [
+        (1, 0.0, 0.0), (64, 0.0, 0.0)]
+    assert report.usage_counting_lines(results)[1] == (
+        "heavy, c=64: counting usage costs +0.000 ms of gateway CPU per request (0.250 ms counted, 0.250 ms not, +0%); "
+        "with no key, (d): 0.250 ms, so the key's check costs +0.000 ms")
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# Benchmarks\n\nprose\n\n{report.BEGIN}\nold\n{report.END}\n\nmore prose\n")
     report.update_doc(doc, report.markdown(results))
@@ -141,5 +177,6 @@ def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
     assert "prose" in text and "more prose" in text and "old" not in text
     assert "(d) gateway + 2 workers" in text and "/v2 infer req/s" in text
     assert "(e) gateway processes + 2 workers" in text and "req/s per gateway core" in text and "| 6,400 |" in text
+    assert "(g') gateway + 2 workers, an API key, usage not counted" in text and "counting (g) - (g')" in text
     report.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
