@@ -110,19 +110,27 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a TCP connection's is a Transport
 
-    async def exchange(self, request: bytes, head_only: bool) -> UpstreamResponse:
-        """Send ``request`` and wait for the whole answer (``head_only``: a HEAD's, which has no body)."""
+    async def exchange(self, request: bytes, head_only: bool, deadline: float) -> UpstreamResponse:
+        """Send ``request`` and wait for the whole answer (``head_only``: a HEAD's, which has no body) until
+        ``deadline`` (the loop's clock), past which it raises TimeoutError.
+
+        The deadline is one timer on the answer's future, not ``asyncio.timeout``: that costs a context
+        manager, a task lookup and a reschedule per request, on the path a lone request waits for.
+        """
         assert self.transport is not None and self._waiter is None
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
         self._head_only, self.received, self._keep_alive = head_only, False, False
         self._head_bytes, self._head_raw, self._headers, self._body = 0, 0, {}, []
+        timer = loop.call_at(deadline, _expire, waiter)
         self.transport.write(request)
         try:
-            return await self._waiter
+            return await waiter
         except BaseException:  # timed out, cancelled or broken: its state is unknown, never reuse it
             self.close()
             raise
         finally:
+            timer.cancel()
             self._waiter = None
 
     def close(self) -> None:
@@ -239,19 +247,20 @@ class WorkerClient:
         request = _request_bytes(method, path, pool.host_header, headers, body)
         loop = asyncio.get_running_loop()
         started = loop.time()
+        deadline = started + timeout_s
+        head_only = method == "HEAD"
         try:
-            async with asyncio.timeout(timeout_s):
-                connection = pool.take(time.monotonic())
-                if connection is not None:
-                    try:
-                        upstream = await connection.exchange(request, method == "HEAD")
-                    except ConnectionDropped:
-                        if connection.received:
-                            raise
-                        connection = None  # closed by the worker while idle: once more, on a fresh connection
-                if connection is None:
-                    connection = await self._connect(pool, base_url, timeout_s, started)
-                    upstream = await connection.exchange(request, method == "HEAD")
+            connection = pool.take(time.monotonic())
+            if connection is not None:
+                try:
+                    upstream = await connection.exchange(request, head_only, deadline)
+                except ConnectionDropped:
+                    if connection.received:
+                        raise
+                    connection = None  # closed by the worker while idle: once more, on a fresh connection
+            if connection is None:
+                connection = await self._connect(pool, base_url, timeout_s, started)
+                upstream = await connection.exchange(request, head_only, deadline)
         except TimeoutError:
             raise DeadlineExceeded(f"{base_url} gave no answer within {timeout_s:.1f}s") from None
         except BadResponse as exc:
@@ -266,17 +275,24 @@ class WorkerClient:
 
     async def _connect(self, pool: _Pool, base_url: str, timeout_s: float, started: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        connect_s = min(self._connect_timeout_s, timeout_s)
+        remaining = started + timeout_s - loop.time()
+        connect_s = min(self._connect_timeout_s, remaining)
         try:
             async with asyncio.timeout(connect_s):
                 _, connection = await loop.create_connection(_Connection, pool.host, pool.port)
         except TimeoutError:
-            if loop.time() - started < timeout_s:
+            if self._connect_timeout_s < remaining:  # the connect's own limit, not the request's deadline
                 raise ConnectTimedOut(f"no connection to {base_url} within {connect_s:.1f}s") from None
             raise
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {base_url}: {exc}") from exc
         return connection
+
+
+def _expire(waiter: asyncio.Future[UpstreamResponse]) -> None:
+    """The answer's deadline passed: its exchange raises TimeoutError (and closes the connection)."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _request_bytes(method: str, path: str, host: bytes, headers: dict[str, str], body: bytes) -> bytes:
