@@ -205,17 +205,19 @@ class RowBatcher:
         """The answer to one ``POST /predict``, as the worker's ``/predict`` would give it."""
         self._refresh()
         spec = self._spec
-        item = spec.plain_row(body) if spec is not None else None
-        if item is None:
-            return await self._forward("POST", "/predict", headers, body, state)
-        healthy = self._healthy
-        if not self._waiting and self._may_open(1):
+        if spec is not None and not self._waiting and self._may_open(1):
+            # Alone, it goes as sent, so it need not be parsed: a body that is not a plain row gets the worker's
+            # own answer either way.
             self._calls += 1
             try:
                 return await self._forward("POST", "/predict", headers, body, state, least_outstanding=True)
             finally:
                 self._calls -= 1
                 self._flush()
+        item = spec.plain_row(body) if spec is not None else None
+        if item is None:
+            return await self._forward("POST", "/predict", headers, body, state)
+        healthy = self._healthy
         limit = self._max_waiting_per_worker * healthy
         if len(self._waiting) >= limit:
             raise Overloaded(f"{len(self._waiting)} rows wait for a worker call (the limit is {limit})")

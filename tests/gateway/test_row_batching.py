@@ -116,6 +116,21 @@ async def test_a_lone_row_goes_at_once_as_the_predict_it_is() -> None:
     assert metrics.batched_calls._value.get() == 0
 
 
+async def test_a_lone_body_goes_as_sent_without_being_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone, a request goes as it is whatever it holds (the worker answers a bad one): parsing it would be waste."""
+    def parsed(self: RowSpec, body: bytes) -> None:
+        raise AssertionError("a lone row was parsed")
+
+    monkeypatch.setattr(RowSpec, "plain_row", parsed)
+    fake = FakeWorkers()
+    rows, _ = batcher(fake)
+    for body in (b'{"input_data": [1, 2, 3, 4]}', b'{"input_data": [1, 2, 3]'):
+        await rows.predict({"x-request-id": "a"}, body, {})
+    assert [call[:2] for call in fake.calls] == [("/predict", b'{"input_data": [1, 2, 3, 4]}'),
+                                                 ("/predict", b'{"input_data": [1, 2, 3]')]
+    assert fake.least_outstanding == [True, True]
+
+
 async def test_rows_that_arrive_while_a_call_is_in_flight_leave_together() -> None:
     fake = FakeWorkers(hold=1)
     rows, metrics = batcher(fake)
