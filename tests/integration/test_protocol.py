@@ -87,7 +87,7 @@ def test_the_client_reads_health_and_metadata(stack: dict[str, Any]) -> None:
             assert all(tensor["shape"][0] == -1 for tensor in model[kind])
         with pytest.raises(InferenceServerException) as unknown:
             client.get_model_metadata("no-such-model")
-        assert unknown.value.status() == "404" and "unknown model" in unknown.value.message()
+        assert unknown.value.status() == "404" and "no worker serves model" in unknown.value.message()
     finally:
         client.close()
 
