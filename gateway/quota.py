@@ -67,7 +67,8 @@ def _epoch(day: dt.date) -> float:
 
 def rate_limit_headers(quotas: list[Quota], charge: Charge, now: float) -> list[tuple[bytes, bytes]]:
     """``RateLimit-*`` of the quota with the fewest rows left."""
-    left, quota = min((quota.limit - used, quota) for quota, used in zip(quotas, charge.used, strict=True))
+    left, quota = min(((quota.limit - used, quota) for quota, used in zip(quotas, charge.used, strict=True)),
+                      key=lambda pair: pair[0])  # Quotas do not compare: a tie is the first quota's
     return [(b"ratelimit-limit", str(quota.limit).encode()), (b"ratelimit-remaining", str(max(0, left)).encode()),
             (b"ratelimit-reset", str(max(1, math.ceil(quota.resets_at - now))).encode())]
 

@@ -155,6 +155,12 @@ class GatewaySettings(BaseSettings):
     usage_metrics_max_keys: int = Field(
         50, ge=0, description="Key ids that get their own label in the per-key metrics; the rest are 'other'."
     )
+    key_body_max_bytes: int = Field(
+        64 * 1024, ge=1, description="Largest POST /admin/keys body, else 413."
+    )
+    usage_metrics_max_models: int = Field(
+        100, ge=0, description="Model names that get their own label in the per-key metrics; the rest are 'other'."
+    )
     cors_allow_origins: CommaSeparated = Field(
         default_factory=list, description="Origins browsers may call the gateway from, comma separated; empty: no CORS."
     )

@@ -6,7 +6,8 @@ each, adding to what other gateways wrote; a flush that fails keeps its cells fo
 the database loses nothing while the process lives. The hot path pays a dict update and two counter increments.
 
 The same counts go to Prometheus per key and model. Key ids are labels for the first ``USAGE_METRICS_MAX_KEYS``
-keys a process sees; the rest share the label ``other``, so the series stay bounded.
+keys a process sees and model names for the first ``USAGE_METRICS_MAX_MODELS`` models; the rest share the label
+``other``, so the series stay bounded.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from jobs.usage import HOUR_S, UsageRow, UsageStore
 
 log = logging.getLogger(__name__)
 
-OTHER_KEYS = "other"
+OTHER = "other"
 
 
 class UsageMetrics:
-    def __init__(self, registry: CollectorRegistry, max_keys: int) -> None:
-        self.max_keys = max_keys
+    def __init__(self, registry: CollectorRegistry, max_keys: int, max_models: int) -> None:
+        self._keys = _CappedLabels(max_keys)
+        self._models = _CappedLabels(max_models)
         labels = ["key", "model"]
         self.requests = Counter("gateway_key_requests", "Requests by API key id (capped; the rest: other) and model.",
                                 labels, registry=registry)
@@ -36,19 +38,29 @@ class UsageMetrics:
                             labels, registry=registry)
         self.model_seconds = Counter("gateway_key_model_seconds", "Workers' inference time by API key id and model.",
                                      labels, registry=registry)
-        self._named: set[str] = set()
         self._children: dict[tuple[str, str], tuple[Counter, Counter, Counter]] = {}
 
     def children(self, key_id: str, model: str) -> tuple[Counter, Counter, Counter]:
         found = self._children.get((key_id, model))
         if found is None:
-            if key_id not in self._named and len(self._named) < self.max_keys:
-                self._named.add(key_id)
-            label = key_id if key_id in self._named else OTHER_KEYS
-            found = (self.requests.labels(label, model), self.rows.labels(label, model),
-                     self.model_seconds.labels(label, model))
+            key_label, model_label = self._keys.label(key_id), self._models.label(model)
+            found = (self.requests.labels(key_label, model_label), self.rows.labels(key_label, model_label),
+                     self.model_seconds.labels(key_label, model_label))
             self._children[(key_id, model)] = found
         return found
+
+
+class _CappedLabels:
+    """The first ``most`` values seen are their own label; every later one is ``other``."""
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._named: set[str] = set()
+
+    def label(self, value: str) -> str:
+        if value not in self._named and len(self._named) < self._most:
+            self._named.add(value)
+        return value if value in self._named else OTHER
 
 
 class UsageCounter:

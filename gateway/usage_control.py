@@ -3,10 +3,13 @@
 In order: the rate limit (429 ``rate_limited``), a model the key may not use (403 ``model_forbidden``: a path
 naming the model, ``/predict`` and ``/batch_predict`` for the default model, a job's ``"model"``), its quotas
 (429 ``quota_exceeded``, gateway/quota.py), then the route. The request's body is read here only when it must
-be: a key with a quota, a job of a key limited to some models, and jobs when usage is counted (their rows).
-Rows charged to a quota are given back when the answer is not a success, so a failed request costs nothing.
+be: a key with a quota, a job of a key limited to some models, and jobs when usage is counted (their rows). A job
+is read up to the jobs' own body limits; one that cannot be read whole for a key with a quota or some models is
+413, since its model and rows could not be checked. Rows charged to a quota are given back when the answer is not
+a success (a route that raised included), so a failed request costs nothing.
 
-Usage is counted from the request and the answer: the model that answered (``X-Model-Name``), the rows (one for
+Usage is counted from the request and the answer: the model that answered (``X-Model-Name``; else a job's
+accepted model, or the default model on routes that name none; never a name only the path gave), the rows (one for
 ``/predict``, else the body's; a ``/predict`` answered from a gathered call gets its share of the call's model
 time) and the model time (``X-Inference-Time-Ms`` and ``X-Rows``, headers the workers set); the gateway takes
 the two usage headers off the answer.
@@ -18,7 +21,7 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from gateway.settings import GatewaySettings
 from gateway.shared_limits import FileLimits, GuardedLimits, LimitStore, LimitsUnavailable, Quota, RedisLimits
 from gateway.usage import UsageCounter, UsageMetrics
 from jobs.database import Database
+from jobs.settings import JobsSettings
 from jobs.usage import KeyStore, UsageStore
 
 _PREDICTION_PATH = re.compile(
@@ -41,6 +45,8 @@ _PREDICTION_PATH = re.compile(
 )
 RATE_LIMITED_MESSAGE = "this API key is over its rate limit; retry after the Retry-After seconds"
 UNAVAILABLE_MESSAGE = "the shared rate limit and quota store is unavailable; retry after the Retry-After seconds"
+JOB_UNREAD_MESSAGE = ("this job's body is over {limit} bytes or did not arrive whole, so its model and rows cannot "
+                      "be checked against this API key: put the rows in the store and send input_uri")
 
 
 @dataclass
@@ -51,9 +57,15 @@ class _Answer:
     model_ms: float = 0.0
 
 
+def job_body_limits(settings: JobsSettings) -> dict[str, int]:
+    """The largest body each job path takes, so a job is read here as far as its route would read it."""
+    return {"/jobs": settings.job_max_inline_bytes, "/jobs/batch": settings.job_batch_max_bytes}
+
+
 class UsageControl:
     def __init__(self, settings: GatewaySettings, ring: KeyRing, keys: KeyStore, usage_store: UsageStore,
-                 usage: UsageCounter | None, limits: GuardedLimits, default_model: Callable[[], str | None]) -> None:
+                 usage: UsageCounter | None, limits: GuardedLimits, default_model: Callable[[], str | None],
+                 job_body_bytes: Mapping[str, int]) -> None:
         self.settings = settings
         self.ring = ring
         self.keys = keys
@@ -61,12 +73,15 @@ class UsageControl:
         self.usage = usage
         self.limits = limits
         self.default_model = default_model
+        self.job_body_bytes = job_body_bytes
         self._burst_s = settings.rate_limit_burst / settings.rate_limit_per_s if settings.rate_limit_per_s else 2.0
         self._tasks: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
     def build(cls, settings: GatewaySettings, database: Database, jobs_dir: Path, registry: CollectorRegistry,
-              default_model: Callable[[], str | None]) -> UsageControl:
+              default_model: Callable[[], str | None],
+              job_body_bytes: Mapping[str, int] | None = None) -> UsageControl:
+        """``job_body_bytes``: the job paths' body limits (``job_body_limits``; by default the environment's)."""
         keys = KeyStore(database)
         ring = KeyRing(bootstrap_policies(settings.api_keys, settings.admin_api_keys,
                                           parse_key_models(settings.api_key_models)),
@@ -79,9 +94,10 @@ class UsageControl:
         up.set(1)
         limits = GuardedLimits(store, settings.limits_fail_open_s, lambda ok: up.set(int(ok)))
         usage_store = UsageStore(database)
-        usage = (UsageCounter(usage_store, UsageMetrics(registry, settings.usage_metrics_max_keys))
-                 if settings.usage_counting and ring.enabled else None)
-        return cls(settings, ring, keys, usage_store, usage, limits, default_model)
+        metrics = UsageMetrics(registry, settings.usage_metrics_max_keys, settings.usage_metrics_max_models)
+        usage = UsageCounter(usage_store, metrics) if settings.usage_counting and ring.enabled else None
+        return cls(settings, ring, keys, usage_store, usage, limits, default_model,
+                   job_body_bytes if job_body_bytes is not None else job_body_limits(JobsSettings()))
 
     def background(self) -> list[Callable[[], Awaitable[None]]]:
         """The loops the lifespan runs: the keys' refresh and the usage's flush (when on)."""
@@ -124,9 +140,13 @@ class UsageControl:
         body = None
         many = job or not _is_predict(path)  # a request of several rows, counted from its body
         if policy.has_quota or (many and self.usage is not None) or (job and policy.models is not None):
-            body, receive = await _buffered(receive, self.settings.max_body_bytes)
+            limit = self.job_body_bytes[path] if job else self.settings.max_body_bytes
+            body, receive = await _buffered(receive, limit)
+            if job and body is None and (policy.has_quota or policy.models is not None):
+                await error_for(scope, 413, "payload_too_large", JOB_UNREAD_MESSAGE.format(limit=limit),
+                                {})(scope, receive, send)
+                return
         job_models = _job_models(path, body) if job and body is not None else []
-        model = job_models[0] if job_models else named
         for wanted in job_models if job else [named]:
             name = wanted or self.default_model()
             if not policy.may_use(name):
@@ -149,21 +169,37 @@ class UsageControl:
                     return
                 extra = rate_limit_headers(quotas, charge, now)
         answer = _Answer()
-        await app(scope, receive, _watching(send, answer, extra, self.usage is not None))
+        try:
+            await app(scope, receive, _watching(send, answer, extra, self.usage is not None))
+        finally:  # a route that raised is a failure too: its rows given back, the request counted
+            ok = 200 <= answer.status < 300
+            if quotas and not ok:
+                try:
+                    await self.limits.charge(quotas, -rows)  # type: ignore[operator]  # rows > 0 when quotas
+                except LimitsUnavailable:
+                    pass
+            if self.usage is not None:
+                self._count(policy, path, job, rows, answer, job_models[0] if job_models else None, named)
+
+    def _count(self, policy: KeyPolicy, path: str, job: bool, rows: int | None, answer: _Answer,
+               job_model: str | None, named: str | None) -> None:
+        assert self.usage is not None
         ok = 200 <= answer.status < 300
-        if quotas and not ok:
-            try:
-                await self.limits.charge(quotas, -rows)  # type: ignore[operator]  # rows > 0 when quotas
-            except LimitsUnavailable:
-                pass
-        if self.usage is not None:
-            counted_rows = _counted_rows(path, job, rows, answer)
-            model_ms = answer.model_ms
-            if answer.rows and counted_rows < answer.rows:  # a /predict answered from a gathered call: its share
-                model_ms *= counted_rows / answer.rows
-            self.usage.count(policy.key_id, answer.model or model or self.default_model() or "",
-                             0 if job or not ok else counted_rows, counted_rows if job and ok else 0,
-                             model_ms if ok else 0.0)
+        counted_rows = _counted_rows(path, job, rows, answer)
+        model_ms = answer.model_ms
+        if answer.rows and counted_rows < answer.rows:  # a /predict answered from a gathered call: its share
+            model_ms *= counted_rows / answer.rows
+        self.usage.count(policy.key_id, self._usage_model(answer, job, ok, job_model, named),
+                         0 if job or not ok else counted_rows, counted_rows if job and ok else 0,
+                         model_ms if ok else 0.0)
+
+    def _usage_model(self, answer: _Answer, job: bool, ok: bool, job_model: str | None, named: str | None) -> str:
+        """The model a request is counted under: one that answered or took the job, never a made-up name."""
+        if answer.model:
+            return answer.model
+        if job:
+            return (job_model or self.default_model() or "") if ok else ""  # an accepted job's model is served
+        return "" if named is not None else self.default_model() or ""
 
     async def _rate(self, policy: KeyPolicy, scope: Scope) -> ASGIApp | None:
         rate = policy.rate_limit_per_s if policy.rate_limit_per_s is not None else self.settings.rate_limit_per_s
