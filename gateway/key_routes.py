@@ -26,9 +26,10 @@ from starlette.routing import Route
 
 from common.rows import validation_message
 from gateway.auth import is_admin
-from gateway.errors import error_response
+from gateway.errors import GatewayError, error_response
 from gateway.keys import KeyPolicy, key_id
 from gateway.quota import quotas_of
+from gateway.request_body import read_body
 from gateway.shared_limits import LimitsUnavailable
 from gateway.usage_control import UsageControl
 from jobs.errors import JobsUnavailable
@@ -37,6 +38,10 @@ from jobs.usage import StoredKey, UsageRow
 #: Made keys start so, so a leaked one is easy to find in logs and code.
 KEY_PREFIX = "gk_"
 _PAGE = Path(__file__).with_name("usage_ui.html")
+#: Bounds of a key's limits: a rate JSON can write but the listing cannot (infinity), or a count past the
+#: database's 64-bit integers, would be stored and break every later read.
+MAX_RATE_PER_S = 1e6
+MAX_ROWS = 2**62
 
 
 class NewKey(BaseModel):
@@ -47,10 +52,12 @@ class NewKey(BaseModel):
     name: str = Field(min_length=1, max_length=200, description="What the key is for; not secret.")
     admin: bool = Field(False, description="Whether the key may manage keys and model versions.")
     models: list[str] | None = Field(None, description="The model names it may use; default: every model.")
-    rate_limit_per_s: float | None = Field(None, gt=0, description="Requests a second; default RATE_LIMIT_PER_S.")
-    rows_per_day: int | None = Field(None, ge=0, description="Rows a UTC day (predictions and jobs).")
-    rows_per_month: int | None = Field(None, ge=0, description="Rows a UTC month (predictions and jobs).")
-    job_rows_per_day: int | None = Field(None, ge=0, description="Job rows a UTC day.")
+    rate_limit_per_s: float | None = Field(None, gt=0, le=MAX_RATE_PER_S, allow_inf_nan=False,
+                                           description="Requests a second; default RATE_LIMIT_PER_S.")
+    rows_per_day: int | None = Field(None, ge=0, le=MAX_ROWS, description="Rows a UTC day (predictions and jobs).")
+    rows_per_month: int | None = Field(None, ge=0, le=MAX_ROWS,
+                                       description="Rows a UTC month (predictions and jobs).")
+    job_rows_per_day: int | None = Field(None, ge=0, le=MAX_ROWS, description="Job rows a UTC day.")
 
 
 class _Refused(Exception):
@@ -82,7 +89,10 @@ def _answering(endpoint: Endpoint, admin: bool) -> Endpoint:
 def key_routes(control: UsageControl) -> list[Route]:
     async def create_key(request: Request) -> Response:
         try:
-            body = NewKey.model_validate_json(await request.body())
+            body = NewKey.model_validate_json(
+                await read_body(request.scope, request.receive, control.settings.key_body_max_bytes))
+        except GatewayError as exc:  # too large, unreadable, or the client left
+            raise _Refused(exc.status_code, exc.code, exc.message) from None
         except ValidationError as exc:
             raise _Refused(422, "invalid_key", validation_message(exc)) from None
         plain = KEY_PREFIX + secrets.token_urlsafe(32)

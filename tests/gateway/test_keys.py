@@ -127,7 +127,8 @@ def test_another_gateway_process_takes_a_new_key_at_once_and_drops_a_revoked_one
 
 
 @pytest.mark.parametrize("body", [{}, {"name": ""}, {"name": "x", "rows_per_day": -1}, {"name": "x", "extra": 1},
-                                  {"name": "x", "rate_limit_per_s": 0}])
+                                  {"name": "x", "rate_limit_per_s": 0}, {"name": "x", "rate_limit_per_s": 1e7},
+                                  {"name": "x", "rows_per_month": 2**63}, {"name": "x", "job_rows_per_day": 10**30}])
 def test_a_bad_key_request_is_422_and_only_admins_manage_keys(
     row_worker: RowWorker, jobs_settings: JobsSettings, body: dict,
 ) -> None:
@@ -139,6 +140,21 @@ def test_a_bad_key_request_is_422_and_only_admins_manage_keys(
             assert client.request(method, path, json={"name": "x"}, headers=bearer(USER)).status_code == 403
         configured = client.get("/admin/keys", headers=bearer(ADMIN)).json()["keys"][0]["id"]
         assert client.delete(f"/admin/keys/{configured}", headers=bearer(ADMIN)).status_code == 409
+
+
+def test_an_infinite_rate_is_422_a_huge_body_413_and_the_keys_still_list(
+    row_worker: RowWorker, jobs_settings: JobsSettings,
+) -> None:
+    with gateway(row_worker, jobs_settings, key_body_max_bytes=1024) as client:
+        for rate in ("1e400", "Infinity", "NaN"):
+            bad = client.post("/admin/keys", content=f'{{"name": "x", "rate_limit_per_s": {rate}}}',
+                              headers=bearer(ADMIN))
+            assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_key", (rate, bad.text)
+        huge = client.post("/admin/keys", json={"name": "x", "models": ["m" * 100] * 20}, headers=bearer(ADMIN))
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
+        made = make_key(client, rate_limit_per_s=1e6, rows_per_day=2**62)
+        listed = client.get("/admin/keys", headers=bearer(ADMIN))
+        assert listed.status_code == 200 and made["id"] in {key["id"] for key in listed.json()["keys"]}
 
 
 def test_a_key_limited_to_some_models_is_403_on_every_other_model_s_routes_and_jobs(
