@@ -63,7 +63,7 @@ from gateway.proxy import Proxy
 from gateway.reconciler import Reconciler
 from gateway.request_context import RequestContext, request_id_pattern
 from gateway.settings import GatewaySettings
-from gateway.usage_control import UsageControl
+from gateway.usage_control import UsageControl, job_body_limits
 from jobs.registry import Registry
 from jobs.service import JobService
 from jobs.settings import JobsSettings
@@ -164,7 +164,8 @@ def create_app(
     access_log = AccessLog(flush_s=settings.access_log_flush_s, max_lines=settings.access_log_max_lines)
     keys_on = bool(settings.api_keys or settings.admin_api_keys)
     control = UsageControl.build(settings, jobs.database, jobs.settings.jobs_dir, metrics.registry,
-                                 lambda: (pool.served_model() or {}).get("name"))
+                                 lambda: (pool.served_model() or {}).get("name"),
+                                 job_body_bytes=job_body_limits(jobs.settings))
     admin_client = httpx.AsyncClient()
     registry = Registry(jobs.database, jobs.store, claim_stale_s=jobs.settings.registry_claim_stale_s)
     activation = Activation(registry, pool, WorkerAdmin(admin_client), settings.activation_timeout_s)
