@@ -16,6 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from jobs.errors import InvalidJob
 
+#: Longest wait for one host's addresses: past it the host does not resolve.
+RESOLVE_TIMEOUT_S = 2.0
+#: Longest wait for all the hosts of one submit's callback URLs.
+CHECK_DEADLINE_S = 5.0
+
 
 class CallbackRefused(Exception):
     """The URL is not one a webhook may go to; the message says why."""
@@ -59,11 +64,15 @@ class Destination:
         return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def resolve(url: str, allow_private: bool) -> Destination:
-    """``url`` resolved and checked; CallbackRefused naming the reason."""
+async def resolve(url: str, allow_private: bool, timeout_s: float = RESOLVE_TIMEOUT_S) -> Destination:
+    """``url`` resolved and checked; CallbackRefused naming the reason. A name with no answer in ``timeout_s`` does
+    not resolve: a slow resolver must not hold a submit or a delivery slot."""
     scheme, host, port = check_syntax(url)
     try:
-        answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        answers = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout_s)
+    except TimeoutError:
+        raise CallbackRefused(f"its host {host!r} does not resolve (no answer in {timeout_s:g} s)") from None
     except OSError as exc:
         raise CallbackRefused(f"its host {host!r} does not resolve ({exc.strerror or exc})") from None
     addresses = [str(answer[4][0]).split("%")[0] for answer in answers]
@@ -75,18 +84,26 @@ async def resolve(url: str, allow_private: bool) -> Destination:
     return Destination(url, host, addresses[0])
 
 
-async def check_at_submit(urls: list[str | None], allow_private: bool, field: str) -> None:
+async def check_at_submit(urls: list[str | None], allow_private: bool, field: str,
+                          resolve_timeout_s: float = RESOLVE_TIMEOUT_S, deadline_s: float = CHECK_DEADLINE_S) -> None:
     """422 naming the first of ``urls`` (``field`` formats its index; None: a job without one) that a webhook may
-    not go to; each distinct URL is resolved once."""
-    checked: dict[str, str | None] = {}
-    for index, url in enumerate(urls):
-        if url is None:
-            continue
-        if url not in checked:
-            try:
-                await resolve(url, allow_private)
-                checked[url] = None
-            except CallbackRefused as exc:
-                checked[url] = str(exc)
-        if (reason := checked[url]) is not None:
-            raise InvalidJob(f"{field.format(index=index)}callback_url: {reason}")
+    not go to. Each distinct host is resolved once (a bulk submit names up to a thousand URLs, mostly on the same
+    few hosts), each lookup within ``resolve_timeout_s`` and all of them within ``deadline_s``, so a submit never
+    waits on a slow resolver for long."""
+    checked: set[str] = set()
+    index = 0
+    try:
+        async with asyncio.timeout(deadline_s):
+            for index, url in enumerate(urls):
+                if url is None:
+                    continue
+                try:
+                    host = check_syntax(url)[1]
+                    if host not in checked:
+                        await resolve(url, allow_private, resolve_timeout_s)
+                        checked.add(host)
+                except CallbackRefused as exc:
+                    raise InvalidJob(f"{field.format(index=index)}callback_url: {exc}") from None
+    except TimeoutError:
+        raise InvalidJob(f"{field.format(index=index)}callback_url: the callback URLs' hosts did not all resolve in "
+                         f"{deadline_s:g} s ({len(checked)} distinct hosts checked); name fewer hosts") from None

@@ -60,6 +60,8 @@ class Housekeeping:
                         pass  # a backlog: the next batch at once
             except JobsUnavailable as exc:
                 log.warning("housekeeping skipped a round: %s", exc.message)
+            except Exception:  # a bug or a store error here must not stop housekeeping for good
+                log.exception("housekeeping round failed; trying again next round")
             await asyncio.sleep(self.settings.job_housekeeping_s)
 
     async def hold_lease(self) -> bool:

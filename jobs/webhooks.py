@@ -71,6 +71,8 @@ class WebhookDispatcher:
                         claimed = await self._claim(free)
                     except JobsUnavailable as exc:
                         log.warning("webhooks: %s; trying again", exc.message)
+                    except Exception:  # a bug here must not stop delivering for good
+                        log.exception("webhooks: claiming failed; trying again")
                 self._slot_free.clear()
                 if claimed < free:  # nothing more is due now: look again in a while
                     with contextlib.suppress(TimeoutError):
@@ -135,15 +137,26 @@ class WebhookDispatcher:
         headers["user-agent"] = "jax-inference-gateway-webhooks"
         extensions = {"sni_hostname": destination.host} if parts.scheme == "https" else {}
         try:
-            response = await self._client.post(destination.request_url(), content=body, headers=headers,
-                                               extensions=extensions)
+            status = await self._post(destination.request_url(), body, headers, extensions)
+        except TimeoutError:
+            await self._again(webhook, None, f"no answer in WEBHOOK_TIMEOUT_S ({self.settings.webhook_timeout_s:g} s)")
+            return
         except httpx.HTTPError as exc:
             await self._again(webhook, None, f"{type(exc).__name__}: {exc}"[:500])
             return
-        if 200 <= response.status_code < 300:
-            await self._settle(webhook, "delivered", response.status_code, None, delivered_at=micros_now())
+        if 200 <= status < 300:
+            await self._settle(webhook, "delivered", status, None, delivered_at=micros_now())
         else:
-            await self._again(webhook, response.status_code, f"answered {response.status_code}")
+            await self._again(webhook, status, f"answered {status}")
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], extensions: dict[str, str]) -> int:
+        """The receiver's status code, within WEBHOOK_TIMEOUT_S overall (httpx's own timeout is per read, so a
+        receiver trickling bytes would outlast it). Its body is never read: a receiver answering gigabytes costs
+        nothing, and closing the stream drops the connection rather than drain it."""
+        async with asyncio.timeout(self.settings.webhook_timeout_s):
+            async with self._client.stream("POST", url, content=body, headers=headers,
+                                           extensions=extensions) as response:
+                return response.status_code
 
     async def _body(self, webhook: Webhook) -> bytes | None:
         """The job's status with the fields the change set as it set them; None when the job is gone."""

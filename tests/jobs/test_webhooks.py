@@ -11,21 +11,26 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 import uvicorn
+from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from jobs.callback_urls import CallbackRefused, resolve
+from jobs.housekeeping import Housekeeping
+from jobs.metrics import JobsMetrics
 from jobs.settings import JobsSettings
 from jobs.webhook_signing import secret_key, signed_headers
+from jobs.webhooks import WebhookDispatcher
 from tests.jobs.conftest import embedded_settings, finished, gateway, sidecar, sidecar_process, until, wait_for_job
 from tests.jobs.fake_worker import FakeWorker
 from tests.support import free_port
@@ -208,3 +213,95 @@ async def test_a_webhook_no_one_accepts_is_given_up_after_webhook_retry_s(
     assert status["status"] == "failed"
     assert status["callback"]["last_status"] == 500 and status["callback"]["attempts"] == receiver.requests >= 2
     assert runner.metrics.registry.get_sample_value("jobs_webhooks_total", {"outcome": "failed"}) == 1
+
+
+class EndlessBodyReceiver(Receiver):
+    """Accepts each delivery (200) and then streams an answer that never ends."""
+
+    async def hook(self, request: Request) -> Response:
+        self.requests += 1
+        self.verified.append((request.headers["webhook-id"], Webhook(SECRET).verify(await request.body(),
+                                                                                   dict(request.headers))))
+
+        async def endless() -> AsyncIterator[bytes]:
+            while True:
+                yield b"x" * 65536
+                await asyncio.sleep(0)
+
+        return StreamingResponse(endless(), status_code=200)
+
+
+async def test_a_receiver_answering_without_end_is_delivered_on_its_status(jobs_settings: JobsSettings) -> None:
+    """Only the status is read: an endless answer costs neither memory nor the slot."""
+    settings = with_webhooks(jobs_settings, webhook_timeout_s=2.0)
+    async with EndlessBodyReceiver().running() as receiver, gateway(settings) as client, sidecar(settings):
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS,
+                                                   "callback_url": receiver.url})).json()["job_id"]
+        status = await wait_for_job(client, job_id, lambda s: s["callback"]["state"] == "delivered")
+    assert status["callback"]["attempts"] == 1 and status["callback"]["last_status"] == 200
+
+
+@contextlib.asynccontextmanager
+async def trickling_receiver() -> AsyncIterator[tuple[str, list[int]]]:
+    """A receiver that reads each request and then sends its status line a byte at a time, every 0.1 s, forever:
+    no single read waits long, so only an overall deadline ends it. Yields its URL and a count of connections."""
+    connections = [0]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        await reader.readuntil(b"\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"H")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", connections
+    finally:
+        server.close()
+
+
+async def test_a_receiver_trickling_its_answer_is_cut_off_at_webhook_timeout_s(jobs_settings: JobsSettings) -> None:
+    settings = with_webhooks(jobs_settings, webhook_timeout_s=0.5, webhook_retry_s=2.0)
+    async with trickling_receiver() as (url, connections), gateway(settings) as client, sidecar(settings):
+        job_id = (await client.post("/jobs", json={"task": "batch_predict", "inputs": ROWS,
+                                                   "callback_url": url})).json()["job_id"]
+        status = await wait_for_job(client, job_id, lambda s: s["callback"]["state"] == "failed")
+    assert status["callback"]["last_status"] is None
+    assert status["callback"]["attempts"] == connections[0] >= 2
+
+
+class BrokenOnce:
+    """Stands in for the outbox's claim or housekeeping's lease: raises a bug's exception at the first call only."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    async def __call__(self, *_: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("a bug")
+        return self.answer
+
+
+async def test_the_background_loops_outlive_an_unexpected_error(tmp_path: Path) -> None:
+    """Not only a database outage: any error skips a round of the dispatcher and of housekeeping, never ends them."""
+    settings = embedded_settings(tmp_path, "http://127.0.0.1:1", webhook_poll_s=0.02, job_housekeeping_s=0.02)
+    metrics = JobsMetrics(CollectorRegistry())
+    claim, lease = BrokenOnce([]), BrokenOnce(False)
+    outbox = SimpleNamespace(claim=claim)
+    dispatcher = WebhookDispatcher(settings, None, outbox, metrics, "test")  # type: ignore[arg-type]
+    housekeeping = Housekeeping(settings, None, None, metrics, "test")  # type: ignore[arg-type]
+    housekeeping.hold_lease = lease  # type: ignore[method-assign]
+    loops = [asyncio.create_task(dispatcher.run()), asyncio.create_task(housekeeping.run())]
+    try:
+        await until(lambda: claim.calls >= 3 and lease.calls >= 3)
+        assert not any(loop.done() for loop in loops)
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
