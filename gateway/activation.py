@@ -120,26 +120,29 @@ def _worker_error(response: httpx.Response) -> str:
 class WorkerAdmin:
     """The workers' internal admin API: load, switch, drop versions, and the files a worker started with."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, token: str = "") -> None:
+        """``token``: the workers' WORKER_ADMIN_TOKEN, sent as a bearer token on every call; empty: none."""
         self.client = client
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def load(self, url: str, model_name: str, version: str, archive: bytes, timeout_s: float) -> dict[str, Any]:
         """Load and check ``version``; its answer ({"version", "compilations", "load_ms"}) or an
         ``httpx.HTTPStatusError`` (422: refused, with the reason) / ``httpx.HTTPError``."""
         response = await self.client.put(
             f"{url}/admin/versions/{version}", content=archive, timeout=timeout_s,
-            headers={"Content-Type": CONTENT_TYPE, MODEL_NAME_HEADER: model_name},
+            headers={"Content-Type": CONTENT_TYPE, MODEL_NAME_HEADER: model_name, **self._auth},
         )
         return self._json(response)
 
     async def serve(self, url: str, target: Target, timeout_s: float) -> dict[str, Any]:
-        return self._json(await self.client.put(f"{url}/admin/serving", json=target.wire(), timeout=timeout_s))
+        return self._json(await self.client.put(f"{url}/admin/serving", json=target.wire(), timeout=timeout_s,
+                                                headers=self._auth))
 
     async def drop(self, url: str, version: str, timeout_s: float) -> None:
-        self._json(await self.client.delete(f"{url}/admin/versions/{version}", timeout=timeout_s))
+        self._json(await self.client.delete(f"{url}/admin/versions/{version}", timeout=timeout_s, headers=self._auth))
 
     async def artifacts(self, url: str, timeout_s: float) -> bytes:
-        response = await self.client.get(f"{url}/admin/artifacts", timeout=timeout_s)
+        response = await self.client.get(f"{url}/admin/artifacts", timeout=timeout_s, headers=self._auth)
         response.raise_for_status()
         return response.content
 

@@ -184,6 +184,10 @@ class GatewaySettings(BaseSettings):
         description="Deadline of a model version change: every worker loads and checks the version (and compiles "
         "what new shapes need) within it, else nothing changes anywhere.",
     )
+    worker_admin_token: str = Field(
+        "", description="Bearer token sent on every call to the workers' /admin routes (their WORKER_ADMIN_TOKEN); "
+        "empty: none sent. The launcher makes one for its workers unless set.",
+    )
     model_reconcile_s: float = Field(
         2.0, gt=0,
         description="Seconds between two rounds of the reconciler: a worker whose versions differ from the "

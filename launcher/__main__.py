@@ -45,6 +45,8 @@ from launcher.stack_lock import FolderInUse, jobs_dir, lock_jobs_dir
 from launcher.status import STATUS_ENV, StatusFile, status_path
 from launcher.supervisor import Child, Supervisor
 
+#: The shared secret of the workers' /admin routes (worker and gateway setting of the same name).
+ADMIN_TOKEN_ENV = "WORKER_ADMIN_TOKEN"
 
 def _default_gateway_processes() -> int:
     value = os.environ.get("GATEWAY_PROCESSES", "1")
@@ -114,13 +116,18 @@ def build_children(
 ) -> list[Child]:
     """The stack's processes; ``jobs_folder`` becomes every child's JOBS_DIR and holds the status file the
     gateway processes read. ``environ``: the environment
-    they inherit, whose SIDECAR_SPREAD_URL, if any, is left as the user set it. ``pools``: MODELS, named
+    they inherit, whose SIDECAR_SPREAD_URL and WORKER_ADMIN_TOKEN, if any, are left as the user set them (else
+    the gateway and its workers share a random WORKER_ADMIN_TOKEN). ``pools``: MODELS, named
     (launcher/models.py); None: one model, the MODEL setting's."""
     python = sys.executable
     children = worker_children(args, gpus, pools)
     workers = list(children)
     gateway_env = {"HOST": args.host, "PORT": str(args.port),
                    "WORKERS": ",".join(f"127.0.0.1:{child.env['PORT']}" for child in workers)}
+    if not environ.get(ADMIN_TOKEN_ENV):  # else they all inherit the user's
+        gateway_env[ADMIN_TOKEN_ENV] = secrets.token_urlsafe(24)
+        for worker in workers:
+            worker.env[ADMIN_TOKEN_ENV] = gateway_env[ADMIN_TOKEN_ENV]
     if pools and "DEFAULT_MODEL" not in environ:
         gateway_env["DEFAULT_MODEL"] = pools[0].name
     if not args.no_sidecars:

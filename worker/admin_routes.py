@@ -6,11 +6,16 @@ from clients). It registers the files a worker started with as a version
 (``PUT /admin/versions/{version}``, common/artifact_archive.py), says which
 serve (``PUT /admin/serving``) and drops what it no longer needs
 (``DELETE /admin/versions/{version}``). Errors are the project's envelope.
+
+With WORKER_ADMIN_TOKEN set, every one of them takes only ``Authorization: Bearer <that token>`` (401 else): a
+reachable worker port alone then loads, switches or drops nothing. Unset, they are open, as on a ``make run``
+whose workers listen on loopback only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
@@ -51,12 +56,33 @@ class ServingChange(BaseModel):
         return self
 
 
+def authorized(request: Request, token: str | None) -> bool:
+    """Whether ``request`` carries ``Authorization: Bearer <token>``; any request when ``token`` is None. Compared
+    in constant time, so the answer's timing tells nothing of the token."""
+    if token is None:
+        return True
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode())
+
+
 def admin_routes(model_name: str, versions: Versions, max_artifact_bytes: int, max_body_bytes: int,
-                 wrap: Callable[[str, Endpoint], Endpoint]) -> list[BaseRoute]:
+                 wrap: Callable[[str, Endpoint], Endpoint], admin_token: str | None = None) -> list[BaseRoute]:
     """The ``/admin`` routes; ``wrap(route, endpoint)`` adds the worker's error envelope, request ids, metrics.
 
-    ``max_artifact_bytes`` bounds a version's archive, ``max_body_bytes`` any other body.
+    ``max_artifact_bytes`` bounds a version's archive, ``max_body_bytes`` any other body; ``admin_token``
+    (WORKER_ADMIN_TOKEN), when set, the bearer token every call must carry.
     """
+
+    def guarded(route: str, endpoint: Endpoint) -> Endpoint:
+        async def checked(request: Request) -> Response:
+            if not authorized(request, admin_token):
+                error = WorkerError("the worker's admin routes take its WORKER_ADMIN_TOKEN as "
+                                    "'Authorization: Bearer <token>'")
+                error.status_code, error.code = 401, "unauthorized"
+                raise error
+            return await endpoint(request)
+
+        return wrap(route, checked)
 
     async def artifacts(request: Request) -> Response:
         files = await versions.start_files()
@@ -95,8 +121,8 @@ def admin_routes(model_name: str, versions: Versions, max_artifact_bytes: int, m
         return json_response({"version": label, "unloaded": versions.unload(label)})
 
     return [
-        Route("/admin/artifacts", wrap("/admin/artifacts", artifacts)),
-        Route("/admin/versions/{version}", wrap("/admin/versions/{version}", put_version), methods=["PUT"]),
-        Route("/admin/versions/{version}", wrap("/admin/versions/{version}", delete_version), methods=["DELETE"]),
-        Route("/admin/serving", wrap("/admin/serving", put_serving), methods=["PUT"]),
+        Route("/admin/artifacts", guarded("/admin/artifacts", artifacts)),
+        Route("/admin/versions/{version}", guarded("/admin/versions/{version}", put_version), methods=["PUT"]),
+        Route("/admin/versions/{version}", guarded("/admin/versions/{version}", delete_version), methods=["DELETE"]),
+        Route("/admin/serving", guarded("/admin/serving", put_serving), methods=["PUT"]),
     ]

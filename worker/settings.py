@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
@@ -50,7 +50,17 @@ class WorkerSettings(BaseSettings):
         description="On SIGTERM: seconds of /health 503 'draining' (balancers stop sending) and Connection: "
         "close before it stops accepting and finishes what it holds; at least the gateway's HEALTH_INTERVAL_S.",
     )
+    worker_admin_token: str | None = Field(
+        None, description="Bearer token the worker's /admin routes (load, serve, drop versions) require, else 401; "
+        "the gateway's WORKER_ADMIN_TOKEN must match. Unset: they are open (workers on loopback only).",
+    )
     log_level: str = Field("info", description="Python log level.")
+
+    @field_validator("worker_admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        """Compose passes ``WORKER_ADMIN_TOKEN=`` when .env leaves it empty: no token, not an empty one."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _rows_fit_queue(self) -> WorkerSettings:

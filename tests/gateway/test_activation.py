@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.artifact_archive import pack, unpack
-from gateway.activation import Activation, ActivationFailed, ChangeRefused, WorkerAdmin
+from gateway.activation import Activation, ActivationFailed, ChangeRefused, Target, WorkerAdmin
 from gateway.backends import BackendPool
 from jobs.database import create_database
 from jobs.errors import ActivationConflict, JobsUnavailable
@@ -338,3 +338,19 @@ async def test_a_change_fans_out_to_the_workers_of_that_model_only(registry: Reg
     assert [w["worker"] for w in answer["workers"]] == ["http://w1", "http://w2"]
     assert other.serve_calls == 0 and other.loaded == {} and other.serving["origin"] == "start"
     assert pool.expected("another-model") is None
+
+
+@pytest.mark.parametrize(("token", "sent"), [("s3cret", "Bearer s3cret"), ("", None)])
+async def test_every_admin_call_carries_the_workers_admin_token(token: str, sent: str | None) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.headers.get("authorization")))
+        return httpx.Response(200, json={}) if request.method != "GET" else httpx.Response(200, content=b"tar")
+
+    admin = WorkerAdmin(httpx.AsyncClient(transport=httpx.MockTransport(answer)), token)
+    await admin.load("http://w", MODEL, "v1", b"tar", 1.0)
+    await admin.serve("http://w", Target("v1"), 1.0)
+    await admin.drop("http://w", "v0", 1.0)
+    assert await admin.artifacts("http://w", 1.0) == b"tar"
+    assert seen == [("PUT", sent), ("PUT", sent), ("DELETE", sent), ("GET", sent)]

@@ -14,22 +14,29 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import jax
 import numpy as np
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.testclient import TestClient
 
 from common.artifact_archive import pack, unpack
 from common.model_headers import MODEL_VERSION_HEADER
 from tests.conftest import worker_process
 from tests.worker.test_app import FakeRuntime, make_client
+from worker.admin_routes import Endpoint, admin_routes
 from worker.app import create_app
 from worker.batcher import Batcher, Target
 from worker.contract import Model, Params, load_model_class, load_npz
+from worker.errors import WorkerError
 from worker.metrics import WorkerMetrics
+from worker.responses import error_response
 from worker.runtime import ModelRuntime
 from worker.settings import WorkerSettings
 from worker.versions import read_folder
@@ -459,3 +466,44 @@ def test_a_worker_process_swaps_versions_under_load(tmp_path_factory: pytest.Tem
     assert {status for _, status, _ in answers} == {200}
     assert {version for *_, version in answers} == {str(model.version), "2"}
     assert {version for sent, _, version in answers if sent > switched_at} == {"2"}
+
+
+def admin_app(token: str | None) -> TestClient:
+    """The worker's admin routes alone, with its error envelope, over versions that drop nothing."""
+
+    def wrap(route: str, endpoint: Endpoint) -> Endpoint:
+        async def enveloped(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except WorkerError as error:
+                return error_response(error, None)
+
+        return enveloped
+
+    versions = SimpleNamespace(unload=lambda label: False)
+    return TestClient(Starlette(routes=admin_routes("m", versions, 1024, 1024, wrap,  # type: ignore[arg-type]
+                                                    admin_token=token)))
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic s3cret", "s3cret", "Bearer "])
+def test_with_an_admin_token_the_admin_routes_refuse_anyone_without_it(authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    with admin_app("s3cret") as client:
+        for method, path in [("DELETE", "/admin/versions/v1"), ("PUT", "/admin/serving"),
+                             ("PUT", "/admin/versions/v2"), ("GET", "/admin/artifacts")]:
+            answer = client.request(method, path, headers=headers)
+            assert answer.status_code == 401, (method, path)
+            assert answer.json()["error"]["code"] == "unauthorized"
+            assert "WORKER_ADMIN_TOKEN" in answer.json()["error"]["message"]
+
+
+def test_the_admin_token_opens_the_admin_routes_and_without_one_they_are_open() -> None:
+    with admin_app("s3cret") as client:
+        answer = client.delete("/admin/versions/v1", headers={"Authorization": "Bearer s3cret"})
+        assert answer.status_code == 200 and answer.json() == {"version": "v1", "unloaded": False}
+    with admin_app(None) as client:
+        assert client.delete("/admin/versions/v1").json() == {"version": "v1", "unloaded": False}
+
+
+def test_an_empty_admin_token_setting_means_none() -> None:
+    assert WorkerSettings(worker_admin_token="").worker_admin_token is None
