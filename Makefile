@@ -93,7 +93,7 @@ WAIT_TIMEOUT ?= 900
 
 .env:
 	@$(PYTHON) -c "import base64, re, secrets; text = open('.env.example').read(); \
-		text = re.sub(r'(?m)^(\w*PASSWORD|\w*API_KEY)=(?=\n)', lambda m: m.group(1) + '=' + secrets.token_hex(16), text); \
+		text = re.sub(r'(?m)^(\w*PASSWORD|\w*API_KEY|WORKER_ADMIN_TOKEN)=(?=\n)', lambda m: m.group(1) + '=' + secrets.token_hex(16), text); \
 		text = re.sub(r'(?m)^WEBHOOK_SECRET=(?=\n)', lambda m: 'WEBHOOK_SECRET=whsec_' + base64.b64encode(secrets.token_bytes(32)).decode(), text); \
 		open('.env', 'w').write(text)"
 	@chmod 600 .env

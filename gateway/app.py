@@ -168,7 +168,8 @@ def create_app(
                                  job_body_bytes=job_body_limits(jobs.settings))
     admin_client = httpx.AsyncClient()
     registry = Registry(jobs.database, jobs.store, claim_stale_s=jobs.settings.registry_claim_stale_s)
-    activation = Activation(registry, pool, WorkerAdmin(admin_client), settings.activation_timeout_s)
+    activation = Activation(registry, pool, WorkerAdmin(admin_client, settings.worker_admin_token),
+                            settings.activation_timeout_s)
     reconciler = Reconciler(activation, pool, interval_s=settings.model_reconcile_s,
                             max_artifact_bytes=settings.model_max_artifact_bytes,
                             timeout_s=settings.activation_timeout_s)

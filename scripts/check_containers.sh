@@ -44,7 +44,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # .env.example with its empty secrets (passwords, API keys, the webhook secret, as `make up` fills them) filled in,
 # and with them left empty.
-sed -E -e 's/^([A-Z_]*(PASSWORD|API_KEY))=$/\1=Check0nly1234/' \
+sed -E -e 's/^([A-Z_]*(PASSWORD|API_KEY|ADMIN_TOKEN))=$/\1=Check0nly1234/' \
     -e 's/^WEBHOOK_SECRET=$/WEBHOOK_SECRET=whsec_Q2hlY2swbmx5LXdlYmhvb2stc2VjcmV0LTMyYnl0ZXM=/' .env.example > "$work/filled.env"
 cp .env.example "$work/empty.env"
 # A clean environment: the caller's variables must not stand in for .env.

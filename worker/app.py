@@ -222,7 +222,7 @@ def create_app(
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
         *protocol_routes(model, state, read_request_body, settings.max_rows_per_request, handler, metrics),
         *admin_routes(str(model.name), versions, settings.worker_max_artifact_bytes, settings.max_body_bytes,
-                      handler),
+                      handler, admin_token=settings.worker_admin_token),
     ]
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

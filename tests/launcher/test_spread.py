@@ -40,3 +40,15 @@ def test_with_api_keys_the_sidecars_get_a_key_the_gateway_takes() -> None:
 def test_with_admin_keys_alone_the_sidecars_still_get_a_key() -> None:
     sidecars, gateway = _by_role({"ADMIN_API_KEYS": "sha256:abc"})
     assert gateway.env["API_KEYS"] == sidecars[0].env["WORKER_API_KEY"]
+
+
+def test_the_gateway_and_its_workers_share_an_admin_token() -> None:
+    children = build_children(ARGS, [], environ={})
+    sidecars = [c for c in children if c.argv[-1] == "jobs.sidecar"]
+    gateway = next(c for c in children if c.argv[-1] == "gateway")
+    workers = [c for c in children if c.argv[-1] == "worker"]
+    tokens = {child.env.get("WORKER_ADMIN_TOKEN") for child in [*workers, gateway]}
+    assert len(workers) == 2 and len(tokens) == 1 and None not in tokens
+    assert all("WORKER_ADMIN_TOKEN" not in s.env for s in sidecars)
+    mine = build_children(ARGS, [], environ={"WORKER_ADMIN_TOKEN": "t"})
+    assert all("WORKER_ADMIN_TOKEN" not in child.env for child in mine)  # they inherit the user's
