@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import io
 import os
+import secrets
 import signal
 import tarfile
 import time
@@ -50,6 +51,9 @@ from jobs.schema import TERMINAL_STATES
 PROMOTE_ROWS = ["promote: train job, promote true (versions)", "worker kill -9 after the promote (versions)",
                 "rollback (versions)", "canary 10 % (versions)"]
 CANARY_TRAFFIC = 10
+
+#: The stack's workers take this run's token on /admin (the scenario reads a worker's start files there).
+WORKER_ADMIN_TOKEN = secrets.token_hex(16)
 
 
 @dataclass
@@ -209,7 +213,8 @@ async def promote(client: httpx.AsyncClient, stack: Stack, model: str, metadata:
 
 async def uploaded_start_files(client: httpx.AsyncClient, stack: Stack, model: str) -> str:
     """Worker 0's start files (its admin API's tar of them) uploaded as a new version: its number."""
-    archive = (await client.get(f"{stack.worker_urls[0]}/admin/artifacts")).raise_for_status().content
+    admin = {"Authorization": f"Bearer {WORKER_ADMIN_TOKEN}"}
+    archive = (await client.get(f"{stack.worker_urls[0]}/admin/artifacts", headers=admin)).raise_for_status().content
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         files = [("files", (member.name, tar.extractfile(member).read()))  # type: ignore[union-attr]
                  for member in tar.getmembers() if member.isfile()]
@@ -269,7 +274,7 @@ def _after(load: VersionedLoad, moment: float, until: float, wanted: str) -> tup
 async def promote_under_load(args: argparse.Namespace, env: dict[str, str]) -> list[Row]:
     """The scenario on a stack of its own; its rows in PROMOTE_ROWS' order."""
     log_dir = Path(args.log_dir)
-    env = {**env, "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}")}
+    env = {**env, "JOBS_DIR": str(log_dir / f"jobs-{time.time_ns()}"), "WORKER_ADMIN_TOKEN": WORKER_ADMIN_TOKEN}
     stack = await asyncio.to_thread(start_stack, log_dir, env, True, "launcher-versions.log")
     try:
         return await _changes(stack, args)
