@@ -128,3 +128,10 @@ class PatientDatabase:
 
     async def close(self) -> None:
         await self._database.close()
+
+
+def cancelling() -> bool:
+    """Whether the running task was asked to stop: a loop that outlives every error must not outlive a cancel that
+    a database driver turned into another error. (Python 3.10 cannot tell: False there.)"""
+    task = asyncio.current_task()
+    return task is not None and getattr(task, "cancelling", lambda: 0)() > 0

@@ -23,6 +23,7 @@ import socket
 import uuid
 
 from jobs.database import Database
+from jobs.dependencies import cancelling
 from jobs.errors import JobsUnavailable
 from jobs.metrics import JobsMetrics
 from jobs.outbox import Outbox
@@ -61,6 +62,8 @@ class Housekeeping:
             except JobsUnavailable as exc:
                 log.warning("housekeeping skipped a round: %s", exc.message)
             except Exception:  # a bug or a store error here must not stop housekeeping for good
+                if cancelling():
+                    raise  # a cancel a driver turned into an error: stop, as asked
                 log.exception("housekeeping round failed; trying again next round")
             await asyncio.sleep(self.settings.job_housekeeping_s)
 

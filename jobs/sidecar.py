@@ -99,6 +99,9 @@ from jobs.webhooks import WebhookDispatcher
 log = logging.getLogger("jobs.sidecar")
 
 
+#: Longest wait for the webhook and housekeeping loops to end once cancelled.
+BACKGROUND_STOP_S = 5.0
+
 class ModelChanged(Exception):
     """The worker answered as another model (another name) than the one this sidecar is bound to."""
 
@@ -160,7 +163,10 @@ class Sidecar:
             sweeping.cancel()
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            # A loop whose cancel a database driver turned into an error must not hold the shutdown for ever.
+            _, stuck = await asyncio.wait(background, timeout=BACKGROUND_STOP_S)
+            for task in stuck:
+                log.warning("the %s loop did not stop when cancelled; shutting down without it", task.get_name())
             if self._running:
                 log.info("waiting for %d running job(s)", len(self._running))
                 _, late = await asyncio.wait(self._running, timeout=self.settings.sidecar_shutdown_grace_s)

@@ -25,6 +25,7 @@ import httpx
 import orjson
 
 from jobs.callback_urls import CallbackRefused, resolve
+from jobs.dependencies import cancelling
 from jobs.errors import JobsUnavailable
 from jobs.metrics import JobsMetrics
 from jobs.outbox import Outbox, Webhook
@@ -72,6 +73,8 @@ class WebhookDispatcher:
                     except JobsUnavailable as exc:
                         log.warning("webhooks: %s; trying again", exc.message)
                     except Exception:  # a bug here must not stop delivering for good
+                        if cancelling():
+                            raise  # a cancel a driver turned into an error: stop, as asked
                         log.exception("webhooks: claiming failed; trying again")
                 self._slot_free.clear()
                 if claimed < free:  # nothing more is due now: look again in a while
