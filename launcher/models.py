@@ -4,7 +4,7 @@ An entry is ``module:Class`` (or a module holding one model, as MODEL takes it),
 ``@folder`` (the pool's MODEL_ARTIFACTS; without it the workers read the model's default folder)
 and ``=N`` (its workers, default 1)::
 
-    MODELS="worker.examples.iris:IrisBayesianLogReg=2,worker.examples.regression:BayesianLinearRegression"
+    MODELS="my_models.fraud:FraudModel=2,my_models.churn:ChurnModel"
 
 The entries' model names are read before anything starts, in a child Python (the launcher itself
 never imports JAX): an entry naming no model, or two entries naming the same model (the gateway

@@ -5,7 +5,7 @@ scheduled); the gateway reads it on request and never imports launcher code,
 so the file is the whole interface::
 
     {"launcher_pid": 12, "updated_at": 1733300000.5,
-     "processes": [{"name": "worker-0", "group": "worker", "model": "iris-bayes-logreg", "state": "backing-off",
+     "processes": [{"name": "worker-0", "group": "worker", "model": "my-model", "state": "backing-off",
                     "pid": null, "restarts": 3, "fast_failures": 3, "last_exit_code": -9, "last_exit_at": 1733300000.4,
                     "backoff_s": 4.0}, ...]}
 
