@@ -12,7 +12,9 @@ job's promotion, the reconciler's push to one worker) goes:
    and nothing changes anywhere: the answer names each worker and why;
 4. ``set_serving`` in the registry: the commit, a compare-and-set on the
    model's generation, so of two changes at once in two gateways one gets 409;
-5. ``PUT /admin/serving`` on every worker: each switches between two batches.
+5. ``PUT /admin/serving`` on every worker, with the committed generation: each switches between two
+   batches, and refuses a generation older than the one it serves, so that when two gateways' pushes
+   cross (a change and another gateway's reconciler) the older state never lands last.
 
 One change per model at a time in a gateway (an asyncio lock: a second one
 waits its turn). The workers' admin API is internal: the gateway calls it
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -49,10 +52,12 @@ class Target:
     canary: str | None = None
     canary_traffic: int = 0
     loaded: bool = True
+    #: The registry's generation of the state, once committed: a worker refuses one older than it serves.
+    generation: int | None = None
 
     @classmethod
     def of(cls, state: ServingState) -> Target:
-        return cls(state.active, state.canary, state.canary_traffic, state.loaded)
+        return cls(state.active, state.canary, state.canary_traffic, state.loaded, state.generation)
 
     def wire(self) -> dict[str, Any]:
         return {"active": self.active, "canary": self.canary, "canary_traffic": self.canary_traffic,
@@ -135,7 +140,8 @@ class WorkerAdmin:
         return self._json(response)
 
     async def serve(self, url: str, target: Target, timeout_s: float) -> dict[str, Any]:
-        return self._json(await self.client.put(f"{url}/admin/serving", json=target.wire(), timeout=timeout_s,
+        body = {**target.wire(), "generation": target.generation}
+        return self._json(await self.client.put(f"{url}/admin/serving", json=body, timeout=timeout_s,
                                                 headers=self._auth))
 
     async def drop(self, url: str, version: str, timeout_s: float) -> None:
@@ -152,6 +158,16 @@ class WorkerAdmin:
             raise httpx.HTTPStatusError(_worker_error(response), request=response.request, response=response)
         body = response.json()
         return body if isinstance(body, dict) else {}
+
+
+def _stale(exc: Exception) -> bool:
+    """Whether a worker refused a serving state as older than the one it serves (409 stale_generation)."""
+    if not isinstance(exc, httpx.HTTPStatusError) or exc.response.status_code != 409:
+        return False
+    try:
+        return exc.response.json()["error"]["code"] == "stale_generation"
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _failure(exc: Exception, timeout_s: float) -> tuple[str, bool]:
@@ -266,6 +282,7 @@ class Activation:
             except JobError:
                 await self._drop(workers, outcomes)
                 raise
+            target = dataclasses.replace(target, generation=state.generation)
             switched = await asyncio.gather(*(self._switch(backend, outcome, target, deadline)
                                               for backend, outcome in zip(workers, outcomes, strict=True)))
             self._pool.expect(model_name, target.wire())
@@ -330,6 +347,10 @@ class Activation:
             answer = await asyncio.wait_for(self.admin.serve(backend.url, target, remaining), remaining)
         except (httpx.HTTPError, TimeoutError) as exc:
             outcome.ok = False
+            if _stale(exc):  # a newer change reached the worker first: it serves that one, and stays in rotation
+                outcome.error = f"switch: {_failure(exc, self._timeout_s)[0]}"
+                log.info("worker %s kept a newer serving state: %s", backend.url, outcome.error)
+                return outcome
             outcome.error = f"switch: {_failure(exc, self._timeout_s)[0]} (the reconciler tries again)"
             log.warning("worker %s did not switch: %s", backend.url, outcome.error)
             backend.held = True  # out of rotation until it serves the new state: no answer from the old one

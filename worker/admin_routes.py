@@ -44,6 +44,8 @@ class ServingChange(BaseModel):
     canary: str | None = Field(None, description="A second version answering a share of the requests.")
     canary_traffic: int = Field(0, ge=0, le=99, description="The canary's share of the requests, in percent.")
     loaded: bool = Field(True, description="False: the model is unloaded, predictions answer 404.")
+    generation: int | None = Field(None, ge=0, description="The registry's generation of this state: one older "
+                                   "than the last taken is refused (409 stale_generation).")
 
     @model_validator(mode="after")
     def _canary_is_another_version_with_traffic(self) -> ServingChange:
@@ -114,7 +116,8 @@ def admin_routes(model_name: str, versions: Versions, max_artifact_bytes: int, m
             raise MalformedRequest(f"body is not valid JSON: {exc}") from None
         except ValidationError as exc:
             raise InvalidInput(validation_message(exc)) from None
-        return json_response(versions.serve(change.active, change.canary, change.canary_traffic, change.loaded))
+        return json_response(versions.serve(change.active, change.canary, change.canary_traffic, change.loaded,
+                                                    change.generation))
 
     async def delete_version(request: Request) -> Response:
         label = request.path_params["version"]

@@ -7,7 +7,8 @@
     ├── ModelUnloaded      404  the model was unloaded (OIP unload): nothing serves predictions
     ├── VersionNotServed   404  a version asked for by name is not loaded as active or canary
     ├── WrongModel         409  a version sent for another model than the one served
-    ├── VersionConflict    409  a serving change names a version not loaded, or drops one that serves
+    ├── VersionConflict    409  a serving change names a version not loaded, drops one that serves, or is older
+    │                           than the last one taken (stale_generation)
     ├── PayloadTooLarge    413  too many bytes or rows
     ├── ClientGone         499  the client left before its body arrived (logged, never answered)
     ├── InvalidInput       422  rows of the wrong shape, type or value, or with NaN / Infinity

@@ -104,6 +104,8 @@ class Versions:
         self.canary_traffic = 0
         self.loaded = True
         self.origin = "start"
+        #: The registry's generation of the state last taken (None: none said): an older one is refused.
+        self.generation: int | None = None
 
     def started(self, predictor: Predictor, target: Target) -> None:
         """The start artifacts are loaded and checked: they serve as the active version."""
@@ -113,7 +115,7 @@ class Versions:
     def state(self) -> dict[str, Any]:
         """What /health reports as "serving" and PUT /admin/serving answers."""
         return {"active": self.active, "canary": self.canary, "canary_traffic": self.canary_traffic,
-                "loaded": self.loaded, "origin": self.origin}
+                "loaded": self.loaded, "origin": self.origin, "generation": self.generation}
 
     @property
     def serving(self) -> list[str]:
@@ -195,18 +197,24 @@ class Versions:
                  load_ms, loaded.compilations)
         return {"version": label, "compilations": loaded.compilations, "load_ms": load_ms}
 
-    def serve(self, active: str, canary: str | None, canary_traffic: int, loaded: bool) -> dict[str, Any]:
+    def serve(self, active: str, canary: str | None, canary_traffic: int, loaded: bool,
+              generation: int | None = None) -> dict[str, Any]:
         """Switch what serves (from the next batch on); versions not named are unloaded.
 
         Unloaded (``loaded`` false), the named versions need not be loaded (those that are stay, so that
-        loading the model again is instant); loaded, they must be.
+        loading the model again is instant); loaded, they must be. ``generation``: the registry's, refused when
+        older than the last one taken: two gateways' pushes can cross, and the older state must not land last.
         """
+        if generation is not None and self.generation is not None and generation < self.generation:
+            raise VersionConflict("stale_generation", f"model {self._model.name!r}: serving state generation "
+                                  f"{generation} is older than the {self.generation} this worker serves")
         named = [label for label in (active, canary) if label is not None]
         missing = [label for label in named if label not in self._versions] if loaded else []
         if missing:
             raise VersionConflict("version_not_loaded", f"model {self._model.name!r}: version "
                                   f"{' and '.join(missing)} not loaded on this worker (PUT /admin/versions first)")
         self.active, self.canary, self.loaded, self.origin = active, canary, loaded, "registry"
+        self.generation = generation if generation is not None else self.generation
         self.canary_traffic = canary_traffic if canary is not None else 0
         for label in [label for label in self._versions if label not in named]:
             self._discard(self._versions.pop(label))

@@ -92,6 +92,9 @@ class FakeWorker:
     async def _serve(self, request: Request) -> Response:
         self.serve_calls += 1
         state = await request.json()
+        newest = self.serving.get("generation")
+        if state.get("generation") is not None and newest is not None and state["generation"] < newest:
+            return JSONResponse({"error": {"code": "stale_generation", "message": "older than served"}}, 409)
         missing = [v for v in (state["active"], state["canary"]) if v and state["loaded"] and v not in self.loaded]
         if missing:
             return JSONResponse({"error": {"code": "version_not_loaded", "message": f"{missing} not loaded"}}, 409)
@@ -307,7 +310,7 @@ async def test_unload_then_load_serves_the_same_version_again(registry: Registry
     answer = await activation.load(MODEL, None)
     assert answer["loaded"] is True and answer["active"] == first
     assert next(iter(workers)).serving == {"active": first, "canary": None, "canary_traffic": 0, "loaded": True,
-                                           "origin": "registry"}
+                                           "origin": "registry", "generation": answer["generation"]}
 
 
 async def test_a_worker_that_fails_to_switch_after_the_commit_leaves_rotation(registry: Registry) -> None:
@@ -324,6 +327,22 @@ async def test_a_worker_that_fails_to_switch_after_the_commit_leaves_rotation(re
     answer = await activation.activate(MODEL, second, None, None)
     assert [w["ok"] for w in answer["workers"]] == [True, False] and "dying" in answer["workers"][1]["error"]
     assert {backend.url: backend.in_rotation for backend in pool.backends} == {"http://w1": True, "http://w2": False}
+
+
+async def test_a_late_push_of_an_older_state_is_refused_and_the_worker_keeps_serving_the_newer_one(
+    registry: Registry,
+) -> None:
+    """Another gateway's reconciler read the registry before this change committed and pushes after it."""
+    first, second = await versions(registry, 2)
+    workers = Workers("w1")
+    activation, pool = activation_over(registry, workers)
+    committed = await activation.activate(MODEL, second, None, None)
+    worker = workers.by_url["http://w1"]
+    assert worker.serving["generation"] == committed["generation"]
+    [backend] = pool.backends
+    late = await activation.push(backend, MODEL, Target(first, generation=committed["generation"] - 1))
+    assert not late.ok and "older than served" in (late.error or "")
+    assert worker.serving["active"] == second and backend.in_rotation
 
 
 async def test_a_change_fans_out_to_the_workers_of_that_model_only(registry: Registry) -> None:

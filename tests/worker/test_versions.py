@@ -145,7 +145,7 @@ def test_at_start_the_contract_version_serves_with_origin_start(weighted: Served
         health = client.get("/health").json()
         assert health["model_version"] == "1"
         assert health["serving"] == {"active": "1", "canary": None, "canary_traffic": 0, "loaded": True,
-                                     "origin": "start"}
+                                     "origin": "start", "generation": None}
         answer = example(client, weighted.model)
         assert answer.headers[MODEL_VERSION_HEADER] == "1" and answer.json()["prediction"] == [10.0]
         start_files = unpack(client.get("/admin/artifacts").content, 10**6)
@@ -255,7 +255,8 @@ def test_a_canary_answers_its_share_of_the_requests(weighted: Served) -> None:
         counted = 'worker_predictions_total{route="/predict",version="2"}'
         before = metric(client, counted)
         state = client.put("/admin/serving", json={"active": "1", "canary": "2", "canary_traffic": 10}).json()
-        assert state == {"active": "1", "canary": "2", "canary_traffic": 10, "loaded": True, "origin": "registry"}
+        assert state == {"active": "1", "canary": "2", "canary_traffic": 10, "loaded": True, "origin": "registry",
+                         "generation": None}
         answers = [example(client, weighted.model) for _ in range(1000)]
         by_canary = [a for a in answers if a.headers[MODEL_VERSION_HEADER] == "2"]
         assert 50 <= len(by_canary) <= 150
@@ -278,7 +279,7 @@ def test_unloaded_predictions_are_404_health_200_and_loaded_again_it_serves(weig
         # Unloaded, the versions named need not be loaded; to serve again they must be.
         assert client.put("/admin/serving", json={"active": "7", "loaded": False}).status_code == 200
         assert client.get("/health").json()["serving"] | {"origin": ""} == {
-            "active": "7", "canary": None, "canary_traffic": 0, "loaded": False, "origin": ""}
+            "active": "7", "canary": None, "canary_traffic": 0, "loaded": False, "origin": "", "generation": None}
         refused = client.put("/admin/serving", json={"active": "7", "loaded": True})
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "version_not_loaded"
 
@@ -350,6 +351,12 @@ def test_serving_changes_are_checked(weighted: Served) -> None:
         assert put_version(client, weighted.model, "no/slash", {"a": b"x"}).status_code == 404  # not a route
         invalid = put_version(client, weighted.model, "x" * 65, {"a": b"x"})
         assert invalid.status_code == 400 and invalid.json()["error"]["code"] == "invalid_version"
+        # Two gateways' pushes can cross: the older registry generation never lands last.
+        assert client.put("/admin/serving", json={"active": "1", "generation": 5}).json()["generation"] == 5
+        stale = client.put("/admin/serving", json={"active": "2", "generation": 4})
+        assert stale.status_code == 409 and stale.json()["error"]["code"] == "stale_generation"
+        assert client.put("/admin/serving", json={"active": "1", "generation": -1}).status_code == 422
+        assert client.get("/health").json()["serving"]["active"] == "1"
 
 
 class GatedRuntime(FakeRuntime):
