@@ -16,11 +16,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from jobs.errors import InvalidJob
 
-#: Longest wait for one host's addresses: past it the host does not resolve.
-RESOLVE_TIMEOUT_S = 2.0
-#: Longest wait for all the hosts of one submit's callback URLs.
-CHECK_DEADLINE_S = 5.0
-
 
 class CallbackRefused(Exception):
     """The URL is not one a webhook may go to; the message says why."""
@@ -64,7 +59,7 @@ class Destination:
         return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def resolve(url: str, allow_private: bool, timeout_s: float = RESOLVE_TIMEOUT_S) -> Destination:
+async def resolve(url: str, allow_private: bool, timeout_s: float) -> Destination:
     """``url`` resolved and checked; CallbackRefused naming the reason. A name with no answer in ``timeout_s`` does
     not resolve: a slow resolver must not hold a submit or a delivery slot."""
     scheme, host, port = check_syntax(url)
@@ -84,8 +79,8 @@ async def resolve(url: str, allow_private: bool, timeout_s: float = RESOLVE_TIME
     return Destination(url, host, addresses[0])
 
 
-async def check_at_submit(urls: list[str | None], allow_private: bool, field: str,
-                          resolve_timeout_s: float = RESOLVE_TIMEOUT_S, deadline_s: float = CHECK_DEADLINE_S) -> None:
+async def check_at_submit(urls: list[str | None], allow_private: bool, field: str, resolve_timeout_s: float,
+                          deadline_s: float) -> None:
     """422 naming the first of ``urls`` (``field`` formats its index; None: a job without one) that a webhook may
     not go to. Each distinct host is resolved once (a bulk submit names up to a thousand URLs, mostly on the same
     few hosts), each lookup within ``resolve_timeout_s`` and all of them within ``deadline_s``, so a submit never

@@ -219,6 +219,14 @@ class JobsSettings(BaseSettings):
         False, description="Allow callback URLs on loopback, private, link-local and metadata addresses (tests, "
         "local use); off, they are refused at submit (422) and again at delivery.",
     )
+    webhook_resolve_timeout_s: float = Field(
+        2.0, gt=0, description="Longest wait for a callback URL's host to resolve, at submit and at each delivery: "
+        "past it the host does not resolve (422 at submit; the delivery is tried again later).",
+    )
+    webhook_check_deadline_s: float = Field(
+        5.0, gt=0, description="Longest a submit waits for all its callback URLs' hosts to resolve (a bulk submit "
+        "can name many): past it the submit is 422.",
+    )
     job_task_modules: CommaSeparated = Field(
         default_factory=list,
         description="Extra modules imported at start-up to register task types, comma separated.",

@@ -92,7 +92,8 @@ class Submissions:
         if self.settings.webhook_secret is None:
             raise InvalidJob(f"{field.format(index=first)}callback_url: webhooks are off here (the gateway has no "
                              "WEBHOOK_SECRET to sign them with)")
-        await check_at_submit(urls, self.settings.webhook_allow_private_networks, field)
+        await check_at_submit(urls, self.settings.webhook_allow_private_networks, field,
+                              self.settings.webhook_resolve_timeout_s, self.settings.webhook_check_deadline_s)
 
     async def store_input(self, prepared: PreparedJob) -> None:
         if prepared.large_input is not None and prepared.job.spec.input_key is not None:

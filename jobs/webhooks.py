@@ -127,7 +127,8 @@ class WebhookDispatcher:
             await self._again(webhook, None, "WEBHOOK_SECRET is not set: webhooks cannot be signed")
             return
         try:
-            destination = await resolve(webhook.row["url"], self.settings.webhook_allow_private_networks)
+            destination = await resolve(webhook.row["url"], self.settings.webhook_allow_private_networks,
+                                        self.settings.webhook_resolve_timeout_s)
         except CallbackRefused as exc:
             if "does not resolve" in str(exc):
                 await self._again(webhook, None, str(exc))

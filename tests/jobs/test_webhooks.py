@@ -196,8 +196,8 @@ async def test_without_a_secret_callbacks_are_refused(tmp_path: Path, fake_worke
 
 async def test_delivery_checks_the_address_again() -> None:
     with pytest.raises(CallbackRefused, match="loopback"):
-        await resolve("http://localhost:8080/hook", allow_private=False)
-    destination = await resolve("http://localhost:8080/hook?x=1", allow_private=True)
+        await resolve("http://localhost:8080/hook", allow_private=False, timeout_s=2.0)
+    destination = await resolve("http://localhost:8080/hook?x=1", allow_private=True, timeout_s=2.0)
     assert destination.request_url() in ("http://127.0.0.1:8080/hook?x=1", "http://[::1]:8080/hook?x=1")
 
 
