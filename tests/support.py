@@ -7,11 +7,14 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from bench.example_rows import rows_near  # noqa: F401 - the tests use it from here too
 from bench.stack import terminate as stop_process  # noqa: F401 - the tests' name for it
@@ -26,6 +29,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class ServedApp:
+    """An ASGI app served by uvicorn on a free loopback port, on a thread of this process: ``start`` returns once
+    it accepts, ``stop`` asks it to finish and waits. ``port``: one picked already (an app that must know it)."""
+
+    def __init__(self, app: Any, name: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        while not self._server.started:  # start-up only
+            threading.Event().wait(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
 
 
 def free_port_run(length: int) -> int:

@@ -207,7 +207,8 @@ def run_compose(binary: list[str], compose_file: Path, env_text: str, tmp_path: 
 
 
 def _filled_env() -> str:
-    filled = re.sub(r"(?m)^(\w*PASSWORD|\w*API_KEY|WORKER_ADMIN_TOKEN)=$", r"\1=Check0nly1234", (REPO / ".env.example").read_text())
+    example = (REPO / ".env.example").read_text()
+    filled = re.sub(r"(?m)^(\w*PASSWORD|\w*API_KEY|WORKER_ADMIN_TOKEN)=$", r"\1=Check0nly1234", example)
     return re.sub(r"(?m)^WEBHOOK_SECRET=$", "WEBHOOK_SECRET=whsec_Q2hlY2swbmx5LXdlYmhvb2stc2VjcmV0LTMyYnl0ZXM=", filled)
 
 

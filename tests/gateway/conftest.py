@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from gateway.app import create_app
 from gateway.http_protocol import limited_http_protocol
 from gateway.settings import GatewaySettings
 from jobs.settings import JobsSettings
-from tests.support import free_port
+from tests.support import ServedApp, free_port
 
 
 class StandInWorker:
@@ -32,15 +31,13 @@ class StandInWorker:
         self.delay_s = 0.0
         self.status = 200
         self.requests: list[tuple[str, str]] = []
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
         app = Starlette(routes=[
             Route("/health", self._health),
             Route("/predict", self._predict, methods=["POST"]),
             Route("/", self._long_header),
         ])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, name="stand-in-worker", daemon=True)
+        self._served = ServedApp(app, "stand-in-worker")
+        self.port, self.address = self._served.port, self._served.address
 
     async def _health(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "healthy", "worker_id": "stand-in"})
@@ -55,14 +52,11 @@ class StandInWorker:
         return Response(b"{}", headers={"x-padding": "p" * 9000}, media_type="application/json")
 
     def __enter__(self) -> StandInWorker:
-        self._thread.start()
-        while not self._server.started:  # start-up only
-            threading.Event().wait(0.01)
+        self._served.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._served.stop()
 
 
 @pytest.fixture

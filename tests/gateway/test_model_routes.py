@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,13 @@ from typing import Any
 import httpx
 import pytest
 import tritonclient.http as triton
-import uvicorn
 from tritonclient.utils import InferenceServerException
 
 from gateway.settings import GatewaySettings
 from jobs.settings import JobsSettings
 from tests.gateway.conftest import serve_gateway
 from tests.gateway.test_activation import MODEL, FakeWorker
-from tests.support import free_port
+from tests.support import ServedApp, free_port
 
 USER, ADMIN = "user-key-for-tests", "admin-key-for-tests"
 
@@ -35,14 +33,10 @@ def fake_worker() -> Iterator[tuple[FakeWorker, str]]:
     """A FakeWorker on a free port; yields it and its address."""
     port = free_port()
     worker = FakeWorker(f"127.0.0.1:{port}")
-    server = uvicorn.Server(uvicorn.Config(worker.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="fake-worker", daemon=True)
-    thread.start()
-    while not server.started:  # start-up only
-        threading.Event().wait(0.01)
-    yield worker, f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    served = ServedApp(worker.app, "fake-worker", port)
+    served.start()
+    yield worker, served.address
+    served.stop()
 
 
 @pytest.fixture

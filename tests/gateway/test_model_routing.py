@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,7 +20,7 @@ from gateway.settings import GatewaySettings
 from jobs.settings import JobsSettings
 from tests.fakes import GridModel, SumModel, metadata_of
 from tests.gateway.conftest import serve_gateway
-from tests.support import free_port
+from tests.support import ServedApp
 
 MODELS = {"sum": SumModel, "grid": GridModel}
 
@@ -35,15 +33,13 @@ class ModelWorker:
         self.model = model
         self.ready = True
         self.calls: list[str] = []
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
         app = Starlette(routes=[
             Route("/health", self._health), Route("/metadata", self._metadata),
             Route("/predict", self._predict, methods=["POST"]), Route("/batch_predict", self._batch, methods=["POST"]),
             Route("/v2/models/{name}/infer", self._infer, methods=["POST"]),
         ])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, name=f"worker-{model}", daemon=True)
+        self._served = ServedApp(app, f"worker-{model}")
+        self.port, self.address = self._served.port, self._served.address
 
     def _headers(self) -> dict[str, str]:
         return model_headers(self.model, "1")
@@ -75,14 +71,11 @@ class ModelWorker:
         return JSONResponse({"model_name": self.model, "model_version": "1", "outputs": []}, headers=self._headers())
 
     def __enter__(self) -> ModelWorker:
-        self._thread.start()
-        while not self._server.started:  # start-up only
-            threading.Event().wait(0.01)
+        self._served.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._served.stop()
 
 
 @pytest.fixture

@@ -14,16 +14,14 @@ calls from now on get a 503 (a worker overloaded or restarting).
 from __future__ import annotations
 
 import asyncio
-import threading
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from common.model_headers import model_headers
-from tests.support import free_port
+from tests.support import ServedApp
 
 FAKE_MODEL = "fake"
 
@@ -37,15 +35,13 @@ class FakeWorker:
         self.rows_seen = 0
         self.calls = 0
         self.failures = 0
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         app = Starlette(routes=[
             Route("/health", self._health),
             Route("/metadata", self._metadata),
             Route("/batch_predict", self._batch_predict, methods=["POST"]),
         ])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, name="fake-worker", daemon=True)
+        self._served = ServedApp(app, "fake-worker")
+        self.port, self.url = self._served.port, f"http://{self._served.address}"
 
     async def _health(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "healthy", "model_name": self.model_name, "model_version": self.model_version,
@@ -83,11 +79,8 @@ class FakeWorker:
         return JSONResponse(answers, headers=headers)
 
     def start(self) -> FakeWorker:
-        self._thread.start()
-        while not self._server.started:  # start-up only
-            threading.Event().wait(0.01)
+        self._served.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._served.stop()
