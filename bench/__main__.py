@@ -57,6 +57,9 @@ ONE_WORKER = set(CONFIGS) - {"direct_nobatch"}
 KEYED = {"gateway_2_keys": "1", "gateway_2_keys_uncounted": "0"}
 KEYED_CONCURRENCY = (1, 64)
 TWO_WORKERS = {"gateway_2", "gateway_2_procs", "haproxy_2", *KEYED}
+#: Between two runs: how long the stack may take to finish the requests the last one abandoned, and how often
+#: it is asked (a worker's batch count unchanged over one interval: it has nothing left).
+SETTLE_TIMEOUT_S, SETTLE_POLL_S = 15.0, 0.1
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
@@ -115,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.doc, args.plot = args.doc or cache / "quick.md", args.plot or cache / "quick.png"
     elif args.tune:
         args.out = args.out or REPO / "bench" / "results" / "tuning.json"
-        args.doc = args.doc or REPO / "docs" / "benchmarks.md"
+        args.doc = args.doc or REPO / "docs" / "benchmarks-tuning.md"
     elif args.url or args.profile:
         args.out = args.out or cache / ("url.json" if args.url else "profile.json")
         args.no_docs = True
@@ -152,14 +155,32 @@ class Runner:
         if args.warmup > 0:
             run_load(url, body, concurrency, args.warmup, generator=args.loadgen, content_type=content_type,
                      headers=headers)
-        runs = [self._measure_once(url, body, content_type, rows, concurrency, workers, gateway, headers)
-                for _ in range(args.repeat)]
+        runs = []
+        for _ in range(args.repeat):
+            self.settle(workers, gateway)
+            runs.append(self._measure_once(url, body, content_type, rows, concurrency, workers, gateway, headers))
         chosen = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
         if len(runs) > 1:
             chosen["repeats"] = [{"rps": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                                   "errors": r["errors"]} for r in runs]
             chosen["errors"] = sum(r["errors"] for r in runs)  # an error in any run counts
         return chosen
+
+    @staticmethod
+    def settle(workers: list[Worker], gateway: Process | None, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+        """Wait until the stack has done what the last run left: a load generator that stops abandons the
+        requests it has in flight, and the next run would queue behind them or, through a gateway at its
+        in-flight bound, be shed with 503. Done when a gateway proxies nothing and the workers' batch
+        counts stop moving (at most ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        counts = None
+        while time.monotonic() < deadline:
+            now = [worker.metric_sums().get("worker_batch_size_count", 0.0) for worker in workers]
+            proxying = gateway.in_flight() if isinstance(gateway, Gateway) else 0.0
+            if proxying == 0 and now == counts:
+                return
+            counts = now
+            time.sleep(SETTLE_POLL_S)  # between runs only
 
     def _measure_once(self, url: str, body: bytes, content_type: str, rows: int, concurrency: int, workers,
                       gateway: Process | None, headers: dict[str, str] | None) -> dict:

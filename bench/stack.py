@@ -74,6 +74,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def metric_totals(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Each of the named families of ``url``'s /metrics, summed over its labels (one missing: not in the dict)."""
+    text = httpx.get(url + "/metrics", timeout=5.0).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        name = series.partition("{")[0]
+        if name in names:
+            values[name] = values.get(name, 0.0) + float(value)
+    return values
+
+
 class Process:
     """One part of the stack, in ``copies`` processes of the same command; ``url`` is where it listens."""
 
@@ -187,15 +199,7 @@ class Worker(Process):
     def metric_sums(self) -> dict[str, float]:
         """Counters of /metrics that say how the batcher behaved (sums and counts), summed over their labels
         (the batch histogram has one series per model version)."""
-        text = httpx.get(self.url + "/metrics", timeout=5.0).text
-        wanted = ("worker_batch_size_sum", "worker_batch_size_count", COMPILATIONS)
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            series, _, value = line.rpartition(" ")
-            name = series.partition("{")[0]
-            if name in wanted:
-                values[name] = values.get(name, 0.0) + float(value)
-        return values
+        return metric_totals(self.url, ("worker_batch_size_sum", "worker_batch_size_count", COMPILATIONS))
 
 
 class Gateway(Process):
@@ -222,6 +226,10 @@ class Gateway(Process):
 
     def _is_ready(self, response: httpx.Response) -> bool:
         return response.status_code == 200 and response.json().get("alive_backends") == self._expected
+
+    def in_flight(self) -> float:
+        """Requests it is proxying now, over all its processes."""
+        return metric_totals(self.url, ("gateway_in_flight",)).get("gateway_in_flight", 0.0)
 
     def _copies_ready(self) -> bool:
         # Any one process can answer the readiness probe: the others must have said they started.

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from bench import report
-from bench.__main__ import CONFIGS, keyed_env, main
+from bench.__main__ import CONFIGS, Runner, keyed_env, main
 from bench.inprocess_runner import run_inprocess
 from bench.loadgen import LoadResult, binary_rows_body, infer_url, predict_body, request_body, run_python
 from bench.stack import Gateway
@@ -180,3 +180,35 @@ def test_report_targets_markdown_and_plot(tmp_path: Path) -> None:
     assert "(g') gateway + 2 workers, an API key, usage not counted" in text and "counting (g) - (g')" in text
     report.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+class _Draining(Gateway):
+    """A gateway that still proxies what the last run abandoned for ``polls`` more polls (no process)."""
+
+    def __init__(self, polls: int) -> None:  # no socket, no process: only in_flight() is asked
+        self.polls = polls
+
+    def in_flight(self) -> float:
+        self.polls -= 1
+        return float(max(self.polls, 0))
+
+
+class _Batching:
+    """A worker still computing the last run's requests for ``batches`` more polls."""
+
+    def __init__(self, batches: int) -> None:
+        self.count, self.batches = 0.0, batches
+
+    def metric_sums(self) -> dict[str, float]:
+        if self.batches > 0:
+            self.batches, self.count = self.batches - 1, self.count + 1
+        return {"worker_batch_size_count": self.count}
+
+
+def test_a_run_starts_once_the_gateway_proxies_nothing_and_the_workers_batch_counts_stop() -> None:
+    gateway, worker = _Draining(polls=3), _Batching(batches=5)
+    Runner.settle([worker], gateway, timeout_s=5.0)  # type: ignore[list-item]
+    assert gateway.polls <= 0 and worker.batches == 0
+    stuck = _Draining(polls=10**6)
+    Runner.settle([], stuck, timeout_s=0.3)  # gives up at its deadline: the run goes on, and says what it got
+    assert stuck.polls > 0
