@@ -6,7 +6,7 @@ Sweeps ``XLA_CPU_THREADS`` (unset: XLA's own pool over every core, or 1) and
 pair runs ``--rounds`` times (default 2), in reverse order on odd rounds, so a
 noisy neighbour on a shared machine does not favour one end of the sweep; the
 table shows the median. Results go to ``bench/results/tuning.json`` and a
-generated block of ``docs/benchmarks.md``.
+generated block of ``docs/benchmarks-tuning.md``.
 """
 
 from __future__ import annotations
