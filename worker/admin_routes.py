@@ -116,8 +116,8 @@ def admin_routes(model_name: str, versions: Versions, max_artifact_bytes: int, m
             raise MalformedRequest(f"body is not valid JSON: {exc}") from None
         except ValidationError as exc:
             raise InvalidInput(validation_message(exc)) from None
-        return json_response(versions.serve(change.active, change.canary, change.canary_traffic, change.loaded,
-                                                    change.generation))
+        served = versions.serve(change.active, change.canary, change.canary_traffic, change.loaded, change.generation)
+        return json_response(served)
 
     async def delete_version(request: Request) -> Response:
         label = request.path_params["version"]
