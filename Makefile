@@ -165,7 +165,8 @@ check-containers: install ## Validate the compose files, lint the Dockerfiles, r
 .PHONY: kubernetes-model kubernetes-models check-kubernetes
 
 # The one place the manifests learn the served model: MODEL (default worker.model, what
-# worker/model.py holds). Run it after changing either; tests/kubernetes fails until then.
+# worker/model.py holds). Generated, not committed: run it before the first kubectl apply and after
+# changing either; a file it wrote for another model fails tests/kubernetes until then.
 kubernetes-model: install ## Write deploy/kubernetes/base/served-model.env from MODEL: the workers' model and the queue KEDA watches
 	MODELS= $(PY) deploy/kubernetes/served_model.py
 

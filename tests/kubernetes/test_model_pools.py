@@ -7,16 +7,24 @@ script into a copy of the manifests and rendered here.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.kubernetes.support import DEPLOY, OVERLAYS, by_kind, containers, environment, kustomize, one, render, selects
+from tests.kubernetes.support import (
+    DEPLOY,
+    OVERLAYS,
+    by_kind,
+    containers,
+    environment,
+    kustomize,
+    one,
+    render,
+    selects,
+    write_served_model,
+)
 from tests.kubernetes.test_schemas import validate
 
 IRIS = "worker.examples.iris:IrisBayesianLogReg"
@@ -24,17 +32,11 @@ REGRESSION = "worker.examples.regression:BayesianLinearRegression"
 MODEL_LABEL = "jax-inference-gateway/model"
 
 
-def _write(deploy: Path, models: str) -> subprocess.CompletedProcess:
-    """Run the script as `make kubernetes-models` does: MODELS from the environment."""
-    return subprocess.run([sys.executable, str(deploy / "served_model.py"), "--base", str(deploy / "base")],
-                          env={**os.environ, "MODELS": models}, capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     deploy = tmp_path_factory.mktemp("two-models") / "kubernetes"
     shutil.copytree(DEPLOY, deploy)
-    written = _write(deploy, f"{IRIS},{REGRESSION}=3")
+    written = write_served_model(deploy, {"MODELS": f"{IRIS},{REGRESSION}=3"})
     assert written.returncode == 0, written.stderr
     return {overlay: kustomize(deploy / "overlays" / overlay) for overlay in OVERLAYS}
 
@@ -135,7 +137,7 @@ def test_models_that_cannot_be_deployed_are_named_and_write_nothing(models: str,
     deploy = tmp_path / "kubernetes"
     shutil.copytree(DEPLOY, deploy)
     before = {path: path.read_text() for path in deploy.rglob("*") if path.is_file()}
-    written = _write(deploy, models)
+    written = write_served_model(deploy, {"MODELS": models})
     assert written.returncode == 1 and written.stderr.startswith("served_model.py: ")
     assert re.search(says, written.stderr), written.stderr
     assert {path: path.read_text() for path in deploy.rglob("*") if path.is_file()} == before
