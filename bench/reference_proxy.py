@@ -24,11 +24,14 @@ import uvicorn
 import uvloop
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from common.forwarder import RESPONSE_HEADERS, UpstreamResponse, WorkerClient
+from common.asgi_body import read_asgi_body
+from common.forwarder import UpstreamResponse, WorkerClient
 from gateway.http_protocol import limited_http_protocol
+from gateway.proxy import send_upstream
 from gateway.settings import GatewaySettings
 
 _TIMEOUT_S = 30.0
+_MAX_BODY_BYTES = GatewaySettings.model_fields["max_body_bytes"].default
 
 
 class Forwarder:
@@ -41,13 +44,6 @@ class Forwarder:
     async def forward(self, method: str, path: str, content_type: str | None, body: bytes) -> UpstreamResponse:
         headers = {"content-type": content_type} if content_type else {}
         return await self._client.send(next(self._turn), method, path, headers, body, _TIMEOUT_S)
-
-
-def answer_head(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
-    """The worker's kept headers and a Content-Length."""
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in upstream.headers.items()
-               if name in RESPONSE_HEADERS]
-    return [*headers, (b"content-length", str(len(upstream.body)).encode())]
 
 
 class RawProxy(asyncio.Protocol):
@@ -88,10 +84,12 @@ class RawProxy(asyncio.Protocol):
 
     async def _answer(self, method: str, path: str, content_type: str | None, body: bytes) -> None:
         upstream = await self._forwarder.forward(method, path, content_type, body)
-        head = [f"HTTP/1.1 {upstream.status} -\r\n".encode()]
-        head += [name + b": " + value + b"\r\n" for name, value in answer_head(upstream)]
+        # The client kept only the headers the gateway passes back (common/forwarder.py).
+        head = [f"HTTP/1.1 {upstream.status} -\r\n"]
+        head += [f"{name}: {value}\r\n" for name, value in upstream.headers.items()]
+        head.append(f"content-length: {len(upstream.body)}\r\n\r\n")
         assert self._transport is not None
-        self._transport.write(b"".join(head) + b"\r\n" + upstream.body)
+        self._transport.write("".join(head).encode("latin-1") + upstream.body)
 
 
 def asgi_proxy(forwarder: Forwarder) -> ASGIApp:
@@ -100,14 +98,9 @@ def asgi_proxy(forwarder: Forwarder) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body, more = body + message.get("body", b""), message.get("more_body", False)
+        body = await read_asgi_body(receive, None, _MAX_BODY_BYTES)
         content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None)
-        upstream = await forwarder.forward(scope["method"], scope["path"], content_type, body)
-        await send({"type": "http.response.start", "status": upstream.status, "headers": answer_head(upstream)})
-        await send({"type": "http.response.body", "body": upstream.body})
+        await send_upstream(send, await forwarder.forward(scope["method"], scope["path"], content_type, body))
 
     return app
 
